@@ -1,0 +1,117 @@
+"""notebook_cifar.py end to end on generated CIFAR-format data, through the real CLI."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.fakedata import write_cifar
+from utils.logger import METRIC_COLUMNS
+from utils.schedule import count
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPOCHS = 3
+
+
+def run_cifar(*args, check=True):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "notebook_cifar.py"), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_cifar(str(root), "cifar10", n_train=320, n_test=120, seed=0)
+    return str(root)
+
+
+def common(data_root, save):
+    return ["--dataset", "cifar10", "--arch", "resnet20", "--prune_rate_cs", "0.1",
+            "--prune_rate_gm", "0.4", "--data_path", data_root, "--save_path", save,
+            "--epochs", str(EPOCHS), "--batch_size", "64", "--batch_prune_size", "128",
+            "--schedule", "1", "--gammas", "1", "--workers", "0", "--manualSeed", "7",
+            "--deterministic"]
+
+
+@pytest.fixture(scope="module")
+def full_run(data_root, tmp_path_factory):
+    save = str(tmp_path_factory.mktemp("runs") / "full")
+    run_cifar(*common(data_root, save))
+    return save
+
+
+def test_snapshot_is_complete(full_run):
+    files = set(os.listdir(full_run))
+    assert {"log.txt", "args.json", "metrics.csv", "curves.png", "schedule.png",
+            "checkpoint.pt", "summary.json"} <= files
+    assert not [f for f in files if f.startswith(".tmp")]  # no leftover temporaries
+    log = open(os.path.join(full_run, "log.txt")).read().splitlines()
+    assert "FSDP run" in log[0] and "arguments: " in log[1] and "--prune_rate_cs=0.1" in log[1]
+    assert sum(" epoch " in line and "| train loss" in line for line in log) == EPOCHS
+    args = json.load(open(os.path.join(full_run, "args.json")))
+    assert args["arch"] == "resnet20" and args["epochs"] == EPOCHS and args["manualSeed"] == 7
+    rows = list(csv.DictReader(open(os.path.join(full_run, "metrics.csv"))))
+    assert len(rows) == EPOCHS and list(rows[0]) == METRIC_COLUMNS
+    assert [int(r["epoch"]) for r in rows] == list(range(EPOCHS))
+    assert float(rows[-1]["theta"]) == 0.5 and float(rows[-1]["zeta"]) == 0.0
+    assert float(rows[0]["zeta"]) == 1.0 and int(rows[0]["filters_selected"]) == 0
+    for name in ("curves.png", "schedule.png"):
+        assert open(os.path.join(full_run, name), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+    ckpt = torch.load(os.path.join(full_run, "checkpoint.pt"), weights_only=True)
+    assert ckpt["epoch"] == EPOCHS and ckpt["arch"] == "resnet20"
+    summary = json.load(open(os.path.join(full_run, "summary.json")))
+    # exact final zero-filter counts: ⌊F·0.1⌋ + ⌊F·0.4⌋ per layer (7 of 16, 15 of 32, 31 of 64)
+    widths = {name: ckpt["model"][name + ".weight"].shape[0] for name in summary["selected_per_layer"]}
+    expected = {n: count(f, 0.1) + count(f, 0.4) for n, f in widths.items()}
+    assert len(expected) == 19 and expected["conv_1_3x3"] == 7
+    assert summary["selected_per_layer"] == expected
+    assert summary["zero_filters_per_layer"] == expected
+    for name, n in expected.items():
+        w = ckpt["model"][name + ".weight"].flatten(1)
+        assert int((w.abs().sum(1) == 0).sum()) == n
+    assert summary["final_top1"] == float(rows[-1]["test_top1"])
+    assert 0.5 < summary["flops_reduction"] < 0.7 and 0.5 < summary["params_reduction"] < 0.7
+    assert summary["wall_seconds"] > 0
+
+
+def test_stop_and_resume_gives_the_same_final_weights(data_root, full_run, tmp_path):
+    save = str(tmp_path / "resumed")
+    first = run_cifar(*common(data_root, save), "--stop_after", "1")
+    assert "--resume auto" in first.stdout
+    assert torch.load(os.path.join(save, "checkpoint.pt"), weights_only=True)["epoch"] == 1
+    assert not os.path.exists(os.path.join(save, "summary.json"))
+    run_cifar(*common(data_root, save), "--resume", "auto")
+    a = torch.load(os.path.join(full_run, "checkpoint.pt"), weights_only=True)
+    b = torch.load(os.path.join(save, "checkpoint.pt"), weights_only=True)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k in a["mask"]["selected"]:
+        assert torch.equal(a["mask"]["selected"][k], b["mask"]["selected"][k]), k
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]  # noqa
+    assert strip(a["history"]) == strip(b["history"])
+    rows = list(csv.DictReader(open(os.path.join(save, "metrics.csv"))))
+    assert [int(r["epoch"]) for r in rows] == list(range(EPOCHS))  # no duplicated rows
+
+
+def test_dense_baseline_prunes_nothing(data_root, tmp_path):
+    save = str(tmp_path / "dense")
+    run_cifar(*common(data_root, save)[:-1], "--prune_rate_cs", "0", "--prune_rate_gm", "0",
+              "--epochs", "1")
+    summary = json.load(open(os.path.join(save, "summary.json")))
+    assert summary["filters_selected"] == 0 and summary["flops_reduction"] == 0
+    assert set(summary["zero_filters_per_layer"].values()) == {0}
+
+
+def test_existing_snapshot_is_not_overwritten(data_root, full_run):
+    before = {f: open(os.path.join(full_run, f), "rb").read() for f in os.listdir(full_run)}
+    proc = run_cifar(*common(data_root, full_run), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "already holds a run" in proc.stderr
+    assert before == {f: open(os.path.join(full_run, f), "rb").read() for f in os.listdir(full_run)}

@@ -1,0 +1,86 @@
+"""Two CPU processes (gloo): the CS statistics are summed over ranks, so every rank selects the
+same filters as one process over the same CS data."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from models import build_model
+from utils.criteria import cs_scores
+from utils.distributed import ShardSampler
+from utils.graph import find_prunable_convs
+from utils.mask import Mask
+from utils.schedule import asymptotic_schedule
+from tests.fakedata import write_cifar
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cs_data():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(90, 3, 16, 16, generator=gen)  # 90 = not a multiple of the batch
+    y = torch.randint(0, 10, (90,), generator=gen)
+    return torch.utils.data.TensorDataset(x, y)
+
+
+def _selection(rank: int, world: int) -> dict:
+    torch.manual_seed(0)
+    model = build_model("resnet20", 10).eval()  # the first CS pass runs in eval mode
+    convs = find_prunable_convs(model)
+    data = _cs_data()
+    loader = torch.utils.data.DataLoader(data, batch_size=32 // world,
+                                         sampler=ShardSampler(len(data), rank, world))
+    ranker = lambda m: cs_scores(m, [c.bn for c in convs], [c.name for c in convs], loader, 10,  # noqa
+                                 torch.device("cpu"))[0]
+    mask = Mask(convs, asymptotic_schedule(0.2, 0.3, 10), ranker)
+    mask.update(model, 9)
+    return {c.name: mask.selected(c.name).tolist() for c in convs}
+
+
+def _worker(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        with open(f"{out}.{rank}", "w") as f:
+            json.dump(_selection(rank, world), f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_masks_equal_the_single_process_masks(tmp_path):
+    single = _selection(0, 1)
+    out = str(tmp_path / "sel")
+    mp.start_processes(_worker, args=(2, _free_port(), out), nprocs=2, start_method="spawn")
+    for rank in range(2):
+        assert json.load(open(f"{out}.{rank}")) == single
+    assert sum(map(len, single.values())) > 0
+
+
+def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path):
+    data = str(tmp_path / "data")
+    write_cifar(data, "cifar10", n_train=128, n_test=64, seed=0)
+    save = str(tmp_path / "ddp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(_free_port()), os.path.join(ROOT, "notebook_cifar.py"),
+           "--data_path", data, "--save_path", save, "--epochs", "2", "--batch_size", "32",
+           "--workers", "0", "--device", "cpu", "--manualSeed", "3", "--schedule", "1",
+           "--gammas", "1"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.load(open(os.path.join(save, "summary.json")))
+    assert summary["zero_filters_per_layer"] == summary["selected_per_layer"]
+    assert proc.stdout.count("FSDP run:") == 1  # one rank logs
+    log = open(os.path.join(save, "log.txt")).read()
+    assert "2 process(es)" in log and log.count("epoch   1/2") == 1

@@ -1,0 +1,72 @@
+"""Checkpoints that cannot be half-written and never execute pickled code when loaded."""
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+
+def atomic_save(obj, path: str) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``: a crash
+    at any moment leaves either the old file or the new one, never a torn one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def safe_load(path: str, map_location="cpu"):
+    """``torch.load(weights_only=True)``: tensors, numbers, strings and containers only."""
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint {path} does not exist; give the path of a checkpoint.pt")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"refusing to load {path}: it holds more than weights ({first}); "
+                        "only load checkpoints you trust, converted to plain state dicts") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"checkpoint {path} is corrupt or truncated ({first}); "
+                        "use an earlier copy or start again with --overwrite") from None
+
+
+def rng_state() -> dict:
+    """Every RNG the training touches, as tensors and numbers (weights_only-loadable)."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {"python_version": py[0], "python": torch.tensor(py[1], dtype=torch.int64),
+             "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+             "numpy_pos": int(np_state[2]), "numpy_gauss": [int(np_state[3]), float(np_state[4])],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate((state["python_version"], tuple(state["python"].tolist()), None))
+    has_gauss, gauss = state["numpy_gauss"]
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32),
+                         state["numpy_pos"], has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,118 @@
+"""Command-line flags shared by the dataset scripts, with the reference's names (SPEC §5).
+
+Each script passes its own defaults (the paper's recipe) and dataset choices; ``check_args``
+rejects invalid combinations with one line before any work starts.
+"""
+import argparse
+
+from models import MODELS
+
+from .errors import UserError
+
+
+def build_parser(description: str, datasets: list[str], defaults: dict) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    g = p.add_argument_group("data and model")
+    g.add_argument("--dataset", choices=datasets, default=datasets[0])
+    g.add_argument("--data_path", default="datasets", help="dataset root (downloaded there if absent)")
+    g.add_argument("--arch", default="resnet20", help=f"one of: {', '.join(MODELS)}")
+    g.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
+    g = p.add_argument_group("optimisation (the reference's flags)")
+    g.add_argument("--epochs", type=int, default=200)
+    g.add_argument("--batch_size", type=int, default=128, help="global batch (split over ranks)")
+    g.add_argument("--learning_rate", type=float, default=0.01)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--decay", type=float, default=5e-4, help="weight decay")
+    g.add_argument("--schedule", type=int, nargs="+", default=[1, 60, 120, 160],
+                   help="epochs at which the learning rate is multiplied by the matching gamma")
+    g.add_argument("--gammas", type=float, nargs="+", default=[10, 0.2, 0.2, 0.2])
+    g.add_argument("--manualSeed", type=int, default=None, help="random seed (random if absent)")
+    g = p.add_argument_group("FSDP")
+    g.add_argument("--prune_rate_cs", type=float, default=0.1, help="final rate of the CS criterion")
+    g.add_argument("--prune_rate_gm", type=float, default=0.4, help="final rate of the GM criterion")
+    g.add_argument("--tau", type=float, default=10.0, help="schedule steepness; must be > 4/3")
+    g.add_argument("--attenuation", type=float, default=1.0,
+                   help="s: ζ(e) = s·(1 − θ(e)/θ3); the paper uses 0.2 on ImageNet32")
+    g.add_argument("--use_zero_scaling", action="store_true",
+                   help="ζ = 0 at every epoch: plain soft pruning with the asymptotic rate")
+    g.add_argument("--epoch_prune", type=int, default=1, help="update the mask every N epochs")
+    g.add_argument("--epoch_apply_cs", type=int, default=2,
+                   help="recompute CS scores at epochs divisible by N (reference: even epochs)")
+    g.add_argument("--batch_prune_size", type=int, default=256, help="batch of the CS pass")
+    g.add_argument("--max_iter_cs", type=int, default=10000, help="at most N batches per CS pass")
+    g.add_argument("--cs_mode", choices=["reference", "eval"], default="reference",
+                   help="reference: the CS pass runs in the mode the network is in (train mode "
+                        "after an epoch, BN statistics updated); eval: always eval mode")
+    g.add_argument("--layer_begin", type=int, default=0,
+                   help="first parameter index of a prunable conv weight (reference indexing)")
+    g.add_argument("--layer_end", type=int, default=None, help="last parameter index (default: all)")
+    g.add_argument("--layer_inter", type=int, default=None,
+                   help="take every N-th parameter index from layer_begin (reference: 3)")
+    g.add_argument("--prune_include", default=None, help="regex: only prune convs whose name matches")
+    g.add_argument("--prune_exclude", default=None, help="regex: never prune convs whose name matches")
+    g = p.add_argument_group("run control")
+    g.add_argument("--save_path", default="snapshots/run", help="snapshot folder")
+    g.add_argument("--resume", default=None, metavar="PATH|auto",
+                   help="continue from a checkpoint; auto = save_path/checkpoint.pt if present")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing snapshot")
+    g.add_argument("--stop_after", type=int, default=None, metavar="N",
+                   help="stop (resumably) after N epochs of this invocation")
+    g.add_argument("--evaluate", action="store_true", help="only evaluate (with --resume or "
+                   "--pretrain_path) and exit")
+    g.add_argument("--use_pretrain", action="store_true", help="start from --pretrain_path")
+    g.add_argument("--pretrain_path", default="", help="state dict or checkpoint to start from")
+    g.add_argument("--use_state_dict", action="store_true", help="accepted for compatibility")
+    g.add_argument("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16"], default=None,
+                   help="mixed precision: bf16 on CPU, fp16 on CUDA unless bf16 is asked")
+    g.add_argument("--nan_policy", choices=["stop", "skip"], default="stop",
+                   help="on a NaN/Inf loss: stop (keeping the last checkpoint) or skip the batch")
+    g.add_argument("--deterministic", action="store_true", help="deterministic kernels")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if present)")
+    g.add_argument("--ngpu", type=int, default=None, help="reference flag: 0 = CPU")
+    g.add_argument("--print_freq", type=int, default=200, help="log every N batches")
+    g.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars")
+    g.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    p.set_defaults(**defaults)
+    return p
+
+
+def check_args(args) -> None:
+    """Every invalid value, found before any work: one line naming the flag and the fix."""
+    def bad(msg):
+        raise UserError(msg)
+
+    if args.arch not in MODELS:
+        bad(f"unknown --arch {args.arch!r}; choose one of: {', '.join(MODELS)}")
+    if args.prune_rate_cs < 0 or args.prune_rate_gm < 0:
+        bad(f"--prune_rate_cs/--prune_rate_gm must be ≥ 0 (got {args.prune_rate_cs}, "
+            f"{args.prune_rate_gm})")
+    if args.prune_rate_cs + args.prune_rate_gm >= 1:
+        bad(f"--prune_rate_cs + --prune_rate_gm must be < 1 (got "
+            f"{args.prune_rate_cs + args.prune_rate_gm:g}); lower one of them")
+    if not args.tau > 4 / 3:
+        bad(f"--tau must be > 4/3 (got {args.tau}); the paper uses 10")
+    if len(args.schedule) != len(args.gammas):
+        bad(f"--schedule has {len(args.schedule)} steps but --gammas has {len(args.gammas)}; "
+            "give one gamma per step")
+    for flag in ("epochs", "batch_size", "batch_prune_size", "max_iter_cs", "epoch_prune",
+                 "epoch_apply_cs", "print_freq"):
+        if getattr(args, flag) < 1:
+            bad(f"--{flag} must be ≥ 1 (got {getattr(args, flag)})")
+    if args.workers < 0:
+        bad(f"--workers must be ≥ 0 (got {args.workers})")
+    if args.stop_after is not None and args.stop_after < 1:
+        bad(f"--stop_after must be ≥ 1 (got {args.stop_after})")
+    if args.learning_rate <= 0:
+        bad(f"--learning_rate must be > 0 (got {args.learning_rate})")
+    if args.attenuation < 0:
+        bad(f"--attenuation must be ≥ 0 (got {args.attenuation})")
+    if args.resume and args.overwrite:
+        bad("--resume and --overwrite contradict each other; give one of them")
+    if args.use_pretrain and not args.pretrain_path:
+        bad("--use_pretrain needs --pretrain_path PATH")
+    if args.evaluate and not (args.resume or args.pretrain_path):
+        bad("--evaluate needs --resume PATH or --pretrain_path PATH")
+    if args.ngpu == 0:
+        args.device = "cpu"

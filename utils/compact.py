@@ -1,0 +1,481 @@
+"""Compaction: a soft-pruned ResNet → a smaller dense ResNet with the same eval-mode outputs.
+
+In the soft-pruned network a pruned filter's weights are zero, but its channel is not silent: its
+BN maps the zero output to the constant ``beta - gamma * mean / sqrt(var + eps)`` (then ReLU, if
+any), and that constant flows on. The compact network drops the filter, its BN channel and the
+matching input channels of the next conv, and carries the constant exactly:
+
+* into the next conv: through a conv without zero padding it is a per-filter bias; with zero
+  padding the border pixels see less of it, so it becomes a per-pixel map (``ConvBN.pad_const``);
+* into a residual add: the stream keeps its full width; narrow operands are added at their
+  channel indices, the constants of the removed channels are added as a vector (``Join``).
+
+Constants and corrections are computed in float64 from the soft-pruned weights. FLOPs here
+follow the pruning papers' convention: one multiply-accumulate (MAC) = one FLOP, convolutions
+and linear layers only (FPGM's ResNet-56 = 125 M).
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from models import build_model
+from models.resnet_cifar import BasicBlock as CifarBlock, CifarResNet, ShortcutA
+
+from .checkpoint import safe_load
+from .compact_modules import CompactResNet
+from .errors import UserError
+from .graph import unwrap
+
+FORMAT = "fsdp-compact"
+FORMAT_VERSION = 1
+
+
+# -- channel bookkeeping ---------------------------------------------------------------------
+@dataclass
+class _Channels:
+    """A full-width tensor as the compact network holds it: the computed channels, and the
+    value of every removed one (float64, full width, zero at kept channels)."""
+    kept: torch.Tensor | None  # sorted indices of computed channels; None: all of them
+    const: torch.Tensor
+
+    @staticmethod
+    def full(width: int) -> "_Channels":
+        return _Channels(None, torch.zeros(width, dtype=torch.float64))
+
+    def relu(self) -> "_Channels":
+        return _Channels(self.kept, self.const.clamp(min=0))
+
+
+def _complement(indices: torch.Tensor, n: int) -> torch.Tensor:
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[indices] = False
+    return keep.nonzero().flatten()
+
+
+def _pruned_indices(pruned: dict, name: str, filters: int) -> torch.Tensor:
+    idx = torch.as_tensor(pruned.get(name, []), dtype=torch.long).flatten().unique()
+    if len(idx) and (idx.min() < 0 or idx.max() >= filters):
+        raise UserError(f"pruned filters of {name} must lie in 0..{filters - 1}, got "
+                        f"{idx.tolist()}; pass the mask of this very model")
+    if len(idx) == filters:
+        raise UserError(f"all {filters} filters of {name} are pruned; keep at least one per "
+                        "layer (lower the pruning rate)")
+    return idx
+
+
+# -- conversion of one conv + BN -------------------------------------------------------------
+class _Converter:
+    """Walks a supported ResNet, collecting the compact spec and its state dict."""
+
+    def __init__(self, pruned: dict):
+        self.pruned = {str(k): v for k, v in pruned.items()}
+        self.used: set[str] = set()
+        self.state: dict[str, torch.Tensor] = {}
+
+    def conv_bn(self, name: str, conv: nn.Conv2d, bn: nn.BatchNorm2d, inp: _Channels,
+                prefix: str) -> tuple[dict, _Channels]:
+        if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise UserError(f"{name}: only ungrouped convs with numeric zero padding can be "
+                            "compacted; use a plain ResNet")
+        if not (bn.affine and bn.track_running_stats):
+            raise UserError(f"{name}: its BatchNorm needs affine=True and running statistics")
+        self.used.add(name)
+        w = conv.weight.detach().cpu()  # weights are only sliced: no float64 copy needed
+        filters = w.shape[0]
+        drop = _pruned_indices(self.pruned, name, filters)
+        if len(drop) and w[drop].count_nonzero():
+            raise UserError(f"{name}: selected filters are not zero (ζ > 0: a snapshot from before "
+                            "the last epoch); compact the final checkpoint")
+        keep = _complement(drop, filters)
+        bias = (conv.bias.detach().double().cpu() if conv.bias is not None
+                else torch.zeros(filters, dtype=torch.float64))
+        w_out, b_out, pad_const = w[keep], bias[keep].clone(), None
+        if inp.kept is not None:
+            removed = _complement(inp.kept, w.shape[1])
+            # what the removed input channels' constants add to each kept filter, per tap
+            taps = torch.einsum("oihw,i->ohw", w_out[:, removed].double(), inp.const[removed])
+            w_out = w_out[:, inp.kept]
+            if taps.count_nonzero():
+                if any(conv.padding):
+                    pad_const = taps.unsqueeze(1)
+                else:  # every output pixel sees every tap: a plain bias
+                    b_out += taps.sum((1, 2))
+        has_bias = conv.bias is not None or bool(b_out.count_nonzero())
+
+        gamma, beta = bn.weight.detach().double().cpu(), bn.bias.detach().double().cpu()
+        mean, var = bn.running_mean.double().cpu(), bn.running_var.double().cpu()
+        const = torch.zeros(filters, dtype=torch.float64)
+        # a dropped filter outputs its bias (0 without one); BN maps that to a constant
+        const[drop] = (bias[drop] - mean[drop]) / torch.sqrt(var[drop] + bn.eps) * gamma[drop] \
+            + beta[drop]
+
+        self.state.update({f"{prefix}.conv.weight": w_out, f"{prefix}.bn.weight": gamma[keep],
+                           f"{prefix}.bn.bias": beta[keep], f"{prefix}.bn.running_mean": mean[keep],
+                           f"{prefix}.bn.running_var": var[keep],
+                           f"{prefix}.bn.num_batches_tracked": bn.num_batches_tracked.clone()})
+        if has_bias:
+            self.state[f"{prefix}.conv.bias"] = b_out
+        if pad_const is not None:
+            self.state[f"{prefix}.pad_const"] = pad_const
+        spec = {"in": w_out.shape[1], "out": len(keep), "kernel": list(conv.kernel_size),
+                "stride": list(conv.stride), "padding": list(conv.padding),
+                "dilation": list(conv.dilation), "bias": has_bias,
+                "pad_const": pad_const is not None, "eps": bn.eps, "momentum": bn.momentum}
+        return spec, _Channels(keep if len(drop) else None, const)
+
+    # -- a residual block ---------------------------------------------------------------------
+    def block(self, convs: list, shortcut: str, downsample, channels: int, inp: _Channels,
+              prefix: str) -> dict:
+        """``convs``: [(name, conv, bn)] of the main path, ReLU between them; ``downsample``:
+        (name, conv, bn) when ``shortcut == 'conv'``."""
+        specs, x = [], inp
+        for i, (name, conv, bn) in enumerate(convs):
+            spec, x = self.conv_bn(name, conv, bn, x.relu() if i else x, f"{prefix}.convs.{i}")
+            specs.append(spec)
+        main = x
+        ds_spec = None
+        if shortcut == "conv":
+            ds_spec, short = self.conv_bn(*downsample, inp, f"{prefix}.downsample")
+        elif shortcut == "option_a":  # subsampled input, then zero channels up to `channels`
+            width = len(inp.const)
+            pad = torch.zeros(channels - width, dtype=torch.float64)
+            kept = inp.kept if inp.kept is not None else torch.arange(width)
+            short = _Channels(kept if len(kept) < channels else None, torch.cat([inp.const, pad]))
+        else:
+            short = inp
+        const = main.const + short.const  # each is zero where its operand is computed
+        join = {"channels": channels, "main_narrow": main.kept is not None,
+                "short_narrow": short.kept is not None, "const": bool(const.count_nonzero()),
+                "main_width": channels if main.kept is None else len(main.kept),
+                "short_width": channels if short.kept is None else len(short.kept)}
+        if main.kept is not None:
+            self.state[f"{prefix}.join.main_index"] = main.kept
+        if short.kept is not None:
+            self.state[f"{prefix}.join.short_index"] = short.kept
+        if join["const"]:
+            self.state[f"{prefix}.join.const"] = const.view(1, -1, 1, 1)
+        return {"convs": specs, "shortcut": shortcut, "downsample": ds_spec, "join": join}
+
+
+# -- supported architectures -----------------------------------------------------------------
+def _walk_cifar(model: CifarResNet, cv: _Converter) -> tuple[dict, nn.Linear]:
+    stem, x = cv.conv_bn("conv_1_3x3", model.conv_1_3x3, model.bn_1, _Channels.full(
+        model.conv_1_3x3.in_channels), "stem")
+    x, blocks = x.relu(), []
+    for s in (1, 2, 3):
+        for i, blk in enumerate(getattr(model, f"stage_{s}")):
+            if type(blk) is not CifarBlock or not isinstance(blk.downsample, (ShortcutA, type(None))):
+                raise UserError(f"stage_{s}.{i} is not a CIFAR BasicBlock with option-A shortcut")
+            p = f"stage_{s}.{i}"
+            convs = [(f"{p}.conv_a", blk.conv_a, blk.bn_a), (f"{p}.conv_b", blk.conv_b, blk.bn_b)]
+            shortcut = "identity" if blk.downsample is None else "option_a"
+            blocks.append(cv.block(convs, shortcut, None, blk.conv_b.out_channels, x,
+                                   f"blocks.{len(blocks)}"))
+            x = _Channels.full(blk.conv_b.out_channels)
+    return {"stem": stem, "maxpool": None, "blocks": blocks}, model.classifier
+
+
+def _walk_torchvision(model, cv: _Converter) -> tuple[dict, nn.Linear]:
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    mp = model.maxpool
+    if mp.dilation != 1 or mp.ceil_mode:
+        raise UserError("the stem max-pool must have dilation 1 and ceil_mode=False")
+    stem, x = cv.conv_bn("conv1", model.conv1, model.bn1, _Channels.full(model.conv1.in_channels),
+                         "stem")
+    x, blocks = x.relu(), []  # max-pool keeps constant channels constant
+    for li in (1, 2, 3, 4):
+        for i, blk in enumerate(getattr(model, f"layer{li}")):
+            p = f"layer{li}.{i}"
+            n = {BasicBlock: 2, Bottleneck: 3}.get(type(blk))
+            if n is None:
+                raise UserError(f"{p} is a {type(blk).__name__}; only torchvision BasicBlock "
+                                "and Bottleneck can be compacted")
+            convs = [(f"{p}.conv{k}", getattr(blk, f"conv{k}"), getattr(blk, f"bn{k}"))
+                     for k in range(1, n + 1)]
+            ds = blk.downsample
+            if ds is not None and not (len(ds) == 2 and isinstance(ds[0], nn.Conv2d)
+                                       and isinstance(ds[1], nn.BatchNorm2d)):
+                raise UserError(f"{p}.downsample must be Sequential(Conv2d, BatchNorm2d)")
+            shortcut = "identity" if ds is None else "conv"
+            down = None if ds is None else (f"{p}.downsample.0", ds[0], ds[1])
+            out = convs[-1][1].out_channels
+            blocks.append(cv.block(convs, shortcut, down, out, x, f"blocks.{len(blocks)}"))
+            x = _Channels.full(out)
+    maxpool = [_int(mp.kernel_size), _int(mp.stride), _int(mp.padding)]
+    return {"stem": stem, "maxpool": maxpool, "blocks": blocks}, model.fc
+
+
+def _int(v) -> int:
+    return v if isinstance(v, int) else v[0]
+
+
+_TV_DEPTHS = {("BasicBlock", (2, 2, 2, 2)): 18, ("BasicBlock", (3, 4, 6, 3)): 34,
+              ("Bottleneck", (3, 4, 6, 3)): 50, ("Bottleneck", (3, 4, 23, 3)): 101,
+              ("Bottleneck", (3, 8, 36, 3)): 152}
+
+
+def _arch_name(model) -> str | None:
+    if isinstance(model, CifarResNet):
+        return f"resnet{model.depth}"
+    layers = [getattr(model, f"layer{i}") for i in (1, 2, 3, 4)]
+    depth = _TV_DEPTHS.get((type(layers[0][0]).__name__, tuple(len(l) for l in layers)))
+    return f"imagenet_resnet{depth}" if depth else None
+
+
+def _is_torchvision_resnet(model) -> bool:
+    try:
+        from torchvision.models.resnet import ResNet
+    except ImportError:
+        return False
+    return isinstance(model, ResNet)
+
+
+# -- public API -------------------------------------------------------------------------------
+@torch.no_grad()
+def compact_model(model: nn.Module, pruned: dict) -> CompactResNet:
+    """The compact network (eval mode, the model's device and dtype) of a soft-pruned one.
+
+    ``pruned``: {conv module name: filter indices}, e.g. the Mask's final
+    ``{c.name: mask.selected(c.name) for c in mask.convs}`` or a checkpoint's
+    ``ckpt['mask']['selected']``. The selected filters must be zero (ζ = 0). ``model`` is not
+    modified.
+    """
+    model = unwrap(model)
+    cv = _Converter(pruned)
+    if isinstance(model, CifarResNet):
+        net, fc = _walk_cifar(model, cv)
+    elif _is_torchvision_resnet(model):
+        net, fc = _walk_torchvision(model, cv)
+    else:
+        raise UserError(f"cannot compact a {type(model).__name__}: only the CIFAR ResNets and "
+                        "torchvision ResNets are supported")
+    unknown = sorted(set(cv.pruned) - cv.used)
+    if unknown:
+        raise UserError(f"pruned layers {unknown} are not prunable convs of this model; pass the "
+                        "mask saved with this very architecture")
+    net["classifier"] = [fc.in_features, fc.out_features]
+    cv.state["classifier.weight"] = fc.weight.detach().cpu()
+    cv.state["classifier.bias"] = fc.bias.detach().cpu()
+    first = model.conv1 if hasattr(model, "conv1") else model.conv_1_3x3
+    manifest = {
+        "arch": _arch_name(model), "num_classes": fc.out_features,
+        "in_channels": first.in_channels,
+        # for people and tools reading the file: the filters each pruned conv keeps
+        "kept": {name: _complement(_pruned_indices(cv.pruned, name, m.out_channels),
+                                   m.out_channels).tolist()
+                 for name, m in model.named_modules() if name in cv.pruned},
+        "net": net}
+    dtype, device = first.weight.dtype, first.weight.device
+    compact = CompactResNet(manifest)
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in cv.state.items()}
+    compact.load_state_dict(state, strict=True)
+    return compact.to(device).eval()
+
+
+def save_compact(model: CompactResNet, path) -> None:
+    """Write the manifest (plain data) and the state dict; ``load_compact`` rebuilds the model."""
+    if not isinstance(model, CompactResNet):
+        raise UserError(f"save_compact needs the output of compact_model, got "
+                        f"{type(model).__name__}")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"format": FORMAT, "version": FORMAT_VERSION, "manifest": model.manifest,
+                "state_dict": state}, path)
+
+
+def load_compact(path, map_location="cpu") -> CompactResNet:
+    """Rebuild a compact network saved by ``save_compact`` (eval mode); no pickled code runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; create it with `python compact.py SNAPSHOT`")
+    blob = safe_load(str(path), map_location)
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise UserError(f"{path} is not a compact model file; create one with "
+                        "`python compact.py SNAPSHOT`")
+    if blob.get("version") != FORMAT_VERSION:
+        raise UserError(f"{path} has compact format version {blob.get('version')}, this code "
+                        f"reads {FORMAT_VERSION}; re-run `python compact.py` on the snapshot")
+    model = CompactResNet(blob["manifest"])
+    model.load_state_dict(blob["state_dict"], strict=True)
+    return model.eval()
+
+
+@torch.no_grad()
+def count_flops_params(model: nn.Module, input_shape) -> tuple[int, int]:
+    """(FLOPs, parameters) for one forward at ``input_shape`` (N, C, H, W), in eval mode.
+
+    FLOPs are multiply-accumulates of convs and linear layers (FlopCounterMode's count / 2),
+    the unit of FPGM's tables. The compact network's padding corrections are precomputed
+    constants, so they are cached by a warm-up forward and not counted.
+    """
+    was_training = model.training
+    model.eval()
+    p = next(model.parameters())
+    x = torch.zeros(tuple(input_shape), dtype=p.dtype, device=p.device)
+    try:
+        model(x)
+        with FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2, sum(q.numel() for q in model.parameters())
+
+
+# -- FPGM's analytic FLOPs reduction ----------------------------------------------------------
+def fpgm_flops_reduction(arch: str, keep_ratio: float) -> float:
+    """FLOPs reduction (0..1) that FPGM/SFP report for a uniform keep ratio ``p``.
+
+    Their counting (``utils/cifar_resnet_flop.py`` of he-y/soft-filter-pruning, and its ImageNet
+    counterpart): conv MACs only, at each stage's output resolution; the stem ×p; the first conv
+    of a block ×p (its input is the unpruned residual stream), except in the network's first
+    block, whose input is the pruned stem: ×p²; the other convs of a block ×p². It reproduces
+    their tables, e.g. ResNet-56 at 40% → 52.6%, ResNet-50 at 30% → 42.2%.
+    """
+    if not 0 < keep_ratio <= 1:
+        raise UserError(f"keep ratio must be in (0, 1], got {keep_ratio}")
+    name = arch.removeprefix("imagenet_")
+    depth = int(name[len("resnet"):]) if name.startswith("resnet") and name[6:].isdigit() else 0
+    if arch == name and depth in (20, 32, 44, 56, 110):
+        count = _fpgm_cifar
+    elif arch != name and depth in (18, 34):
+        count = _fpgm_imagenet_basic
+    elif arch != name and depth in (50, 101, 152):
+        count = _fpgm_imagenet_bottleneck
+    else:
+        raise UserError(f"no FPGM FLOPs formula for {arch!r}; use resnet20/32/44/56/110 or "
+                        "imagenet_resnet18/34/50/101/152")
+    return 1 - count(depth, keep_ratio) / count(depth, 1.0)
+
+
+def _fpgm_cifar(depth: int, p: float) -> float:
+    n = (depth - 2) // 6
+    widths, sizes = (16, 32, 64), (32, 16, 8)
+    macs = 16 * 3 * 9 * 32 * 32 * p
+    for s, (c, hw) in enumerate(zip(widths, sizes)):
+        for b in range(n):
+            c_in = widths[s - 1] if s and not b else c
+            first = p * p if not s and not b else p
+            macs += 9 * hw * hw * c * (c_in * first + c * p * p)
+    return macs
+
+
+_IMAGENET_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
+                    152: (3, 8, 36, 3)}
+_IMAGENET_WIDTHS, _IMAGENET_SIZES = (64, 128, 256, 512), (56, 28, 14, 7)
+
+
+def _fpgm_imagenet_basic(depth: int, p: float) -> float:
+    macs = 64 * 3 * 49 * 112 * 112 * p  # downsample convs are not counted
+    for s, (c, hw, n) in enumerate(zip(_IMAGENET_WIDTHS, _IMAGENET_SIZES, _IMAGENET_BLOCKS[depth])):
+        for b in range(n):
+            # FPGM's script corrects the input width of the first conv of stages 2 and 4 but
+            # not of stage 3 (a variable is overwritten), and its published numbers include it
+            c_in = _IMAGENET_WIDTHS[s - 1] if s in (1, 3) and not b else c
+            first = p * p if not s and not b else p
+            macs += 9 * hw * hw * c * (c_in * first + c * p * p)
+    return macs
+
+
+def _fpgm_imagenet_bottleneck(depth: int, p: float) -> float:
+    macs = 64 * 3 * 49 * 112 * 112 * p
+    for s, (c, hw, n) in enumerate(zip(_IMAGENET_WIDTHS, _IMAGENET_SIZES, _IMAGENET_BLOCKS[depth])):
+        for b in range(n):
+            c_in = (64 * p if not s else 4 * _IMAGENET_WIDTHS[s - 1]) if not b else 4 * c
+            macs += hw * hw * c * (c_in * p + 9 * c * p * p + 4 * c * p * p)
+            if not b:  # the downsample conv, unpruned
+                macs += hw * hw * 4 * c * c_in
+    return macs
+
+
+# -- snapshots and exports --------------------------------------------------------------------
+def _load_checkpoint(path) -> tuple[Path, dict]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; pass a snapshot directory or its checkpoint.pt")
+    ckpt = safe_load(str(path))
+    missing = [k for k in ("arch", "num_classes", "in_channels", "model", "mask")
+               if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing or "selected" not in ckpt["mask"]:
+        raise UserError(f"{path} lacks {missing or ['mask.selected']}: it is not an FSDP training "
+                        "checkpoint; pass the checkpoint.pt of a finished run")
+    return path, ckpt
+
+
+def _keep_ratio(model: nn.Module, selected: dict) -> float:
+    modules = dict(model.named_modules())
+    total = sum(modules[n].out_channels for n in selected if n in modules)
+    pruned = sum(len(v) for v in selected.values())
+    return 1 - pruned / total if total else 1.0
+
+
+@torch.no_grad()
+def compact_checkpoint(ckpt_path, out_path=None, input_size: int | None = None,
+                       keep_ratio: float | None = None) -> dict:
+    """Compact a training checkpoint (or snapshot directory), save it, and return the figures.
+
+    ``out_path`` defaults to ``model_compact.pt`` next to the checkpoint; ``input_size`` to 32
+    (CIFAR ResNets) or 224; ``keep_ratio`` (for FPGM's analytic reduction) to the fraction of
+    filters the mask keeps. Returns FLOPs (MACs) and parameters of both networks, their
+    reductions, and ``max_rel_error`` between them on random inputs.
+    """
+    path, ckpt = _load_checkpoint(ckpt_path)
+    try:
+        dense = build_model(ckpt["arch"], int(ckpt["num_classes"]), int(ckpt["in_channels"]))
+        dense.load_state_dict(ckpt["model"])
+    except (KeyError, RuntimeError) as e:
+        raise UserError(f"{path}: its weights do not fit arch {ckpt['arch']!r} "
+                        f"({str(e).splitlines()[0]}); pass an unmodified checkpoint") from e
+    dense.eval()
+    selected = ckpt["mask"]["selected"]
+    compact = compact_model(dense, selected)
+    out_path = Path(out_path) if out_path else path.parent / "model_compact.pt"
+    save_compact(compact, out_path)
+
+    size = input_size or (32 if isinstance(dense, CifarResNet) else 224)
+    shape = (1, int(ckpt["in_channels"]), size, size)
+    flops_d, params_d = count_flops_params(dense, shape)
+    flops_c, params_c = count_flops_params(compact, shape)
+    x = torch.randn((4,) + shape[1:], generator=torch.Generator().manual_seed(0))
+    ref = dense(x)
+    err = ((compact(x) - ref).abs().max() / ref.abs().max().clamp(min=1e-12)).item()
+    p = keep_ratio if keep_ratio is not None else _keep_ratio(dense, selected)
+    try:
+        analytic = fpgm_flops_reduction(ckpt["arch"], p)
+    except UserError:
+        analytic = None
+    return {"arch": ckpt["arch"], "checkpoint": str(path), "compact_path": str(out_path),
+            "input_size": size, "flops_unit": "multiply-accumulates",
+            "flops_dense": flops_d, "flops_compact": flops_c,
+            "flops_reduction": 1 - flops_c / flops_d,
+            "params_dense": params_d, "params_compact": params_c,
+            "params_reduction": 1 - params_c / params_d,
+            "keep_ratio": p, "fpgm_analytic_flops_reduction": analytic,
+            "max_rel_error": err}
+
+
+def export_torchscript(model: nn.Module, path, input_shape) -> None:
+    """Trace ``model`` (eval mode) and save it; ``torch.jit.load`` needs none of our code."""
+    p = next(model.parameters())
+    x = torch.randn(tuple(input_shape), dtype=p.dtype, device=p.device)
+    with torch.no_grad():
+        traced = torch.jit.trace(model.eval(), x)
+    torch.jit.save(traced, str(path))
+
+
+def export_onnx(model: nn.Module, path, input_shape) -> None:
+    """Export to ONNX with torch's exporter, which needs the onnx and onnxscript packages."""
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"ONNX export needs {' and '.join(missing)}: pip install {' '.join(missing)}")
+    p = next(model.parameters())
+    x = torch.randn(tuple(input_shape), dtype=p.dtype, device=p.device)
+    batch = torch.export.Dim("batch")
+    torch.onnx.export(model.eval(), (x,), str(path), input_names=["input"],
+                      output_names=["logits"], dynamic_shapes=({0: batch},), dynamo=True)

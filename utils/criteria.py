@@ -1,0 +1,91 @@
+"""Filter-ranking criteria: class separability (SPEC §3), geometric median (SPEC §4), norms."""
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .distributed import all_reduce_sum
+
+
+@contextlib.contextmanager
+def _max_response_hooks(bns: list[nn.Module], out: list):
+    """Store, per BN, the per-sample spatial max of its output: (N, F).
+
+    max is taken before the ReLU: ReLU is monotone, so clamping the (N, F) max afterwards
+    equals the max of the rectified map, without a full-size copy of every activation.
+    """
+    def hook(k):
+        def fn(module, inputs, output):
+            out[k] = output.amax(dim=(2, 3))
+        return fn
+
+    handles = [bn.register_forward_hook(hook(k)) for k, bn in enumerate(bns)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def class_sums(model: nn.Module, bns: list[nn.Module], loader, num_classes: int,
+               device: torch.device, max_batches: int | None = None,
+               amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over ``loader``: Σ_n onehot(y_n) a_f(n) for every filter of every BN, and the
+    class counts. Returns float64 tensors (C, ΣF) and (C,), summed over DDP ranks."""
+    acts = [None] * len(bns)
+    widths = [bn.num_features for bn in bns]
+    sums = torch.zeros(num_classes, sum(widths), dtype=torch.float64, device=device)
+    counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
+    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype
+                else contextlib.nullcontext())
+    with _max_response_hooks(bns, acts):
+        for i, (x, y) in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            with autocast:
+                model(x)
+            a = torch.cat(acts, 1).double().clamp_min_(0)
+            onehot = F.one_hot(y, num_classes).double()
+            sums.addmm_(onehot.T, a)
+            counts += onehot.sum(0)
+    all_reduce_sum(sums)
+    all_reduce_sum(counts)
+    return sums, counts
+
+
+def separability_scores(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Trace of the between-class scatter per filter: C·Σ_c m_c² − (Σ_c m_c)², over the C
+    classes present (the reference divided by zero for absent ones)."""
+    present = counts > 0
+    means = sums[present] / counts[present, None]
+    c = means.shape[0]
+    return c * means.square().sum(0) - means.sum(0).square()
+
+
+def cs_scores(model, bns, names, loader, num_classes, device, max_batches=None,
+              amp_dtype=None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """CS score of every filter of every layer keyed by ``names`` (CPU float64), and the
+    number of samples seen per class."""
+    sums, counts = class_sums(model, bns, loader, num_classes, device, max_batches, amp_dtype)
+    scores = separability_scores(sums, counts).cpu()
+    return dict(zip(names, scores.split([bn.num_features for bn in bns]))), counts.cpu()
+
+
+def geometric_median_select(weight: torch.Tensor, candidates: torch.Tensor, n: int) -> torch.Tensor:
+    """FPGM: the ``n`` candidates whose summed Euclidean distance to the other candidates is
+    smallest (closest to the geometric median, hence the most replaceable)."""
+    if n <= 0 or len(candidates) == 0:
+        return candidates[:0]
+    w = weight.detach()[candidates.to(weight.device)].flatten(1).double().cpu()
+    dist = torch.cdist(w, w)  # float64, so the matmul form loses nothing that matters
+    order = torch.argsort(dist.sum(0), stable=True)
+    return candidates[order[:n]]
+
+
+def filter_norms(weight: torch.Tensor, p: int = 2) -> torch.Tensor:
+    """Lp norm of every filter (SFP ranks by L2, norm-based pruning by L1)."""
+    return torch.linalg.vector_norm(weight.detach().flatten(1).double(), ord=p, dim=1).cpu()

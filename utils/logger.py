@@ -1,0 +1,71 @@
+"""The snapshot's text outputs: log.txt, args.json, metrics.csv, summary.json, TensorBoard."""
+import csv
+import io
+import json
+import os
+import time
+
+from .distributed import is_main
+
+METRIC_COLUMNS = ["epoch", "lr", "theta", "theta_cs", "theta_gm", "zeta", "train_loss",
+                  "train_top1", "test_loss", "test_top1", "test_top5", "filters_selected",
+                  "filters_total", "flops_eff", "params_eff", "epoch_seconds"]
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class RunLog:
+    """Only rank 0 writes; every rank may call it."""
+
+    def __init__(self, save_path: str, tensorboard: bool = False):
+        self.save_path = save_path
+        self.enabled = is_main()
+        self.tb = None
+        if self.enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(os.path.join(save_path, "tensorboard"))
+            except ImportError:
+                self("tensorboard is not installed (pip install tensorboard); no scalars written")
+
+    def __call__(self, msg: str, echo: bool = True) -> None:
+        if not self.enabled:
+            return
+        if echo:
+            print(msg, flush=True)
+        with open(os.path.join(self.save_path, "log.txt"), "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+
+    def args(self, args: dict) -> None:
+        if not self.enabled:
+            return
+        write_text_atomic(os.path.join(self.save_path, "args.json"),
+                          json.dumps(args, indent=2, sort_keys=True) + "\n")
+        self("arguments: " + " ".join(f"--{k}={v}" for k, v in sorted(args.items())), echo=False)
+
+    def metrics(self, history: list[dict]) -> None:
+        """Rewrite metrics.csv from the full history, so a resumed run never duplicates rows."""
+        if not self.enabled:
+            return
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, METRIC_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(history)
+        write_text_atomic(os.path.join(self.save_path, "metrics.csv"), buf.getvalue())
+        if self.tb is not None and history:
+            row = history[-1]
+            for k in METRIC_COLUMNS[1:]:
+                self.tb.add_scalar(k, row[k], row["epoch"])
+            self.tb.flush()
+
+    def summary(self, summary: dict) -> None:
+        if self.enabled:
+            write_text_atomic(os.path.join(self.save_path, "summary.json"),
+                              json.dumps(summary, indent=2) + "\n")

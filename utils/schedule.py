@@ -1,0 +1,91 @@
+"""The asymptotic pruning-rate schedule of FSDP (SPEC §2).
+
+θ(e) rises fast at first and flattens towards θ3; θ(e2) = ¾·θ3 at e2 = e3/τ and θ(e3) = θ3
+exactly. The CS criterion takes its share first; ζ(e) = s·(1 − θ(e)/θ3) attenuates the
+selected filters so that they reach exactly zero at the last epoch.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Schedule:
+    theta: np.ndarray     # total rate per epoch
+    theta_cs: np.ndarray  # CS share
+    theta_gm: np.ndarray  # GM share
+    zeta: np.ndarray      # weight/gradient scaling factor of the selected filters
+    xi: float
+    e2: float
+
+    @property
+    def epochs(self) -> int:
+        return len(self.theta)
+
+    def at(self, epoch: int) -> dict:
+        return {"theta": float(self.theta[epoch]), "theta_cs": float(self.theta_cs[epoch]),
+                "theta_gm": float(self.theta_gm[epoch]), "zeta": float(self.zeta[epoch])}
+
+
+def solve_xi(tau: float) -> float:
+    """Root in (0, 1) of ¾ξ^τ − ξ + ¼ = 0 (the SPEC's equation divided by θ3).
+
+    f is convex with f(0) = ¼ > 0, f(1) = 0 and f'(1) = ¾τ − 1 > 0 for τ > 4/3, so it has a
+    single root in (0, 1), left of f's minimum ξ* = (4/(3τ))^(1/(τ−1)) where f < 0. Bisection
+    on [0, ξ*] works for any real τ; the reference read the root off ``numpy.roots`` by
+    position, which only works for integer τ.
+    """
+    if not tau > 4.0 / 3.0:
+        raise ValueError(f"tau must be > 4/3 (got {tau})")
+    f = lambda x: 0.75 * x ** tau - x + 0.25  # noqa: E731
+    lo, hi = 0.0, (4.0 / (3.0 * tau)) ** (1.0 / (tau - 1.0))
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if f(mid) > 0:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-16:
+            break
+    return 0.5 * (lo + hi)
+
+
+def asymptotic_schedule(rate_cs: float, rate_gm: float, epochs: int, tau: float = 10.0,
+                        attenuation: float = 1.0, zero_scaling: bool = False) -> Schedule:
+    if rate_cs < 0 or rate_gm < 0:
+        raise ValueError(f"pruning rates must be ≥ 0 (got cs={rate_cs}, gm={rate_gm})")
+    theta3 = rate_cs + rate_gm
+    if theta3 >= 1:
+        raise ValueError(f"prune_rate_cs + prune_rate_gm must be < 1 (got {theta3})")
+    if epochs < 1:
+        raise ValueError(f"epochs must be ≥ 1 (got {epochs})")
+    xi = solve_xi(tau)
+    e = np.arange(epochs, dtype=np.float64)
+    e3 = epochs - 1
+    e2 = e3 / tau
+    if theta3 == 0:
+        theta = np.zeros(epochs)
+    elif e3 == 0:
+        theta = np.full(1, theta3)
+    else:
+        theta2 = 0.75 * theta3
+        beta = -math.log(xi) / e2
+        alpha = theta2 / (xi - 1.0)
+        theta = alpha * (np.exp(-beta * e) - 1.0) + 0.0  # + 0.0 turns θ(0) = −0.0 into 0.0
+    theta[-1] = theta3
+    theta_cs = np.minimum(rate_cs, theta)
+    theta_gm = theta - theta_cs
+    if zero_scaling:
+        zeta = np.zeros(epochs)
+    elif theta3 == 0:
+        zeta = np.full(epochs, float(attenuation))  # nothing is ever selected
+    else:
+        zeta = attenuation * (1.0 - theta / theta3)
+        zeta[-1] = 0.0
+    return Schedule(theta, theta_cs, theta_gm, zeta, xi, e2)
+
+
+def count(filters: int, rate: float) -> int:
+    """⌊F·rate⌋ with a tiny tolerance, so that 10 × (0.7 − 0.1) gives 6, not 5."""
+    return int(math.floor(filters * rate + 1e-9))

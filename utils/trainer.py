@@ -1,0 +1,350 @@
+"""The driver shared by the dataset scripts: set-up, the FSDP epoch loop and the snapshot.
+
+A script supplies its argument parser (the paper's defaults) and a ``make_data(args) -> Data``;
+everything else — schedule, mask, DDP, AMP, resume, logging, checkpoints — lives here once.
+"""
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from models import build_model
+
+from . import distributed as dist
+from .checkpoint import atomic_save, rng_state, safe_load, set_rng_state
+from .cli import check_args
+from .criteria import cs_scores
+from .engine import NonFiniteLoss, evaluate, lr_at, train_one_epoch
+from .errors import UserError
+from .flops import effective_cost, layer_geometry
+from .graph import find_prunable_convs, unwrap
+from .logger import RunLog
+from .mask import Mask
+from .plots import plot_curves, plot_schedule
+from .schedule import asymptotic_schedule
+
+SNAPSHOT_FILES = ("checkpoint.pt", "metrics.csv", "summary.json", "args.json", "log.txt",
+                  "curves.png", "schedule.png")
+# a resumed run must rebuild the same schedule, mask layout and data pipeline
+RESUME_MUST_MATCH = ("arch", "dataset", "epochs", "prune_rate_cs", "prune_rate_gm", "tau",
+                     "attenuation", "use_zero_scaling", "layer_begin", "layer_end", "layer_inter",
+                     "prune_include", "prune_exclude")
+
+
+@dataclass
+class Data:
+    train: Dataset
+    cs: Dataset          # the CS loader's data (SPEC §3), read in fixed order
+    test: Dataset
+    num_classes: int
+    in_channels: int
+    input_shape: tuple   # C, H, W of one sample
+    train_sampler: torch.utils.data.Sampler | None = None  # e.g. GSC's balanced sampler
+
+
+def main(parser, make_data, argv=None) -> int:
+    """Parse, run, and turn user errors into one line on stderr with exit status 2."""
+    args = parser.parse_args(argv)
+    try:
+        check_args(args)
+        return run(args, make_data)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as e:
+        if args.debug:
+            raise
+        print(f"error: {e}; the last good checkpoint is kept — lower --learning_rate, or pass "
+              "--nan_policy skip", file=sys.stderr)
+        return 3
+    finally:
+        dist.cleanup()
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def _amp_dtype(args, device) -> torch.dtype | None:
+    if not args.amp:
+        return None
+    if args.amp == "bf16" or device.type != "cuda":
+        return torch.bfloat16
+    return torch.float16
+
+
+def _check_save_path(args) -> str | None:
+    """The checkpoint to resume from, if any; refuses to mix two runs in one folder."""
+    path = args.save_path
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"--save_path {path} is a file; give a folder")
+    resume = args.resume
+    if resume == "auto":
+        auto = os.path.join(path, "checkpoint.pt")
+        resume = auto if os.path.isfile(auto) else None
+    present = [f for f in SNAPSHOT_FILES if os.path.exists(os.path.join(path, f))]
+    if present and not (args.resume or args.overwrite):
+        raise UserError(f"--save_path {path} already holds a run ({present[0]}); add --resume auto "
+                        "to continue it, --overwrite to replace it, or choose another --save_path")
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".write-test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"cannot write to --save_path {path} ({e.strerror}); choose a writable "
+                        "folder") from None
+    return resume
+
+
+def _evaluate_source(args) -> str:
+    if args.resume == "auto":
+        return os.path.join(args.save_path, "checkpoint.pt")
+    return args.resume or args.pretrain_path
+
+
+def _load_pretrained(model, path: str) -> None:
+    """Plain state dicts, DataParallel/DDP ``module.``-prefixed ones, and our checkpoints."""
+    obj = safe_load(path)
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise UserError(f"--pretrain_path {path} holds no state dict")
+    state = {k.removeprefix("module."): v for k, v in obj.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise UserError(f"--pretrain_path {path} does not fit --arch: "
+                        f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}"
+                        ) from None
+
+
+def _check_resumable(ckpt, args, path) -> None:
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "args" not in ckpt:
+        raise UserError(f"{path} is not a checkpoint of this project; give a checkpoint.pt "
+                        "written by these scripts")
+    for key in RESUME_MUST_MATCH:
+        old, new = ckpt["args"].get(key), getattr(args, key)
+        if old != new:
+            raise UserError(f"checkpoint {path} was made with --{key} {old}, this run asks for "
+                            f"{new}; resume with the same flags or choose another --save_path")
+
+
+def _loader(ds, batch_size, args, device, sampler=None, shuffle=False, generator=None):
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=shuffle,
+                      num_workers=args.workers, pin_memory=device.type == "cuda",
+                      persistent_workers=False, generator=generator)
+
+
+def run(args, make_data) -> int:
+    device = dist.init_from_env(args.device)
+    world = dist.world_size()
+    seed = args.manualSeed if args.manualSeed is not None else random.randint(1, 10000)
+    args.manualSeed = dist.broadcast_object(seed)
+    _seed_everything(args.manualSeed + dist.rank(), args.deterministic)
+    resume = _evaluate_source(args) if args.evaluate else _check_save_path(args)
+
+    data = make_data(args)
+    if len(data.train) == 0 or len(data.test) == 0:
+        raise UserError(f"the dataset under {args.data_path} is empty; check --data_path")
+    model = build_model(args.arch, data.num_classes, data.in_channels).to(device)
+    convs = find_prunable_convs(model, args.prune_include, args.prune_exclude, args.layer_begin,
+                                args.layer_end, args.layer_inter)
+    if not convs and args.prune_rate_cs + args.prune_rate_gm > 0:
+        raise UserError("no conv matches the layer selection (--layer_*/--prune_include/"
+                        "--prune_exclude); widen it")
+    schedule = asymptotic_schedule(args.prune_rate_cs, args.prune_rate_gm, args.epochs,
+                                   args.tau, args.attenuation, args.use_zero_scaling)
+    amp_dtype = _amp_dtype(args, device)
+
+    ckpt = None
+    if args.evaluate:
+        _load_pretrained(model, resume)
+    elif resume:
+        ckpt = safe_load(resume)
+        _check_resumable(ckpt, args, resume)
+        model.load_state_dict(ckpt["model"])
+    elif args.pretrain_path:
+        _load_pretrained(model, args.pretrain_path)
+
+    test_loader = _loader(data.test, args.batch_size, args, device,
+                          sampler=dist.ShardSampler(len(data.test)))
+    if args.evaluate:
+        stats = evaluate(model, test_loader, device, amp_dtype)
+        if dist.is_main():
+            print(f"test: top1 {stats['top1']:.2f}  top5 {stats['top5']:.2f}  "
+                  f"loss {stats['loss']:.4f}  ({stats['n']} images)")
+        return 0
+
+    # the CS pass reads the CS data in fixed order, each rank a disjoint shard
+    cs_gen = torch.Generator()
+    cs_loader = _loader(data.cs, max(1, args.batch_prune_size // world), args, device,
+                        sampler=dist.ShardSampler(len(data.cs)), generator=cs_gen)
+    train_gen = torch.Generator()
+    if data.train_sampler is not None:
+        train_sampler = data.train_sampler
+    elif world > 1:
+        train_sampler = torch.utils.data.DistributedSampler(data.train, seed=args.manualSeed)
+    else:
+        train_sampler = None
+    train_loader = _loader(data.train, max(1, args.batch_size // world), args, device,
+                           sampler=train_sampler, shuffle=train_sampler is None,
+                           generator=train_gen)
+
+    log = RunLog(args.save_path, args.tensorboard)
+    bns, names = [c.bn for c in convs], [c.name for c in convs]
+    warned = set()
+
+    def ranker(net):
+        was_training = net.training
+        if args.cs_mode == "eval":
+            net.eval()
+        cs_gen.manual_seed(args.manualSeed * 7919 + mask.epoch + 1)
+        t0 = time.time()
+        scores, counts = cs_scores(net, bns, names, cs_loader, data.num_classes, device,
+                                   args.max_iter_cs, amp_dtype)
+        net.train(was_training)
+        missing = tuple(torch.nonzero(counts == 0).flatten().tolist())
+        if missing and missing not in warned:
+            warned.add(missing)
+            log(f"warning: the CS data has no samples of classes {list(missing)}; they are left "
+                "out of the class-separability scores")
+        log(f"  CS pass: {int(counts.sum())} samples, {time.time() - t0:.1f}s "
+            f"({'train' if was_training and args.cs_mode == 'reference' else 'eval'} mode)",
+            echo=False)
+        return scores
+
+    mask = Mask(convs, schedule, ranker, args.epoch_apply_cs)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
+                                weight_decay=args.decay, nesterov=True)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    geometry = layer_geometry(model, data.input_shape)
+    dense_cost = effective_cost(model, geometry, convs, {})
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    history, wall = [], 0.0
+    start_epoch = 0
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        mask.load_state_dict(ckpt["mask"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        history, wall = list(ckpt["history"]), float(ckpt["wall_seconds"])
+        start_epoch = int(ckpt["epoch"])
+        set_rng_state(ckpt["rng"])
+        log(f"resumed from {resume} at epoch {start_epoch}")
+    else:
+        if args.overwrite and dist.is_main():
+            for f in SNAPSHOT_FILES:
+                if os.path.exists(os.path.join(args.save_path, f)):
+                    os.unlink(os.path.join(args.save_path, f))
+        log(f"FSDP run: {args.arch} on {args.dataset}, {len(data.train)} train / "
+            f"{len(data.test)} test images, {len(convs)} prunable convs "
+            f"({mask.total_filters()} filters), device {device}, {world} process(es)")
+        log.args({k: v for k, v in vars(args).items()})
+        if dist.is_main():
+            plot_schedule(schedule, os.path.join(args.save_path, "schedule.png"))
+    if start_epoch >= args.epochs:
+        log(f"the run in {args.save_path} is already complete ({start_epoch} epochs)")
+        return 0
+
+    t_run = time.time()
+    if start_epoch == 0:
+        # the reference validates first, so the first CS pass runs in eval mode
+        before = evaluate(model, test_loader, device, amp_dtype)
+        log(f"before training: test top1 {before['top1']:.2f} loss {before['loss']:.4f}")
+        mask.update(model, 0)
+
+    ran = 0
+    for epoch in range(start_epoch, args.epochs):
+        t0 = time.time()
+        lr = lr_at(epoch, args.learning_rate, args.schedule, args.gammas)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        train_gen.manual_seed(args.manualSeed * 100_003 + epoch * 31 + dist.rank())
+        if isinstance(train_sampler, torch.utils.data.DistributedSampler):
+            train_sampler.set_epoch(epoch)
+        train = train_one_epoch(net, train_loader, optimizer, device, epoch, mask, scaler,
+                                amp_dtype, log, args.print_freq, args.nan_policy)
+        if train["skipped"]:
+            log(f"  skipped {train['skipped']} batches with a non-finite loss (--nan_policy skip)")
+        if epoch % args.epoch_prune == 0 or epoch == args.epochs - 1:
+            mask.update(model, epoch)
+        test = evaluate(model, test_loader, device, amp_dtype)
+        flops, params = effective_cost(model, geometry, convs, mask.selected_counts())
+        seconds = time.time() - t0
+        wall += seconds
+        row = {"epoch": epoch, "lr": lr, **schedule.at(epoch),
+               "train_loss": train["loss"], "train_top1": train["top1"],
+               "test_loss": test["loss"], "test_top1": test["top1"], "test_top5": test["top5"],
+               "filters_selected": mask.total_selected(), "filters_total": mask.total_filters(),
+               "flops_eff": flops, "params_eff": params, "epoch_seconds": round(seconds, 3)}
+        history.append(row)
+        log(f"epoch {epoch:3d}/{args.epochs} lr {lr:.4g} θ {row['theta']:.4f} ζ {row['zeta']:.4f} "
+            f"| train loss {train['loss']:.4f} top1 {train['top1']:.2f} | test loss "
+            f"{test['loss']:.4f} top1 {test['top1']:.2f} top5 {test['top5']:.2f} | selected "
+            f"{row['filters_selected']}/{row['filters_total']} | {seconds:.1f}s")
+        if dist.is_main():
+            atomic_save({"format": "fsdp-checkpoint/1", "epoch": epoch + 1, "arch": args.arch,
+                         "num_classes": data.num_classes, "in_channels": data.in_channels,
+                         "input_shape": list(data.input_shape), "args": vars(args),
+                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scaler": scaler.state_dict() if scaler else None,
+                         "mask": mask.state_dict(), "history": history, "wall_seconds": wall,
+                         "rng": rng_state()}, os.path.join(args.save_path, "checkpoint.pt"))
+            log.metrics(history)
+            plot_curves(history, os.path.join(args.save_path, "curves.png"))
+        dist.barrier()
+        ran += 1
+        if args.stop_after is not None and ran >= args.stop_after and epoch < args.epochs - 1:
+            log(f"stopped after epoch {epoch} (--stop_after {args.stop_after}); continue with "
+                "--resume auto")
+            return 0
+
+    summary = _summary(args, model, convs, mask, history, dense_cost, wall)
+    log.summary(summary)
+    log(f"done in {time.time() - t_run:.0f}s: final pruned top1 {summary['final_top1']:.2f}, "
+        f"FLOPs −{100 * summary['flops_reduction']:.1f}%, params "
+        f"−{100 * summary['params_reduction']:.1f}% → {args.save_path}")
+    return 0
+
+
+def _summary(args, model, convs, mask, history, dense_cost, wall) -> dict:
+    last = history[-1]
+    best = max(history, key=lambda r: r["test_top1"])
+    zero = {c.name: int((c.conv.weight.detach().flatten(1).abs().sum(1) == 0).sum()) for c in convs}
+    return {
+        "arch": args.arch, "dataset": args.dataset, "epochs": args.epochs,
+        "prune_rate_cs": args.prune_rate_cs, "prune_rate_gm": args.prune_rate_gm,
+        "final_top1": last["test_top1"], "final_top5": last["test_top5"],
+        "final_loss": last["test_loss"],
+        "best_top1_unpruned_note": "best epoch of a network not yet fully pruned; report final_top1",
+        "best_top1": best["test_top1"], "best_epoch": best["epoch"],
+        "flops_dense": dense_cost[0], "flops_pruned": last["flops_eff"],
+        "flops_reduction": 1 - last["flops_eff"] / dense_cost[0],
+        "params_dense": dense_cost[1], "params_pruned": last["params_eff"],
+        "params_reduction": 1 - last["params_eff"] / dense_cost[1],
+        "filters_selected": mask.total_selected(), "filters_total": mask.total_filters(),
+        "selected_per_layer": mask.selected_counts(), "zero_filters_per_layer": zero,
+        "wall_seconds": round(wall, 1), "seed": args.manualSeed,
+    }
+

@@ -15,16 +15,22 @@ def atomic_save(obj, path: str) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``: a crash
     at any moment leaves either the old file or the new one, never a torn one."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) or "write" in str(e).lower():  # torch wraps ENOSPC
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+            raise UserError(f"could not write {path} ({reason}); the previous file is intact — "
+                            "free space or fix permissions, then continue with --resume auto"
+                            ) from None
         raise
     dir_fd = os.open(folder, os.O_RDONLY)
     try:

@@ -263,9 +263,8 @@ def run(args, make_data) -> int:
         log.args({k: v for k, v in vars(args).items()})
         if dist.is_main():
             plot_schedule(schedule, os.path.join(args.save_path, "schedule.png"))
-    if start_epoch >= args.epochs:
-        log(f"the run in {args.save_path} is already complete ({start_epoch} epochs)")
-        return 0
+    if start_epoch >= args.epochs:  # killed after its last checkpoint: finish the outputs
+        log(f"all {args.epochs} epochs were already trained; writing the final outputs")
 
     t_run = time.time()
     if start_epoch == 0:

@@ -26,7 +26,8 @@ def atomic_save(obj, path: str) -> None:
     except BaseException as e:
         if tmp and os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(e, OSError) or "write" in str(e).lower():  # torch wraps ENOSPC
+        # torch.save reports ENOSPC as RuntimeError("... file write failed")
+        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and "write failed" in str(e)):
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
             raise UserError(f"could not write {path} ({reason}); the previous file is intact — "
                             "free space or fix permissions, then continue with --resume auto"

@@ -29,7 +29,7 @@ def main():
     convs = find_prunable_convs(model)
     gen = torch.Generator().manual_seed(0)
     mask = Mask(convs, asymptotic_schedule(0.1, 0.4, 200),
-                lambda m: {c.name: torch.rand(c.filters, generator=gen) for c in convs})
+                lambda m, e: {c.name: torch.rand(c.filters, generator=gen) for c in convs})
     mask.update(model, 20)
     assert 0 < mask.zeta < 1 and mask.total_selected() > 0
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4,

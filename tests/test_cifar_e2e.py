@@ -88,16 +88,8 @@ def test_stop_and_resume_gives_the_same_final_weights(data_root, full_run, tmp_p
     assert torch.load(os.path.join(save, "checkpoint.pt"), weights_only=True)["epoch"] == 1
     assert not os.path.exists(os.path.join(save, "summary.json"))
     run_cifar(*common(data_root, save), "--resume", "auto")
-    a = torch.load(os.path.join(full_run, "checkpoint.pt"), weights_only=True)
-    b = torch.load(os.path.join(save, "checkpoint.pt"), weights_only=True)
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    for k in a["mask"]["selected"]:
-        assert torch.equal(a["mask"]["selected"][k], b["mask"]["selected"][k]), k
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]  # noqa
-    assert strip(a["history"]) == strip(b["history"])
-    rows = list(csv.DictReader(open(os.path.join(save, "metrics.csv"))))
-    assert [int(r["epoch"]) for r in rows] == list(range(EPOCHS))  # no duplicated rows
+    _same_run(full_run, save)
+    assert not [f for f in os.listdir(save) if ".tmp" in f]  # the torn write was cleaned up
 
 
 def test_dense_baseline_prunes_nothing(data_root, tmp_path):
@@ -115,3 +107,60 @@ def test_existing_snapshot_is_not_overwritten(data_root, full_run):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "already holds a run" in proc.stderr
     assert before == {f: open(os.path.join(full_run, f), "rb").read() for f in os.listdir(full_run)}
+
+
+def _same_run(a_dir, b_dir):
+    a = torch.load(os.path.join(a_dir, "checkpoint.pt"), weights_only=True)
+    b = torch.load(os.path.join(b_dir, "checkpoint.pt"), weights_only=True)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k in a["mask"]["selected"]:
+        assert torch.equal(a["mask"]["selected"][k], b["mask"]["selected"][k]), k
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]  # noqa
+    assert strip(a["history"]) == strip(b["history"])
+    ra = list(csv.DictReader(open(os.path.join(a_dir, "metrics.csv"))))
+    rb = list(csv.DictReader(open(os.path.join(b_dir, "metrics.csv"))))
+    assert strip(ra) == strip(rb)
+    sa, sb = (json.load(open(os.path.join(d, "summary.json"))) for d in (a_dir, b_dir))
+    sa.pop("wall_seconds"), sb.pop("wall_seconds")
+    assert sa == sb
+
+
+@pytest.mark.parametrize("point", ["train:1:2", "cs:2", "atomic_save:checkpoint.pt#2"],
+                         ids=["mid-epoch", "after-cs-pass", "mid-checkpoint-write"])
+def test_sigkill_anywhere_then_resume_auto_matches_an_uninterrupted_run(data_root, full_run,
+                                                                        tmp_path, point):
+    save = str(tmp_path / "killed")
+    env = {**os.environ, "FSDP_CRASH_AT": point}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "notebook_cifar.py"),
+                           *common(data_root, save)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert not os.path.exists(os.path.join(save, "summary.json"))
+    run_cifar(*common(data_root, save), "--resume", "auto")
+    _same_run(full_run, save)
+    assert not [f for f in os.listdir(save) if ".tmp" in f]  # the torn write was cleaned up
+
+
+def test_sigint_stops_at_a_batch_boundary_with_a_resumable_checkpoint(data_root, full_run,
+                                                                     tmp_path):
+    import signal
+    import time
+    save = str(tmp_path / "interrupted")
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "notebook_cifar.py"),
+                             *common(data_root, save), "--print_freq", "1"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = os.path.join(save, "log.txt")
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(log) and "epoch 1 [   1/" in open(log).read():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert "SIGINT: stopped in epoch 1 after batch" in out
+    ckpt = torch.load(os.path.join(save, "checkpoint.pt"), weights_only=True)
+    assert ckpt["epoch"] == 1 and 0 < ckpt["batch"]
+    run_cifar(*common(data_root, save), "--resume", "auto")
+    _same_run(full_run, save)

@@ -41,7 +41,7 @@ def _selection(rank: int, world: int) -> dict:
     data = _cs_data()
     loader = torch.utils.data.DataLoader(data, batch_size=32 // world,
                                          sampler=ShardSampler(len(data), rank, world))
-    ranker = lambda m: cs_scores(m, [c.bn for c in convs], [c.name for c in convs], loader, 10,  # noqa
+    ranker = lambda m, e: cs_scores(m, [c.bn for c in convs], [c.name for c in convs], loader, 10,  # noqa
                                  torch.device("cpu"))[0]
     mask = Mask(convs, asymptotic_schedule(0.2, 0.3, 10), ranker)
     mask.update(model, 9)

@@ -13,7 +13,7 @@ from utils.schedule import asymptotic_schedule, count
 
 def _random_ranker(convs, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return lambda model: {c.name: torch.rand(c.filters, generator=gen) for c in convs}
+    return lambda model, epoch: {c.name: torch.rand(c.filters, generator=gen) for c in convs}
 
 
 def _zero_filters(conv):
@@ -93,11 +93,11 @@ def test_cs_scores_are_recomputed_every_epoch_apply_cs_epochs():
     convs = find_prunable_convs(model)
     calls = []
     ranker = _random_ranker(convs)
-    mask = Mask(convs, asymptotic_schedule(0.1, 0.4, 10), lambda m: calls.append(1) or ranker(m),
+    mask = Mask(convs, asymptotic_schedule(0.1, 0.4, 10), lambda m, e: calls.append(e) or ranker(m, e),
                 cs_every=3)
     for e in [0, 0, 1, 2, 3, 4, 5, 6]:
         mask.update(model, e)
-    assert len(calls) == 4  # epochs 0 (before training), 0, 3, 6
+    assert calls == [0, 0, 3, 6]  # before training, then epochs divisible by 3
 
 
 def test_state_dict_round_trips_through_weights_only_load():
@@ -130,8 +130,8 @@ def test_state_dict_round_trips_through_weights_only_load():
 
 def test_mask_of_another_model_is_refused():
     a = Mask(find_prunable_convs(build_model("resnet20", 10)), asymptotic_schedule(0.1, 0.4, 5),
-             lambda m: {})
+             lambda m, e: {})
     b = Mask(find_prunable_convs(build_model("resnet32", 10)), asymptotic_schedule(0.1, 0.4, 5),
-             lambda m: {})
+             lambda m, e: {})
     with pytest.raises(ValueError, match="other layers"):
         b.load_state_dict(a.state_dict())

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .faults import crash_point
 
 
 def atomic_save(obj, path: str) -> None:
@@ -22,6 +23,7 @@ def atomic_save(obj, path: str) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        crash_point("atomic_save:" + os.path.basename(path))
         os.replace(tmp, path)
     except BaseException as e:
         if tmp and os.path.exists(tmp):

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .distributed import all_reduce_sum, is_main
+from .faults import crash_point
 
 
 class NonFiniteLoss(RuntimeError):
@@ -58,50 +59,65 @@ class _Meter:
 
 def train_one_epoch(model, loader, optimizer, device, epoch: int, mask=None, scaler=None,
                     amp_dtype=None, log=None, print_freq: int = 200, nan_policy: str = "stop",
-                    stop_flag=None) -> dict:
-    """One epoch of SGD. ``mask.scale_gradients()`` runs between backward and step (SPEC §4)."""
+                    should_stop=None, start_batch: int = 0, resume_state=None) -> dict:
+    """One epoch of SGD; ``mask.scale_gradients()`` runs between backward and step (SPEC §4).
+
+    ``should_stop()`` is polled after every batch: when it says so the epoch ends early with
+    ``interrupted`` set, and ``state`` (batches done, running sums) lets a later call resume it
+    with ``start_batch``/``resume_state`` exactly where it stopped.
+    """
     model.train()
     meter = _Meter(device)
-    skipped = 0
+    skipped, done = 0, start_batch
+    if resume_state is not None:
+        meter.t.copy_(resume_state["sums"].to(meter.t))
+        meter.n, skipped = int(resume_state["n"]), int(resume_state["skipped"])
     start = time.time()
+    total = start_batch + len(loader)
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if is_main() else True,
-               dynamic_ncols=True)
-    for i, (x, y) in enumerate(bar):
+               dynamic_ncols=True, initial=start_batch, total=total)
+    interrupted = False
+    for i, (x, y) in enumerate(bar, start=start_batch):
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         with autocast(device, amp_dtype):
             logits = model(x)
             loss = F.cross_entropy(logits, y)
+        done = i + 1
         if not math.isfinite(loss.item()):
-            if nan_policy == "skip":
-                skipped += 1
-                optimizer.zero_grad(set_to_none=True)
-                continue
-            raise NonFiniteLoss(epoch, i)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
+            if nan_policy != "skip":
+                raise NonFiniteLoss(epoch, i)
+            skipped += 1
         else:
-            loss.backward()
-        if mask is not None:
-            mask.scale_gradients()
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        meter.update(loss, logits.float(), y)
-        if i % print_freq == 0 or i == len(loader) - 1:
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if mask is not None:
+                mask.scale_gradients()
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            meter.update(loss, logits.float(), y)
+        crash_point(f"train:{epoch}:{i}")
+        if i % print_freq == 0 or done == total:
             loss_avg, top1_avg = meter.running()
             bar.set_postfix(loss=f"{loss_avg:.3f}", top1=f"{top1_avg:.1f}")
             if log is not None and i % print_freq == 0:
-                log(f"  epoch {epoch} [{i:4d}/{len(loader)}] loss {loss_avg:.4f} "
-                    f"top1 {top1_avg:.2f}", echo=False)
-        if stop_flag is not None and stop_flag():
+                log(f"  epoch {epoch} [{i:4d}/{total}] loss {loss_avg:.4f} top1 {top1_avg:.2f}",
+                    echo=False)
+        if should_stop is not None and done < total and should_stop():
+            interrupted = True
             break
-    out = meter.result()
-    out.update(skipped=skipped, seconds=time.time() - start)
+    bar.close()
+    state = {"sums": meter.t.cpu().clone(), "n": meter.n, "skipped": skipped}
+    out = meter.result() if not interrupted else {}
+    out.update(skipped=skipped, seconds=time.time() - start, interrupted=interrupted,
+               batches=done, state=state)
     return out
 
 

@@ -14,8 +14,8 @@ from .criteria import geometric_median_select
 from .graph import PrunableConv
 from .schedule import Schedule, count
 
-# ranker(model) -> {conv name: score per filter}; low score = pruned first
-Ranker = Callable[[nn.Module], dict[str, torch.Tensor]]
+# ranker(model, epoch) -> {conv name: score per filter}; low score = pruned first
+Ranker = Callable[[nn.Module, int], dict[str, torch.Tensor]]
 
 
 class Mask:
@@ -43,7 +43,7 @@ class Mask:
     @torch.no_grad()
     def update(self, model: nn.Module, epoch: int) -> None:
         if self.needs_scores(epoch):
-            self.scores = {k: v.double().cpu() for k, v in self.ranker(model).items()}
+            self.scores = {k: v.double().cpu() for k, v in self.ranker(model, epoch).items()}
             self.order = {k: torch.argsort(v, stable=True) for k, v in self.scores.items()}
         sched = self.schedule.at(epoch)
         self.zeta = sched["zeta"]

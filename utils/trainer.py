@@ -21,12 +21,15 @@ from .cli import check_args
 from .criteria import cs_scores
 from .engine import NonFiniteLoss, evaluate, lr_at, train_one_epoch
 from .errors import UserError
+from .faults import crash_point
 from .flops import effective_cost, layer_geometry
-from .graph import find_prunable_convs, unwrap
+from .graph import find_prunable_convs
 from .logger import RunLog
 from .mask import Mask
 from .plots import plot_curves, plot_schedule
+from .sampling import EpochSampler, SeededDataset
 from .schedule import asymptotic_schedule
+from .stop import StopRequest
 
 SNAPSHOT_FILES = ("checkpoint.pt", "metrics.csv", "summary.json", "args.json", "log.txt",
                   "curves.png", "schedule.png")
@@ -44,7 +47,7 @@ class Data:
     num_classes: int
     in_channels: int
     input_shape: tuple   # C, H, W of one sample
-    train_sampler: torch.utils.data.Sampler | None = None  # e.g. GSC's balanced sampler
+    train_weights: torch.Tensor | None = None  # per-sample draw weights (GSC's balanced sampler)
 
 
 def main(parser, make_data, argv=None) -> int:
@@ -58,6 +61,10 @@ def main(parser, make_data, argv=None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C: leave at once, the last checkpoint stays
+        print("interrupted; the last checkpoint is kept — continue with --resume auto",
+              file=sys.stderr)
+        return 130
     except NonFiniteLoss as e:
         if args.debug:
             raise
@@ -108,6 +115,9 @@ def _check_save_path(args) -> str | None:
     except OSError as e:
         raise UserError(f"cannot write to --save_path {path} ({e.strerror}); choose a writable "
                         "folder") from None
+    for name in os.listdir(path):  # temporaries of a run killed while writing
+        if name.startswith(".tmp-") or name.endswith((".tmp", ".tmp.png")):
+            os.unlink(os.path.join(path, name))
     return resume
 
 
@@ -146,18 +156,17 @@ def _check_resumable(ckpt, args, path) -> None:
                             f"{new}; resume with the same flags or choose another --save_path")
 
 
-def _loader(ds, batch_size, args, device, sampler=None, shuffle=False, generator=None):
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=shuffle,
-                      num_workers=args.workers, pin_memory=device.type == "cuda",
-                      persistent_workers=False, generator=generator)
+def _loader(ds, batch_size, args, device, sampler):
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=args.workers,
+                      pin_memory=device.type == "cuda", persistent_workers=False)
 
 
 def run(args, make_data) -> int:
     device = dist.init_from_env(args.device)
-    world = dist.world_size()
+    world, rank = dist.world_size(), dist.rank()
     seed = args.manualSeed if args.manualSeed is not None else random.randint(1, 10000)
     args.manualSeed = dist.broadcast_object(seed)
-    _seed_everything(args.manualSeed + dist.rank(), args.deterministic)
+    _seed_everything(args.manualSeed + rank, args.deterministic)
     resume = _evaluate_source(args) if args.evaluate else _check_save_path(args)
 
     data = make_data(args)
@@ -184,7 +193,7 @@ def run(args, make_data) -> int:
         _load_pretrained(model, args.pretrain_path)
 
     test_loader = _loader(data.test, args.batch_size, args, device,
-                          sampler=dist.ShardSampler(len(data.test)))
+                          dist.ShardSampler(len(data.test)))
     if args.evaluate:
         stats = evaluate(model, test_loader, device, amp_dtype)
         if dist.is_main():
@@ -192,41 +201,38 @@ def run(args, make_data) -> int:
                   f"loss {stats['loss']:.4f}  ({stats['n']} images)")
         return 0
 
-    # the CS pass reads the CS data in fixed order, each rank a disjoint shard
-    cs_gen = torch.Generator()
-    cs_loader = _loader(data.cs, max(1, args.batch_prune_size // world), args, device,
-                        sampler=dist.ShardSampler(len(data.cs)), generator=cs_gen)
-    train_gen = torch.Generator()
-    if data.train_sampler is not None:
-        train_sampler = data.train_sampler
-    elif world > 1:
-        train_sampler = torch.utils.data.DistributedSampler(data.train, seed=args.manualSeed)
-    else:
-        train_sampler = None
-    train_loader = _loader(data.train, max(1, args.batch_size // world), args, device,
-                           sampler=train_sampler, shuffle=train_sampler is None,
-                           generator=train_gen)
+    # each sample's augmentation is seeded by its position: exact resume, any --workers
+    cs_sampler = EpochSampler(len(data.cs), args.manualSeed, 1, rank, world, shuffle=False)
+    cs_loader = _loader(SeededDataset(data.cs), max(1, args.batch_prune_size // world), args,
+                        device, cs_sampler)
+    train_sampler = EpochSampler(len(data.train), args.manualSeed, 0, rank, world,
+                                 weights=data.train_weights)
+    per_rank_batch = max(1, args.batch_size // world)
+    train_loader = _loader(SeededDataset(data.train), per_rank_batch, args, device,
+                           train_sampler)
 
     log = RunLog(args.save_path, args.tensorboard)
     bns, names = [c.bn for c in convs], [c.name for c in convs]
     warned = set()
 
-    def ranker(net):
+    def ranker(net, epoch):
         was_training = net.training
         if args.cs_mode == "eval":
             net.eval()
-        cs_gen.manual_seed(args.manualSeed * 7919 + mask.epoch + 1)
+        # the pass before training and the one after epoch 0 both have epoch 0: tell them apart
+        cs_sampler.set_epoch(2 * epoch + (mask.epoch >= 0))
         t0 = time.time()
         scores, counts = cs_scores(net, bns, names, cs_loader, data.num_classes, device,
                                    args.max_iter_cs, amp_dtype)
         net.train(was_training)
+        crash_point(f"cs:{epoch}")
         missing = tuple(torch.nonzero(counts == 0).flatten().tolist())
         if missing and missing not in warned:
             warned.add(missing)
             log(f"warning: the CS data has no samples of classes {list(missing)}; they are left "
                 "out of the class-separability scores")
         log(f"  CS pass: {int(counts.sum())} samples, {time.time() - t0:.1f}s "
-            f"({'train' if was_training and args.cs_mode == 'reference' else 'eval'} mode)",
+            f"({'train' if net.training and args.cs_mode == 'reference' else 'eval'} mode)",
             echo=False)
         return scores
 
@@ -241,17 +247,18 @@ def run(args, make_data) -> int:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    history, wall = [], 0.0
-    start_epoch = 0
+    history, wall, start_epoch, start_batch, epoch_state = [], 0.0, 0, 0, None
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         mask.load_state_dict(ckpt["mask"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         history, wall = list(ckpt["history"]), float(ckpt["wall_seconds"])
-        start_epoch = int(ckpt["epoch"])
+        start_epoch, start_batch = int(ckpt["epoch"]), int(ckpt.get("batch", 0))
+        epoch_state = ckpt.get("epoch_state")
         set_rng_state(ckpt["rng"])
-        log(f"resumed from {resume} at epoch {start_epoch}")
+        where = f"epoch {start_epoch}" + (f", batch {start_batch}" if start_batch else "")
+        log(f"resumed from {resume} at {where}")
     else:
         if args.overwrite and dist.is_main():
             for f in SNAPSHOT_FILES:
@@ -260,71 +267,96 @@ def run(args, make_data) -> int:
         log(f"FSDP run: {args.arch} on {args.dataset}, {len(data.train)} train / "
             f"{len(data.test)} test images, {len(convs)} prunable convs "
             f"({mask.total_filters()} filters), device {device}, {world} process(es)")
-        log.args({k: v for k, v in vars(args).items()})
+        log.args(dict(vars(args)))
         if dist.is_main():
             plot_schedule(schedule, os.path.join(args.save_path, "schedule.png"))
-    if start_epoch >= args.epochs:  # killed after its last checkpoint: finish the outputs
-        log(f"all {args.epochs} epochs were already trained; writing the final outputs")
 
-    t_run = time.time()
-    if start_epoch == 0:
-        # the reference validates first, so the first CS pass runs in eval mode
-        before = evaluate(model, test_loader, device, amp_dtype)
-        log(f"before training: test top1 {before['top1']:.2f} loss {before['loss']:.4f}")
-        mask.update(model, 0)
-
-    ran = 0
-    for epoch in range(start_epoch, args.epochs):
-        t0 = time.time()
-        lr = lr_at(epoch, args.learning_rate, args.schedule, args.gammas)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        train_gen.manual_seed(args.manualSeed * 100_003 + epoch * 31 + dist.rank())
-        if isinstance(train_sampler, torch.utils.data.DistributedSampler):
-            train_sampler.set_epoch(epoch)
-        train = train_one_epoch(net, train_loader, optimizer, device, epoch, mask, scaler,
-                                amp_dtype, log, args.print_freq, args.nan_policy)
-        if train["skipped"]:
-            log(f"  skipped {train['skipped']} batches with a non-finite loss (--nan_policy skip)")
-        if epoch % args.epoch_prune == 0 or epoch == args.epochs - 1:
-            mask.update(model, epoch)
-        test = evaluate(model, test_loader, device, amp_dtype)
-        flops, params = effective_cost(model, geometry, convs, mask.selected_counts())
-        seconds = time.time() - t0
-        wall += seconds
-        row = {"epoch": epoch, "lr": lr, **schedule.at(epoch),
-               "train_loss": train["loss"], "train_top1": train["top1"],
-               "test_loss": test["loss"], "test_top1": test["top1"], "test_top5": test["top5"],
-               "filters_selected": mask.total_selected(), "filters_total": mask.total_filters(),
-               "flops_eff": flops, "params_eff": params, "epoch_seconds": round(seconds, 3)}
-        history.append(row)
-        log(f"epoch {epoch:3d}/{args.epochs} lr {lr:.4g} θ {row['theta']:.4f} ζ {row['zeta']:.4f} "
-            f"| train loss {train['loss']:.4f} top1 {train['top1']:.2f} | test loss "
-            f"{test['loss']:.4f} top1 {test['top1']:.2f} top5 {test['top5']:.2f} | selected "
-            f"{row['filters_selected']}/{row['filters_total']} | {seconds:.1f}s")
+    def save(epoch, batch=0, state=None):
+        """Checkpoint at an epoch boundary (``epoch`` = next epoch) or inside one."""
         if dist.is_main():
-            atomic_save({"format": "fsdp-checkpoint/1", "epoch": epoch + 1, "arch": args.arch,
+            atomic_save({"format": "fsdp-checkpoint/1", "epoch": epoch, "batch": batch,
+                         "epoch_state": state, "arch": args.arch,
                          "num_classes": data.num_classes, "in_channels": data.in_channels,
                          "input_shape": list(data.input_shape), "args": vars(args),
                          "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scaler": scaler.state_dict() if scaler else None,
                          "mask": mask.state_dict(), "history": history, "wall_seconds": wall,
                          "rng": rng_state()}, os.path.join(args.save_path, "checkpoint.pt"))
-            log.metrics(history)
-            plot_curves(history, os.path.join(args.save_path, "curves.png"))
         dist.barrier()
-        ran += 1
-        if args.stop_after is not None and ran >= args.stop_after and epoch < args.epochs - 1:
-            log(f"stopped after epoch {epoch} (--stop_after {args.stop_after}); continue with "
-                "--resume auto")
-            return 0
 
+    if start_epoch >= args.epochs:  # killed after its last checkpoint: finish the outputs
+        log(f"all {args.epochs} epochs were already trained; writing the final outputs")
+    elif start_epoch == 0 and start_batch == 0:
+        # the reference validates first, so the first CS pass runs in eval mode
+        before = evaluate(model, test_loader, device, amp_dtype)
+        log(f"before training: test top1 {before['top1']:.2f} loss {before['loss']:.4f}")
+        mask.update(model, 0)
+
+    ran = 0
+    with StopRequest() as stop:
+        for epoch in range(start_epoch, args.epochs):
+            t0 = time.time()
+            lr = lr_at(epoch, args.learning_rate, args.schedule, args.gammas)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            train_sampler.set_epoch(epoch, start_batch * per_rank_batch)
+            train = train_one_epoch(net, train_loader, optimizer, device, epoch, mask, scaler,
+                                    amp_dtype, log, args.print_freq, args.nan_policy,
+                                    stop.agreed, start_batch, epoch_state)
+            start_batch, epoch_state = 0, None
+            if train["interrupted"]:
+                wall += time.time() - t0
+                save(epoch, train["batches"], train["state"])
+                log(f"{stop.name}: stopped in epoch {epoch} after batch {train['batches']} with "
+                    "a checkpoint; continue with --resume auto")
+                return stop.exit_code
+            if train["skipped"]:
+                log(f"  skipped {train['skipped']} batches with a non-finite loss "
+                    "(--nan_policy skip)")
+            if epoch % args.epoch_prune == 0 or epoch == args.epochs - 1:
+                mask.update(model, epoch)
+            test = evaluate(model, test_loader, device, amp_dtype)
+            flops, params = effective_cost(model, geometry, convs, mask.selected_counts())
+            seconds = time.time() - t0
+            wall += seconds
+            row = {"epoch": epoch, "lr": lr, **schedule.at(epoch),
+                   "train_loss": train["loss"], "train_top1": train["top1"],
+                   "test_loss": test["loss"], "test_top1": test["top1"],
+                   "test_top5": test["top5"], "filters_selected": mask.total_selected(),
+                   "filters_total": mask.total_filters(), "flops_eff": flops,
+                   "params_eff": params, "epoch_seconds": round(seconds, 3)}
+            history.append(row)
+            log(f"epoch {epoch:3d}/{args.epochs} lr {lr:.4g} θ {row['theta']:.4f} "
+                f"ζ {row['zeta']:.4f} | train loss {train['loss']:.4f} top1 {train['top1']:.2f} "
+                f"| test loss {test['loss']:.4f} top1 {test['top1']:.2f} top5 "
+                f"{test['top5']:.2f} | selected {row['filters_selected']}/"
+                f"{row['filters_total']} | {seconds:.1f}s")
+            save(epoch + 1)
+            _write_tables(log, args, history)
+            ran += 1
+            if epoch == args.epochs - 1:
+                break
+            if stop.agreed():
+                log(f"{stop.name}: stopped after epoch {epoch}; continue with --resume auto")
+                return stop.exit_code
+            if args.stop_after is not None and ran >= args.stop_after:
+                log(f"stopped after epoch {epoch} (--stop_after {args.stop_after}); continue "
+                    "with --resume auto")
+                return 0
+
+    _write_tables(log, args, history)
     summary = _summary(args, model, convs, mask, history, dense_cost, wall)
     log.summary(summary)
-    log(f"done in {time.time() - t_run:.0f}s: final pruned top1 {summary['final_top1']:.2f}, "
-        f"FLOPs −{100 * summary['flops_reduction']:.1f}%, params "
+    log(f"done: final pruned top1 {summary['final_top1']:.2f}, FLOPs "
+        f"−{100 * summary['flops_reduction']:.1f}%, params "
         f"−{100 * summary['params_reduction']:.1f}% → {args.save_path}")
     return 0
+
+
+def _write_tables(log, args, history) -> None:
+    log.metrics(history)
+    if dist.is_main():
+        plot_curves(history, os.path.join(args.save_path, "curves.png"))
 
 
 def _summary(args, model, convs, mask, history, dense_cost, wall) -> dict:
@@ -346,4 +378,3 @@ def _summary(args, model, convs, mask, history, dense_cost, wall) -> dict:
         "selected_per_layer": mask.selected_counts(), "zero_filters_per_layer": zero,
         "wall_seconds": round(wall, 1), "seed": args.manualSeed,
     }
-

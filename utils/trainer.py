@@ -106,6 +106,8 @@ def _check_save_path(args) -> str | None:
     if present and not (args.resume or args.overwrite):
         raise UserError(f"--save_path {path} already holds a run ({present[0]}); add --resume auto "
                         "to continue it, --overwrite to replace it, or choose another --save_path")
+    if not dist.is_main():  # only rank 0 writes
+        return resume
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, ".write-test")

@@ -147,11 +147,11 @@ def _load_pretrained(model, path: str) -> None:
                         ) from None
 
 
-def _check_resumable(ckpt, args, path) -> None:
+def _check_resumable(ckpt, args, path, seed_given: bool) -> None:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "args" not in ckpt:
         raise UserError(f"{path} is not a checkpoint of this project; give a checkpoint.pt "
                         "written by these scripts")
-    for key in RESUME_MUST_MATCH:
+    for key in RESUME_MUST_MATCH + (("manualSeed",) if seed_given else ()):
         old, new = ckpt["args"].get(key), getattr(args, key)
         if old != new:
             raise UserError(f"checkpoint {path} was made with --{key} {old}, this run asks for "
@@ -166,7 +166,8 @@ def _loader(ds, batch_size, args, device, sampler):
 def run(args, make_data) -> int:
     device = dist.init_from_env(args.device)
     world, rank = dist.world_size(), dist.rank()
-    seed = args.manualSeed if args.manualSeed is not None else random.randint(1, 10000)
+    seed_given = args.manualSeed is not None
+    seed = args.manualSeed if seed_given else random.randint(1, 10000)
     args.manualSeed = dist.broadcast_object(seed)
     _seed_everything(args.manualSeed + rank, args.deterministic)
     resume = _evaluate_source(args) if args.evaluate else _check_save_path(args)
@@ -189,8 +190,9 @@ def run(args, make_data) -> int:
         _load_pretrained(model, resume)
     elif resume:
         ckpt = safe_load(resume)
-        _check_resumable(ckpt, args, resume)
+        _check_resumable(ckpt, args, resume, seed_given)
         model.load_state_dict(ckpt["model"])
+        args.manualSeed = ckpt["args"]["manualSeed"]  # the data order depends on it
     elif args.pretrain_path:
         _load_pretrained(model, args.pretrain_path)
 

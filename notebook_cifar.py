@@ -27,7 +27,8 @@ def make_data(args) -> Data:
     test = ImageDataset(splits.test_x, splits.test_y, splits.mean, splits.std, train=False)
     # the CS data is the training set with its training transform (SPEC §3)
     return Data(train=train, cs=train, test=test, num_classes=splits.num_classes,
-                in_channels=splits.in_channels, input_shape=(splits.in_channels, 32, 32))
+                in_channels=splits.in_channels, input_shape=(splits.in_channels, 32, 32),
+                classes=splits.classes)
 
 
 def parser():

@@ -2,7 +2,9 @@
 import os
 import pickle
 import random
+import re
 import tempfile
+import warnings
 import zipfile
 
 import numpy as np
@@ -47,15 +49,32 @@ def safe_load(path: str, map_location="cpu"):
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} does not exist; give the path of a checkpoint.pt")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # a non-torch pickle makes torch warn about its protocol before refusing it: the
+            # error below says it all, and stderr must stay one line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"refusing to load {path}: it holds more than weights ({first}); "
-                        "only load checkpoints you trust, converted to plain state dicts") from None
+        # torch's message is many lines (with terminal escapes) advising weights_only=False:
+        # keep only the culprit
+        wanted = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if wanted:
+            raise UserError(f"refusing to load {path}: it asks for {wanted[1]}, which plain "
+                            "weights never need (unpickling it could run code); only load "
+                            "checkpoints you trust, saved as plain state dicts") from None
+        reason = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(e))
+        raise UserError(f"{path} is not a checkpoint written by torch.save, or is corrupt "
+                        f"({reason[1].strip() if reason else _first_sentence(e)}); give a "
+                        "checkpoint.pt or a state dict saved with torch.save") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint {path} is corrupt or truncated ({first}); "
+        raise UserError(f"checkpoint {path} is corrupt or truncated ({_first_sentence(e)}); "
                         "use an earlier copy or start again with --overwrite") from None
+
+
+def _first_sentence(e: BaseException) -> str:
+    """torch's errors run to paragraphs; their first sentence names the problem."""
+    text = " ".join(str(e).split())
+    return text.split(". ")[0] if text else type(e).__name__
 
 
 def rng_state() -> dict:

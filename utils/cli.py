@@ -10,9 +10,14 @@ from models import MODELS
 from .errors import UserError
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # one line like every other bad input (argparse adds the usage block); --help has it
+        self.exit(2, f"error: {message}; see --help\n")
+
+
 def build_parser(description: str, datasets: list[str], defaults: dict) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     g = p.add_argument_group("data and model")
     g.add_argument("--dataset", choices=datasets, default=datasets[0])

@@ -48,6 +48,7 @@ class Data:
     in_channels: int
     input_shape: tuple   # C, H, W of one sample
     train_weights: torch.Tensor | None = None  # per-sample draw weights (GSC's balanced sampler)
+    classes: list[str] | None = None
 
 
 def main(parser, make_data, argv=None) -> int:
@@ -106,8 +107,14 @@ def _check_save_path(args) -> str | None:
     if present and not (args.resume or args.overwrite):
         raise UserError(f"--save_path {path} already holds a run ({present[0]}); add --resume auto "
                         "to continue it, --overwrite to replace it, or choose another --save_path")
+    return resume
+
+
+def _prepare_save_path(path: str) -> None:
+    """Create and probe the snapshot folder once every input has been checked, so bad input
+    leaves nothing behind; clear temporaries of a run killed while writing."""
     if not dist.is_main():  # only rank 0 writes
-        return resume
+        return
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, ".write-test")
@@ -120,7 +127,6 @@ def _check_save_path(args) -> str | None:
     for name in os.listdir(path):  # temporaries of a run killed while writing
         if name.startswith(".tmp-") or name.endswith((".tmp", ".tmp.png")):
             os.unlink(os.path.join(path, name))
-    return resume
 
 
 def _evaluate_source(args) -> str:
@@ -129,22 +135,30 @@ def _evaluate_source(args) -> str:
     return args.resume or args.pretrain_path
 
 
-def _load_pretrained(model, path: str) -> None:
+def _load_pretrained(model, path: str, arch: str) -> None:
     """Plain state dicts, DataParallel/DDP ``module.``-prefixed ones, and our checkpoints."""
     obj = safe_load(path)
+    made_with = ""
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        made_with = f" (it was made with --arch {obj['arch']})" if obj.get("arch") else ""
         obj = obj["model"]
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise UserError(f"--pretrain_path {path} holds no state dict")
     state = {k.removeprefix("module."): v for k, v in obj.items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise UserError(f"--pretrain_path {path} does not fit --arch: "
-                        f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}"
-                        ) from None
+    # count the misfits ourselves: load_state_dict's error lists every key, hundreds of them
+    ours = model.state_dict()
+    misfits = {"missing": [k for k in ours if k not in state],
+               "unexpected": [k for k in state if k not in ours],
+               "of another shape": [k for k in ours if k in state
+                                    and getattr(state[k], "shape", None) != ours[k].shape]}
+    if any(misfits.values()):
+        found = "; ".join(f"{len(keys)} {what} (first: {keys[0]})"
+                          for what, keys in misfits.items() if keys)
+        raise UserError(f"--pretrain_path {path} does not fit --arch {arch}{made_with}: "
+                        f"{found}; give the --arch the weights were trained with")
+    model.load_state_dict(state)
 
 
 def _check_resumable(ckpt, args, path, seed_given: bool) -> None:
@@ -187,14 +201,14 @@ def run(args, make_data) -> int:
 
     ckpt = None
     if args.evaluate:
-        _load_pretrained(model, resume)
+        _load_pretrained(model, resume, args.arch)
     elif resume:
         ckpt = safe_load(resume)
         _check_resumable(ckpt, args, resume, seed_given)
         model.load_state_dict(ckpt["model"])
         args.manualSeed = ckpt["args"]["manualSeed"]  # the data order depends on it
     elif args.pretrain_path:
-        _load_pretrained(model, args.pretrain_path)
+        _load_pretrained(model, args.pretrain_path, args.arch)
 
     test_loader = _loader(data.test, args.batch_size, args, device,
                           dist.ShardSampler(len(data.test)))
@@ -215,6 +229,7 @@ def run(args, make_data) -> int:
     train_loader = _loader(SeededDataset(data.train), per_rank_batch, args, device,
                            train_sampler)
 
+    _prepare_save_path(args.save_path)
     log = RunLog(args.save_path, args.tensorboard)
     bns, names = [c.bn for c in convs], [c.name for c in convs]
     warned = set()
@@ -233,7 +248,8 @@ def run(args, make_data) -> int:
         missing = tuple(torch.nonzero(counts == 0).flatten().tolist())
         if missing and missing not in warned:
             warned.add(missing)
-            log(f"warning: the CS data has no samples of classes {list(missing)}; they are left "
+            names_ = [data.classes[c] for c in missing] if data.classes else list(missing)
+            log(f"warning: the CS data has no samples of classes {names_}; they are left "
                 "out of the class-separability scores")
         log(f"  CS pass: {int(counts.sum())} samples, {time.time() - t0:.1f}s "
             f"({'train' if net.training and args.cs_mode == 'reference' else 'eval'} mode)",

@@ -1,0 +1,401 @@
+"""The catalogue of bad inputs (docs/troubleshooting.md lists the same cases, in this order).
+
+Every case runs the real CLI — mostly in-process through ``utils.trainer.main`` for speed, a
+few through ``python notebook_cifar.py`` — and must fail with exit status ≠ 0, exactly one line
+``error: …`` on stderr naming the problem, no traceback, and not a byte or mtime changed in a
+previous run's snapshot folder, whether the case aims at that folder or at a fresh one.
+
+The table is keyed by script: a new script joins the catalogue with an entry in ``SCRIPTS``
+(its module and its cases; one whose data differ from CIFAR's also needs its own BASE command
+and tiny-data fixture) and its rows in docs/troubleshooting.md.
+"""
+import ast
+import errno
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import urllib.error
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Callable
+
+import pytest
+import torch
+
+import notebook_cifar
+from tests.fakedata import corrupt_cifar_batch, plant_malicious_batch, write_cifar
+from utils.checkpoint import safe_load
+from utils.trainer import SNAPSHOT_FILES, main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The earlier snapshot is a run stopped after 1 of 2 epochs: resuming it has work left, so a
+# resume that were not refused would visibly change its files (and disk-full can hit a save).
+BASE = ["--dataset", "cifar10", "--arch", "resnet20", "--prune_rate_cs", "0.1",
+        "--prune_rate_gm", "0.4", "--epochs", "2", "--batch_size", "32", "--batch_prune_size",
+        "32", "--schedule", "1", "--gammas", "1", "--workers", "0", "--manualSeed", "1",
+        "--device", "cpu", "--data_path", "{data}", "--save_path", "{fresh}"]
+
+
+class Armed:
+    """Unpickling this calls ``open(target, "w")``: a stand-in for arbitrary code execution."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return open, (self.target, "w")
+
+
+# --- what each case breaks before the run; ``p`` holds the case's paths ----------------------
+
+def corrupt(kind):
+    return lambda p: corrupt_cifar_batch(os.path.join(p.batches, "data_batch_1"), kind)
+
+
+def remove_batch(p):
+    os.remove(os.path.join(p.batches, "data_batch_3"))
+
+
+def plant_batch(p):
+    plant_malicious_batch(os.path.join(p.batches, "data_batch_1"), p.marker)
+
+
+def rewrite_data(**sizes):
+    def setup(p):
+        shutil.rmtree(p.batches)
+        write_cifar(p.data, **{"n_train": 64, "n_test": 32, **sizes})
+    return setup
+
+
+def gsc_folder(p):
+    os.makedirs(os.path.join(p.tmp, "gsc", "_background_noise_"))
+    for name in ("validation_list.txt", "testing_list.txt"):
+        open(os.path.join(p.tmp, "gsc", name), "w").close()
+
+
+def imagenet32_folder(p):
+    os.makedirs(os.path.join(p.tmp, "imagenet32"))
+    for name in ("train_data_batch_1.npz", "val_data.npz"):
+        open(os.path.join(p.tmp, "imagenet32", name), "wb").close()
+
+
+def cifar100_folder(p):
+    write_cifar(os.path.join(p.tmp, "c100"), "cifar100", n_train=10, n_test=10)
+
+
+def unwritable(p):
+    if os.geteuid() == 0:
+        # root writes through a read-only folder's mode bits, so block it with a parent that
+        # is a regular file instead: no user can create a folder under a file
+        p.unwritable = os.path.join(p.earlier, "log.txt", "run")
+    else:
+        os.makedirs(os.path.join(p.tmp, "readonly"))
+        os.chmod(os.path.join(p.tmp, "readonly"), 0o500)
+        p.unwritable = os.path.join(p.tmp, "readonly", "run")
+
+
+def truncate_checkpoint(p):
+    path = os.path.join(p.earlier, "checkpoint.pt")
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def empty_checkpoint(p):  # what some tools leave when the disk fills
+    open(os.path.join(p.earlier, "checkpoint.pt"), "wb").close()
+
+
+def malicious_checkpoint(p):
+    torch.save({"model": Armed(p.marker)}, os.path.join(p.earlier, "checkpoint.pt"))
+
+
+def save_pretrain(make):
+    def setup(p):
+        torch.save(make(p), os.path.join(p.tmp, "weights.pt"))
+    return setup
+
+
+def state_dict_file(p):
+    save_pretrain(lambda p: safe_load(os.path.join(p.earlier, "checkpoint.pt"))["model"])(p)
+
+
+def pickle_pretrain(p):  # a plain pickle, not torch.save's zip: torch's legacy path reads it
+    with open(os.path.join(p.tmp, "weights.pt"), "wb") as f:
+        pickle.dump({"conv_1_3x3.weight": Armed(p.marker)}, f, protocol=2)
+
+
+def garbage_pretrain(p):
+    with open(os.path.join(p.tmp, "weights.pt"), "wb") as f:
+        f.write(b"<html>404 Not Found</html>")
+
+
+def offline(monkeypatch):
+    """The download fails as it does on a machine without network."""
+    import torchvision.datasets.utils as tv_utils
+
+    def fail(*_, **__):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", fail)
+
+
+def disk_full(monkeypatch):
+    """Every checkpoint write fails as on a full disk (utils.checkpoint calls torch.save)."""
+    def full(*_, **__):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(torch, "save", full)
+
+
+def previous_checkpoint_loads(p, err):
+    assert "the previous file is intact" in err
+    assert safe_load(os.path.join(p.earlier, "checkpoint.pt"))["epoch"] == 1
+    assert not [f for f in os.listdir(p.earlier) if f.startswith(".tmp")]
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+@dataclass
+class Case:
+    id: str
+    flags: list[str]       # appended to BASE (later flags win); {data} {fresh} {earlier} {tmp}…
+    expect: str            # a phrase the one-line error must contain
+    setup: Callable | None = None
+    patch: Callable | None = None        # (monkeypatch) -> None; in-process cases only
+    subprocess: bool = False             # run as `python notebook_cifar.py …`
+    may_grow: tuple[str, ...] = ()       # earlier files that may only be appended to
+    check: Callable | None = None        # (paths, stderr) -> None: more assertions afterwards
+
+
+RESUME = ["--save_path", "{earlier}", "--resume", "auto"]
+CASES = [
+    # flags: refused by argparse or check_args before any work
+    Case("flag-misspelt", ["--prune-rate-cs", "0.1"], "unrecognized arguments: --prune-rate-cs"),
+    Case("dataset-of-another-script", ["--dataset", "imagenet32"],
+         "invalid choice: 'imagenet32'"),
+    Case("batch-size-not-a-number", ["--batch_size", "abc"], "invalid int value: 'abc'"),
+    Case("unknown-arch", ["--arch", "resnet21"], "unknown --arch 'resnet21'", subprocess=True),
+    Case("rate-negative", ["--prune_rate_cs", "-0.1"], "must be ≥ 0"),
+    Case("rates-sum-to-1", ["--prune_rate_gm", "0.9"], "must be < 1"),
+    Case("tau-too-small", ["--tau", "1.2"], "--tau must be > 4/3"),
+    Case("schedule-gammas-mismatch", ["--schedule", "1", "60", "--gammas", "10"],
+         "--schedule has 2 steps but --gammas has 1"),
+    Case("batch-size-0", ["--batch_size", "0"], "--batch_size must be ≥ 1"),
+    Case("epochs-0", ["--epochs", "0"], "--epochs must be ≥ 1"),
+    Case("workers-negative", ["--workers", "-1"], "--workers must be ≥ 0"),
+    Case("learning-rate-0", ["--learning_rate", "0"], "--learning_rate must be > 0"),
+    Case("resume-and-overwrite", [*RESUME, "--overwrite"], "contradict each other"),
+    Case("evaluate-without-weights", ["--evaluate"], "--evaluate needs"),
+    Case("use-pretrain-without-path", ["--use_pretrain"], "--use_pretrain needs --pretrain_path"),
+    # data
+    Case("missing-data-path-offline", ["--data_path", "{tmp}/no-such-folder"],
+         "could not download CIFAR-10", patch=offline),
+    Case("batch-file-missing", [], "lacks data_batch_3", remove_batch),
+    Case("truncated-batch", [], "is truncated or corrupt", corrupt("truncate")),
+    Case("garbage-batch", [], "is truncated or corrupt", corrupt("garbage")),
+    Case("labels-out-of-range", [], "outside [0, 10)", corrupt("labels_range")),
+    Case("labels-count-mismatch", [], "expected one integer per image", corrupt("labels_length")),
+    Case("image-wrong-shape", [], "expected uint8 N×3072", corrupt("shape")),
+    Case("image-wrong-dtype", [], "expected uint8 N×3072", corrupt("dtype")),
+    Case("batch-without-data", [], "has no 'data' entry", corrupt("missing_key")),
+    Case("batch-not-a-dict", [], "not a dict of arrays", corrupt("not_dict")),
+    Case("malicious-batch", [], "which a plain CIFAR batch never needs", plant_batch),
+    Case("empty-train-split", [], "train split", rewrite_data(n_train=0)),
+    Case("empty-test-split", [], "test split", rewrite_data(n_test=0)),
+    Case("gsc-folder", ["--data_path", "{tmp}/gsc"], "Google Speech Commands folder", gsc_folder,
+         subprocess=True),
+    Case("imagenet32-folder", ["--data_path", "{tmp}/imagenet32"], "ImageNet32 folder",
+         imagenet32_folder),
+    Case("cifar100-as-cifar10", ["--data_path", "{tmp}/c100"], "use dataset 'cifar100'",
+         cifar100_folder),
+    # save path
+    Case("save-path-holds-a-run", ["--save_path", "{earlier}"], "already holds a run"),
+    Case("save-path-is-a-file", ["--save_path", "{earlier}/log.txt"], "is a file"),
+    Case("unwritable-save-path", ["--save_path", "{unwritable}"], "cannot write to --save_path",
+         unwritable),
+    Case("disk-full-while-saving", RESUME, "No space left on device", patch=disk_full,
+         may_grow=("log.txt",), check=previous_checkpoint_loads),
+    # checkpoints
+    Case("resume-other-arch", [*RESUME, "--arch", "resnet32"], "made with --arch resnet20"),
+    Case("resume-other-rate", [*RESUME, "--prune_rate_cs", "0.2"],
+         "made with --prune_rate_cs 0.1, this run asks for 0.2"),
+    Case("resume-other-epochs", [*RESUME, "--epochs", "3"], "made with --epochs 2"),
+    Case("resume-missing-checkpoint", ["--resume", "{tmp}/nope.pt"], "does not exist"),
+    Case("resume-a-state-dict", ["--resume", "{tmp}/weights.pt"],
+         "not a checkpoint of this project", state_dict_file),
+    Case("corrupt-checkpoint", RESUME, "is corrupt or truncated", truncate_checkpoint,
+         subprocess=True),
+    Case("empty-checkpoint", RESUME, "is corrupt or truncated", empty_checkpoint),
+    Case("malicious-checkpoint", RESUME, "refusing to load", malicious_checkpoint,
+         subprocess=True),
+    Case("malicious-pretrain", ["--pretrain_path", "{tmp}/weights.pt"], "refusing to load",
+         save_pretrain(lambda p: {"conv_1_3x3.weight": Armed(p.marker)})),
+    Case("malicious-plain-pickle", ["--pretrain_path", "{tmp}/weights.pt"], "refusing to load",
+         pickle_pretrain),
+    Case("pretrain-not-a-torch-file", ["--pretrain_path", "{tmp}/weights.pt"],
+         "not a checkpoint written by torch.save", garbage_pretrain),
+    Case("pretrain-other-arch", ["--pretrain_path", "{earlier}/checkpoint.pt", "--arch",
+                                 "resnet32"], "does not fit --arch"),
+    Case("pretrain-not-weights", ["--pretrain_path", "{tmp}/weights.pt"], "holds no state dict",
+         save_pretrain(lambda p: [1, 2, 3])),
+]
+SCRIPTS = {"cifar": (notebook_cifar, CASES)}
+PARAMS = [pytest.param(module, case, id=f"{name}:{case.id}")
+          for name, (module, cases) in SCRIPTS.items() for case in cases]
+
+
+# --- fixtures and helpers ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    """Good data and one earlier run (1 real epoch), made once and copied per case."""
+    root = tmp_path_factory.mktemp("pristine")
+    data, earlier = str(root / "data"), str(root / "earlier")
+    write_cifar(data, n_train=64, n_test=32)
+    argv = [a.format(data=data, fresh=earlier) for a in BASE] + ["--stop_after", "1"]
+    assert main(notebook_cifar.parser(), notebook_cifar.make_data, argv) == 0
+    return SimpleNamespace(data=data, earlier=earlier)
+
+
+@pytest.fixture
+def paths(pristine, tmp_path):
+    p = SimpleNamespace(tmp=str(tmp_path), data=str(tmp_path / "data"),
+                        earlier=str(tmp_path / "earlier"), fresh=str(tmp_path / "fresh"),
+                        marker=str(tmp_path / "PWNED"))
+    shutil.copytree(pristine.data, p.data)
+    shutil.copytree(pristine.earlier, p.earlier)  # copy2: mtimes are kept too
+    p.batches = os.path.join(p.data, "cifar-10-batches-py")
+    return p
+
+
+def files_of(folder):
+    """Every file's bytes and mtime, by path relative to ``folder``."""
+    out = {}
+    for dirpath, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = (f.read(), os.stat(path).st_mtime_ns)
+    return out
+
+
+def run_script(module, argv, env=None):
+    proc = subprocess.run([sys.executable, module.__file__, *argv], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stderr
+
+
+def run_in_process(module, argv, capsys):
+    try:
+        code = main(module.parser(), module.make_data, argv)
+    except SystemExit as e:  # how argparse rejects a malformed command line
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def assert_one_line_error(code, err, expect):
+    assert code not in (0, None), err
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and err.endswith("\n"), err
+    assert lines[0].startswith("error: ") and expect in lines[0], err
+    assert len(lines[0]) < 600, err
+
+
+# --- the catalogue -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("module,case", PARAMS)
+def test_bad_input_is_one_clear_line_and_leaves_earlier_runs_alone(module, case, paths, capsys,
+                                                                   monkeypatch):
+    if case.setup:
+        case.setup(paths)
+    argv = [a.format(**vars(paths)) for a in BASE + case.flags]
+    before = files_of(paths.earlier)
+
+    if case.subprocess:
+        code, err = run_script(module, argv)
+    else:
+        if case.patch:
+            case.patch(monkeypatch)
+        code, err = run_in_process(module, argv, capsys)
+        monkeypatch.undo()
+
+    assert_one_line_error(code, err, case.expect)
+    after = files_of(paths.earlier)
+    for name in case.may_grow:  # a resumed run logs that it resumed: appended, never rewritten
+        assert after.pop(name)[0].startswith(before.pop(name)[0])
+    assert after == before
+    assert not os.path.exists(paths.marker), "a pickle ran code"
+    if case.check:
+        case.check(paths, err)
+    if os.path.isdir(paths.fresh):  # nothing left that would block the corrected command
+        assert not set(os.listdir(paths.fresh)) & set(SNAPSHOT_FILES)
+
+
+def test_debug_shows_the_traceback(paths):
+    truncate_checkpoint(paths)
+    code, err = run_script(notebook_cifar,
+                           [a.format(**vars(paths)) for a in BASE + RESUME + ["--debug"]])
+    assert code != 0
+    assert "Traceback" in err and "UserError" in err and "is corrupt or truncated" in err
+
+
+def test_every_torch_load_is_weights_only():
+    """Source check: a new torch.load without weights_only=True would reopen the hole."""
+    unsafe = []
+    for folder, dirs, names in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # .venv, .git
+        for name in (n for n in names if n.endswith(".py")):
+            path = os.path.join(folder, name)
+            for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+                if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load" and \
+                        "weights_only=True" not in [ast.unparse(k) for k in node.keywords]:
+                    unsafe.append(f"{os.path.relpath(path, ROOT)}:{node.lineno}")
+    assert not unsafe
+
+
+def test_the_planted_pickles_would_run_code(tmp_path):
+    """Guards the malicious cases against passing vacuously: trusted, they create the file."""
+    target = tmp_path / "ran"
+    pickle.loads(pickle.dumps({"model": Armed(str(target))}))  # what an unsafe torch.load does
+    assert target.exists()
+
+
+# --- what is accepted --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("form", ["state-dict", "module-prefixed", "our-checkpoint"])
+def test_pretrain_path_accepts_common_forms(paths, capsys, form):
+    ckpt_path = os.path.join(paths.earlier, "checkpoint.pt")
+    ckpt = safe_load(ckpt_path)
+    weights = os.path.join(paths.tmp, "weights.pt")
+    if form == "state-dict":
+        torch.save(ckpt["model"], weights)
+    elif form == "module-prefixed":  # as saved from DataParallel / DDP
+        torch.save({"module." + k: v for k, v in ckpt["model"].items()}, weights)
+    else:
+        weights = ckpt_path
+    argv = [a.format(**vars(paths)) for a in BASE] + ["--evaluate", "--pretrain_path", weights]
+    assert main(notebook_cifar.parser(), notebook_cifar.make_data, argv) == 0
+    out = capsys.readouterr().out
+    # the same weights on the same test set give the earlier run's last test numbers
+    last = ckpt["history"][-1]
+    assert f"top1 {last['test_top1']:.2f}" in out and f"loss {last['test_loss']:.4f}" in out
+
+
+def test_cs_data_missing_classes_is_a_warning_not_an_error(tmp_path, capsys):
+    data = str(tmp_path / "data")
+    write_cifar(data, n_train=48, n_test=24, num_classes=3)  # labels 0–2 of CIFAR-10's 10
+    save = str(tmp_path / "run")
+    argv = [a.format(data=data, fresh=save) for a in BASE] + ["--epochs", "1"]
+    assert main(notebook_cifar.parser(), notebook_cifar.make_data, argv) == 0
+    out, err = capsys.readouterr()
+    warning = "no samples of classes {}".format([f"class{c}" for c in range(3, 10)])
+    assert warning in out and "error" not in err
+    assert warning in open(os.path.join(save, "log.txt")).read()
+    assert os.path.exists(os.path.join(save, "summary.json"))
+
+
+def test_the_troubleshooting_table_lists_the_catalogue_in_order():
+    doc = open(os.path.join(ROOT, "docs", "troubleshooting.md"), encoding="utf-8").read()
+    rows = [line.split("`")[1] for line in doc.splitlines() if line.startswith("| `")]
+    assert rows == [case.id for _, cases in SCRIPTS.values() for case in cases]

@@ -24,3 +24,4 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m bench.cs_pass
 	$(PY) -m bench.train_step
+	$(PY) -m bench.compact_latency

@@ -49,7 +49,7 @@ def full_run(data_root, tmp_path_factory):
 def test_snapshot_is_complete(full_run):
     files = set(os.listdir(full_run))
     assert {"log.txt", "args.json", "metrics.csv", "curves.png", "schedule.png",
-            "checkpoint.pt", "summary.json"} <= files
+            "checkpoint.pt", "summary.json", "model_compact.pt"} <= files
     assert not [f for f in files if f.startswith(".tmp")]  # no leftover temporaries
     log = open(os.path.join(full_run, "log.txt")).read().splitlines()
     assert "FSDP run" in log[0] and "arguments: " in log[1] and "--prune_rate_cs=0.1" in log[1]
@@ -77,6 +77,21 @@ def test_snapshot_is_complete(full_run):
         w = ckpt["model"][name + ".weight"].flatten(1)
         assert int((w.abs().sum(1) == 0).sum()) == n
     assert summary["final_top1"] == float(rows[-1]["test_top1"])
+    # the physically smaller network: same predictions, and the analytic cost is its real cost
+    c = summary["compact"]
+    assert "model_compact.pt" in files and c["path"] == "model_compact.pt"
+    assert abs(c["top1"] - summary["final_top1"]) <= 100 / 120  # at most one test image
+    assert c["flops"] == summary["flops_pruned"] and c["params"] == summary["params_pruned"]
+    assert c["flops_dense"] == summary["flops_dense"] and 0.5 < c["flops_reduction"] < 0.7
+    assert 0.5 < c["fpgm_analytic_flops_reduction_nominal"] < 0.7
+    from models import build_model
+    from utils.compact import load_compact
+    dense = build_model("resnet20", 10)
+    dense.load_state_dict(ckpt["model"])
+    x = torch.randn(8, 3, 32, 32)
+    ref = dense.eval()(x)
+    out = load_compact(os.path.join(full_run, "model_compact.pt"))(x)
+    assert ((out - ref).abs().max() / ref.abs().max()) < 1e-5
     assert 0.5 < summary["flops_reduction"] < 0.7 and 0.5 < summary["params_reduction"] < 0.7
     assert summary["wall_seconds"] > 0
 
@@ -103,6 +118,7 @@ def test_dense_baseline_prunes_nothing(data_root, tmp_path):
               "--epochs", "1")
     summary = json.load(open(os.path.join(save, "summary.json")))
     assert summary["filters_selected"] == 0 and summary["flops_reduction"] == 0
+    assert summary["compact"]["flops"] == summary["flops_dense"]
     assert set(summary["zero_filters_per_layer"].values()) == {0}
 
 

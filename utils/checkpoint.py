@@ -66,7 +66,9 @@ def safe_load(path: str, map_location="cpu"):
         raise UserError(f"{path} is not a checkpoint written by torch.save, or is corrupt "
                         f"({reason[1].strip() if reason else _first_sentence(e)}); give a "
                         "checkpoint.pt or a state dict saved with torch.save") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    # torch's legacy reader fails on arbitrary bytes with KeyError and the like
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError,
+            IndexError, TypeError) as e:
         raise UserError(f"checkpoint {path} is corrupt or truncated ({_first_sentence(e)}); "
                         "use an earlier copy or start again with --overwrite") from None
 

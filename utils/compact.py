@@ -5,8 +5,9 @@ BN maps the zero output to the constant ``beta - gamma * mean / sqrt(var + eps)`
 any), and that constant flows on. The compact network drops the filter, its BN channel and the
 matching input channels of the next conv, and carries the constant exactly:
 
-* into the next conv: through a conv without zero padding it is a per-filter bias; with zero
-  padding the border pixels see less of it, so it becomes a per-pixel map (``ConvBN.pad_const``);
+* into the next conv: through a conv without zero padding it shifts every pixel alike, which
+  the BN's running mean absorbs; with zero padding the border pixels see less of it, so it
+  becomes a per-pixel map (``ConvBN.pad_const``);
 * into a residual add: the stream keeps its full width; narrow operands are added at their
   channel indices, the constants of the removed channels are added as a vector (``Join``).
 
@@ -14,6 +15,8 @@ Constants and corrections are computed in float64 from the soft-pruned weights. 
 follow the pruning papers' convention: one multiply-accumulate (MAC) = one FLOP, convolutions
 and linear layers only (FPGM's ResNet-56 = 125 M).
 """
+import importlib.util
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +27,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from models import build_model
 from models.resnet_cifar import BasicBlock as CifarBlock, CifarResNet, ShortcutA
 
-from .checkpoint import safe_load
+from .checkpoint import atomic_save, safe_load
 from .compact_modules import CompactResNet
 from .errors import UserError
+from .fpgm_flops import fpgm_flops_reduction
 from .graph import unwrap
 
 FORMAT = "fsdp-compact"
@@ -56,7 +60,7 @@ def _complement(indices: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _pruned_indices(pruned: dict, name: str, filters: int) -> torch.Tensor:
-    idx = torch.as_tensor(pruned.get(name, []), dtype=torch.long).flatten().unique()
+    idx = torch.as_tensor(pruned.get(name, []), dtype=torch.long).cpu().flatten().unique()
     if len(idx) and (idx.min() < 0 or idx.max() >= filters):
         raise UserError(f"pruned filters of {name} must lie in 0..{filters - 1}, got "
                         f"{idx.tolist()}; pass the mask of this very model")
@@ -87,12 +91,14 @@ class _Converter:
         filters = w.shape[0]
         drop = _pruned_indices(self.pruned, name, filters)
         if len(drop) and w[drop].count_nonzero():
-            raise UserError(f"{name}: selected filters are not zero (ζ > 0: a snapshot from before "
-                            "the last epoch); compact the final checkpoint")
+            raise UserError(f"{name}: selected filters are not zero (ζ > 0: a snapshot from "
+                            "before the last epoch); compact the final checkpoint")
         keep = _complement(drop, filters)
         bias = (conv.bias.detach().double().cpu() if conv.bias is not None
                 else torch.zeros(filters, dtype=torch.float64))
-        w_out, b_out, pad_const = w[keep], bias[keep].clone(), None
+        gamma, beta = bn.weight.detach().double().cpu(), bn.bias.detach().double().cpu()
+        mean, var = bn.running_mean.double().cpu(), bn.running_var.double().cpu()
+        w_out, mean_out, pad_const = w[keep], mean[keep], None
         if inp.kept is not None:
             removed = _complement(inp.kept, w.shape[1])
             # what the removed input channels' constants add to each kept filter, per tap
@@ -101,28 +107,27 @@ class _Converter:
             if taps.count_nonzero():
                 if any(conv.padding):
                     pad_const = taps.unsqueeze(1)
-                else:  # every output pixel sees every tap: a plain bias
-                    b_out += taps.sum((1, 2))
-        has_bias = conv.bias is not None or bool(b_out.count_nonzero())
-
-        gamma, beta = bn.weight.detach().double().cpu(), bn.bias.detach().double().cpu()
-        mean, var = bn.running_mean.double().cpu(), bn.running_var.double().cpu()
+                else:
+                    # every output pixel sees every tap: a constant shift, which BN absorbs into
+                    # its running mean (exact in eval; in training BN removes it anyway). A conv
+                    # bias would cost a pass over the output in PyTorch's 1×1-conv path.
+                    mean_out = mean_out - taps.sum((1, 2))
         const = torch.zeros(filters, dtype=torch.float64)
         # a dropped filter outputs its bias (0 without one); BN maps that to a constant
         const[drop] = (bias[drop] - mean[drop]) / torch.sqrt(var[drop] + bn.eps) * gamma[drop] \
             + beta[drop]
 
         self.state.update({f"{prefix}.conv.weight": w_out, f"{prefix}.bn.weight": gamma[keep],
-                           f"{prefix}.bn.bias": beta[keep], f"{prefix}.bn.running_mean": mean[keep],
+                           f"{prefix}.bn.bias": beta[keep], f"{prefix}.bn.running_mean": mean_out,
                            f"{prefix}.bn.running_var": var[keep],
                            f"{prefix}.bn.num_batches_tracked": bn.num_batches_tracked.clone()})
-        if has_bias:
-            self.state[f"{prefix}.conv.bias"] = b_out
+        if conv.bias is not None:
+            self.state[f"{prefix}.conv.bias"] = bias[keep]
         if pad_const is not None:
             self.state[f"{prefix}.pad_const"] = pad_const
         spec = {"in": w_out.shape[1], "out": len(keep), "kernel": list(conv.kernel_size),
                 "stride": list(conv.stride), "padding": list(conv.padding),
-                "dilation": list(conv.dilation), "bias": has_bias,
+                "dilation": list(conv.dilation), "bias": conv.bias is not None,
                 "pad_const": pad_const is not None, "eps": bn.eps, "momentum": bn.momentum}
         return spec, _Channels(keep if len(drop) else None, const)
 
@@ -167,7 +172,8 @@ def _walk_cifar(model: CifarResNet, cv: _Converter) -> tuple[dict, nn.Linear]:
     x, blocks = x.relu(), []
     for s in (1, 2, 3):
         for i, blk in enumerate(getattr(model, f"stage_{s}")):
-            if type(blk) is not CifarBlock or not isinstance(blk.downsample, (ShortcutA, type(None))):
+            if type(blk) is not CifarBlock or not isinstance(blk.downsample,
+                                                             (ShortcutA, type(None))):
                 raise UserError(f"stage_{s}.{i} is not a CIFAR BasicBlock with option-A shortcut")
             p = f"stage_{s}.{i}"
             convs = [(f"{p}.conv_a", blk.conv_a, blk.bn_a), (f"{p}.conv_b", blk.conv_b, blk.bn_b)]
@@ -270,9 +276,8 @@ def compact_model(model: nn.Module, pruned: dict) -> CompactResNet:
                  for name, m in model.named_modules() if name in cv.pruned},
         "net": net}
     dtype, device = first.weight.dtype, first.weight.device
-    compact = CompactResNet(manifest)
-    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in cv.state.items()}
-    compact.load_state_dict(state, strict=True)
+    compact = CompactResNet(manifest).to(dtype)  # casts floating tensors only, not indices
+    compact.load_state_dict(cv.state, strict=True)  # copy_ casts float64 constants
     return compact.to(device).eval()
 
 
@@ -282,8 +287,8 @@ def save_compact(model: CompactResNet, path) -> None:
         raise UserError(f"save_compact needs the output of compact_model, got "
                         f"{type(model).__name__}")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"format": FORMAT, "version": FORMAT_VERSION, "manifest": model.manifest,
-                "state_dict": state}, path)
+    atomic_save({"format": FORMAT, "version": FORMAT_VERSION, "manifest": model.manifest,
+                 "state_dict": state}, str(path))
 
 
 def load_compact(path, map_location="cpu") -> CompactResNet:
@@ -322,72 +327,6 @@ def count_flops_params(model: nn.Module, input_shape) -> tuple[int, int]:
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2, sum(q.numel() for q in model.parameters())
-
-
-# -- FPGM's analytic FLOPs reduction ----------------------------------------------------------
-def fpgm_flops_reduction(arch: str, keep_ratio: float) -> float:
-    """FLOPs reduction (0..1) that FPGM/SFP report for a uniform keep ratio ``p``.
-
-    Their counting (``utils/cifar_resnet_flop.py`` of he-y/soft-filter-pruning, and its ImageNet
-    counterpart): conv MACs only, at each stage's output resolution; the stem ×p; the first conv
-    of a block ×p (its input is the unpruned residual stream), except in the network's first
-    block, whose input is the pruned stem: ×p²; the other convs of a block ×p². It reproduces
-    their tables, e.g. ResNet-56 at 40% → 52.6%, ResNet-50 at 30% → 42.2%.
-    """
-    if not 0 < keep_ratio <= 1:
-        raise UserError(f"keep ratio must be in (0, 1], got {keep_ratio}")
-    name = arch.removeprefix("imagenet_")
-    depth = int(name[len("resnet"):]) if name.startswith("resnet") and name[6:].isdigit() else 0
-    if arch == name and depth in (20, 32, 44, 56, 110):
-        count = _fpgm_cifar
-    elif arch != name and depth in (18, 34):
-        count = _fpgm_imagenet_basic
-    elif arch != name and depth in (50, 101, 152):
-        count = _fpgm_imagenet_bottleneck
-    else:
-        raise UserError(f"no FPGM FLOPs formula for {arch!r}; use resnet20/32/44/56/110 or "
-                        "imagenet_resnet18/34/50/101/152")
-    return 1 - count(depth, keep_ratio) / count(depth, 1.0)
-
-
-def _fpgm_cifar(depth: int, p: float) -> float:
-    n = (depth - 2) // 6
-    widths, sizes = (16, 32, 64), (32, 16, 8)
-    macs = 16 * 3 * 9 * 32 * 32 * p
-    for s, (c, hw) in enumerate(zip(widths, sizes)):
-        for b in range(n):
-            c_in = widths[s - 1] if s and not b else c
-            first = p * p if not s and not b else p
-            macs += 9 * hw * hw * c * (c_in * first + c * p * p)
-    return macs
-
-
-_IMAGENET_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
-                    152: (3, 8, 36, 3)}
-_IMAGENET_WIDTHS, _IMAGENET_SIZES = (64, 128, 256, 512), (56, 28, 14, 7)
-
-
-def _fpgm_imagenet_basic(depth: int, p: float) -> float:
-    macs = 64 * 3 * 49 * 112 * 112 * p  # downsample convs are not counted
-    for s, (c, hw, n) in enumerate(zip(_IMAGENET_WIDTHS, _IMAGENET_SIZES, _IMAGENET_BLOCKS[depth])):
-        for b in range(n):
-            # FPGM's script corrects the input width of the first conv of stages 2 and 4 but
-            # not of stage 3 (a variable is overwritten), and its published numbers include it
-            c_in = _IMAGENET_WIDTHS[s - 1] if s in (1, 3) and not b else c
-            first = p * p if not s and not b else p
-            macs += 9 * hw * hw * c * (c_in * first + c * p * p)
-    return macs
-
-
-def _fpgm_imagenet_bottleneck(depth: int, p: float) -> float:
-    macs = 64 * 3 * 49 * 112 * 112 * p
-    for s, (c, hw, n) in enumerate(zip(_IMAGENET_WIDTHS, _IMAGENET_SIZES, _IMAGENET_BLOCKS[depth])):
-        for b in range(n):
-            c_in = (64 * p if not s else 4 * _IMAGENET_WIDTHS[s - 1]) if not b else 4 * c
-            macs += hw * hw * c * (c_in * p + 9 * c * p * p + 4 * c * p * p)
-            if not b:  # the downsample conv, unpruned
-                macs += hw * hw * 4 * c * c_in
-    return macs
 
 
 # -- snapshots and exports --------------------------------------------------------------------
@@ -462,20 +401,27 @@ def export_torchscript(model: nn.Module, path, input_shape) -> None:
     """Trace ``model`` (eval mode) and save it; ``torch.jit.load`` needs none of our code."""
     p = next(model.parameters())
     x = torch.randn(tuple(input_shape), dtype=p.dtype, device=p.device)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch ≥ 2.9 flags TorchScript as deprecated on every call; it was asked for explicitly
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
         traced = torch.jit.trace(model.eval(), x)
-    torch.jit.save(traced, str(path))
+        torch.jit.save(traced, str(path))
+
+
+def check_onnx_exporter() -> None:
+    """Raise UserError unless torch's ONNX exporter can run (it needs onnx and onnxscript)."""
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"ONNX export needs {' and '.join(missing)}: "
+                        f"pip install {' '.join(missing)}")
 
 
 def export_onnx(model: nn.Module, path, input_shape) -> None:
-    """Export to ONNX with torch's exporter, which needs the onnx and onnxscript packages."""
-    import importlib.util
-
-    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise UserError(f"ONNX export needs {' and '.join(missing)}: pip install {' '.join(missing)}")
+    """Export to one ONNX file (batch size dynamic) with torch's exporter."""
+    check_onnx_exporter()
     p = next(model.parameters())
     x = torch.randn(tuple(input_shape), dtype=p.dtype, device=p.device)
     batch = torch.export.Dim("batch")
     torch.onnx.export(model.eval(), (x,), str(path), input_names=["input"],
-                      output_names=["logits"], dynamic_shapes=({0: batch},), dynamo=True)
+                      output_names=["logits"], dynamic_shapes=({0: batch},), dynamo=True,
+                      external_data=False, verbose=False)

@@ -25,9 +25,9 @@ class ConvBN(nn.Module):
     """Conv (kept filters × kept input channels) + BN (kept channels).
 
     Removed input channels carry constants. Through a conv without zero padding their
-    contribution is the same at every pixel and lives in ``conv.bias``. With zero padding it is
-    smaller at the borders, so it is ``conv2d(ones, pad_const)``: an exact per-pixel map that
-    depends only on the input size, hence computed once per size and cached.
+    contribution is the same at every pixel and is folded into ``bn.running_mean``. With zero
+    padding it is smaller at the borders, so it is ``conv2d(ones, pad_const)``: an exact
+    per-pixel map that depends only on the input size, hence computed once per size and cached.
     """
 
     def __init__(self, spec: dict):
@@ -79,19 +79,22 @@ class Join(nn.Module):
         if self.has_const:
             self.register_buffer("const", torch.zeros(1, spec["channels"], 1, 1))
 
-    def forward(self, main, short):
+    def forward(self, main, short, inplace: bool = False):
+        """``main`` is the block's own tensor and always reused; ``inplace``: ``short`` may be
+        overwritten too, which saves a copy of the stream."""
         if not self.main_narrow and not self.short_narrow:
-            out = main + short
+            out = main.add_(short)
         elif not self.short_narrow:
-            out = torch.index_add(short, 1, self.main_index, main)
+            out = short.index_add_(1, self.main_index, main) if inplace else \
+                torch.index_add(short, 1, self.main_index, main)
         elif not self.main_narrow:
-            out = torch.index_add(main, 1, self.short_index, short)
+            out = main.index_add_(1, self.short_index, short)
         else:
-            out = main.new_zeros(main.shape[0], self.channels, main.shape[2], main.shape[3])
-            out.index_add_(1, self.main_index, main).index_add_(1, self.short_index, short)
-        if self.has_const:
-            out.add_(self.const)
-        return out
+            shape = (main.shape[0], self.channels, main.shape[2], main.shape[3])
+            out = (self.const.expand(shape).contiguous() if self.has_const
+                   else main.new_zeros(shape))
+            return out.index_add_(1, self.main_index, main).index_add_(1, self.short_index, short)
+        return out.add_(self.const) if self.has_const else out
 
 
 class Block(nn.Module):
@@ -113,13 +116,17 @@ class Block(nn.Module):
         out = self.convs[0](x)
         for conv in self.convs[1:]:
             out = conv(F.relu_(out))
+        # Without autograd the block input is needed no more once the convs have read it, so
+        # an identity shortcut can take the join in place (a traced graph must stay pure).
+        inplace = False
         if self.downsample is not None:
             short = self.downsample(x)
         elif self.shortcut == "option_a":
             short = x[:, :, ::2, ::2]
         else:
             short = x
-        return F.relu_(self.join(out, short))
+            inplace = not (torch.is_grad_enabled() or _building_graph())
+        return F.relu_(self.join(out, short, inplace))
 
 
 class CompactResNet(nn.Module):

@@ -1,0 +1,70 @@
+"""Compact a finished FSDP run: drop the pruned filters for real, and report the savings.
+
+    python compact.py SNAPSHOT_DIR_or_checkpoint.pt [--out model_compact.pt]
+        [--onnx model.onnx] [--torchscript model_ts.pt] [--input_size 32]
+
+Writes ``model_compact.pt`` (next to the checkpoint unless ``--out``), loadable with
+``utils.compact.load_compact``; optionally a TorchScript file (``torch.jit.load``, no code of
+ours needed) and an ONNX file (needs ``pip install onnx onnxscript``).
+"""
+import argparse
+import sys
+
+from utils.compact import (check_onnx_exporter, compact_checkpoint, export_onnx,
+                           export_torchscript, load_compact)
+from utils.errors import UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("snapshot", help="snapshot folder or its checkpoint.pt (after the last epoch)")
+    p.add_argument("--out", default=None, help="compact model file (default: "
+                   "model_compact.pt next to the checkpoint)")
+    p.add_argument("--onnx", default=None, metavar="PATH", help="also export to ONNX")
+    p.add_argument("--torchscript", default=None, metavar="PATH", help="also export TorchScript")
+    p.add_argument("--input_size", type=int, default=None,
+                   help="image side for FLOPs and exports (default: 32 CIFAR ResNets, else 224)")
+    p.add_argument("--keep_ratio", type=float, default=None,
+                   help="p for FPGM's analytic FLOPs reduction (default: kept fraction of filters)")
+    return p
+
+
+def report(fig: dict) -> str:
+    lines = [f"compact model: {fig['compact_path']}  ({fig['arch']}, "
+             f"{fig['input_size']}x{fig['input_size']} input)"]
+    for what, unit in (("flops", "M MACs"), ("params", "M")):
+        d, c = fig[f"{what}_dense"], fig[f"{what}_compact"]
+        lines.append(f"{what:<7} dense {d / 1e6:9.3f}{unit}  compact {c / 1e6:9.3f}{unit}  "
+                     f"reduction {fig[f'{what}_reduction']:.1%}")
+    analytic = fig["fpgm_analytic_flops_reduction"]
+    lines.append(f"FPGM analytic FLOPs reduction at keep ratio {fig['keep_ratio']:.3f}: "
+                 + (f"{analytic:.1%}" if analytic is not None else "n/a for this arch"))
+    lines.append(f"max relative output difference, compact vs soft-pruned: "
+                 f"{fig['max_rel_error']:.1e}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.onnx:
+            check_onnx_exporter()  # before the work, not after it
+        fig = compact_checkpoint(args.snapshot, args.out, args.input_size, args.keep_ratio)
+        print(report(fig))
+        if args.torchscript or args.onnx:
+            model = load_compact(fig["compact_path"])
+            shape = (1, model.manifest["in_channels"], fig["input_size"], fig["input_size"])
+            if args.torchscript:
+                export_torchscript(model, args.torchscript, shape)
+                print(f"TorchScript: {args.torchscript}")
+            if args.onnx:
+                export_onnx(model, args.onnx, shape)
+                print(f"ONNX: {args.onnx}")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -213,9 +213,28 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, make_input):
     assert err and "\n" not in err and "Traceback" not in err
 
 
-@pytest.mark.skipif(importlib.util.find_spec("onnxscript") is not None,
-                    reason="onnxscript installed: the missing-package error cannot occur")
-def test_onnx_without_packages_is_one_line_exit_2(tmp_path, capsys):
+def test_onnx_and_torchscript_from_the_same_command(tmp_path, capsys):
+    import numpy as np
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    fake_checkpoint(tmp_path / "checkpoint.pt")
+    onnx_path, ts_path = tmp_path / "m.onnx", tmp_path / "m_ts.pt"
+    assert compact_cli.main([str(tmp_path / "checkpoint.pt"), "--onnx", str(onnx_path),
+                             "--torchscript", str(ts_path)]) == 0
+    onnx.checker.check_model(onnx.load(str(onnx_path)))
+    compact = load_compact(tmp_path / "model_compact.pt")
+    x = torch.randn(3, 3, 32, 32)  # another batch size than the export's: the axis is dynamic
+    ref = compact(x).detach()
+    got = ReferenceEvaluator(str(onnx_path)).run(None, {"input": x.numpy()})[0]
+    assert np.abs(got - ref.numpy()).max() / ref.abs().max().item() < 1e-5
+    torch.testing.assert_close(torch.jit.load(str(ts_path))(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_without_packages_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxscript" else real(name, *a))
     fake_checkpoint(tmp_path / "checkpoint.pt")
     argv = [str(tmp_path / "checkpoint.pt"), "--onnx", str(tmp_path / "m.onnx")]
     assert compact_cli.main(argv) == 2

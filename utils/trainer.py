@@ -276,7 +276,7 @@ def run(args, make_data) -> int:
             scaler.load_state_dict(ckpt["scaler"])
         history, wall = list(ckpt["history"]), float(ckpt["wall_seconds"])
         start_epoch, start_batch = int(ckpt["epoch"]), int(ckpt.get("batch", 0))
-        epoch_state = ckpt.get("epoch_state")
+        epoch_state = ckpt.get("epoch_state") if rank == 0 else None
         set_rng_state(ckpt["rng"])
         where = f"epoch {start_epoch}" + (f", batch {start_batch}" if start_batch else "")
         log(f"resumed from {resume} at {where}")
@@ -327,7 +327,10 @@ def run(args, make_data) -> int:
             start_batch, epoch_state = 0, None
             if train["interrupted"]:
                 wall += time.time() - t0
-                save(epoch, train["batches"], train["state"])
+                state = train["state"]  # partial sums of all ranks; rank 0 resumes with them
+                state["sums"] = dist.all_reduce_sum(state["sums"].to(device)).cpu()
+                state["n"] = int(dist.all_reduce_sum(torch.tensor([state["n"]], device=device)))
+                save(epoch, train["batches"], state)
                 log(f"{stop.name}: stopped in epoch {epoch} after batch {train['batches']} with "
                     "a checkpoint; continue with --resume auto")
                 return stop.exit_code

@@ -3,6 +3,7 @@ import statistics
 import time
 
 import torch
+from torch import nn
 
 
 def sync(device):
@@ -24,3 +25,17 @@ def interleaved(fns: dict, repeats: int, device, warmup: int = 1) -> dict:
             sync(device)
             times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+@torch.no_grad()
+def randomize_bn(model: nn.Module, gen: torch.Generator) -> nn.Module:
+    """Random BN statistics and affine parameters, so a zeroed filter's channel carries a
+    non-trivial constant (a freshly initialised BN maps zero to zero)."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.bias.copy_(torch.randn(n, generator=gen) * 0.5)
+            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
+            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+    return model

@@ -26,7 +26,7 @@ import math
 import torch
 from torch import nn
 
-from bench.common import interleaved
+from bench.common import interleaved, randomize_bn
 from models import build_model
 from utils.compact import compact_model, count_flops_params
 from utils.graph import find_prunable_convs
@@ -36,13 +36,7 @@ def soft_pruned(arch: str, num_classes: int, pruned_count, seed: int = 0) -> tup
     """A randomly initialised network with ``pruned_count(F)`` random filters per conv zeroed."""
     gen = torch.Generator().manual_seed(seed)
     model = build_model(arch, num_classes)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.weight.data = torch.rand(n, generator=gen) + 0.5
-            m.bias.data = torch.randn(n, generator=gen) * 0.5
-            m.running_mean = torch.randn(n, generator=gen) * 0.5
-            m.running_var = torch.rand(n, generator=gen) + 0.5
+    randomize_bn(model, gen)
     pruned = {}
     with torch.no_grad():
         for c in find_prunable_convs(model):

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import compact as compact_cli
+from bench.common import randomize_bn
 from models import build_model
 from utils.compact import (compact_checkpoint, compact_model, count_flops_params,
                            export_torchscript, fpgm_flops_reduction, load_compact, save_compact)
@@ -20,13 +21,7 @@ def random_model(arch, seed=0, num_classes=10):
     non-trivial constant (a freshly initialised BN would map zero to zero)."""
     gen = torch.Generator().manual_seed(seed)
     model = build_model(arch, num_classes)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.weight.data = torch.rand(n, generator=gen) + 0.5
-            m.bias.data = torch.randn(n, generator=gen) * 0.5
-            m.running_mean = torch.randn(n, generator=gen) * 0.5
-            m.running_var = torch.rand(n, generator=gen) + 0.5
+    randomize_bn(model, gen)
     return model.eval()
 
 

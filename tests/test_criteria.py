@@ -2,20 +2,11 @@ import copy
 import itertools
 
 import torch
-from torch import nn
 
+from bench.common import randomize_bn
 from models import build_model
 from utils.criteria import cs_scores, filter_norms, geometric_median_select
 from utils.graph import find_prunable_convs
-
-
-def _random_bn(model, gen):
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.2, generator=gen)
-            m.running_var.uniform_(0.5, 2, generator=gen)
-            m.weight.data.normal_(1, 0.3, generator=gen)
-            m.bias.data.normal_(0, 0.3, generator=gen)
 
 
 def _brute_force(model, bns, xs, ys, num_classes):
@@ -46,7 +37,7 @@ def _brute_force(model, bns, xs, ys, num_classes):
 def test_cs_scores_equal_a_float64_brute_force_with_a_missing_class():
     gen = torch.Generator().manual_seed(0)
     model = build_model("resnet20", num_classes=5)
-    _random_bn(model, gen)
+    randomize_bn(model, gen)
     model.eval()
     convs = find_prunable_convs(model)
     bns, names = [c.bn for c in convs], [c.name for c in convs]

@@ -5,7 +5,7 @@
 
 Writes ``model_compact.pt`` (next to the checkpoint unless ``--out``), loadable with
 ``utils.compact.load_compact``; optionally a TorchScript file (``torch.jit.load``, no code of
-ours needed) and an ONNX file (needs ``pip install onnx onnxscript``).
+ours needed) and an ONNX file (torch's exporter, with onnx and onnxscript from requirements.txt).
 """
 import argparse
 import sys

@@ -14,15 +14,16 @@ from .errors import UserError
 from .faults import crash_point
 
 
-def atomic_save(obj, path: str) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``: a crash
-    at any moment leaves either the old file or the new one, never a torn one."""
+def atomic_write(path: str, write) -> None:
+    """``write(binary_file)`` into a temporary file in the same folder, fsync, then rename over
+    ``path``: a crash at any moment leaves either the old file or the new one, never a torn
+    one. Temporaries are named ``.tmp-*``, so a restarted run can clear them."""
     folder = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         crash_point("atomic_save:" + os.path.basename(path))
@@ -42,6 +43,11 @@ def atomic_save(obj, path: str) -> None:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def atomic_save(obj, path: str) -> None:
+    """``torch.save`` through ``atomic_write``."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def safe_load(path: str, map_location="cpu"):

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributed import all_reduce_sum
+from .engine import autocast
 
 
 @contextlib.contextmanager
@@ -38,15 +39,13 @@ def class_sums(model: nn.Module, bns: list[nn.Module], loader, num_classes: int,
     widths = [bn.num_features for bn in bns]
     sums = torch.zeros(num_classes, sum(widths), dtype=torch.float64, device=device)
     counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
-    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype
-                else contextlib.nullcontext())
     with _max_response_hooks(bns, acts):
         for i, (x, y) in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
-            with autocast:
+            with autocast(device, amp_dtype):
                 model(x)
             a = torch.cat(acts, 1).double().clamp_min_(0)
             onehot = F.one_hot(y, num_classes).double()

@@ -5,6 +5,7 @@ import json
 import os
 import time
 
+from .checkpoint import atomic_write
 from .distributed import is_main
 
 METRIC_COLUMNS = ["epoch", "lr", "theta", "theta_cs", "theta_gm", "zeta", "train_loss",
@@ -13,12 +14,7 @@ METRIC_COLUMNS = ["epoch", "lr", "theta", "theta_cs", "theta_gm", "zeta", "train
 
 
 def write_text_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 class RunLog:

@@ -1,17 +1,15 @@
 """curves.png (accuracy and loss per epoch) and schedule.png (θ, θ_cs, θ_gm, ζ)."""
-import os
-
 import matplotlib
 
 matplotlib.use("Agg")  # no display on training servers
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .checkpoint import atomic_write  # noqa: E402
+
 
 def _save(fig, path):
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def plot_curves(history: list[dict], path: str) -> None:

@@ -125,8 +125,8 @@ def _prepare_save_path(path: str) -> None:
     except OSError as e:
         raise UserError(f"cannot write to --save_path {path} ({e.strerror}); choose a writable "
                         "folder") from None
-    for name in os.listdir(path):  # temporaries of a run killed while writing
-        if name.startswith(".tmp-") or name.endswith((".tmp", ".tmp.png")):
+    for name in os.listdir(path):  # temporaries of a run killed while writing (atomic_write)
+        if name.startswith(".tmp-"):
             os.unlink(os.path.join(path, name))
 
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributed import all_reduce_sum
-from .engine import autocast
+from .engine import autocast, prepare
 
 
 @contextlib.contextmanager
@@ -32,7 +32,8 @@ def _max_response_hooks(bns: list[nn.Module], out: list):
 @torch.no_grad()
 def class_sums(model: nn.Module, bns: list[nn.Module], loader, num_classes: int,
                device: torch.device, max_batches: int | None = None,
-               amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               amp_dtype: torch.dtype | None = None,
+               transform=None) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass over ``loader``: Σ_n onehot(y_n) a_f(n) for every filter of every BN, and the
     class counts. Returns float64 tensors (C, ΣF) and (C,), summed over DDP ranks."""
     acts = [None] * len(bns)
@@ -40,11 +41,10 @@ def class_sums(model: nn.Module, bns: list[nn.Module], loader, num_classes: int,
     sums = torch.zeros(num_classes, sum(widths), dtype=torch.float64, device=device)
     counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
     with _max_response_hooks(bns, acts):
-        for i, (x, y) in enumerate(loader):
+        for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
+            x, y = prepare(batch, device, transform, "cs")
             with autocast(device, amp_dtype):
                 model(x)
             a = torch.cat(acts, 1).double().clamp_min_(0)
@@ -66,10 +66,11 @@ def separability_scores(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tenso
 
 
 def cs_scores(model, bns, names, loader, num_classes, device, max_batches=None,
-              amp_dtype=None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+              amp_dtype=None, transform=None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """CS score of every filter of every layer keyed by ``names`` (CPU float64), and the
     number of samples seen per class."""
-    sums, counts = class_sums(model, bns, loader, num_classes, device, max_batches, amp_dtype)
+    sums, counts = class_sums(model, bns, loader, num_classes, device, max_batches, amp_dtype,
+                              transform)
     scores = separability_scores(sums, counts).cpu()
     return dict(zip(names, scores.split([bn.num_features for bn in bns]))), counts.cpu()
 

@@ -27,6 +27,23 @@ def lr_at(epoch: int, base_lr: float, schedule: list[int], gammas: list[float]) 
     return lr
 
 
+def to_device(x, device: torch.device):
+    """A tensor, or each tensor of a dict, moved without blocking (pinned memory)."""
+    if isinstance(x, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in x.items()}
+    return x.to(device, non_blocking=True)
+
+
+def prepare(batch, device: torch.device, transform=None, split: str = "train"):
+    """``(x, y[, seeds])`` from a loader → ``(x, y)`` on the device, after the script's batch
+    transform (which runs there, drawing from the per-sample seeds)."""
+    x, y, seeds = batch if len(batch) == 3 else (*batch, None)
+    x, y = to_device(x, device), y.to(device, non_blocking=True)
+    if transform is not None:
+        x = transform(x, seeds, split)
+    return x, y
+
+
 def autocast(device: torch.device, amp_dtype: torch.dtype | None):
     if amp_dtype is None:
         return contextlib.nullcontext()
@@ -59,7 +76,8 @@ class _Meter:
 
 def train_one_epoch(model, loader, optimizer, device, epoch: int, mask=None, scaler=None,
                     amp_dtype=None, log=None, print_freq: int = 200, nan_policy: str = "stop",
-                    should_stop=None, start_batch: int = 0, resume_state=None) -> dict:
+                    should_stop=None, start_batch: int = 0, resume_state=None,
+                    transform=None) -> dict:
     """One epoch of SGD; ``mask.scale_gradients()`` runs between backward and step (SPEC §4).
 
     ``should_stop()`` is polled after every batch: when it says so the epoch ends early with
@@ -77,9 +95,8 @@ def train_one_epoch(model, loader, optimizer, device, epoch: int, mask=None, sca
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if is_main() else True,
                dynamic_ncols=True, initial=start_batch, total=total)
     interrupted = False
-    for i, (x, y) in enumerate(bar, start=start_batch):
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
+    for i, batch in enumerate(bar, start=start_batch):
+        x, y = prepare(batch, device, transform, "train")
         with autocast(device, amp_dtype):
             logits = model(x)
             loss = F.cross_entropy(logits, y)
@@ -122,14 +139,21 @@ def train_one_epoch(model, loader, optimizer, device, epoch: int, mask=None, sca
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, amp_dtype=None) -> dict:
+def evaluate(model, loader, device, amp_dtype=None, transform=None) -> dict:
+    """Top-1/top-5/loss; a batch of N×V×C×H×W (V views per sample) is scored by the average of
+    the views' softmax (multi-crop), its loss being that average's negative log."""
     model.eval()
     meter = _Meter(device)
-    for x, y in loader:
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
+    for batch in loader:
+        x, y = prepare(batch, device, transform, "test")
         with autocast(device, amp_dtype):
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
-        meter.update(loss, logits.float(), y)
+            if x.dim() == 5:
+                n, v = x.shape[:2]
+                probs = model(x.flatten(0, 1)).float().softmax(1).view(n, v, -1).mean(1)
+                logits = probs.clamp_min(1e-12).log()
+                loss = F.nll_loss(logits, y)
+            else:
+                logits = model(x).float()
+                loss = F.cross_entropy(logits, y)
+        meter.update(loss, logits, y)
     return meter.result()

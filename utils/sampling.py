@@ -4,13 +4,15 @@ Every sample's random augmentation is drawn under its own seed, so a run gives t
 whatever ``--workers`` is, however the data is split over ranks, and when it is resumed in the
 middle of an epoch: the sampler just starts at the first batch not yet trained.
 """
+from typing import Callable
+
 import torch
 from torch.utils.data import Dataset, Sampler
 
 _MASK63 = (1 << 63) - 1
 
 
-def _mix(*parts: int) -> int:
+def mix(*parts: int) -> int:
     """A 63-bit seed from small integers (splitmix64-style finaliser: nearby inputs → far seeds)."""
     h = 0x9E3779B97F4A7C15
     for p in parts:
@@ -20,8 +22,9 @@ def _mix(*parts: int) -> int:
 
 
 class SeededDataset(Dataset):
-    """``ds[(i, seed)]`` = ``ds[i]`` computed with the global torch RNG seeded by ``seed``
-    (the caller's RNG state is restored afterwards)."""
+    """``ds[(i, seed)]`` = ``(*ds[i], seed)``, ``ds[i]`` computed with the global torch RNG
+    seeded by ``seed`` (the caller's RNG state is restored afterwards); the seed travels on
+    with the batch for transforms that run on the device."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
@@ -34,20 +37,22 @@ class SeededDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             # the CPU generator only: torch.manual_seed also seeds every accelerator (~100 µs)
             torch.default_generator.manual_seed(seed)
-            return self.dataset[i]
+            return (*self.dataset[i], seed)
 
 
 class EpochSampler(Sampler):
-    """Yields ``(index, item_seed)``. shuffle: a fresh permutation per epoch (or, with
-    ``weights``, draws with replacement, e.g. a class-balanced sampler), padded so all ranks get
-    equally many samples, as DDP needs; no shuffle: every sample once, in order, rank r taking
-    r, r+W, …. ``set_epoch(epoch, start)`` skips the first ``start`` samples of this rank."""
+    """Yields ``(index, item_seed)``. shuffle: the epoch's order — ``order(seed, epoch)`` if
+    given (a class-balanced draw, file-by-file order, …), else a fresh permutation — padded so
+    all ranks get equally many samples, as DDP needs; no shuffle: every sample once, in order,
+    rank r taking r, r+W, …. ``set_epoch(epoch, start)`` skips the first ``start`` samples of
+    this rank."""
 
     def __init__(self, n: int, seed: int, stream: int, rank: int = 0, world: int = 1,
-                 shuffle: bool = True, weights: torch.Tensor | None = None):
+                 shuffle: bool = True, order: Callable[[int, int], torch.Tensor] | None = None):
         self.n, self.seed, self.stream = n, seed, stream
-        self.rank, self.world, self.shuffle, self.weights = rank, world, shuffle, weights
+        self.rank, self.world, self.shuffle, self.order = rank, world, shuffle, order
         self.epoch, self.start = 0, 0
+        self._cache: tuple[int, list[int]] | None = None  # (epoch, this rank's order)
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
@@ -55,22 +60,22 @@ class EpochSampler(Sampler):
     def _order(self) -> list[int]:
         if not self.shuffle:
             return list(range(self.rank, self.n, self.world))
-        g = torch.Generator().manual_seed(_mix(self.seed, self.stream, self.epoch))
-        if self.weights is not None:
-            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
-        else:
-            order = torch.randperm(self.n, generator=g)
-        total = -(-self.n // self.world) * self.world
-        order = torch.cat([order, order[:total - self.n]]) if total > self.n else order
-        return order[self.rank::self.world].tolist()
+        if self._cache is None or self._cache[0] != self.epoch:
+            if self.order is not None:
+                order = torch.as_tensor(self.order(self.seed, self.epoch), dtype=torch.long)
+            else:
+                g = torch.Generator().manual_seed(mix(self.seed, self.stream, self.epoch))
+                order = torch.randperm(self.n, generator=g)
+            total = -(-len(order) // self.world) * self.world
+            order = torch.cat([order, order[:total - len(order)]]) if total > len(order) else order
+            self._cache = (self.epoch, order[self.rank::self.world].tolist())
+        return self._cache[1]
 
     def __iter__(self):
         for pos, i in enumerate(self._order()):
             if pos >= self.start:
                 # seeded by the global position, so the split over ranks does not matter
-                yield i, _mix(self.seed, self.stream, self.epoch, pos * self.world + self.rank)
+                yield i, mix(self.seed, self.stream, self.epoch, pos * self.world + self.rank)
 
     def __len__(self):
-        per_rank = (len(range(self.rank, self.n, self.world)) if not self.shuffle
-                    else -(-self.n // self.world))
-        return max(per_rank - self.start, 0)
+        return max(len(self._order()) - self.start, 0)

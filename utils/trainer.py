@@ -7,11 +7,10 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from models import build_model
 
@@ -19,6 +18,7 @@ from . import distributed as dist
 from .checkpoint import atomic_save, rng_state, safe_load, set_rng_state
 from .compact import compact_model, count_flops_params, fpgm_flops_reduction, save_compact
 from .cli import check_args
+from .data import Data  # noqa: F401 - the scripts' entry point imports it from here
 from .criteria import cs_scores
 from .engine import NonFiniteLoss, evaluate, lr_at, train_one_epoch
 from .errors import UserError
@@ -38,18 +38,6 @@ SNAPSHOT_FILES = ("checkpoint.pt", "metrics.csv", "summary.json", "args.json", "
 RESUME_MUST_MATCH = ("arch", "dataset", "epochs", "prune_rate_cs", "prune_rate_gm", "tau",
                      "attenuation", "use_zero_scaling", "layer_begin", "layer_end", "layer_inter",
                      "prune_include", "prune_exclude")
-
-
-@dataclass
-class Data:
-    train: Dataset
-    cs: Dataset          # the CS loader's data (SPEC §3), read in fixed order
-    test: Dataset
-    num_classes: int
-    in_channels: int
-    input_shape: tuple   # C, H, W of one sample
-    train_weights: torch.Tensor | None = None  # per-sample draw weights (GSC's balanced sampler)
-    classes: list[str] | None = None
 
 
 def main(parser, make_data, argv=None) -> int:
@@ -211,10 +199,11 @@ def run(args, make_data) -> int:
     elif args.pretrain_path:
         _load_pretrained(model, args.pretrain_path, args.arch)
 
-    test_loader = _loader(data.test, args.batch_size, args, device,
-                          dist.ShardSampler(len(data.test)))
+    test_loader = _loader(SeededDataset(data.test), args.batch_size, args, device,
+                          EpochSampler(len(data.test), args.manualSeed, 2, rank, world,
+                                       shuffle=False))
     if args.evaluate:
-        stats = evaluate(model, test_loader, device, amp_dtype)
+        stats = evaluate(model, test_loader, device, amp_dtype, data.batch_transform)
         if dist.is_main():
             print(f"test: top1 {stats['top1']:.2f}  top5 {stats['top5']:.2f}  "
                   f"loss {stats['loss']:.4f}  ({stats['n']} images)")
@@ -225,7 +214,7 @@ def run(args, make_data) -> int:
     cs_loader = _loader(SeededDataset(data.cs), max(1, args.batch_prune_size // world), args,
                         device, cs_sampler)
     train_sampler = EpochSampler(len(data.train), args.manualSeed, 0, rank, world,
-                                 weights=data.train_weights)
+                                 order=data.train_order)
     per_rank_batch = max(1, args.batch_size // world)
     train_loader = _loader(SeededDataset(data.train), per_rank_batch, args, device,
                            train_sampler)
@@ -243,7 +232,7 @@ def run(args, make_data) -> int:
         cs_sampler.set_epoch(2 * epoch + (mask.epoch >= 0))
         t0 = time.time()
         scores, counts = cs_scores(net, bns, names, cs_loader, data.num_classes, device,
-                                   args.max_iter_cs, amp_dtype)
+                                   args.max_iter_cs, amp_dtype, data.batch_transform)
         net.train(was_training)
         crash_point(f"cs:{epoch}")
         missing = tuple(torch.nonzero(counts == 0).flatten().tolist())
@@ -309,7 +298,7 @@ def run(args, make_data) -> int:
         log(f"all {args.epochs} epochs were already trained; writing the final outputs")
     elif start_epoch == 0 and start_batch == 0:
         # the reference validates first, so the first CS pass runs in eval mode
-        before = evaluate(model, test_loader, device, amp_dtype)
+        before = evaluate(model, test_loader, device, amp_dtype, data.batch_transform)
         log(f"before training: test top1 {before['top1']:.2f} loss {before['loss']:.4f}")
         mask.update(model, 0)
 
@@ -323,7 +312,8 @@ def run(args, make_data) -> int:
             train_sampler.set_epoch(epoch, start_batch * per_rank_batch)
             train = train_one_epoch(net, train_loader, optimizer, device, epoch, mask, scaler,
                                     amp_dtype, log, args.print_freq, args.nan_policy,
-                                    stop.agreed, start_batch, epoch_state)
+                                    stop.agreed, start_batch, epoch_state,
+                                    data.batch_transform)
             start_batch, epoch_state = 0, None
             if train["interrupted"]:
                 wall += time.time() - t0
@@ -339,7 +329,7 @@ def run(args, make_data) -> int:
                     "(--nan_policy skip)")
             if epoch % args.epoch_prune == 0 or epoch == args.epochs - 1:
                 mask.update(model, epoch)
-            test = evaluate(model, test_loader, device, amp_dtype)
+            test = evaluate(model, test_loader, device, amp_dtype, data.batch_transform)
             flops, params = effective_cost(model, geometry, convs, mask.selected_counts())
             seconds = time.time() - t0
             wall += seconds
@@ -392,7 +382,7 @@ def _compact(args, model, convs, mask, data, test_loader, device, amp_dtype, log
     path = os.path.join(args.save_path, "model_compact.pt")
     if dist.is_main():
         save_compact(compact, path)
-    test = evaluate(compact, test_loader, device, amp_dtype)
+    test = evaluate(compact, test_loader, device, amp_dtype, data.batch_transform)
     shape = (1, *data.input_shape)
     flops_d, params_d = count_flops_params(model, shape)
     flops_c, params_c = count_flops_params(compact, shape)

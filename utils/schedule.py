@@ -89,3 +89,12 @@ def asymptotic_schedule(rate_cs: float, rate_gm: float, epochs: int, tau: float 
 def count(filters: int, rate: float) -> int:
     """⌊F·rate⌋ with a tiny tolerance, so that 10 × (0.7 − 0.1) gives 6, not 5."""
     return int(math.floor(filters * rate + 1e-9))
+
+
+def round_selected(filters: int, selected: int, round_to: int) -> int:
+    """``--round_to``: select fewer where needed so that the kept filters are a multiple of
+    ``round_to`` (hardware computes channels in blocks; a layer of 9 costs what 16 does)."""
+    if round_to <= 1 or selected <= 0:
+        return max(selected, 0)
+    kept = -(-(filters - selected) // round_to) * round_to
+    return max(filters - kept, 0)

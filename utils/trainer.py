@@ -40,12 +40,18 @@ RESUME_MUST_MATCH = ("arch", "dataset", "epochs", "prune_rate_cs", "prune_rate_g
                      "prune_include", "prune_exclude")
 
 
-def main(parser, make_data, argv=None) -> int:
-    """Parse, run, and turn user errors into one line on stderr with exit status 2."""
+def main(parser, make_data, argv=None, check=None, resume_keys: tuple = ()) -> int:
+    """Parse, run, and turn user errors into one line on stderr with exit status 2.
+
+    ``check(args)``: the script's own argument checks (raise ``UserError``); ``resume_keys``:
+    its flags that a resumed run must share with the checkpoint, beside RESUME_MUST_MATCH.
+    """
     args = parser.parse_args(argv)
     try:
         check_args(args)
-        return run(args, make_data)
+        if check is not None:
+            check(args)
+        return run(args, make_data, resume_keys)
     except UserError as e:
         if args.debug:
             raise
@@ -150,11 +156,11 @@ def _load_pretrained(model, path: str, arch: str) -> None:
     model.load_state_dict(state)
 
 
-def _check_resumable(ckpt, args, path, seed_given: bool) -> None:
+def _check_resumable(ckpt, args, path, seed_given: bool, resume_keys: tuple = ()) -> None:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "args" not in ckpt:
         raise UserError(f"{path} is not a checkpoint of this project; give a checkpoint.pt "
                         "written by these scripts")
-    for key in RESUME_MUST_MATCH + (("manualSeed",) if seed_given else ()):
+    for key in RESUME_MUST_MATCH + tuple(resume_keys) + (("manualSeed",) if seed_given else ()):
         old, new = ckpt["args"].get(key), getattr(args, key)
         if old != new:
             raise UserError(f"checkpoint {path} was made with --{key} {old}, this run asks for "
@@ -166,7 +172,7 @@ def _loader(ds, batch_size, args, device, sampler):
                       pin_memory=device.type == "cuda", persistent_workers=False)
 
 
-def run(args, make_data) -> int:
+def run(args, make_data, resume_keys: tuple = ()) -> int:
     device = dist.init_from_env(args.device)
     world, rank = dist.world_size(), dist.rank()
     seed_given = args.manualSeed is not None
@@ -174,8 +180,13 @@ def run(args, make_data) -> int:
     args.manualSeed = dist.broadcast_object(seed)
     _seed_everything(args.manualSeed + rank, args.deterministic)
     resume = _evaluate_source(args) if args.evaluate else _check_save_path(args)
+    ckpt = None
+    if resume and not args.evaluate:
+        ckpt = safe_load(resume)
+        _check_resumable(ckpt, args, resume, seed_given, resume_keys)
+        args.manualSeed = ckpt["args"]["manualSeed"]  # the data order depends on it
 
-    data = make_data(args)
+    data = make_data(args)  # args.manualSeed is final here
     if len(data.train) == 0 or len(data.test) == 0:
         raise UserError(f"the dataset under {args.data_path} is empty; check --data_path")
     model = build_model(args.arch, data.num_classes, data.in_channels).to(device)
@@ -188,14 +199,10 @@ def run(args, make_data) -> int:
                                    args.tau, args.attenuation, args.use_zero_scaling)
     amp_dtype = _amp_dtype(args, device)
 
-    ckpt = None
     if args.evaluate:
         _load_pretrained(model, resume, args.arch)
-    elif resume:
-        ckpt = safe_load(resume)
-        _check_resumable(ckpt, args, resume, seed_given)
+    elif ckpt is not None:
         model.load_state_dict(ckpt["model"])
-        args.manualSeed = ckpt["args"]["manualSeed"]  # the data order depends on it
     elif args.pretrain_path:
         _load_pretrained(model, args.pretrain_path, args.arch)
 

@@ -8,6 +8,7 @@ conv, bn, then conv/bn pairs of every block, then the classifier, so the referen
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -21,6 +22,17 @@ class ShortcutA(nn.Module):
     def forward(self, x):
         x = x[:, :, ::2, ::2]
         return torch.cat([x, x.new_zeros(x.shape[0], self.extra, x.shape[2], x.shape[3])], 1)
+
+
+class GlobalAvgPool(nn.Module):
+    """The authors' ``AvgPool2d(8)`` on the 8×8 maps of 32×32 inputs — its summation order, so
+    its exact numbers (SPEC §0: ``AdaptiveAvgPool2d(1)`` differs in the last bits, enough to
+    flip a selection after a few epochs); the adaptive mean for any other size."""
+
+    def forward(self, x):
+        if x.shape[-1] == 8 and x.shape[-2] == 8:
+            return F.avg_pool2d(x, 8)
+        return F.adaptive_avg_pool2d(x, 1)
 
 
 class BasicBlock(nn.Module):
@@ -53,7 +65,7 @@ class CifarResNet(nn.Module):
         self.stage_1 = self._stage(16, 16, n, 1)
         self.stage_2 = self._stage(16, 32, n, 2)
         self.stage_3 = self._stage(32, 64, n, 2)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.avgpool = GlobalAvgPool()
         self.classifier = nn.Linear(64, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -188,3 +188,31 @@ def test_all_rates_zero_is_bit_identical_to_a_plain_loop(data_root, tmp_path):
     assert not ours.mask.active and calls == []  # no CS pass, no GM, no mask work
     for k, v in ours.model.state_dict().items():
         assert torch.equal(v, plain.state_dict()[k]), k
+
+
+def test_eval_bn_refresh_reports_a_refreshed_curve_and_leaves_the_run_alone(data_root, tmp_path):
+    runs = {}
+    for refresh in ("0", "2"):
+        args = notebook_cifar.parser().parse_args([
+            "--dataset", "cifar10", "--data_path", data_root,
+            "--save_path", str(tmp_path / f"refresh{refresh}"), "--arch", "resnet20",
+            "--epochs", "3", "--batch_size", "16", "--batch_prune_size", "32", "--schedule", "1",
+            "--gammas", "2", "--workers", "0", "--manualSeed", "3", "--device", "cpu",
+            "--eval_bn_refresh", refresh])
+        torch.manual_seed(3)  # the same initial weights (run() seeds before building)
+        t = Trainer(args, notebook_cifar.make_data(args), torch.device("cpu"))
+        t.start()
+        for epoch in range(3):
+            assert t.run_epoch(epoch)
+        runs[refresh] = t
+    plain, refreshed = runs["0"], runs["2"]
+    for k, v in plain.model.state_dict().items():  # weights and BN statistics: bit-identical
+        assert torch.equal(v, refreshed.model.state_dict()[k]), k
+    strip = lambda r: {k: v for k, v in r.items() if k != "epoch_seconds"}  # noqa: E731
+    assert [strip(r) for r in plain.history] == [
+        {k: v for k, v in strip(r).items() if not k.endswith("_refreshed")}
+        for r in refreshed.history]
+    assert "test_top1_refreshed" not in plain.history[0]
+    assert all(0 <= r["test_top1_refreshed"] <= 100 for r in refreshed.history)
+    header = open(tmp_path / "refresh2" / "metrics.csv").readline()
+    assert "test_top1_refreshed" in header

@@ -27,6 +27,8 @@ IMAGENET = dict(IMAGENET32, arch="imagenet_resnet50", epochs=100, batch_size=256
                 learning_rate=0.1, schedule=[30, 60, 90], gammas=[0.1, 0.1, 0.1], decay=1e-4,
                 data_path="datasets/ILSVRC2012")
 RECIPES = {"imagenet32": IMAGENET32, "imagenet": IMAGENET}
+# the script's own flags that shape the data: a resumed run must keep them
+RESUME_KEYS = ("cs_samples", "crop_size", "resize_size")
 
 
 def recipe(dataset: str) -> dict:
@@ -82,5 +84,4 @@ def parser() -> RecipeParser:
 
 
 if __name__ == "__main__":
-    sys.exit(main(parser(), make_data, check=check,
-                  resume_keys=("cs_samples", "crop_size", "resize_size")))
+    sys.exit(main(parser(), make_data, check=check, resume_keys=RESUME_KEYS))

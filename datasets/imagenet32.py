@@ -83,7 +83,7 @@ def load_imagenet32(root: str) -> ImageNet32:
 def _find(root: str) -> tuple[str, str]:
     if not os.path.isdir(root):
         raise DataError(f"ImageNet32 folder {root} does not exist; {GET}")
-    train = next((os.path.join(root, d) for d in TRAIN_DIRS
+    train = next((os.path.join(root, d) if d else root for d in TRAIN_DIRS
                   if any(os.path.isfile(os.path.join(root, d, f)) for f in TRAIN_FILES)), None)
     if train is None:
         other = other_dataset(root)
@@ -99,7 +99,7 @@ def _find(root: str) -> tuple[str, str]:
     if missing:
         raise DataError(f"ImageNet32 folder {train} lacks {', '.join(missing)}; all ten "
                         "training files are needed: extract Imagenet32_train_npz.zip again")
-    val = next((os.path.join(root, d) for d in VAL_DIRS
+    val = next((os.path.join(root, d) if d else root for d in VAL_DIRS
                 if os.path.isfile(os.path.join(root, d, VAL_FILE))), None)
     if val is None:
         raise DataError(f"no {VAL_FILE} under {root} (looked in {', '.join(VAL_DIRS[1:])} and "

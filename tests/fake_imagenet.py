@@ -47,10 +47,11 @@ def write_imagenet32(root, per_file=20, n_val=40, num_classes=4, seed=0, sizes=N
     return str(root)
 
 
-def rewrite_npz(path, **changes) -> None:
-    """Rewrite one npz with some arrays replaced (``None`` drops the key)."""
+def rewrite_npz(path, rename=None, **changes) -> None:
+    """Rewrite one npz with some arrays renamed ({old: new}) or replaced (a value, or a function
+    of the old array; ``None`` drops the key)."""
     with np.load(path) as f:
-        arrays = {k: f[k] for k in f.files}
+        arrays = {(rename or {}).get(k, k): f[k] for k in f.files}
     for k, v in changes.items():
         if v is None:
             arrays.pop(k)

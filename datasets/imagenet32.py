@@ -39,7 +39,7 @@ VAL_DIRS = ("", "val", "Imagenet32_val_npz")
 GET = "download Imagenet32_train_npz.zip and Imagenet32_val_npz.zip (image-net.org, "\
       "'Downsampled ImageNet 32x32') and extract them there"
 _FILE_ORDER, _WITHIN_FILE = 10, 11  # seed streams (0–2 are the driver's)
-_CHUNK = 1 << 24
+_CHUNK = 1 << 22  # bytes per read: the only transient copy while loading
 
 
 @dataclass

@@ -173,12 +173,14 @@ def test_corrupt_jpeg_in_a_worker_is_a_data_error_naming_the_file(folder_root, t
     data = imagenet_data(str(root), seed=3, cs_samples=10, crop=32, resize=36)
     bad = os.path.join(data.test.root, data.test.files[5].decode())
     truncate_file(bad)
-    loader = DataLoader(data.test, batch_size=4, num_workers=1)
+    batches = iter(DataLoader(data.test, batch_size=6, num_workers=1))
     with pytest.raises(DataError) as e:
-        list(loader)
-    # DataLoader keeps the class and prefixes the worker's traceback; the message's last line
-    # is ours
-    last = str(e.value).strip().splitlines()[-1]
+        next(batches)
+    # stop the worker now: left to the garbage collector, its shutdown waits 5 s
+    batches._shutdown_workers()
+    message = str(e.value)
+    # DataLoader keeps the class and prefixes the worker's traceback; the last line is ours
+    last = message.strip().splitlines()[-1]
     assert f"cannot decode image {bad} (" in last and "--resume auto" in last
 
 

@@ -1,4 +1,4 @@
-"""Full-size ImageNet (ILSVRC-2012) in ImageFolder layout: ``train/<class>/…``, ``val/<class>/…``.
+"""Full-size ImageNet (ILSVRC-2012), ImageFolder layout: ``train/<class>/…``, ``val/<class>/…``.
 
 SPEC §8. Train: RandomResizedCrop + horizontal flip; eval: Resize + CenterCrop (224 and 256 by
 default); per-channel mean/std. JPEGs are decoded and cropped in the loader workers, whose

@@ -12,8 +12,10 @@ def other_dataset(root: str) -> str | None:
         names = set(os.listdir(root))
     except OSError:
         return None
+    cifar100 = {"train", "test", "meta"}  # files, where an ImageNet root has train/ folders
     if names & {"cifar-10-batches-py", "cifar-100-python"} or \
-            {"data_batch_1", "test_batch"} <= names or {"train", "test", "meta"} <= names:
+            {"data_batch_1", "test_batch"} <= names or (
+                cifar100 <= names and all(os.path.isfile(os.path.join(root, n)) for n in cifar100)):
         return "a CIFAR folder; use notebook_cifar.py"
     if names & {"_background_noise_", "validation_list.txt", "testing_list.txt"}:
         return "a Google Speech Commands folder; use notebook_gsc.py"

@@ -16,7 +16,7 @@ from torch.utils.data.dataloader import default_collate
 
 import datasets.imagenet32 as i32
 import notebook_imagenet
-from datasets.imagenet_folder import JpegFolder, Normalise as FolderNormalise, imagenet_data
+from datasets.imagenet_folder import Normalise as FolderNormalise, imagenet_data
 from tests.fake_imagenet import (imagenet32_labels, truncate_file, write_imagenet32,
                                  write_imagenet_folder)
 from utils.errors import DataError
@@ -292,7 +292,8 @@ def test_stopped_and_killed_inside_files_then_resumed_matches_an_uninterrupted_r
     args = i32_args(npz_root, save)
     # SIGTERM after batch 2 of epoch 1 (items 32–47 of 220): a checkpoint inside a file
     proc = subprocess.run([sys.executable, "-c", TERM_AT, *args], cwd=ROOT, text=True,
-                          capture_output=True, timeout=600, env={**ONE_THREAD, "TERM_AT": "train:1:2"})
+                          capture_output=True, timeout=600,
+                          env={**ONE_THREAD, "TERM_AT": "train:1:2"})
     assert proc.returncode == 143, proc.stderr[-2000:]
     assert "SIGTERM: stopped in epoch 1 after batch 3" in proc.stdout
     ckpt = torch.load(os.path.join(save, "checkpoint.pt"), weights_only=True)

@@ -6,7 +6,9 @@ SPEC §7. The ten ``train_data_batch_k.npz`` (keys ``data`` uint8 N×3072 planar
 Memory: the images stay uint8, streamed from each archive straight into one preallocated
 tensor (3.9 GB for the full train set; the reference held ~7 GB of float32 and decoded every
 file again each epoch). Normalising and mirroring happen per batch on the training device
-(``Normalise``), so a dataset item is a view of one row.
+(``Normalise``), so a dataset item is a view of one row. As in the reference, each training
+file is normalised with its own ``mean`` (the same in every official file) and the validation
+images with that of the first file of the run's order.
 
 Order (the reference's): the ten files in a random order fixed for the run; every epoch walks
 them in that order, each file together with its mirrored copy, shuffled within the file.

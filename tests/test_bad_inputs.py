@@ -25,6 +25,9 @@ import pytest
 import torch
 
 import notebook_cifar
+import notebook_imagenet
+from datasets.imagenet32 import TRAIN_FILES, VAL_FILE
+from tests.fake_imagenet import rewrite_npz, truncate_file, write_imagenet32, write_imagenet_folder
 from tests.fakedata import corrupt_cifar_batch, plant_malicious_batch, write_cifar
 from utils.checkpoint import safe_load
 from utils.trainer import SNAPSHOT_FILES, main
@@ -172,6 +175,9 @@ class Case:
     subprocess: bool = False             # run as `python notebook_cifar.py …`
     may_grow: tuple[str, ...] = ()       # earlier files that may only be appended to
     check: Callable | None = None        # (paths, stderr) -> None: more assertions afterwards
+    # snapshot files the case may leave in the fresh folder: for data errors that only show
+    # while running (a corrupt JPEG among a million); its message must say --resume auto
+    found_while_running: bool = False
 
 
 RESUME = ["--save_path", "{earlier}", "--resume", "auto"]
@@ -255,7 +261,125 @@ CASES = [
     Case("pretrain-not-weights", ["--pretrain_path", "{tmp}/weights.pt"], "holds no state dict",
          save_pretrain(lambda p: [1, 2, 3])),
 ]
-SCRIPTS = {"cifar": (notebook_cifar, CASES)}
+
+# --- notebook_imagenet.py: ImageNet32 npz files and ImageNet JPEG folders ------------------------
+
+IMAGENET_BASE = ["--dataset", "imagenet32", "--arch", "resnet20", "--epochs", "2", "--batch_size",
+                 "16", "--batch_prune_size", "32", "--schedule", "1", "--gammas", "1",
+                 "--workers", "0", "--manualSeed", "1", "--device", "cpu",
+                 "--data_path", "{data}/imagenet32", "--save_path", "{fresh}"]
+FULL_SIZE = ["--dataset", "imagenet", "--data_path", "{data}/imagenet", "--arch",
+             "imagenet_resnet18", "--crop_size", "32", "--resize_size", "36", "--workers", "0"]
+
+
+def write_imagenet_data(data):
+    write_imagenet32(os.path.join(data, "imagenet32"), per_file=3, n_val=6)
+    write_imagenet_folder(os.path.join(data, "imagenet"), n_train=2, n_val=1, size=(36, 36))
+
+
+def npz(name, **changes):
+    return lambda p: rewrite_npz(os.path.join(p.data, "imagenet32", name), **changes)
+
+
+def remove_npz(name):
+    return lambda p: os.remove(os.path.join(p.data, "imagenet32", name))
+
+
+def pickled_imagenet32(p):  # the other download: the same files without .npz, as pickles
+    folder = os.path.join(p.data, "imagenet32")
+    for name in os.listdir(folder):
+        os.rename(os.path.join(folder, name), os.path.join(folder, name[:-len(".npz")]))
+
+
+def label_1001(y):
+    y = y.copy()
+    y[0] = 1001
+    return y
+
+
+def truncate_npz(p):
+    truncate_file(os.path.join(p.data, "imagenet32", TRAIN_FILES[4]))
+
+
+def empty_class_folder(p):
+    os.makedirs(os.path.join(p.data, "imagenet", "train", "n09999999"))
+
+
+def flat_val(p):  # the devkit's val/: 50 000 JPEGs in one folder
+    val = os.path.join(p.data, "imagenet", "val")
+    for wnid in os.listdir(val):
+        for name in os.listdir(os.path.join(val, wnid)):
+            os.rename(os.path.join(val, wnid, name), os.path.join(val, name))
+        os.rmdir(os.path.join(val, wnid))
+
+
+def corrupt_jpeg(p):
+    val = os.path.join(p.data, "imagenet", "val", "n01443537")
+    p.jpeg = os.path.join(val, sorted(os.listdir(val))[0])
+    truncate_file(p.jpeg)
+
+
+def names_the_jpeg(p, err):
+    assert f"cannot decode image {p.jpeg} (" in err
+
+
+def cifar_folder(p):
+    write_cifar(os.path.join(p.tmp, "c10"), n_train=10, n_test=10)
+
+
+IMAGENET_CASES = [
+    Case("imagenet-dataset-of-another-script", ["--dataset", "cifar10"],
+         "invalid choice: 'cifar10'"),
+    Case("imagenet-cs-samples-0", ["--cs_samples", "0"], "--cs_samples must be ≥ 1"),
+    Case("imagenet32-batch-file-missing", [], "lacks train_data_batch_7.npz",
+         remove_npz(TRAIN_FILES[6])),
+    Case("imagenet32-val-file-missing", [], f"no {VAL_FILE} under", remove_npz(VAL_FILE)),
+    Case("imagenet32-truncated-file", [], "is not a readable npz archive", truncate_npz),
+    Case("imagenet32-wrong-npz-keys", [], "has keys ['images', 'labels', 'mean'], expected",
+         npz(TRAIN_FILES[2], rename={"data": "images"})),
+    Case("imagenet32-labels-from-0", [], "they count from 0",
+         npz(TRAIN_FILES[0], labels=lambda y: y - 1)),
+    Case("imagenet32-labels-above-1000", [], "labels in [1, 1001], expected 1..1000",
+         npz(VAL_FILE, labels=label_1001)),
+    Case("imagenet32-mean-wrong-size", [], "has a mean image of 1024 values",
+         npz(TRAIN_FILES[9], mean=lambda m: m[:1024])),
+    Case("imagenet32-64px-files", [], "expected uint8 N×3072",
+         npz(TRAIN_FILES[1], data=lambda x: x.repeat(4, axis=1))),
+    Case("imagenet32-pickled-files", [], "holds the pickled ImageNet32 files",
+         pickled_imagenet32),
+    Case("imagenet-empty-class-folder", FULL_SIZE, "train/n09999999 holds no images",
+         empty_class_folder),
+    Case("imagenet-val-not-by-class", FULL_SIZE, "images but no class folders", flat_val),
+    Case("imagenet-corrupt-jpeg", FULL_SIZE, "then continue with --resume auto", corrupt_jpeg,
+         check=names_the_jpeg, found_while_running=True),
+    Case("imagenet-cifar-folder", ["--data_path", "{tmp}/c10"],
+         "looks like a CIFAR folder; use notebook_cifar.py", cifar_folder),
+    Case("imagenet-gsc-folder", [*FULL_SIZE, "--data_path", "{tmp}/gsc"],
+         "looks like a Google Speech Commands folder; use notebook_gsc.py", gsc_folder),
+    Case("imagenet32-folder-as-imagenet", [*FULL_SIZE, "--data_path", "{data}/imagenet32"],
+         "looks like an ImageNet32 folder; use --dataset imagenet32"),
+    Case("imagenet-folder-as-imagenet32", ["--data_path", "{data}/imagenet"],
+         "looks like an ImageNet folder of JPEGs (train/<class>/…); use --dataset imagenet"),
+    Case("imagenet-resume-other-cs-samples", [*RESUME, "--cs_samples", "100"],
+         "made with --cs_samples 50000, this run asks for 100"),
+]
+
+
+@dataclass
+class Script:
+    module: object
+    cases: list[Case]
+    base: list[str]                  # the command every case adds its flags to
+    write_data: Callable[[str], None]  # good tiny data under the folder given
+
+
+SCRIPTS = {
+    "cifar": Script(notebook_cifar, CASES, BASE,
+                    lambda data: write_cifar(data, n_train=64, n_test=32)),
+    "imagenet": Script(notebook_imagenet, IMAGENET_CASES, IMAGENET_BASE, write_imagenet_data),
+}
+PARAMS = [pytest.param(name, case, id=f"{name}:{case.id}")
+          for name, script in SCRIPTS.items() for case in script.cases]
 
 
 def unfinished_run(p):
@@ -270,25 +394,40 @@ COMPARE_CASES = [
     ("compare-unfinished-run", ["{earlier}", "{tmp}/unfinished"], unfinished_run),
     ("compare-no-such-folder", ["{tmp}/no-such-run"], None),
 ]
-PARAMS = [pytest.param(module, case, id=f"{name}:{case.id}")
-          for name, (module, cases) in SCRIPTS.items() for case in cases]
 
 
 # --- fixtures and helpers ----------------------------------------------------------------------
 
+def entry(module, argv) -> int:
+    """What ``python <script> argv`` runs, in this process."""
+    return main(module.parser(), module.make_data, argv, check=getattr(module, "check", None),
+                resume_keys=getattr(module, "RESUME_KEYS", ()))
+
+
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
-    """Good data and one earlier run (1 real epoch), made once and copied per case."""
-    root = tmp_path_factory.mktemp("pristine")
-    data, earlier = str(root / "data"), str(root / "earlier")
-    write_cifar(data, n_train=64, n_test=32)
-    argv = [a.format(data=data, fresh=earlier) for a in BASE] + ["--stop_after", "1"]
-    assert main(notebook_cifar.parser(), notebook_cifar.make_data, argv) == 0
-    return SimpleNamespace(data=data, earlier=earlier)
+    """Per script: good data and one earlier run (1 real epoch), made once, copied per case."""
+    made = {}
+
+    def get(name):
+        if name not in made:
+            script, root = SCRIPTS[name], tmp_path_factory.mktemp(f"pristine-{name}")
+            data, earlier = str(root / "data"), str(root / "earlier")
+            script.write_data(data)
+            argv = [a.format(data=data, fresh=earlier) for a in script.base] + ["--stop_after", "1"]
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # 2 threads spin against other processes on a shared CPU
+            try:
+                assert entry(script.module, argv) == 0
+            finally:
+                torch.set_num_threads(threads)
+            made[name] = SimpleNamespace(data=data, earlier=earlier)
+        return made[name]
+
+    return get
 
 
-@pytest.fixture
-def paths(pristine, tmp_path):
+def make_paths(pristine, tmp_path):
     p = SimpleNamespace(tmp=str(tmp_path), data=str(tmp_path / "data"),
                         earlier=str(tmp_path / "earlier"), fresh=str(tmp_path / "fresh"),
                         marker=str(tmp_path / "PWNED"))
@@ -296,6 +435,12 @@ def paths(pristine, tmp_path):
     shutil.copytree(pristine.earlier, p.earlier)  # copy2: mtimes are kept too
     p.batches = os.path.join(p.data, "cifar-10-batches-py")
     return p
+
+
+@pytest.fixture
+def paths(pristine, tmp_path):
+    """CIFAR's paths, for the tests after the catalogue."""
+    return make_paths(pristine("cifar"), tmp_path)
 
 
 def files_of(folder):
@@ -317,7 +462,7 @@ def run_script(module, argv, env=None):
 
 def run_in_process(module, argv, capsys):
     try:
-        code = main(module.parser(), module.make_data, argv)
+        code = entry(module, argv)
     except SystemExit as e:  # how argparse rejects a malformed command line
         code = e.code
     return code, capsys.readouterr().err
@@ -334,12 +479,14 @@ def assert_one_line_error(code, err, expect):
 
 # --- the catalogue -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("module,case", PARAMS)
-def test_bad_input_is_one_clear_line_and_leaves_earlier_runs_alone(module, case, paths, capsys,
-                                                                   monkeypatch):
+@pytest.mark.parametrize("name,case", PARAMS)
+def test_bad_input_is_one_clear_line_and_leaves_earlier_runs_alone(name, case, pristine, tmp_path,
+                                                                   capsys, monkeypatch):
+    script = SCRIPTS[name]
+    module, paths = script.module, make_paths(pristine(name), tmp_path)
     if case.setup:
         case.setup(paths)
-    argv = [a.format(**vars(paths)) for a in BASE + case.flags]
+    argv = [a.format(**vars(paths)) for a in script.base + case.flags]
     before = files_of(paths.earlier)
 
     if case.subprocess:
@@ -359,7 +506,11 @@ def test_bad_input_is_one_clear_line_and_leaves_earlier_runs_alone(module, case,
     if case.check:
         case.check(paths, err)
     if os.path.isdir(paths.fresh):  # nothing left that would block the corrected command
-        assert not set(os.listdir(paths.fresh)) & set(SNAPSHOT_FILES)
+        left = set(os.listdir(paths.fresh)) & set(SNAPSHOT_FILES)
+        if case.found_while_running:  # … given with --resume auto, as the message says
+            assert "checkpoint.pt" not in left and "--resume auto" in err
+        else:
+            assert not left
 
 
 @pytest.mark.parametrize("folders,setup", [c[1:] for c in COMPARE_CASES],
@@ -422,7 +573,7 @@ def test_pretrain_path_accepts_common_forms(paths, capsys, form):
     else:
         weights = ckpt_path
     argv = [a.format(**vars(paths)) for a in BASE] + ["--evaluate", "--pretrain_path", weights]
-    assert main(notebook_cifar.parser(), notebook_cifar.make_data, argv) == 0
+    assert entry(notebook_cifar, argv) == 0
     out = capsys.readouterr().out
     # the same weights on the same test set give the earlier run's last test numbers
     last = ckpt["history"][-1]
@@ -446,5 +597,5 @@ def test_the_troubleshooting_table_lists_the_catalogue_in_order():
     readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     doc = readme.split("## Troubleshooting", 1)[1].split("\n## ", 1)[0]
     rows = [line.split("`")[1] for line in doc.splitlines() if line.startswith("| `")]
-    assert rows == ([case.id for _, cases in SCRIPTS.values() for case in cases]
+    assert rows == ([case.id for script in SCRIPTS.values() for case in script.cases]
                     + [c[0] for c in COMPARE_CASES])

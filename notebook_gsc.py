@@ -55,5 +55,10 @@ def parser():
     return p
 
 
+def cli(argv=None) -> int:
+    # a resumed run must evaluate as it started: --multi_crop changes the test metric
+    return main(parser(), make_data, argv, resume_keys=("multi_crop",))
+
+
 if __name__ == "__main__":
-    sys.exit(main(parser(), make_data, resume_keys=("multi_crop",)))
+    sys.exit(cli())

@@ -1,13 +1,13 @@
 """The catalogue of bad inputs (README.md's troubleshooting table lists the same cases, in order).
 
 Every case runs the real CLI — mostly in-process through ``utils.trainer.main`` for speed, a
-few through ``python notebook_cifar.py`` — and must fail with exit status ≠ 0, exactly one line
+few through ``python notebook_….py`` — and must fail with exit status ≠ 0, exactly one line
 ``error: …`` on stderr naming the problem, no traceback, and not a byte or mtime changed in a
 previous run's snapshot folder, whether the case aims at that folder or at a fresh one.
 
 The table is keyed by script: a new script joins the catalogue with an entry in ``SCRIPTS``
-(its module and its cases; one whose data differ from CIFAR's also needs its own BASE command
-and tiny-data fixture) and its rows in README.md's troubleshooting table.
+(a ``Script``: its module, its cases, the BASE command they start from, and a writer of its
+tiny good data set) and its rows in README.md's troubleshooting table.
 """
 import ast
 import errno
@@ -18,13 +18,16 @@ import subprocess
 import sys
 import urllib.error
 from dataclasses import dataclass
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 from typing import Callable
 
+import numpy as np
 import pytest
 import torch
 
 import notebook_cifar
+import notebook_gsc
+from tests.fake_gsc import write_gsc, write_wav
 from tests.fakedata import corrupt_cifar_batch, plant_malicious_batch, write_cifar
 from utils.checkpoint import safe_load
 from utils.trainer import SNAPSHOT_FILES, main
@@ -239,26 +242,149 @@ CASES = [
     Case("pretrain-not-weights", ["--pretrain_path", "{tmp}/weights.pt"], "holds no state dict",
          save_pretrain(lambda p: [1, 2, 3])),
 ]
-SCRIPTS = {"cifar": (notebook_cifar, CASES)}
-PARAMS = [pytest.param(module, case, id=f"{name}:{case.id}")
-          for name, (module, cases) in SCRIPTS.items() for case in cases]
+# --- Speech Commands (notebook_gsc.py): its own tiny folder in the archive's layout ------------
+
+GSC_BASE = ["--dataset", "gsc", "--arch", "resnet20", "--prune_rate_cs", "0.1",
+            "--prune_rate_gm", "0.4", "--epochs", "2", "--batch_size", "16",
+            "--batch_prune_size", "32", "--schedule", "1", "--gammas", "1", "--workers", "0",
+            "--manualSeed", "1", "--device", "cpu", "--data_path", "{data}", "--save_path",
+            "{fresh}"]  # the audio cache goes beside the snapshot: {tmp}/gsc_cache
+
+
+def write_gsc_tiny(folder):
+    write_gsc(folder, ("yes", "no", "bed"), clips_per_word=6, speakers=3, seconds=(0.3, 0.5))
+
+
+def gsc_clip(p, n=0):
+    return os.path.join(p.data, "yes", sorted(os.listdir(os.path.join(p.data, "yes")))[n])
+
+
+def remove_lists(p):
+    for name in ("validation_list.txt", "testing_list.txt"):
+        os.remove(os.path.join(p.data, name))
+
+
+def list_missing_clip(p):
+    with open(os.path.join(p.data, "testing_list.txt"), "a") as f:
+        f.write("yes/ffffffff_nohash_9.wav\n")
+
+
+def garbage_wav(p):
+    with open(gsc_clip(p), "wb") as f:
+        f.write(b"<html>404 Not Found</html>")
+
+
+def empty_wav(p):  # what an interrupted copy leaves
+    open(gsc_clip(p, 1), "wb").close()
+
+
+def wav_without_samples(p):
+    write_wav(gsc_clip(p, 2), np.zeros(0, np.int16))
+
+
+def remove_noise(p):
+    shutil.rmtree(os.path.join(p.data, "_background_noise_"))
+
+
+def v2_folder(p):
+    write_wav(os.path.join(p.data, "backward", "0000abcd_nohash_0.wav"),
+              np.ones(8000, np.int16))
+
+
+def cifar_folder(p):
+    write_cifar(os.path.join(p.tmp, "cifar"), n_train=10, n_test=10)
+
+
+def damaged_cache(part):
+    """Build the cache the run will use, then damage one of its files."""
+    def setup(p):
+        from datasets.gsc import load_gsc
+        cache = os.path.join(p.tmp, "gsc_cache")
+        load_gsc(p.data, "gsc", cache, log=lambda *_: None)
+        (entry,) = [n for n in os.listdir(cache) if not n.startswith(".")]
+        path = os.path.join(cache, entry, part)
+        if part == "manifest.json":
+            with open(path, "w") as f:
+                f.write("{not json")
+        else:
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2)
+    return setup
+
+
+GSC_CASES = [
+    Case("gsc-no-lists", [], "has no validation_list.txt", remove_lists),
+    Case("gsc-list-names-a-missing-clip", [],
+         "names yes/ffffffff_nohash_9.wav, which is not a clip",
+         list_missing_clip),
+    Case("gsc-corrupt-wav", [], "is not a readable wav file", garbage_wav, subprocess=True),
+    Case("gsc-empty-wav", [], "is not a readable wav file", empty_wav),
+    Case("gsc-wav-without-samples", [], "holds no samples", wav_without_samples),
+    Case("gsc-no-background-noise", [], "_background_noise_ is missing or holds no wav files",
+         remove_noise),
+    Case("gsc-v2-folder-as-gsc", [], "holds Speech Commands v0.02 (it has backward/); pass "
+         "--dataset gsc_v2", v2_folder),
+    Case("gsc-missing-data-path-offline", ["--data_path", "{tmp}/no-such-folder"],
+         "could not download Speech Commands v0.01", patch=offline),
+    Case("gsc-cifar-folder", ["--data_path", "{tmp}/cifar"], "looks like a CIFAR folder",
+         cifar_folder),
+    Case("gsc-imagenet32-folder", ["--data_path", "{tmp}/imagenet32"],
+         "looks like an ImageNet32 folder", imagenet32_folder),
+    Case("gsc-unreadable-cache", [], "is unreadable or damaged (manifest.json",
+         damaged_cache("manifest.json")),
+    Case("gsc-truncated-cache", [], "is unreadable or damaged (clips.int16 has",
+         damaged_cache("clips.int16")),
+    Case("gsc-cache-dir-is-a-file", ["--cache_dir", "{earlier}/log.txt"],
+         "cannot create the audio cache folder"),
+    Case("gsc-resume-other-multi-crop", [*RESUME, "--multi_crop"],
+         "made with --multi_crop False, this run asks for True"),
+]
+
+
+@dataclass
+class Script:
+    module: ModuleType
+    cases: list[Case]
+    base: list[str]                # the command every case starts from
+    write_data: Callable           # (folder) -> None: the tiny good data set
+
+
+SCRIPTS = {
+    "cifar": Script(notebook_cifar, CASES, BASE,
+                    lambda folder: write_cifar(folder, n_train=64, n_test=32)),
+    "gsc": Script(notebook_gsc, GSC_CASES, GSC_BASE, write_gsc_tiny),
+}
+PARAMS = [pytest.param(name, case, id=f"{name}:{case.id}")
+          for name, script in SCRIPTS.items() for case in script.cases]
 
 
 # --- fixtures and helpers ----------------------------------------------------------------------
 
+class Pristine:
+    """Per script, good data and one earlier run (1 real epoch), made once and copied per
+    case."""
+
+    def __init__(self, tmp_path_factory):
+        self.factory, self.made = tmp_path_factory, {}
+
+    def __call__(self, name: str) -> SimpleNamespace:
+        if name not in self.made:
+            script = SCRIPTS[name]
+            root = self.factory.mktemp(f"pristine-{name}")
+            data, earlier = str(root / "data"), str(root / "earlier")
+            script.write_data(data)
+            argv = [a.format(data=data, fresh=earlier) for a in script.base] + ["--stop_after", "1"]
+            assert run_main(script.module, argv) == 0
+            self.made[name] = SimpleNamespace(data=data, earlier=earlier)
+        return self.made[name]
+
+
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    """Good data and one earlier run (1 real epoch), made once and copied per case."""
-    root = tmp_path_factory.mktemp("pristine")
-    data, earlier = str(root / "data"), str(root / "earlier")
-    write_cifar(data, n_train=64, n_test=32)
-    argv = [a.format(data=data, fresh=earlier) for a in BASE] + ["--stop_after", "1"]
-    assert main(notebook_cifar.parser(), notebook_cifar.make_data, argv) == 0
-    return SimpleNamespace(data=data, earlier=earlier)
+def pristines(tmp_path_factory):
+    return Pristine(tmp_path_factory)
 
 
-@pytest.fixture
-def paths(pristine, tmp_path):
+def copy_pristine(pristine, tmp_path):
     p = SimpleNamespace(tmp=str(tmp_path), data=str(tmp_path / "data"),
                         earlier=str(tmp_path / "earlier"), fresh=str(tmp_path / "fresh"),
                         marker=str(tmp_path / "PWNED"))
@@ -266,6 +392,12 @@ def paths(pristine, tmp_path):
     shutil.copytree(pristine.earlier, p.earlier)  # copy2: mtimes are kept too
     p.batches = os.path.join(p.data, "cifar-10-batches-py")
     return p
+
+
+@pytest.fixture
+def paths(pristines, tmp_path):
+    """The CIFAR script's paths, for the tests below the catalogue."""
+    return copy_pristine(pristines("cifar"), tmp_path)
 
 
 def files_of(folder):
@@ -285,9 +417,17 @@ def run_script(module, argv, env=None):
     return proc.returncode, proc.stderr
 
 
+def run_main(module, argv) -> int:
+    """What ``python module.py argv`` runs, in this process (a script's ``cli`` if it has one:
+    it adds the script's own checks)."""
+    if hasattr(module, "cli"):
+        return module.cli(argv)
+    return main(module.parser(), module.make_data, argv)
+
+
 def run_in_process(module, argv, capsys):
     try:
-        code = main(module.parser(), module.make_data, argv)
+        code = run_main(module, argv)
     except SystemExit as e:  # how argparse rejects a malformed command line
         code = e.code
     return code, capsys.readouterr().err
@@ -304,12 +444,15 @@ def assert_one_line_error(code, err, expect):
 
 # --- the catalogue -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("module,case", PARAMS)
-def test_bad_input_is_one_clear_line_and_leaves_earlier_runs_alone(module, case, paths, capsys,
+@pytest.mark.parametrize("name,case", PARAMS)
+def test_bad_input_is_one_clear_line_and_leaves_earlier_runs_alone(name, case, pristines,
+                                                                   tmp_path, capsys,
                                                                    monkeypatch):
+    script = SCRIPTS[name]
+    module, paths = script.module, copy_pristine(pristines(name), tmp_path)
     if case.setup:
         case.setup(paths)
-    argv = [a.format(**vars(paths)) for a in BASE + case.flags]
+    argv = [a.format(**vars(paths)) for a in script.base + case.flags]
     before = files_of(paths.earlier)
 
     if case.subprocess:
@@ -399,4 +542,4 @@ def test_the_troubleshooting_table_lists_the_catalogue_in_order():
     readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     doc = readme.split("## Troubleshooting", 1)[1].split("\n## ", 1)[0]
     rows = [line.split("`")[1] for line in doc.splitlines() if line.startswith("| `")]
-    assert rows == [case.id for _, cases in SCRIPTS.values() for case in cases]
+    assert rows == [case.id for script in SCRIPTS.values() for case in script.cases]

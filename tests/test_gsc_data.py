@@ -72,8 +72,9 @@ def test_splits_follow_the_lists_with_silence_and_unknown(folder, tmp_path):
     x, y = data.valid[len(data.valid) - 1]
     assert y == CLASSES.index("silence") and x["length"] == 16000 and not x["wave"].any()
     # the background noise: both files concatenated (sorted), cut into 1-s rows
-    noise = np.concatenate([soundfile.read(os.path.join(root, "_background_noise_", f),
-                                           dtype="int16")[0] for f in ("noise_0.wav", "noise_1.wav")])
+    folder = os.path.join(root, "_background_noise_")
+    noise = np.concatenate([soundfile.read(os.path.join(folder, f), dtype="int16")[0]
+                            for f in ("noise_0.wav", "noise_1.wav")])
     rows = len(noise) // 16000
     assert data.noise.shape == (rows, 16000) and rows == 4
     assert np.array_equal(data.noise.numpy().ravel(), noise[:rows * 16000])
@@ -189,7 +190,7 @@ def test_the_sampler_balances_the_classes(folder, tmp_path):
     assert int(present.sum()) == 5  # unknown, silence, yes, no, up
     drawn = torch.cat([data.train_order(3, epoch) for epoch in range(400)])
     assert len(data.train_order(3, 0)) == len(data.train)
-    assert torch.equal(data.train_order(3, 5), data.train_order(3, 5))  # a function of (seed, epoch)
+    assert torch.equal(data.train_order(3, 5), data.train_order(3, 5))  # f(seed, epoch)
     share = torch.bincount(labels[drawn], minlength=12)[present].double() / len(drawn)
     # unknown has 4× the clips of silence, yet each class gets ~1/5 of the draws
     assert counts[0] >= 4 * counts[1]

@@ -65,6 +65,9 @@ def open_cache(root: str, relpaths: list[str], cache_root: str, log=print) -> Cl
     key = _fingerprint(root, relpaths)
     name = "clips-" + hashlib.sha1(os.path.abspath(root).encode()).hexdigest()[:12]
     folder = os.path.join(cache_root, name)
+    if os.path.exists(cache_root) and not os.path.isdir(cache_root):
+        raise DataError(f"the audio cache folder {cache_root} is a file; pass --cache_dir with "
+                        "a folder")
     try:
         os.makedirs(cache_root, exist_ok=True)
     except OSError as e:

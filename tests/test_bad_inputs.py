@@ -335,7 +335,7 @@ GSC_CASES = [
     Case("gsc-truncated-cache", [], "is unreadable or damaged (clips.int16 has",
          damaged_cache("clips.int16")),
     Case("gsc-cache-dir-is-a-file", ["--cache_dir", "{earlier}/log.txt"],
-         "cannot create the audio cache folder"),
+         "log.txt is a file; pass --cache_dir with a folder"),
     Case("gsc-resume-other-multi-crop", [*RESUME, "--multi_crop"],
          "made with --multi_crop False, this run asks for True"),
 ]
@@ -373,8 +373,8 @@ class Pristine:
             root = self.factory.mktemp(f"pristine-{name}")
             data, earlier = str(root / "data"), str(root / "earlier")
             script.write_data(data)
-            argv = [a.format(data=data, fresh=earlier) for a in script.base] + ["--stop_after", "1"]
-            assert run_main(script.module, argv) == 0
+            argv = [a.format(data=data, fresh=earlier) for a in script.base]
+            assert run_main(script.module, argv + ["--stop_after", "1"]) == 0
             self.made[name] = SimpleNamespace(data=data, earlier=earlier)
         return self.made[name]
 

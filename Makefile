@@ -25,3 +25,4 @@ bench: $(VENV)/.installed
 	$(PY) -m bench.cs_pass
 	$(PY) -m bench.train_step
 	$(PY) -m bench.compact_latency
+	$(PY) -m bench.gsc_pipeline

@@ -15,6 +15,7 @@ import torch
 
 from datasets.gsc import CLASSES, load_gsc
 from datasets.gsc_transform import FRAMES, GscTransform
+from utils import distributed as dist
 from utils.cli import build_parser
 from utils.data import weighted_order
 from utils.trainer import Data, main
@@ -33,7 +34,8 @@ def cache_root(args) -> str:
 
 
 def make_data(args) -> Data:
-    gsc = load_gsc(args.data_path, args.dataset, cache_root(args))
+    log = print if dist.is_main() else (lambda *_: None)  # one copy of the notes under DDP
+    gsc = load_gsc(args.data_path, args.dataset, cache_root(args), log=log)
     counts = gsc.train.class_counts()
     # the balanced sampler: weight N/count[label] per clip, drawn with replacement (SPEC §6)
     weights = len(gsc.train) / counts[gsc.train.labels]

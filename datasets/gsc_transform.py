@@ -85,10 +85,10 @@ class Draws:
                 "noise_p": float(self.noise_p[i])}
 
 
-def _rows(fire: torch.Tensor, device) -> torch.Tensor:
-    """The clips a step fires on: known on the CPU before the batch's work starts, so a
-    step runs on just those rows without waiting for the device."""
-    return fire.nonzero().flatten().to(device, non_blocking=True)
+def _rows(fire: torch.Tensor) -> torch.Tensor:
+    """The clips a step fires on: the draws are on the CPU, so a step runs on just those
+    rows without waiting for the device."""
+    return fire.nonzero().flatten()
 
 
 class GscTransform:
@@ -105,8 +105,8 @@ class GscTransform:
     def __call__(self, x: dict, seeds: torch.Tensor | None, split: str) -> torch.Tensor:
         wave = x["wave"].float() / 32768  # what librosa.load gives for 16-bit PCM
         # On a CPU, whole-batch intermediates (tens of MB each) fall out of the caches and
-        # every op pays fresh page faults: slices of a few clips run 2–5× faster. A GPU
-        # wants the whole batch at once.
+        # every op pays fresh page faults: slices of a few clips run up to several times
+        # faster. A GPU wants the whole batch at once.
         step = CPU_CHUNK if wave.device.type == "cpu" else len(wave)
         parts = [slice(i, i + step) for i in range(0, len(wave), step)]
         if split == "train":
@@ -126,13 +126,13 @@ class GscTransform:
         dev = wave.device
         c = self.constants.on(dev)
         S = self.augment(wave, length, d.clip, c)
-        noisy = _rows(d.noise_fire, dev)
-        if len(noisy):  # the noise chain runs on the clips whose noise step fires
-            picked = d.noise_fire.nonzero().flatten()
+        picked = _rows(d.noise_fire)
+        if len(picked):  # the noise chain runs on the clips whose noise step fires
             rows = self.noise_rows(dev)[d.noise_row[picked].to(dev)]
             N = self.augment(rows, torch.full((len(picked),), CLIP, device=dev),
                              d.noise.subset(picked), c)
-            S = S.index_copy(0, noisy, af.mix(S[noisy], N, d.noise_p[picked].to(dev)))
+            at = picked.to(dev, non_blocking=True)
+            S = S.index_copy(0, at, af.mix(S[at], N, d.noise_p[picked].to(dev)))
         return af.mel_db(S, c["mel_t"])[:, None]
 
     @staticmethod
@@ -141,18 +141,20 @@ class GscTransform:
         dev = wave.device
         x = af.amplitude(wave, d.amp_fire.to(dev), d.gain.to(dev))
         x16 = af.fix_length(x, CLIP)
-        rows = _rows(d.speed_fire, dev)
+        rows = _rows(d.speed_fire)
         if len(rows):
-            fired = af.speed(x[rows], length.to(dev)[rows], d.speed_scale.to(dev)[rows], CLIP)
-            x16 = x16.index_copy(0, rows, fired)
+            at = rows.to(dev, non_blocking=True)
+            fired = af.speed(x[at], length[at], d.speed_scale[rows].to(dev), CLIP)
+            x16 = x16.index_copy(0, at, fired)
         S = af.stft(x16, c["window"])
         shift = torch.where(d.shift_fire, d.shift, 0).to(dev)
         out = af.shift_frames(S, torch.full((len(wave),), FRAMES, device=dev), shift, FRAMES)
-        rows = _rows(d.stretch_fire, dev)
+        rows = _rows(d.stretch_fire)
         if len(rows):
-            stretched, count = af.phase_vocoder(S[rows], d.stretch_rate.to(dev)[rows],
+            at = rows.to(dev, non_blocking=True)
+            stretched, count = af.phase_vocoder(S[at], d.stretch_rate[rows].to(dev),
                                                 c["phi_advance"], STRETCH_FRAMES)
-            out = out.index_copy(0, rows, af.shift_frames(stretched, count, shift[rows], FRAMES))
+            out = out.index_copy(0, at, af.shift_frames(stretched, count, shift[at], FRAMES))
         return out
 
     def noise_rows(self, device) -> torch.Tensor:

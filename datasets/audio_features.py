@@ -137,14 +137,12 @@ def phase_vocoder(D: torch.Tensor, rate: torch.Tensor, phi_advance: torch.Tensor
 
 def polar(mag: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
     """``mag·e^{i·phase}`` in complex64. The float32 phases reach ~6·10⁴ rad, where torch's
-    float32 cos/sin take a slow path; reducing them mod 2π in float64 first is 2× faster and
-    changes the result by < 3·10⁻⁷ of ``mag``."""
-    reduced = torch.remainder(phase.double(), TWO_PI).float()
-    out = torch.empty(mag.shape, dtype=torch.complex64, device=mag.device)
-    parts = torch.view_as_real(out)
-    torch.mul(torch.cos(reduced), mag, out=parts[..., 0])
-    torch.mul(torch.sin(reduced), mag, out=parts[..., 1])
-    return out
+    float32 cos/sin take a slow path on a CPU; reducing them to [0, 2π) in float64 first
+    (exact to ~10⁻¹¹ rad, then rounded to float32) costs less than that path and changes the
+    result by < 3·10⁻⁷ of ``mag``."""
+    wide = phase.double()
+    reduced = (wide - TWO_PI * torch.floor(wide * (1 / TWO_PI))).float()
+    return torch.complex(torch.cos(reduced) * mag, torch.sin(reduced) * mag)
 
 
 def magnitude(S: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import sys
 
 import torch
 
+from datasets.audio_features import N_MELS
 from datasets.gsc import CLASSES, load_gsc
 from datasets.gsc_transform import FRAMES, GscTransform
 from utils import distributed as dist
@@ -40,7 +41,7 @@ def make_data(args) -> Data:
     # the balanced sampler: weight N/count[label] per clip, drawn with replacement (SPEC §6)
     weights = len(gsc.train) / counts[gsc.train.labels]
     return Data(train=gsc.train, cs=gsc.valid, test=gsc.test, num_classes=len(CLASSES),
-                in_channels=1, input_shape=(1, 32, FRAMES), classes=list(CLASSES),
+                in_channels=1, input_shape=(1, N_MELS, FRAMES), classes=list(CLASSES),
                 train_order=weighted_order(torch.from_numpy(weights)),
                 batch_transform=GscTransform(gsc.noise, args.multi_crop))
 
@@ -50,10 +51,12 @@ def parser():
                      ["gsc", "gsc_v2"], DEFAULTS)
     g = p.add_argument_group("Speech Commands")
     g.add_argument("--cache_dir", default=None,
-                   help="where the decoded clips are cached (default: gsc_cache beside "
-                        "--save_path)")
+                   help="where the decoded clips are cached; none given: gsc_cache beside "
+                        "--save_path")
     g.add_argument("--multi_crop", action="store_true",
                    help="evaluate the test split as the average softmax of 4 views per clip")
+    g.add_argument("--input", choices=["mel32"], default="mel32",
+                   help="accepted for compatibility: 32 mel bands × 32 frames")
     return p
 
 

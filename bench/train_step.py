@@ -15,6 +15,7 @@ from bench.common import interleaved
 from models import build_model
 from utils.graph import find_prunable_convs
 from utils.mask import Mask
+from utils.methods import METHODS
 from utils.schedule import asymptotic_schedule
 
 
@@ -28,8 +29,8 @@ def main():
     model = build_model("resnet56", 10).to(device).train()
     convs = find_prunable_convs(model)
     gen = torch.Generator().manual_seed(0)
-    mask = Mask(convs, asymptotic_schedule(0.1, 0.4, 200),
-                lambda m, e: {c.name: torch.rand(c.filters, generator=gen) for c in convs})
+    mask = Mask(convs, METHODS["fsdp"], asymptotic_schedule(0.1, 0.4, 200),
+                lambda m, e, i: {c.name: torch.rand(c.filters, generator=gen) for c in convs})
     mask.update(model, 20)
     assert 0 < mask.zeta < 1 and mask.total_selected() > 0
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4,

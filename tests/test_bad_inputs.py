@@ -100,6 +100,13 @@ def unwritable(p):
         p.unwritable = os.path.join(p.tmp, "readonly", "run")
 
 
+def old_format_checkpoint(p):  # written before the checkpoint layout's format 2
+    path = os.path.join(p.earlier, "checkpoint.pt")
+    ckpt = safe_load(path)
+    ckpt["format"] = "fsdp-checkpoint/1"
+    torch.save(ckpt, path)
+
+
 def truncate_checkpoint(p):
     path = os.path.join(p.earlier, "checkpoint.pt")
     with open(path, "r+b") as f:
@@ -177,6 +184,12 @@ CASES = [
     Case("dataset-of-another-script", ["--dataset", "imagenet32"],
          "invalid choice: 'imagenet32'"),
     Case("batch-size-not-a-number", ["--batch_size", "abc"], "invalid int value: 'abc'"),
+    Case("unknown-method", ["--method", "l1norm"], "argument --method: invalid choice: 'l1norm'"),
+    Case("rate-the-method-does-not-use", ["--method", "sfp"],
+         "--method sfp does not use --prune_rate_cs"),
+    Case("tau-with-a-constant-rate", ["--method", "fpgm", "--prune_rate_cs", "0", "--tau", "5"],
+         "--tau has no effect"),
+    Case("round-to-0", ["--round_to", "0"], "--round_to must be ≥ 1"),
     Case("unknown-arch", ["--arch", "resnet21"], "unknown --arch 'resnet21'", subprocess=True),
     Case("rate-negative", ["--prune_rate_cs", "-0.1"], "must be ≥ 0"),
     Case("rates-sum-to-1", ["--prune_rate_gm", "0.9"], "must be < 1"),
@@ -223,6 +236,9 @@ CASES = [
     Case("resume-other-rate", [*RESUME, "--prune_rate_cs", "0.2"],
          "made with --prune_rate_cs 0.1, this run asks for 0.2"),
     Case("resume-other-epochs", [*RESUME, "--epochs", "3"], "made with --epochs 2"),
+    Case("resume-other-method", [*RESUME, "--method", "asfp", "--prune_rate_cs", "0",
+                                 "--prune_rate_gm", "0"], "made with --method fsdp"),
+    Case("resume-older-checkpoint-format", RESUME, "by an older version", old_format_checkpoint),
     Case("resume-missing-checkpoint", ["--resume", "{tmp}/nope.pt"], "does not exist"),
     Case("resume-a-state-dict", ["--resume", "{tmp}/weights.pt"],
          "not a checkpoint of this project", state_dict_file),
@@ -242,6 +258,8 @@ CASES = [
     Case("pretrain-not-weights", ["--pretrain_path", "{tmp}/weights.pt"], "holds no state dict",
          save_pretrain(lambda p: [1, 2, 3])),
 ]
+
+
 # --- Speech Commands (notebook_gsc.py): its own tiny folder in the archive's layout ------------
 
 GSC_BASE = ["--dataset", "gsc", "--arch", "resnet20", "--prune_rate_cs", "0.1",
@@ -356,6 +374,20 @@ SCRIPTS = {
 }
 PARAMS = [pytest.param(name, case, id=f"{name}:{case.id}")
           for name, script in SCRIPTS.items() for case in script.cases]
+
+
+def unfinished_run(p):
+    os.makedirs(os.path.join(p.tmp, "unfinished"))
+    shutil.copy(os.path.join(p.earlier, "log.txt"), os.path.join(p.tmp, "unfinished"))
+
+
+# compare.py works on finished snapshots: (id, folders, setup); each folder without a finished
+# run gets a warning line, and with none left the last line is the error
+COMPARE_CASES = [
+    ("compare-empty-folder", ["{tmp}/empty"], lambda p: os.makedirs(os.path.join(p.tmp, "empty"))),
+    ("compare-unfinished-run", ["{earlier}", "{tmp}/unfinished"], unfinished_run),
+    ("compare-no-such-folder", ["{tmp}/no-such-run"], None),
+]
 
 
 # --- fixtures and helpers ----------------------------------------------------------------------
@@ -475,6 +507,23 @@ def test_bad_input_is_one_clear_line_and_leaves_earlier_runs_alone(name, case, p
         assert not set(os.listdir(paths.fresh)) & set(SNAPSHOT_FILES)
 
 
+@pytest.mark.parametrize("folders,setup", [c[1:] for c in COMPARE_CASES],
+                         ids=[c[0] for c in COMPARE_CASES])
+def test_compare_without_finished_runs_warns_per_folder_then_stops(folders, setup, paths):
+    if setup:
+        setup(paths)
+    before = files_of(paths.earlier)
+    folders = [a.format(**vars(paths)) for a in folders]
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "compare.py"), *folders, "--out",
+                           paths.fresh], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(lines) == len(folders) + 1 and lines[-1].startswith("error: no finished run")
+    for folder, line in zip(folders, lines):
+        assert line.startswith(f"warning: skipping {folder}: no finished run"), line
+    assert files_of(paths.earlier) == before and not os.path.exists(paths.fresh)
+
+
 def test_debug_shows_the_traceback(paths):
     truncate_checkpoint(paths)
     code, err = run_script(notebook_cifar,
@@ -542,4 +591,5 @@ def test_the_troubleshooting_table_lists_the_catalogue_in_order():
     readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     doc = readme.split("## Troubleshooting", 1)[1].split("\n## ", 1)[0]
     rows = [line.split("`")[1] for line in doc.splitlines() if line.startswith("| `")]
-    assert rows == [case.id for script in SCRIPTS.values() for case in script.cases]
+    assert rows == ([case.id for script in SCRIPTS.values() for case in script.cases]
+                    + [c[0] for c in COMPARE_CASES])

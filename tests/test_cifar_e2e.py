@@ -120,6 +120,7 @@ def test_dense_baseline_prunes_nothing(data_root, tmp_path):
     assert summary["filters_selected"] == 0 and summary["flops_reduction"] == 0
     assert summary["compact"]["flops"] == summary["flops_dense"]
     assert set(summary["zero_filters_per_layer"].values()) == {0}
+    assert "CS pass" not in open(os.path.join(save, "log.txt")).read()  # a plain baseline
 
 
 def test_existing_snapshot_is_not_overwritten(data_root, full_run):

@@ -15,6 +15,7 @@ from utils.criteria import cs_scores
 from utils.distributed import ShardSampler
 from utils.graph import find_prunable_convs
 from utils.mask import Mask
+from utils.methods import METHODS
 from utils.schedule import asymptotic_schedule
 from tests.fakedata import write_cifar
 
@@ -41,9 +42,9 @@ def _selection(rank: int, world: int) -> dict:
     data = _cs_data()
     loader = torch.utils.data.DataLoader(data, batch_size=32 // world,
                                          sampler=ShardSampler(len(data), rank, world))
-    ranker = lambda m, e: cs_scores(m, [c.bn for c in convs], [c.name for c in convs], loader, 10,  # noqa
+    ranker = lambda m, e, i: cs_scores(m, [c.bn for c in convs], [c.name for c in convs], loader, 10,  # noqa
                                  torch.device("cpu"))[0]
-    mask = Mask(convs, asymptotic_schedule(0.2, 0.3, 10), ranker)
+    mask = Mask(convs, METHODS["fsdp"], asymptotic_schedule(0.2, 0.3, 10), ranker)
     mask.update(model, 9)
     return {c.name: mask.selected(c.name).tolist() for c in convs}
 

@@ -15,8 +15,8 @@ def test_known_values_of_the_paper_setting():
         assert s.theta[e] == pytest.approx(theta, abs=1e-6)
         if zeta is not None:
             assert s.zeta[e] == pytest.approx(zeta, abs=1e-6)
-    assert s.theta_cs[5] == pytest.approx(0.1, abs=1e-12)
-    assert s.theta_gm[5] == pytest.approx(0.047062, abs=1e-6)
+    assert s.theta_first[5] == pytest.approx(0.1, abs=1e-12)
+    assert s.theta_second[5] == pytest.approx(0.047062, abs=1e-6)
     assert s.theta[0] == 0.0 and s.zeta[0] == 1.0 and s.zeta[-1] == 0.0
 
 
@@ -45,10 +45,10 @@ def test_schedule_properties(rates, epochs, tau):
     e2 = (epochs - 1) / tau
     lo = int(math.floor(e2))
     assert s.theta[lo] <= 0.75 * theta3 + 1e-12 <= s.theta[min(lo + 1, epochs - 1)] + 1e-12
-    np.testing.assert_allclose(s.theta_cs + s.theta_gm, s.theta, atol=1e-15)
-    assert np.all(s.theta_cs <= r_cs + 1e-15)
+    np.testing.assert_allclose(s.theta_first + s.theta_second, s.theta, atol=1e-15)
+    assert np.all(s.theta_first <= r_cs + 1e-15)
     # CS share first: GM only grows once CS has reached its rate
-    assert np.all((s.theta_gm == 0) | (s.theta_cs == r_cs))
+    assert np.all((s.theta_second == 0) | (s.theta_first == r_cs))
     np.testing.assert_allclose(s.zeta, 0.2 * (1 - s.theta / theta3), atol=1e-15)
     assert s.zeta[0] == pytest.approx(0.2) and s.zeta[-1] == 0
 

@@ -8,6 +8,7 @@ import argparse
 from models import MODELS
 
 from .errors import UserError
+from .methods import METHODS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,14 +35,28 @@ def build_parser(description: str, datasets: list[str], defaults: dict) -> argpa
                    help="epochs at which the learning rate is multiplied by the matching gamma")
     g.add_argument("--gammas", type=float, nargs="+", default=[10, 0.2, 0.2, 0.2])
     g.add_argument("--manualSeed", type=int, default=None, help="random seed (random if absent)")
-    g = p.add_argument_group("FSDP")
-    g.add_argument("--prune_rate_cs", type=float, default=0.1, help="final rate of the CS criterion")
-    g.add_argument("--prune_rate_gm", type=float, default=0.4, help="final rate of the GM criterion")
-    g.add_argument("--tau", type=float, default=10.0, help="schedule steepness; must be > 4/3")
+    g = p.add_argument_group("pruning method (SPEC §9)")
+    g.add_argument("--method", choices=list(METHODS), default="fsdp",
+                   help="fsdp: CS + GM, asymptotic rate and weights; fpgm: L2 norm + GM, "
+                        "constant rate, zeroed; sfp: L2 norm, constant, zeroed, gradients free; "
+                        "asfp: as sfp with the asymptotic rate (τ = 8)")
+    g.add_argument("--prune_rate_cs", type=float, default=None,
+                   help="final share of the CS criterion (fsdp; default 0.1)")
+    g.add_argument("--prune_rate_norm", type=float, default=None,
+                   help="final share of the L2-norm criterion (fpgm: default 0, i.e. FPGM-only; "
+                        "sfp/asfp: default 0.5)")
+    g.add_argument("--prune_rate_gm", type=float, default=None,
+                   help="final share of the geometric-median criterion (fsdp: default 0.4; "
+                        "fpgm: default 0.5)")
+    g.add_argument("--tau", type=float, default=None,
+                   help="steepness of the asymptotic schedule, > 4/3 (fsdp: 10, asfp: 8)")
     g.add_argument("--attenuation", type=float, default=1.0,
-                   help="s: ζ(e) = s·(1 − θ(e)/θ3); the paper uses 0.2 on ImageNet32")
+                   help="fsdp's s: ζ(e) = s·(1 − θ(e)/θ3); the paper uses 0.2 on ImageNet32")
     g.add_argument("--use_zero_scaling", action="store_true",
-                   help="ζ = 0 at every epoch: plain soft pruning with the asymptotic rate")
+                   help="fsdp with ζ = 0 at every epoch: plain soft pruning, asymptotic rate")
+    g.add_argument("--round_to", type=int, default=1, metavar="N",
+                   help="keep a multiple of N filters in every pruned layer (selecting fewer "
+                        "where needed): CPU/GPU kernels compute channels in blocks of 8 or 16")
     g.add_argument("--epoch_prune", type=int, default=1, help="update the mask every N epochs")
     g.add_argument("--epoch_apply_cs", type=int, default=2,
                    help="recompute CS scores at epochs divisible by N (reference: even epochs)")
@@ -77,6 +92,10 @@ def build_parser(description: str, datasets: list[str], defaults: dict) -> argpa
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if present)")
     g.add_argument("--ngpu", type=int, default=None, help="reference flag: 0 = CPU")
     g.add_argument("--print_freq", type=int, default=200, help="log every N batches")
+    g.add_argument("--eval_bn_refresh", type=int, default=0, metavar="N",
+                   help="also evaluate, every epoch, a copy whose BN statistics are re-estimated "
+                        "on N training batches (the run itself is unchanged): the test curve of "
+                        "the network being trained, not of stale statistics")
     g.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars")
     g.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     p.set_defaults(**defaults)
@@ -90,23 +109,23 @@ def check_args(args) -> None:
 
     if args.arch not in MODELS:
         bad(f"unknown --arch {args.arch!r}; choose one of: {', '.join(MODELS)}")
-    if args.prune_rate_cs < 0 or args.prune_rate_gm < 0:
-        bad(f"--prune_rate_cs/--prune_rate_gm must be ≥ 0 (got {args.prune_rate_cs}, "
-            f"{args.prune_rate_gm})")
-    if args.prune_rate_cs + args.prune_rate_gm >= 1:
-        bad(f"--prune_rate_cs + --prune_rate_gm must be < 1 (got "
-            f"{args.prune_rate_cs + args.prune_rate_gm:g}); lower one of them")
-    if not args.tau > 4 / 3:
+    rates = {f: getattr(args, f) for f in ("prune_rate_cs", "prune_rate_norm", "prune_rate_gm")}
+    negative = [f"--{f} {v}" for f, v in rates.items() if v is not None and v < 0]
+    if negative:
+        bad(f"pruning rates must be ≥ 0 (got {', '.join(negative)})")
+    if args.tau is not None and not args.tau > 4 / 3:
         bad(f"--tau must be > 4/3 (got {args.tau}); the paper uses 10")
     if len(args.schedule) != len(args.gammas):
         bad(f"--schedule has {len(args.schedule)} steps but --gammas has {len(args.gammas)}; "
             "give one gamma per step")
     for flag in ("epochs", "batch_size", "batch_prune_size", "max_iter_cs", "epoch_prune",
-                 "epoch_apply_cs", "print_freq"):
+                 "epoch_apply_cs", "print_freq", "round_to"):
         if getattr(args, flag) < 1:
             bad(f"--{flag} must be ≥ 1 (got {getattr(args, flag)})")
     if args.workers < 0:
         bad(f"--workers must be ≥ 0 (got {args.workers})")
+    if args.eval_bn_refresh < 0:
+        bad(f"--eval_bn_refresh must be ≥ 0 (got {args.eval_bn_refresh})")
     if args.stop_after is not None and args.stop_after < 1:
         bad(f"--stop_after must be ≥ 1 (got {args.stop_after})")
     if args.learning_rate <= 0:

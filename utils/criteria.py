@@ -77,12 +77,14 @@ def cs_scores(model, bns, names, loader, num_classes, device, max_batches=None,
 
 def geometric_median_select(weight: torch.Tensor, candidates: torch.Tensor, n: int) -> torch.Tensor:
     """FPGM: the ``n`` candidates whose summed Euclidean distance to the other candidates is
-    smallest (closest to the geometric median, hence the most replaceable)."""
+    smallest (closest to the geometric median, hence the most replaceable). Distances from
+    the differences themselves in float64, as the authors' scipy ``cdist`` took them (the
+    matmul form loses the last bits, which decides near-ties); ties keep candidate order."""
     if n <= 0 or len(candidates) == 0:
         return candidates[:0]
-    w = weight.detach()[candidates.to(weight.device)].flatten(1).double().cpu()
-    dist = torch.cdist(w, w)  # float64, so the matmul form loses nothing that matters
-    order = torch.argsort(dist.sum(0), stable=True)
+    w = weight.detach()[candidates.to(weight.device)].flatten(1).double()
+    dist = torch.cdist(w, w, compute_mode="donot_use_mm_for_euclid_dist")
+    order = torch.argsort(dist.sum(0), stable=True).cpu()
     return candidates[order[:n]]
 
 

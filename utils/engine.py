@@ -1,13 +1,15 @@
 """Device-agnostic training and evaluation loops; both return dicts of averages."""
 import contextlib
+import copy
 import math
 import time
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
-from .distributed import all_reduce_sum, is_main
+from .distributed import all_reduce_sum, is_main, world_size
 from .faults import crash_point
 
 
@@ -157,3 +159,28 @@ def evaluate(model, loader, device, amp_dtype=None, transform=None) -> dict:
                 loss = F.cross_entropy(logits, y)
         meter.update(loss, logits, y)
     return meter.result()
+
+
+@torch.no_grad()
+def refreshed_bn_copy(model: nn.Module, loader, device, batches: int, amp_dtype=None,
+                      transform=None) -> nn.Module:
+    """A copy of ``model`` whose BatchNorm running statistics are re-estimated on the first
+    ``batches`` batches of ``loader`` (an equal-weight average, averaged over DDP ranks);
+    ``model`` itself is untouched. The mask scales selected filters after the statistics
+    were gathered, so the stored ones describe another network (README: reading the curve)."""
+    net = copy.deepcopy(model)
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches seen
+    net.train()
+    for i, batch in enumerate(loader):
+        if i >= batches:
+            break
+        x, _ = prepare(batch, device, transform, "train")
+        with autocast(device, amp_dtype):
+            net(x)
+    for bn in bns:
+        for stat in (bn.running_mean, bn.running_var):
+            stat.copy_(all_reduce_sum(stat.clone()) / world_size())
+    return net.eval()

@@ -8,9 +8,11 @@ import time
 from .checkpoint import atomic_write
 from .distributed import is_main
 
-METRIC_COLUMNS = ["epoch", "lr", "theta", "theta_cs", "theta_gm", "zeta", "train_loss",
-                  "train_top1", "test_loss", "test_top1", "test_top5", "filters_selected",
-                  "filters_total", "flops_eff", "params_eff", "epoch_seconds"]
+METRIC_COLUMNS = ["epoch", "method", "lr", "theta", "theta_cs", "theta_norm", "theta_gm", "zeta",
+                  "train_loss", "train_top1", "test_loss", "test_top1", "test_top5",
+                  "test_loss_refreshed", "test_top1_refreshed", "test_top5_refreshed",
+                  "filters_selected", "filters_total", "flops_eff", "params_eff",
+                  "epoch_seconds"]
 
 
 def write_text_atomic(path: str, text: str) -> None:
@@ -57,8 +59,9 @@ class RunLog:
         write_text_atomic(os.path.join(self.save_path, "metrics.csv"), buf.getvalue())
         if self.tb is not None and history:
             row = history[-1]
-            for k in METRIC_COLUMNS[1:]:
-                self.tb.add_scalar(k, row[k], row["epoch"])
+            for k in METRIC_COLUMNS[2:]:
+                if k in row:  # the refreshed columns only with --eval_bn_refresh
+                    self.tb.add_scalar(k, row[k], row["epoch"])
             self.tb.flush()
 
     def summary(self, summary: dict) -> None:

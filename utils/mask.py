@@ -1,58 +1,108 @@
-"""The FSDP mask: which filters are selected, their attenuation, and gradient scaling (SPEC §4).
+"""The mask: which filters are selected, what happens to their weights and gradients (SPEC §4, §9).
 
-Per update (epoch 0 before training, then after training epochs): the ⌊F·θ_cs⌋ filters with
-the lowest class-separability score are selected, then ⌊F·θ_gm⌋ more by the geometric median
-among the rest; selected filters' weights are multiplied by ζ, and during the next epoch their
-gradients are multiplied by ζ too. At the last epoch ζ = 0: the selected filters become zero.
+Per update (epoch 0 before training, then after training epochs), for every prunable conv:
+1. the first criterion selects its share — CS: the lowest-scoring filters of the last CS pass;
+   L2 norm: the smallest filters now;
+2. the second (GM) selects its share among the first criterion's ranking from position
+   ⌊F·θ_first(e)⌋ on;
+3. the selected filters' weights are multiplied by ζ(e) (0 for the baselines), and until the
+   next update their gradients too, when the method says so.
+
+The CS list at epochs without a CS pass is the authors' rule: the *list* of the last CS epoch is
+reused as it is (its length that epoch's count), while the GM candidates start at the *current*
+count of the stored ranking; filters ranked in between are neither selected nor candidates.
 """
 from typing import Callable
 
 import torch
 from torch import nn
 
-from .criteria import geometric_median_select
+from .criteria import filter_norms, geometric_median_select
 from .graph import PrunableConv
-from .schedule import Schedule, count
+from .methods import Method
+from .schedule import Schedule, count, round_selected
 
-# ranker(model, epoch) -> {conv name: score per filter}; low score = pruned first
-Ranker = Callable[[nn.Module, int], dict[str, torch.Tensor]]
+# cs_ranker(model, epoch, initial) -> {conv name: CS score per filter}; low = pruned first.
+# ``initial``: the update before training (the pass after epoch 0 has epoch 0 too).
+CSRanker = Callable[[nn.Module, int, bool], dict[str, torch.Tensor]]
 
 
 class Mask:
-    def __init__(self, convs: list[PrunableConv], schedule: Schedule, ranker: Ranker,
-                 cs_every: int = 2):
+    def __init__(self, convs: list[PrunableConv], method: Method, schedule: Schedule,
+                 cs_ranker: CSRanker | None = None, cs_every: int = 2, round_to: int = 1):
         if cs_every < 1:
             raise ValueError(f"epoch_apply_cs must be ≥ 1 (got {cs_every})")
-        self.convs = convs
-        self.schedule = schedule
-        self.ranker = ranker
-        self.cs_every = cs_every
+        if method.uses_cs and cs_ranker is None:
+            raise ValueError(f"method {method.name} needs a CS ranker")
+        self.convs, self.method, self.schedule = convs, method, schedule
+        self.cs_ranker, self.cs_every, self.round_to = cs_ranker, cs_every, round_to
         empty = torch.zeros(0, dtype=torch.long)
-        self.scores: dict[str, torch.Tensor] = {}
-        self.order: dict[str, torch.Tensor] = {}     # filters by ascending CS score
-        self.selected_cs = {c.name: empty for c in convs}
-        self.selected_gm = {c.name: empty for c in convs}
+        self.ranking: dict[str, torch.Tensor] = {}     # CS: the last pass's filters, ascending
+        self.cs_list = {c.name: empty for c in convs}  # CS: the last pass's selection
+        self.selected_first = {c.name: empty for c in convs}
+        self.selected_second = {c.name: empty for c in convs}
         self.zeta = 1.0
-        self.epoch = -1                               # last epoch whose update was applied
+        self.epoch = -1                                # last epoch whose update was applied
         self._grads: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    # -- per-epoch update ------------------------------------------------------------------
-    def needs_scores(self, epoch: int) -> bool:
-        return not self.order or epoch % self.cs_every == 0
+    @property
+    def active(self) -> bool:
+        """False when nothing is ever selected (all rates 0): no CS pass, no GM, no mask work,
+        so the run is a plain training loop."""
+        return bool(self.convs) and bool(self.schedule.theta.max() > 0)
 
+    # -- counts ----------------------------------------------------------------------------
+    def counts(self, filters: int, epoch: int) -> tuple[int, int]:
+        """(first, second) selection counts of a layer of ``filters`` at ``epoch``; with
+        ``round_to`` the second share gives up filters first, then the first share."""
+        at = self.schedule.at(epoch)
+        first, second = count(filters, at["first"]), count(filters, at["second"])
+        excess = first + second - round_selected(filters, first + second, self.round_to)
+        cut = min(excess, second)
+        return first - (excess - cut), second - cut
+
+    def final_counts(self) -> dict[str, tuple[int, int]]:
+        return {c.name: self.counts(c.filters, self.schedule.epochs - 1) for c in self.convs}
+
+    def _cs_needed(self, epoch: int, initial: bool) -> bool:
+        """Is the ranking of a CS pass at ``epoch`` used before the next pass replaces it?
+        The pass before training is replaced after epoch 0; the others last until the next
+        multiple of ``cs_every``."""
+        last = epoch if initial else min((epoch // self.cs_every + 1) * self.cs_every,
+                                         self.schedule.epochs) - 1
+        return any(self.counts(c.filters, e)[0] > 0
+                   for e in range(epoch, last + 1) for c in self.convs)
+
+    # -- per-epoch update ------------------------------------------------------------------
     @torch.no_grad()
     def update(self, model: nn.Module, epoch: int) -> None:
-        if self.needs_scores(epoch):
-            self.scores = {k: v.double().cpu() for k, v in self.ranker(model, epoch).items()}
-            self.order = {k: torch.argsort(v, stable=True) for k, v in self.scores.items()}
-        sched = self.schedule.at(epoch)
-        self.zeta = sched["zeta"]
+        if not self.active:
+            return
+        initial = self.epoch < 0
+        if self.method.first == "cs" and (initial or epoch % self.cs_every == 0):
+            if self._cs_needed(epoch, initial):
+                scores = self.cs_ranker(model, epoch, initial)
+                self.ranking = {k: torch.argsort(v.double().cpu(), stable=True)
+                                for k, v in scores.items()}
+            else:
+                self.ranking = {}
+            self.cs_list = {c.name: self.ranking[c.name][:self.counts(c.filters, epoch)[0]]
+                            if self.ranking else self.cs_list[c.name][:0] for c in self.convs}
+        self.zeta = self.schedule.at(epoch)["zeta"]
         for c in self.convs:
-            n_cs = count(c.filters, sched["theta_cs"])
-            n_gm = count(c.filters, sched["theta_gm"])
-            order = self.order[c.name]
-            self.selected_cs[c.name] = order[:n_cs].clone()
-            self.selected_gm[c.name] = geometric_median_select(c.conv.weight, order[n_cs:], n_gm)
+            n_first, n_second = self.counts(c.filters, epoch)
+            if self.method.first == "norm":  # re-ranked among all filters at every update
+                order = torch.argsort(filter_norms(c.conv.weight), stable=True)
+                self.selected_first[c.name] = order[:n_first]
+            elif self.method.first == "cs":
+                order = self.ranking.get(c.name, torch.arange(c.filters))
+                # the authors' Mask attenuates its stored list only while the count is > 0
+                self.selected_first[c.name] = self.cs_list[c.name] if n_first else order[:0]
+            else:
+                order = torch.arange(c.filters)
+            if self.method.second == "gm":
+                self.selected_second[c.name] = geometric_median_select(
+                    c.conv.weight, order[n_first:], n_second)
             scale = self._filter_scale(c)
             if scale is not None:  # elementwise, hence deterministic on every device
                 c.conv.weight.mul_(scale.view(-1, 1, 1, 1))
@@ -62,7 +112,7 @@ class Mask:
     def _build_grad_scales(self) -> None:
         """Full-shape scale tensors, so scaling is one fused ``_foreach_mul_`` per step."""
         self._grads = []
-        if self.zeta == 1.0:
+        if not self.method.scale_grads or self.zeta == 1.0:
             return
         for c in self.convs:
             scale = self._filter_scale(c)
@@ -88,7 +138,7 @@ class Mask:
 
     # -- reporting ---------------------------------------------------------------------------
     def selected(self, name: str) -> torch.Tensor:
-        return torch.cat([self.selected_cs[name], self.selected_gm[name]])
+        return torch.cat([self.selected_first[name], self.selected_second[name]])
 
     def selected_counts(self) -> dict[str, int]:
         return {c.name: len(self.selected(c.name)) for c in self.convs}
@@ -102,19 +152,20 @@ class Mask:
     # -- resume ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Tensors, numbers and strings only: loadable with ``torch.load(weights_only=True)``."""
-        return {"epoch": self.epoch, "zeta": self.zeta, "cs_every": self.cs_every,
-                "scores": dict(self.scores), "order": dict(self.order),
-                "selected_cs": dict(self.selected_cs), "selected_gm": dict(self.selected_gm),
-                "selected": {c.name: self.selected(c.name) for c in self.convs}}
+        return {"method": self.method.name, "epoch": self.epoch, "zeta": self.zeta,
+                "ranking": dict(self.ranking), "cs_list": dict(self.cs_list),
+                "selected_first": dict(self.selected_first),
+                "selected_second": dict(self.selected_second),
+                "selected": {c.name: self.selected(c.name) for c in self.convs}}  # for readers
 
     def load_state_dict(self, state: dict) -> None:
         names = {c.name for c in self.convs}
-        if set(state["selected_cs"]) != names:
+        if set(state["selected_first"]) != names:
             raise ValueError("the checkpoint's mask covers other layers than this model's "
                              "prunable convs (another architecture or layer selection)")
         self.epoch, self.zeta = int(state["epoch"]), float(state["zeta"])
-        self.scores = {k: v.double() for k, v in state["scores"].items()}
-        self.order = {k: v.long() for k, v in state["order"].items()}
-        self.selected_cs = {k: v.long() for k, v in state["selected_cs"].items()}
-        self.selected_gm = {k: v.long() for k, v in state["selected_gm"].items()}
+        self.ranking = {k: v.long() for k, v in state["ranking"].items()}
+        self.cs_list = {k: v.long() for k, v in state["cs_list"].items()}
+        self.selected_first = {k: v.long() for k, v in state["selected_first"].items()}
+        self.selected_second = {k: v.long() for k, v in state["selected_second"].items()}
         self._build_grad_scales()

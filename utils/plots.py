@@ -17,9 +17,15 @@ def plot_curves(history: list[dict], path: str) -> None:
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(10, 3.8))
     acc.plot(epochs, [r["train_top1"] for r in history], label="train top-1")
     acc.plot(epochs, [r["test_top1"] for r in history], label="test top-1")
+    if history and "test_top1_refreshed" in history[0]:
+        acc.plot(epochs, [r["test_top1_refreshed"] for r in history], "--",
+                 label="test top-1, BN re-estimated")
     acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     loss.plot(epochs, [r["train_loss"] for r in history], label="train")
     loss.plot(epochs, [r["test_loss"] for r in history], label="test")
+    if history and "test_loss_refreshed" in history[0]:
+        loss.plot(epochs, [r["test_loss_refreshed"] for r in history], "--",
+                  label="test, BN re-estimated")
     loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     for ax in (acc, loss):
         ax.grid(alpha=0.3)
@@ -27,14 +33,35 @@ def plot_curves(history: list[dict], path: str) -> None:
     _save(fig, path)
 
 
-def plot_schedule(schedule, path: str) -> None:
+def plot_schedule(schedule, path: str, method) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.8))
     e = range(schedule.epochs)
     ax.plot(e, schedule.theta, label="θ (total rate)")
-    ax.plot(e, schedule.theta_cs, "--", label="θ_cs")
-    ax.plot(e, schedule.theta_gm, "--", label="θ_gm")
-    ax.plot(e, schedule.zeta, label="ζ (scaling)")
-    ax.set(xlabel="epoch", title=f"asymptotic schedule (ξ = {schedule.xi:.6f})")
+    for crit, share in ((method.first, schedule.theta_first), (method.second, schedule.theta_second)):
+        if crit:
+            ax.plot(e, share, "--", label=f"θ_{crit}")
+    ax.plot(e, schedule.zeta, label="ζ (weights of the selected filters)")
+    kind = f"asymptotic (ξ = {schedule.xi:.6f})" if schedule.xi else "constant"
+    ax.set(xlabel="epoch", title=f"{method.name}: {kind} schedule")
     ax.grid(alpha=0.3)
     ax.legend()
+    _save(fig, path)
+
+
+def plot_comparison(runs, table: list[dict], path: str) -> None:
+    """Left: test top-1 per epoch of every run; right: final top-1 against FLOPs reduction."""
+    fig, (curves, trade) = plt.subplots(1, 2, figsize=(11, 4))
+    for run, row in zip(runs, table):
+        label = f"{row['run']} ({row['method']})"
+        line, = curves.plot([e for e, _ in run.curve], [a for _, a in run.curve], label=label)
+        red = row["flops_reduction"]
+        trade.scatter([100 * (red or 0)], [row["top1"]], color=line.get_color())
+        trade.annotate(row["method"], (100 * (red or 0), row["top1"]), textcoords="offset points",
+                       xytext=(4, 4), fontsize=8)
+    curves.set(xlabel="epoch", ylabel="test top-1 (%)", title="test top-1 per epoch")
+    trade.set(xlabel="FLOPs reduction, compact network (%)", ylabel="final top-1 (%)",
+              title="accuracy against FLOPs reduction")
+    curves.legend(fontsize=8)
+    for ax in (curves, trade):
+        ax.grid(alpha=0.3)
     _save(fig, path)

@@ -4,10 +4,15 @@ Every sample's random augmentation is drawn under its own seed, so a run gives t
 whatever ``--workers`` is, however the data is split over ranks, and when it is resumed in the
 middle of an epoch: the sampler just starts at the first batch not yet trained.
 """
+import random
 from typing import Callable
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
+
+from .engine import to_device
+from .errors import UserError
 
 _MASK63 = (1 << 63) - 1
 
@@ -79,3 +84,49 @@ class EpochSampler(Sampler):
 
     def __len__(self):
         return max(len(self._order()) - self.start, 0)
+
+
+def check_seeded(dataset: Dataset, batch_transform=None, device=None, probes: int = 2) -> None:
+    """Refuse a training transform that draws from Python's ``random`` or numpy's global RNG:
+    those are not seeded per sample, so a resumed run or another ``--workers`` would see other
+    augmentations. Probes the first items (and the batch transform on them): their results
+    must not depend on, nor advance, those generators."""
+    seeded = SeededDataset(dataset)
+    keys = [(i, mix(12345, i)) for i in range(min(probes, len(dataset)))]
+
+    def fetch(state: int):
+        random.seed(state)
+        np.random.seed(state)
+        before = (random.getstate(), np.random.get_state()[1].copy())
+        items = [seeded[k] for k in keys]
+        if batch_transform is not None:
+            batch = torch.utils.data.default_collate(items)
+            x = batch_transform(to_device(batch[0], device or torch.device("cpu")), batch[2],
+                                "train")
+            items = [x.detach().cpu()]
+        moved = random.getstate() != before[0] or not np.array_equal(np.random.get_state()[1],
+                                                                     before[1])
+        return items, moved
+
+    state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    try:
+        (a, moved_a), (b, moved_b) = fetch(1), fetch(2)
+    finally:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+        torch.set_rng_state(state[2])
+    same = all(_equal(u, v) for u, v in zip(a, b))
+    if moved_a or moved_b or not same:
+        raise UserError("the training transform draws from Python's random or numpy's global "
+                        "generator, which are not seeded per sample (resume and --workers would "
+                        "change the augmentation); draw from torch's generator instead")
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return a.shape == b.shape and bool(torch.equal(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_equal(u, v) for u, v in zip(a, b))
+    return a == b

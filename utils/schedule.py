@@ -1,8 +1,9 @@
-"""The asymptotic pruning-rate schedule of FSDP (SPEC §2).
+"""Pruning-rate schedules (SPEC §2, §9): FSDP's asymptotic one, and constant rates.
 
 θ(e) rises fast at first and flattens towards θ3; θ(e2) = ¾·θ3 at e2 = e3/τ and θ(e3) = θ3
-exactly. The CS criterion takes its share first; ζ(e) = s·(1 − θ(e)/θ3) attenuates the
-selected filters so that they reach exactly zero at the last epoch.
+exactly. The first criterion (CS for FSDP, the L2 norm for the baselines) takes its share
+first, the second (GM) the rest; ζ(e) = s·(1 − θ(e)/θ3) attenuates the selected filters so
+that they reach exactly zero at the last epoch.
 """
 import math
 from dataclasses import dataclass
@@ -12,20 +13,20 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Schedule:
-    theta: np.ndarray     # total rate per epoch
-    theta_cs: np.ndarray  # CS share
-    theta_gm: np.ndarray  # GM share
-    zeta: np.ndarray      # weight/gradient scaling factor of the selected filters
-    xi: float
-    e2: float
+    theta: np.ndarray         # total rate per epoch
+    theta_first: np.ndarray   # share of the first criterion (CS, or the L2 norm)
+    theta_second: np.ndarray  # share of the second criterion (GM)
+    zeta: np.ndarray          # weight (and gradient) factor of the selected filters
+    xi: float | None = None   # asymptotic schedules only
+    e2: float | None = None
 
     @property
     def epochs(self) -> int:
         return len(self.theta)
 
     def at(self, epoch: int) -> dict:
-        return {"theta": float(self.theta[epoch]), "theta_cs": float(self.theta_cs[epoch]),
-                "theta_gm": float(self.theta_gm[epoch]), "zeta": float(self.zeta[epoch])}
+        return {"theta": float(self.theta[epoch]), "first": float(self.theta_first[epoch]),
+                "second": float(self.theta_second[epoch]), "zeta": float(self.zeta[epoch])}
 
 
 def solve_xi(tau: float) -> float:
@@ -51,15 +52,19 @@ def solve_xi(tau: float) -> float:
     return 0.5 * (lo + hi)
 
 
-def asymptotic_schedule(rate_cs: float, rate_gm: float, epochs: int, tau: float = 10.0,
-                        attenuation: float = 1.0, zero_scaling: bool = False) -> Schedule:
-    if rate_cs < 0 or rate_gm < 0:
-        raise ValueError(f"pruning rates must be ≥ 0 (got cs={rate_cs}, gm={rate_gm})")
-    theta3 = rate_cs + rate_gm
-    if theta3 >= 1:
-        raise ValueError(f"prune_rate_cs + prune_rate_gm must be < 1 (got {theta3})")
+def _check(rate_first: float, rate_second: float, epochs: int) -> None:
+    if rate_first < 0 or rate_second < 0:
+        raise ValueError(f"pruning rates must be ≥ 0 (got {rate_first}, {rate_second})")
+    if rate_first + rate_second >= 1:
+        raise ValueError(f"the pruning rates must add up to < 1 (got {rate_first + rate_second})")
     if epochs < 1:
         raise ValueError(f"epochs must be ≥ 1 (got {epochs})")
+
+
+def asymptotic_schedule(rate_first: float, rate_second: float, epochs: int, tau: float = 10.0,
+                        attenuation: float = 1.0, zero_scaling: bool = False) -> Schedule:
+    _check(rate_first, rate_second, epochs)
+    theta3 = rate_first + rate_second
     xi = solve_xi(tau)
     e = np.arange(epochs, dtype=np.float64)
     e3 = epochs - 1
@@ -74,8 +79,8 @@ def asymptotic_schedule(rate_cs: float, rate_gm: float, epochs: int, tau: float 
         alpha = theta2 / (xi - 1.0)
         theta = alpha * (np.exp(-beta * e) - 1.0) + 0.0  # + 0.0 turns θ(0) = −0.0 into 0.0
     theta[-1] = theta3
-    theta_cs = np.minimum(rate_cs, theta)
-    theta_gm = theta - theta_cs
+    theta_first = np.minimum(rate_first, theta)
+    theta_second = theta - theta_first
     if zero_scaling:
         zeta = np.zeros(epochs)
     elif theta3 == 0:
@@ -83,7 +88,15 @@ def asymptotic_schedule(rate_cs: float, rate_gm: float, epochs: int, tau: float 
     else:
         zeta = attenuation * (1.0 - theta / theta3)
         zeta[-1] = 0.0
-    return Schedule(theta, theta_cs, theta_gm, zeta, xi, e2)
+    return Schedule(theta, theta_first, theta_second, zeta, xi, e2)
+
+
+def constant_schedule(rate_first: float, rate_second: float, epochs: int) -> Schedule:
+    """SFP's and FPGM's: the final rates from epoch 0 on (the first mask is applied before
+    training), selected filters set to zero."""
+    _check(rate_first, rate_second, epochs)
+    full = lambda v: np.full(epochs, float(v))  # noqa: E731
+    return Schedule(full(rate_first + rate_second), full(rate_first), full(rate_second), full(0))
 
 
 def count(filters: int, rate: float) -> int:

@@ -21,13 +21,16 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Callable
 
+import numpy as np
 import pytest
 import torch
 
 import notebook_cifar
+import notebook_gsc
 import notebook_imagenet
 from datasets.imagenet32 import TRAIN_FILES, VAL_FILE
 from tests.fake_imagenet import rewrite_npz, truncate_file, write_imagenet32, write_imagenet_folder
+from tests.fake_gsc import write_gsc, write_wav
 from tests.fakedata import corrupt_cifar_batch, plant_malicious_batch, write_cifar
 from utils.checkpoint import safe_load
 from utils.trainer import SNAPSHOT_FILES, main
@@ -365,6 +368,101 @@ IMAGENET_CASES = [
 ]
 
 
+# --- Speech Commands (notebook_gsc.py): its own tiny folder in the archive's layout ------------
+
+GSC_BASE = ["--dataset", "gsc", "--arch", "resnet20", "--prune_rate_cs", "0.1",
+            "--prune_rate_gm", "0.4", "--epochs", "2", "--batch_size", "16",
+            "--batch_prune_size", "32", "--schedule", "1", "--gammas", "1", "--workers", "0",
+            "--manualSeed", "1", "--device", "cpu", "--data_path", "{data}", "--save_path",
+            "{fresh}"]  # the audio cache goes beside the snapshot: {tmp}/gsc_cache
+
+
+def write_gsc_tiny(folder):
+    write_gsc(folder, ("yes", "no", "bed"), clips_per_word=6, speakers=3, seconds=(0.3, 0.5))
+
+
+def gsc_clip(p, n=0):
+    return os.path.join(p.data, "yes", sorted(os.listdir(os.path.join(p.data, "yes")))[n])
+
+
+def remove_lists(p):
+    for name in ("validation_list.txt", "testing_list.txt"):
+        os.remove(os.path.join(p.data, name))
+
+
+def list_missing_clip(p):
+    with open(os.path.join(p.data, "testing_list.txt"), "a") as f:
+        f.write("yes/ffffffff_nohash_9.wav\n")
+
+
+def garbage_wav(p):
+    with open(gsc_clip(p), "wb") as f:
+        f.write(b"<html>404 Not Found</html>")
+
+
+def empty_wav(p):  # what an interrupted copy leaves
+    open(gsc_clip(p, 1), "wb").close()
+
+
+def wav_without_samples(p):
+    write_wav(gsc_clip(p, 2), np.zeros(0, np.int16))
+
+
+def remove_noise(p):
+    shutil.rmtree(os.path.join(p.data, "_background_noise_"))
+
+
+def v2_folder(p):
+    write_wav(os.path.join(p.data, "backward", "0000abcd_nohash_0.wav"),
+              np.ones(8000, np.int16))
+
+
+def damaged_cache(part):
+    """Build the cache the run will use, then damage one of its files."""
+    def setup(p):
+        from datasets.gsc import load_gsc
+        cache = os.path.join(p.tmp, "gsc_cache")
+        load_gsc(p.data, "gsc", cache, log=lambda *_: None)
+        (entry,) = [n for n in os.listdir(cache) if not n.startswith(".")]
+        path = os.path.join(cache, entry, part)
+        if part == "manifest.json":
+            with open(path, "w") as f:
+                f.write("{not json")
+        else:
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2)
+    return setup
+
+
+GSC_CASES = [
+    Case("gsc-no-lists", [], "has no validation_list.txt", remove_lists),
+    Case("gsc-list-names-a-missing-clip", [],
+         "names yes/ffffffff_nohash_9.wav, which is not a clip",
+         list_missing_clip),
+    Case("gsc-corrupt-wav", [], "is not a readable wav file", garbage_wav, subprocess=True),
+    Case("gsc-empty-wav", [], "is not a readable wav file", empty_wav),
+    Case("gsc-wav-without-samples", [], "holds no samples", wav_without_samples),
+    Case("gsc-no-background-noise", [], "_background_noise_ is missing or holds no wav files",
+         remove_noise),
+    Case("gsc-v2-folder-as-gsc", [], "holds Speech Commands v0.02 (it has backward/); pass "
+         "--dataset gsc_v2", v2_folder),
+    Case("gsc-missing-data-path-offline", ["--data_path", "{tmp}/no-such-folder"],
+         "could not download Speech Commands v0.01", patch=offline),
+    Case("gsc-cifar-folder", ["--data_path", "{tmp}/c10"], "looks like a CIFAR folder",
+         cifar_folder),
+    Case("gsc-imagenet32-folder", ["--data_path", "{tmp}/imagenet32"],
+         "looks like an ImageNet32 folder", imagenet32_folder),
+    Case("gsc-unreadable-cache", [], "is unreadable or damaged (manifest.json",
+         damaged_cache("manifest.json")),
+    Case("gsc-truncated-cache", [], "is unreadable or damaged (clips.int16 has",
+         damaged_cache("clips.int16")),
+    Case("gsc-cache-dir-is-a-file", ["--cache_dir", "{earlier}/log.txt"],
+         "log.txt is a file; pass --cache_dir with a folder"),
+    Case("gsc-resume-other-multi-crop", [*RESUME, "--multi_crop"],
+         "made with --multi_crop False, this run asks for True"),
+]
+
+
 @dataclass
 class Script:
     module: object
@@ -377,6 +475,7 @@ SCRIPTS = {
     "cifar": Script(notebook_cifar, CASES, BASE,
                     lambda data: write_cifar(data, n_train=64, n_test=32)),
     "imagenet": Script(notebook_imagenet, IMAGENET_CASES, IMAGENET_BASE, write_imagenet_data),
+    "gsc": Script(notebook_gsc, GSC_CASES, GSC_BASE, write_gsc_tiny),
 }
 PARAMS = [pytest.param(name, case, id=f"{name}:{case.id}")
           for name, script in SCRIPTS.items() for case in script.cases]

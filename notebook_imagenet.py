@@ -26,7 +26,7 @@ IMAGENET32 = dict(arch="resnet56", epochs=40, batch_size=128, learning_rate=0.01
 # SPEC §8: FPGM's ImageNet recipe (lr 0.1, ×0.1 every 30 epochs)
 IMAGENET = dict(IMAGENET32, arch="imagenet_resnet50", epochs=100, batch_size=256,
                 learning_rate=0.1, schedule=[30, 60, 90], gammas=[0.1, 0.1, 0.1], decay=1e-4,
-                data_path="datasets/ILSVRC2012")
+                nesterov=0, data_path="datasets/ILSVRC2012")  # FPGM's SGD: plain momentum
 RECIPES = {"imagenet32": IMAGENET32, "imagenet": IMAGENET}
 # the script's own flags that shape the data: a resumed run must keep them
 RESUME_KEYS = ("cs_samples", "crop_size", "resize_size")

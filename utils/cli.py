@@ -31,6 +31,9 @@ def build_parser(description: str, datasets: list[str], defaults: dict) -> argpa
     g.add_argument("--learning_rate", type=float, default=0.01)
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--decay", type=float, default=5e-4, help="weight decay")
+    g.add_argument("--nesterov", type=int, choices=[0, 1], default=1,
+                   help="1: SGD with Nesterov momentum (the FSDP scripts); 0: plain momentum "
+                        "(FPGM's ImageNet recipe)")
     g.add_argument("--schedule", type=int, nargs="+", default=[1, 60, 120, 160],
                    help="epochs at which the learning rate is multiplied by the matching gamma")
     g.add_argument("--gammas", type=float, nargs="+", default=[10, 0.2, 0.2, 0.2])

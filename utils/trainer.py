@@ -125,16 +125,18 @@ def _amp_dtype(args, device) -> torch.dtype | None:
     return torch.float16
 
 
-def _loader(ds, batch_size, args, device, sampler):
+def _loader(ds, batch_size, args, device, sampler, every_epoch: bool = False):
+    """``every_epoch``: keep the worker processes between epochs (train and test loaders;
+    the CS and BN-refresh ones run now and then and would only hold processes)."""
     return DataLoader(SeededDataset(ds), batch_size=batch_size, sampler=sampler,
                       num_workers=args.workers, pin_memory=device.type == "cuda",
-                      persistent_workers=args.workers > 0)
+                      persistent_workers=every_epoch and args.workers > 0)
 
 
 def _test_loader(args, data: Data, device):
     sampler = EpochSampler(len(data.test), args.manualSeed, TEST, dist.rank(), dist.world_size(),
                            shuffle=False)
-    return _loader(data.test, args.batch_size, args, device, sampler)
+    return _loader(data.test, args.batch_size, args, device, sampler, every_epoch=True)
 
 
 def _check_data(args, data: Data, device) -> None:
@@ -176,7 +178,8 @@ class Trainer:
         self.batch = max(1, args.batch_size // world)  # per rank
         self.train_sampler = EpochSampler(len(data.train), args.manualSeed, TRAIN, rank, world,
                                           order=data.train_order)
-        self.train_loader = _loader(data.train, self.batch, args, device, self.train_sampler)
+        self.train_loader = _loader(data.train, self.batch, args, device, self.train_sampler,
+                                    every_epoch=True)
         if args.pretrain_path and not resuming:  # before the folder: bad weights leave none
             _load_pretrained(self.model, args.pretrain_path, args.arch)
 
@@ -197,7 +200,7 @@ class Trainer:
                          args.round_to)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=args.learning_rate,
                                          momentum=args.momentum, weight_decay=args.decay,
-                                         nesterov=True)
+                                         nesterov=bool(args.nesterov))
         self.scaler = (torch.amp.GradScaler(device.type)
                        if self.amp_dtype == torch.float16 else None)
         self.geometry = layer_geometry(self.model, data.input_shape)
@@ -213,7 +216,8 @@ class Trainer:
     def start(self) -> None:
         """A fresh run: header, plots of the schedule, and the mask before training."""
         args = self.args
-        self.log(f"{self.method.name.upper()} run: {args.arch} on {args.dataset}, "
+        name = self.method.name.upper() if self.mask.active else "dense (all rates 0)"
+        self.log(f"{name} run: {args.arch} on {args.dataset}, "
                  f"{len(self.data.train)} train / {len(self.data.test)} test samples, "
                  f"{len(self.convs)} prunable convs ({self.mask.total_filters()} filters), device "
                  f"{self.device}, {dist.world_size()} process(es), effective batch "

@@ -31,9 +31,11 @@ import notebook_imagenet
 from datasets.imagenet32 import TRAIN_FILES, VAL_FILE
 from tests.fake_imagenet import rewrite_npz, truncate_file, write_imagenet32, write_imagenet_folder
 from tests.fake_gsc import write_gsc, write_wav
+from tests.snapshots import files_of
 from tests.fakedata import corrupt_cifar_batch, plant_malicious_batch, write_cifar
 from utils.checkpoint import safe_load
-from utils.trainer import SNAPSHOT_FILES, main
+from utils.snapshot import SNAPSHOT_FILES
+from utils.trainer import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -540,17 +542,6 @@ def make_paths(pristine, tmp_path):
 def paths(pristine, tmp_path):
     """CIFAR's paths, for the tests after the catalogue."""
     return make_paths(pristine("cifar"), tmp_path)
-
-
-def files_of(folder):
-    """Every file's bytes and mtime, by path relative to ``folder``."""
-    out = {}
-    for dirpath, _, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(dirpath, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, folder)] = (f.read(), os.stat(path).st_mtime_ns)
-    return out
 
 
 def run_script(module, argv, env=None):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.fakedata import write_cifar
+from tests.snapshots import assert_same_run
 from utils.logger import METRIC_COLUMNS
 from utils.schedule import count
 
@@ -106,7 +107,7 @@ def test_stop_and_resume_gives_the_same_final_weights(data_root, full_run, tmp_p
     resume_args = common(data_root, save)
     i = resume_args.index("--manualSeed")
     run_cifar(*(resume_args[:i] + resume_args[i + 2:]), "--resume", "auto")
-    _same_run(full_run, save)
+    assert_same_run(full_run, save)
     other = run_cifar(*common(data_root, save), "--manualSeed", "8", "--resume", "auto",
                       check=False)
     assert other.returncode == 2 and "--manualSeed 7" in other.stderr
@@ -131,23 +132,6 @@ def test_existing_snapshot_is_not_overwritten(data_root, full_run):
     assert before == {f: open(os.path.join(full_run, f), "rb").read() for f in os.listdir(full_run)}
 
 
-def _same_run(a_dir, b_dir):
-    a = torch.load(os.path.join(a_dir, "checkpoint.pt"), weights_only=True)
-    b = torch.load(os.path.join(b_dir, "checkpoint.pt"), weights_only=True)
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    for k in a["mask"]["selected"]:
-        assert torch.equal(a["mask"]["selected"][k], b["mask"]["selected"][k]), k
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]  # noqa
-    assert strip(a["history"]) == strip(b["history"])
-    ra = list(csv.DictReader(open(os.path.join(a_dir, "metrics.csv"))))
-    rb = list(csv.DictReader(open(os.path.join(b_dir, "metrics.csv"))))
-    assert strip(ra) == strip(rb)
-    sa, sb = (json.load(open(os.path.join(d, "summary.json"))) for d in (a_dir, b_dir))
-    sa.pop("wall_seconds"), sb.pop("wall_seconds")
-    assert sa == sb
-
-
 @pytest.mark.parametrize("point", ["train:1:2", "cs:2", "atomic_save:checkpoint.pt#2"],
                          ids=["mid-epoch", "after-cs-pass", "mid-checkpoint-write"])
 def test_sigkill_anywhere_then_resume_auto_matches_an_uninterrupted_run(data_root, full_run,
@@ -160,7 +144,7 @@ def test_sigkill_anywhere_then_resume_auto_matches_an_uninterrupted_run(data_roo
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert not os.path.exists(os.path.join(save, "summary.json"))
     run_cifar(*common(data_root, save), "--resume", "auto")
-    _same_run(full_run, save)
+    assert_same_run(full_run, save)
     assert not [f for f in os.listdir(save) if ".tmp" in f]  # the torn write was cleaned up
 
 
@@ -185,7 +169,7 @@ def test_sigint_stops_at_a_batch_boundary_with_a_resumable_checkpoint(data_root,
     ckpt = torch.load(os.path.join(save, "checkpoint.pt"), weights_only=True)
     assert ckpt["epoch"] == 1 and 0 < ckpt["batch"]
     run_cifar(*common(data_root, save), "--resume", "auto")
-    _same_run(full_run, save)
+    assert_same_run(full_run, save)
 
 
 def test_nonfinite_loss_stops_naming_epoch_and_batch_and_keeps_the_checkpoint(data_root,

@@ -1,7 +1,6 @@
 """Every method end to end through notebook_cifar.py, and compare.py on their snapshots."""
 import csv
 import json
-import os
 
 import pytest
 import torch

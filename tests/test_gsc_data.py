@@ -16,6 +16,7 @@ from datasets import gsc
 from datasets.gsc import CLASSES, load_gsc
 from datasets.wav_cache import resample
 from tests.fake_gsc import write_gsc, write_wav
+from tests.snapshots import files_of
 from utils.errors import DataError
 
 WORDS = ("yes", "no", "up", "bed", "cat")  # bed, cat: unknown
@@ -26,16 +27,6 @@ def folder(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("gsc") / "speech")
     counts = write_gsc(root, WORDS, clips_per_word=12, speakers=6, seed=1)
     return root, counts
-
-
-def files_of(folder):
-    out = {}
-    for dirpath, _, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(dirpath, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, folder)] = (f.read(), os.stat(path).st_mtime_ns)
-    return out
 
 
 def load(root, cache, **kw):

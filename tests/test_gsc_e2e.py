@@ -12,9 +12,11 @@ import pytest
 import torch
 
 import notebook_gsc
+from tests.snapshots import assert_same_run
 from tests.fake_gsc import write_gsc
 from utils.schedule import count
-from utils.trainer import SNAPSHOT_FILES, main
+from utils.snapshot import SNAPSHOT_FILES
+from utils.trainer import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 3
@@ -106,15 +108,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(data_root, f
     ckpt = torch.load(os.path.join(save, "checkpoint.pt"), weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["batch"] == 0  # killed inside epoch 1, after its batch 1
     run_gsc(*common(data_root, save, *cache), "--resume", "auto")
-    a = torch.load(os.path.join(full_run, "checkpoint.pt"), weights_only=True)
-    b = torch.load(os.path.join(save, "checkpoint.pt"), weights_only=True)
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    for k in a["mask"]["selected"]:
-        assert torch.equal(a["mask"]["selected"][k], b["mask"]["selected"][k]), k
-    def strip(rows):
-        return [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]
-    assert strip(a["history"]) == strip(b["history"])
+    assert_same_run(full_run, save)
 
 
 def test_multi_crop_evaluation_of_the_final_network(data_root, full_run, capsys):

@@ -19,10 +19,11 @@ import notebook_imagenet
 from datasets.imagenet_folder import Normalise as FolderNormalise, imagenet_data
 from tests.fake_imagenet import (imagenet32_labels, truncate_file, write_imagenet32,
                                  write_imagenet_folder)
+from tests.snapshots import assert_same_run
 from utils.errors import DataError
 from utils.sampling import SeededDataset
 from utils.schedule import count
-from utils.trainer import SNAPSHOT_FILES
+from utils.snapshot import SNAPSHOT_FILES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PER_FILE = 11  # 22 items per file with its mirror, 220 an epoch
@@ -263,19 +264,6 @@ def test_imagenet32_end_to_end(i32_run):
     assert args["attenuation"] == 0.2 and args["cs_mode"] == "eval"
 
 
-def _same_run(a_dir, b_dir):
-    a, b = (torch.load(os.path.join(d, "checkpoint.pt"), weights_only=True) for d in (a_dir, b_dir))
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    for k in a["mask"]["selected"]:
-        assert torch.equal(a["mask"]["selected"][k], b["mask"]["selected"][k]), k
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]  # noqa
-    assert strip(a["history"]) == strip(b["history"])
-    sa, sb = (json.load(open(os.path.join(d, "summary.json"))) for d in (a_dir, b_dir))
-    sa.pop("wall_seconds"), sb.pop("wall_seconds")
-    assert sa == sb
-
-
 # SIGTERM at an exact batch: the driver's fault hook, made to send SIGTERM instead of SIGKILL
 TERM_AT = """import os, runpy, signal, sys
 import utils.faults as faults
@@ -305,7 +293,7 @@ def test_stopped_and_killed_inside_files_then_resumed_matches_an_uninterrupted_r
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert torch.load(os.path.join(save, "checkpoint.pt"), weights_only=True)["batch"] == 3
     run_script(*args, "--resume", "auto")
-    _same_run(i32_run, save)
+    assert_same_run(i32_run, save)
 
 
 def test_full_size_end_to_end_from_a_torchvision_state_dict(folder_root, tmp_path):

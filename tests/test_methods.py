@@ -14,7 +14,7 @@ from tests.fakedata import write_cifar
 from utils.errors import UserError
 from utils.graph import find_prunable_convs
 from utils.mask import Mask
-from utils.methods import METHODS, resolve_method_args
+from utils.methods import resolve_method_args
 from utils.schedule import asymptotic_schedule
 from utils.trainer import Trainer
 

@@ -19,7 +19,6 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(description: str, datasets: list[str], defaults: dict) -> argparse.ArgumentParser:
     p = _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    a = p.add_argument
     g = p.add_argument_group("data and model")
     g.add_argument("--dataset", choices=datasets, default=datasets[0])
     g.add_argument("--data_path", default="datasets", help="dataset root (downloaded there if absent)")

@@ -32,8 +32,8 @@ from .methods import resolve_method_args
 from .plots import plot_curves, plot_schedule
 from .schedule import count
 from .sampling import EpochSampler, SeededDataset, check_seeded
-from .snapshot import (SNAPSHOT_FILES, check_save_path, prepare_save_path,  # noqa: F401
-                       read_checkpoint, restore_checkpoint, write_checkpoint)
+from .snapshot import (check_save_path, prepare_save_path, read_checkpoint, restore_checkpoint,
+                       write_checkpoint)
 from .stop import StopRequest
 
 # loader streams: each draws its own order and per-sample seeds from (seed, stream, epoch)

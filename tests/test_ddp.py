@@ -12,9 +12,9 @@ import torch.multiprocessing as mp
 
 from models import build_model
 from utils.criteria import cs_scores
-from utils.distributed import ShardSampler
 from utils.graph import find_prunable_convs
 from utils.mask import Mask
+from utils.sampling import EpochSampler, SeededDataset
 from utils.methods import METHODS
 from utils.schedule import asymptotic_schedule
 from tests.fakedata import write_cifar
@@ -40,8 +40,9 @@ def _selection(rank: int, world: int) -> dict:
     model = build_model("resnet20", 10).eval()  # the first CS pass runs in eval mode
     convs = find_prunable_convs(model)
     data = _cs_data()
-    loader = torch.utils.data.DataLoader(data, batch_size=32 // world,
-                                         sampler=ShardSampler(len(data), rank, world))
+    loader = torch.utils.data.DataLoader(SeededDataset(data), batch_size=32 // world,
+                                         sampler=EpochSampler(len(data), 0, 1, rank, world,
+                                                              shuffle=False))
     ranker = lambda m, e, i: cs_scores(m, [c.bn for c in convs], [c.name for c in convs], loader, 10,  # noqa
                                  torch.device("cpu"))[0]
     mask = Mask(convs, METHODS["fsdp"], asymptotic_schedule(0.2, 0.3, 10), ranker)

@@ -58,17 +58,3 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-class ShardSampler(torch.utils.data.Sampler):
-    """Rank r takes samples r, r+W, r+2W, … in order, without the padding of
-    DistributedSampler, so evaluation and CS sums count every sample exactly once."""
-
-    def __init__(self, n: int, rank_: int | None = None, world: int | None = None):
-        self.n, self.rank, self.world = n, rank() if rank_ is None else rank_, world or world_size()
-
-    def __iter__(self):
-        return iter(range(self.rank, self.n, self.world))
-
-    def __len__(self):
-        return len(range(self.rank, self.n, self.world))

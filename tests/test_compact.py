@@ -352,7 +352,7 @@ def test_cached_maps_follow_new_weights():
         a.load_state_dict(b.state_dict())
         assert rel_error(other(x), a(x)) <= 1e-5
         a.double()(x.double())
-    maps = [t for m in a.modules() for t in getattr(m, "_maps", {}).values()]
+    maps = [m._cache[1] for m in a.modules() if getattr(m, "_cache", (0, None))[1] is not None]
     assert maps and all(t.dtype == torch.float64 for t in maps)
 
 

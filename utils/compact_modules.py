@@ -27,6 +27,10 @@ from torch import nn
 
 from models.resnet_cifar import GlobalAvgPool
 
+# aten's fused in-place add + ReLU (one pass over the stream instead of two); private, hence
+# looked up, with add_ + relu_ where it is missing
+_ADD_RELU = getattr(torch, "_add_relu_", None)
+
 
 def _graph_mode() -> bool:
     """True while torch.jit.trace / torch.export / torch.compile record the forward: caches
@@ -43,30 +47,36 @@ def _ones(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 class _Cached(nn.Module):
-    """A module with per-input-size constant maps; they are dropped whenever the weights may
-    change: ``load_state_dict`` and ``.to()``/``.cuda()``/``.half()`` (``_apply``). After
-    editing buffers in place by hand, call ``CompactResNet.clear_cache()``."""
+    """A module with a constant map for the last input size seen (eager mode). It is dropped
+    whenever the weights may change: ``load_state_dict`` and ``.to()``/``.cuda()``/``.half()``
+    (``_apply``). After editing buffers in place by hand, call ``CompactResNet.clear_cache()``.
+    """
 
-    __jit_ignored_attributes__ = ["_maps"]  # scripted code recomputes the maps
+    __jit_ignored_attributes__ = ["_cache"]  # scripted code recomputes the maps
 
     def __init__(self):
         super().__init__()
-        self._maps: dict = {}
+        self._cache: tuple = ((), None)
 
     def _apply(self, fn, recurse=True):
-        self._maps = {}
+        self._cache = ((), None)
         return super()._apply(fn, recurse)
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._maps = {}
+        self._cache = ((), None)
         super()._load_from_state_dict(*args, **kwargs)
 
-    @staticmethod
-    def _key(x: torch.Tensor):
-        # the maps are made of the module's own buffers, whose dtype and device ``_apply``
-        # watches; the input's size and memory layout are what remain
-        return (x.shape[-2], x.shape[-1],
-                x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last))
+    def _cached(self, x: torch.Tensor, make, *args) -> torch.Tensor:
+        """``make(*args)`` for ``x``'s size and memory layout, computed once. (The maps are
+        made of the module's own buffers, whose dtype and device ``_apply`` watches.)"""
+        cl = x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last)
+        key = (x.shape[-2], x.shape[-1], cl)
+        if self._cache[0] != key:
+            m = make(*args)
+            if cl and m.shape[-1] > 1:
+                m = m.contiguous(memory_format=torch.channels_last)
+            self._cache = (key, m)
+        return self._cache[1]
 
 
 class FoldedConv(_Cached):
@@ -100,14 +110,7 @@ class FoldedConv(_Cached):
         else:
             if _graph_mode():
                 return self.border_map(x)
-            key = self._key(x)
-            m = self._maps.get(key)
-            if m is None:
-                m = self.border_map(x)
-                if key[-1]:
-                    m = m.contiguous(memory_format=torch.channels_last)
-                self._maps = {key: m}
-            return m
+            return self._cached(x, self.border_map, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
@@ -168,18 +171,25 @@ class Join(nn.Module):
         return out.index_add_(1, index, src)
 
     def forward(self, main: torch.Tensor, short: torch.Tensor, term: Optional[torch.Tensor],
-                inplace: bool) -> torch.Tensor:
-        """``main`` is the block's own tensor; ``inplace``: ``short`` may be overwritten too.
+                inplace: bool, eager: bool) -> torch.Tensor:
+        """ReLU(main + short + term). ``main`` is the block's own tensor; ``inplace``: ``short``
+        may be overwritten too; ``eager``: not a recorded graph (which gets pure ops).
         ``term``: the constants (1 × channels × H × W) or None."""
         if torch.jit.is_scripting():
-            return self._gather_add(main, short, term)
+            return F.relu(self._gather_add(main, short, term))
         else:
-            if _graph_mode():
-                return self._gather_add(main, short, term)
-            return self._eager(main, short, term, inplace)
+            if not eager:
+                return F.relu(self._gather_add(main, short, term))
+            out, term = self._eager(main, short, term, inplace)
+            if term is None:
+                return out.relu_()
+            if _ADD_RELU is None or torch.is_grad_enabled():
+                return out.add_(term).relu_()
+            return _ADD_RELU(out, term)  # one pass: the constants cost no extra one
 
     def _eager(self, main: torch.Tensor, short: torch.Tensor, term: Optional[torch.Tensor],
-               inplace: bool) -> torch.Tensor:
+               inplace: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """main + short, in place where allowed, and the part of ``term`` not yet added."""
         mi, si = self.main_index, self.short_index
         if si is None:
             if mi is None:
@@ -193,14 +203,18 @@ class Join(nn.Module):
             out = self._index_add_(main, si, short, self.short_start)
         else:
             shape = [main.shape[0], self.channels, main.shape[2], main.shape[3]]
+            # the stream keeps the operands' memory layout (channels_last stays so)
+            cl = main.shape[1] > 1 and main.is_contiguous(memory_format=torch.channels_last)
+            out = torch.empty(shape, dtype=main.dtype, device=main.device,
+                              memory_format=torch.channels_last if cl else torch.contiguous_format)
             if term is None:
-                out = main.new_zeros(shape)
+                out.zero_()
             else:
-                out = term.expand(shape).clone(memory_format=torch.preserve_format)
+                out.copy_(term.expand(shape))
                 term = None
             out = self._index_add_(out, mi, main, self.main_start)
             out = self._index_add_(out, si, short, self.short_start)
-        return out if term is None else out.add_(term)
+        return out, term
 
     def _gather_add(self, main: torch.Tensor, short: torch.Tensor,
                     term: Optional[torch.Tensor]) -> torch.Tensor:
@@ -258,31 +272,20 @@ class Block(_Cached):
                 out = out + self._widen(ds.border_map(x), self.join.short_gather)
         return out
 
-    def term(self, x: torch.Tensor, h: torch.Tensor) -> Optional[torch.Tensor]:
-        if not self.has_term:
-            return None
-        if torch.jit.is_scripting():
-            return self._term(x, h)
-        else:
-            if _graph_mode():
-                return self._term(x, h)
-            key = self._key(x)
-            t = self._maps.get(key)
-            if t is None:
-                t = self._term(x, h)
-                if key[-1] and t.shape[-1] > 1:
-                    t = t.contiguous(memory_format=torch.channels_last)
-                self._maps = {key: t}
-            return t
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
         for conv in self.first:
             h = F.relu_(conv(h))
         main = self.last.conv(h)  # its border map is part of the join's term
-        # Without autograd the block input is needed no more once the convs have read it, so
-        # an identity shortcut can take the join in place (a recorded graph must stay pure).
-        inplace = False
+        eager = False  # eager: cached maps, in-place ops; otherwise a pure recorded graph
+        if not torch.jit.is_scripting():
+            eager = not _graph_mode()
+        term: Optional[torch.Tensor] = None
+        if self.has_term:
+            if torch.jit.is_scripting():
+                term = self._term(x, h)
+            else:
+                term = self._cached(x, self._term, x, h) if eager else self._term(x, h)
         ds = self.downsample
         if ds is not None:
             short = ds.conv(x)
@@ -290,9 +293,10 @@ class Block(_Cached):
             short = x[:, :, ::2, ::2]
         else:
             short = x
-            if not torch.jit.is_scripting():
-                inplace = not (torch.is_grad_enabled() or _graph_mode())
-        return F.relu_(self.join(main, short, self.term(x, h), inplace))
+        # Without autograd the block input is needed no more once the convs have read it, so
+        # an identity shortcut can take the join in place.
+        inplace = eager and ds is None and not self.option_a and not torch.is_grad_enabled()
+        return self.join(main, short, term, inplace, eager)
 
 
 class CompactResNet(nn.Module):
@@ -320,7 +324,7 @@ class CompactResNet(nn.Module):
         """Forget the cached constant maps (after editing buffers in place by hand)."""
         for m in self.modules():
             if isinstance(m, _Cached):
-                m._maps = {}
+                m._cache = ((), None)
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting() and self.cifar_pool and torch.jit.is_tracing():

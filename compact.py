@@ -38,12 +38,12 @@ def report(fig: dict) -> str:
         d, n = fig[f"{what}_dense"], fig[what]
         lines.append(f"{what:<7} dense {d / 1e6:9.3f}{unit}  compact {n / 1e6:9.3f}{unit}  "
                      f"reduction {fig[f'{what}_reduction']:.1%}")
-    for suffix, label in (("", "kept"), ("_nominal", "nominal")):
+    for suffix, label in (("", "filters kept"), ("_nominal", "nominal: 1 - CS - GM rate")):
         if f"keep_ratio{suffix}" not in fig:
             continue
         analytic = fig[f"fpgm_analytic_flops_reduction{suffix}"]
-        lines.append(f"FPGM analytic FLOPs reduction at the {label} keep ratio "
-                     f"{fig[f'keep_ratio{suffix}']:.3f}: "
+        lines.append(f"FPGM analytic FLOPs reduction at keep ratio "
+                     f"{fig[f'keep_ratio{suffix}']:.3f} ({label}): "
                      + (f"{analytic:.1%}" if analytic is not None else "n/a for this arch"))
     lines.append(f"max relative output difference, compact vs soft-pruned: "
                  f"{fig['max_rel_error']:.1e}")

@@ -3,17 +3,19 @@
 In the soft-pruned network a pruned filter's weights are zero, but its channel is not silent: its
 BN maps the zero output to the constant ``beta - gamma * mean / sqrt(var + eps)`` (then ReLU, if
 any), and that constant flows on. The compact network drops the filter, its BN channel and the
-matching input channels of the next conv, and carries the constant exactly:
+matching input channels of the next conv, folds every BN into its conv, and carries the
+constant exactly:
 
 * into the next conv: through a conv without zero padding it shifts every pixel alike, which
-  the BN's running mean absorbs; with zero padding the border pixels see less of it, so it
-  becomes a per-pixel map (``ConvBN.pad_const``);
+  the folded bias absorbs; with zero padding the border pixels see less of it, so it becomes a
+  per-pixel map behind the conv (``FoldedConv.taps``);
 * into a residual add: the stream keeps its full width; narrow operands are added at their
-  channel indices, the constants of the removed channels are added as a vector (``Join``).
+  channel indices, the constants of the removed channels are added with the last conv's map
+  as one full-width map, in the same pass as the ReLU (``Block``, ``Join``).
 
-Constants and corrections are computed in float64 from the soft-pruned weights. FLOPs here
-follow the pruning papers' convention: one multiply-accumulate (MAC) = one FLOP, convolutions
-and linear layers only (FPGM's ResNet-56 = 125 M).
+Weights, constants and corrections are computed in float64 from the soft-pruned weights. FLOPs
+here follow the pruning papers' convention: one multiply-accumulate (MAC) = one FLOP,
+convolutions and linear layers only (FPGM's ResNet-56 = 125 M).
 """
 import importlib.util
 import warnings

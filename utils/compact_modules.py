@@ -28,8 +28,9 @@ from torch import nn
 from models.resnet_cifar import GlobalAvgPool
 
 # aten's fused in-place add + ReLU (one pass over the stream instead of two); private, hence
-# looked up, with add_ + relu_ where it is missing
+# looked up, with add_ + relu_ where it is missing. CPU, float32/64, no autograd only.
 _ADD_RELU = getattr(torch, "_add_relu_", None)
+_ADD_RELU_DTYPES = (torch.float32, torch.float64)
 
 
 def _graph_mode() -> bool:
@@ -183,9 +184,10 @@ class Join(nn.Module):
             out, term = self._eager(main, short, term, inplace)
             if term is None:
                 return out.relu_()
-            if _ADD_RELU is None or torch.is_grad_enabled():
-                return out.add_(term).relu_()
-            return _ADD_RELU(out, term)  # one pass: the constants cost no extra one
+            if _ADD_RELU is not None and out.is_cpu and out.dtype in _ADD_RELU_DTYPES and \
+                    not torch.is_grad_enabled():
+                return _ADD_RELU(out, term)  # one pass: the constants cost no extra one
+            return out.add_(term).relu_()
 
     def _eager(self, main: torch.Tensor, short: torch.Tensor, term: Optional[torch.Tensor],
                inplace: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -286,6 +288,8 @@ class Block(_Cached):
                 term = self._term(x, h)
             else:
                 term = self._cached(x, self._term, x, h) if eager else self._term(x, h)
+            if term.dtype != main.dtype:  # under autocast: the operands' dtype
+                term = term.to(main.dtype)
         ds = self.downsample
         if ds is not None:
             short = ds.conv(x)

@@ -38,7 +38,7 @@ def report(fig: dict) -> str:
         d, n = fig[f"{what}_dense"], fig[what]
         lines.append(f"{what:<7} dense {d / 1e6:9.3f}{unit}  compact {n / 1e6:9.3f}{unit}  "
                      f"reduction {fig[f'{what}_reduction']:.1%}")
-    for suffix, label in (("", "filters kept"), ("_nominal", "nominal: 1 - CS - GM rate")):
+    for suffix, label in (("", "filters kept"), ("_nominal", "nominal: 1 - the pruning rates")):
         if f"keep_ratio{suffix}" not in fig:
             continue
         analytic = fig[f"fpgm_analytic_flops_reduction{suffix}"]

@@ -11,9 +11,9 @@ import compact as compact_cli
 from bench.common import randomize_bn
 from models import build_model
 from utils.compact import (FORMAT, compact_checkpoint, compact_model, compaction_figures,
-                           count_flops_params, export_onnx, export_torchscript,
-                           fpgm_flops_reduction, load_compact, save_compact)
-from utils.compact_modules import Block, FoldedConv, Join
+                           count_flops_params, export_onnx, fpgm_flops_reduction, load_compact,
+                           save_compact)
+from utils.compact_modules import Block, FoldedConv
 from utils.errors import UserError
 from utils.graph import find_prunable_convs
 
@@ -61,7 +61,8 @@ def fake_checkpoint(path, arch="resnet20", rate=0.4):
     """The fields compaction reads from a training checkpoint.pt."""
     model, pruned = soft_pruned(arch, rate)
     torch.save({"arch": arch, "num_classes": 10, "in_channels": 3, "epoch": 3,
-                "input_shape": [3, 32, 32], "args": {"prune_rate_cs": 0.1, "prune_rate_gm": 0.4},
+                "input_shape": [3, 32, 32],
+                "args": {"prune_rate_cs": 0.1, "prune_rate_norm": 0.0, "prune_rate_gm": 0.4},
                 "model": model.state_dict(), "mask": {"selected": pruned, "zeta": 0.0}}, path)
     return model
 
@@ -85,7 +86,8 @@ def test_compact_equals_soft_pruned(arch, size):
             ref, out = model(x), compact(x)
         assert rel_error(ref, out) <= 1e-5, rate
         if rate == "one":  # every prunable conv keeps exactly one filter
-            assert all(m.conv.out_channels == 1 for m in compact.modules() if isinstance(m, FoldedConv))
+            assert all(m.conv.out_channels == 1 for m in compact.modules()
+                       if isinstance(m, FoldedConv))
 
 
 def test_every_correction_is_exercised():

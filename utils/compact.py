@@ -504,11 +504,12 @@ def compact_checkpoint(ckpt_path, out_path=None, input_size: int | None = None,
 
 
 def _nominal(ckpt: dict) -> float | None:
-    """1 − CS rate − GM rate of the run, when the checkpoint names them."""
+    """1 − the run's pruning rates (CS, norm, GM), when the checkpoint names them."""
     args = ckpt.get("args")
     try:
-        return 1 - float(args["prune_rate_cs"]) - float(args["prune_rate_gm"])
-    except (TypeError, KeyError, ValueError):
+        rates = [args["prune_rate_cs"], args.get("prune_rate_norm"), args["prune_rate_gm"]]
+        return 1 - sum(float(r) for r in rates if r is not None)
+    except (TypeError, KeyError, ValueError, AttributeError):
         return None
 
 

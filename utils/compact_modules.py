@@ -320,8 +320,7 @@ class CompactResNet(nn.Module):
         mp = net["maxpool"]
         self.maxpool = nn.MaxPool2d(mp[0], mp[1], mp[2]) if mp else None
         self.blocks = nn.Sequential(*(Block(b) for b in net["blocks"]))
-        self.cifar_pool = net["pool"] == "cifar"
-        self.avgpool = GlobalAvgPool() if self.cifar_pool else nn.AdaptiveAvgPool2d(1)
+        self.avgpool = GlobalAvgPool() if net["pool"] == "cifar" else nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(*net["classifier"])
 
     def clear_cache(self) -> None:
@@ -330,16 +329,9 @@ class CompactResNet(nn.Module):
             if isinstance(m, _Cached):
                 m._cache = ((), None)
 
-    def _pool(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting() and self.cifar_pool and torch.jit.is_tracing():
-            # a traced graph keeps one branch of GlobalAvgPool's size test: the mean is right
-            # for every size (on 8×8 maps it differs from AvgPool2d(8) in the last bits only)
-            return x.mean((2, 3), keepdim=True)
-        return self.avgpool(x)
-
     def forward(self, x):
         x = F.relu_(self.stem(x))
         if self.maxpool is not None:
             x = self.maxpool(x)
         x = self.blocks(x)
-        return self.classifier(torch.flatten(self._pool(x), 1))
+        return self.classifier(torch.flatten(self.avgpool(x), 1))

@@ -419,7 +419,7 @@ def compaction_figures(model: nn.Module, compact: nn.Module, input_shape, arch: 
     """The figures of a compaction, under the keys of summary.json's ``compact`` block.
 
     ``input_shape``: (N, C, H, W) for counting; ``keep_ratio``: the fraction of filters kept,
-    ``nominal_keep_ratio``: the one asked for (1 − CS rate − GM rate), for FPGM's analytic
+    ``nominal_keep_ratio``: the one asked for (1 − the run's pruning rates), for FPGM's analytic
     FLOPs reduction at each (None where FPGM has no formula for ``arch``).
     """
     flops_d, params_d = count_flops_params(model, input_shape)
@@ -470,12 +470,11 @@ def compact_checkpoint(ckpt_path, out_path=None, input_size: int | None = None,
                        keep_ratio: float | None = None) -> dict:
     """Compact a training checkpoint (or snapshot directory), save it, and return the figures.
 
-    ``out_path`` defaults to ``model_compact.pt`` next to the checkpoint; ``input_size`` to 32
-    (CIFAR ResNets) or 224; ``keep_ratio`` (for FPGM's analytic reduction) to the fraction of
-    filters the mask keeps; the nominal one comes from the checkpoint's CS and GM rates. The
-    figures are ``compaction_figures``' (summary.json's keys) plus ``arch``, ``checkpoint``,
-    ``compact_path`` and ``input_shape`` (C, H, W: ``input_size``, else the run's, else 32
-    for the CIFAR ResNets and 224 for the others).
+    ``out_path`` defaults to ``model_compact.pt`` next to the checkpoint; ``keep_ratio`` (for
+    FPGM's analytic reduction) to the fraction of filters the mask keeps; the nominal one comes
+    from the checkpoint's pruning rates. The figures are ``compaction_figures``' (summary.json's
+    keys) plus ``arch``, ``checkpoint``, ``compact_path`` and ``input_shape`` (C, H, W: square
+    ``input_size``, else the run's, else 32 for the CIFAR ResNets and 224 for the others).
     """
     path, ckpt = _load_checkpoint(ckpt_path)
     try:

@@ -5,7 +5,8 @@
 
 Writes ``model_compact.pt`` (next to the checkpoint unless ``--out``), loadable with
 ``utils.compact.load_compact``; optionally a TorchScript file (``torch.jit.load``, no code of
-ours needed) and an ONNX file (torch's exporter, with onnx and onnxscript from requirements.txt).
+ours needed) and an ONNX file (torch's exporter, with onnx and onnxscript from requirements.txt;
+it runs in ONNX Runtime, also pinned there).
 """
 import argparse
 import sys
@@ -23,22 +24,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", default=None, metavar="PATH", help="also export to ONNX")
     p.add_argument("--torchscript", default=None, metavar="PATH", help="also export TorchScript")
     p.add_argument("--input_size", type=int, default=None,
-                   help="image side for FLOPs and exports (default: 32 CIFAR ResNets, else 224)")
+                   help="image side for FLOPs and exports (default: the run's input size)")
     p.add_argument("--keep_ratio", type=float, default=None,
                    help="p for FPGM's analytic FLOPs reduction (default: kept fraction of filters)")
     return p
 
 
 def report(fig: dict) -> str:
-    lines = [f"compact model: {fig['compact_path']}  ({fig['arch']}, "
-             f"{fig['input_size']}x{fig['input_size']} input)"]
+    """The figures of ``utils.compact.compaction_figures`` (summary.json's keys) as text."""
+    c, h, w = fig["input_shape"]
+    lines = [f"compact model: {fig['compact_path']}  ({fig['arch']}, {h}x{w} input)"]
     for what, unit in (("flops", "M MACs"), ("params", "M")):
-        d, c = fig[f"{what}_dense"], fig[f"{what}_compact"]
-        lines.append(f"{what:<7} dense {d / 1e6:9.3f}{unit}  compact {c / 1e6:9.3f}{unit}  "
+        d, n = fig[f"{what}_dense"], fig[what]
+        lines.append(f"{what:<7} dense {d / 1e6:9.3f}{unit}  compact {n / 1e6:9.3f}{unit}  "
                      f"reduction {fig[f'{what}_reduction']:.1%}")
-    analytic = fig["fpgm_analytic_flops_reduction"]
-    lines.append(f"FPGM analytic FLOPs reduction at keep ratio {fig['keep_ratio']:.3f}: "
-                 + (f"{analytic:.1%}" if analytic is not None else "n/a for this arch"))
+    for suffix, label in (("", "filters kept"), ("_nominal", "nominal: 1 - the pruning rates")):
+        if f"keep_ratio{suffix}" not in fig:
+            continue
+        analytic = fig[f"fpgm_analytic_flops_reduction{suffix}"]
+        lines.append(f"FPGM analytic FLOPs reduction at keep ratio "
+                     f"{fig[f'keep_ratio{suffix}']:.3f} ({label}): "
+                     + (f"{analytic:.1%}" if analytic is not None else "n/a for this arch"))
     lines.append(f"max relative output difference, compact vs soft-pruned: "
                  f"{fig['max_rel_error']:.1e}")
     return "\n".join(lines)
@@ -53,7 +59,7 @@ def main(argv=None) -> int:
         print(report(fig))
         if args.torchscript or args.onnx:
             model = load_compact(fig["compact_path"])
-            shape = (1, model.manifest["in_channels"], fig["input_size"], fig["input_size"])
+            shape = (1, *fig["input_shape"])
             if args.torchscript:
                 export_torchscript(model, args.torchscript, shape)
                 print(f"TorchScript: {args.torchscript}")

@@ -5,31 +5,50 @@
 ResNet-56 at the paper's 50% (CS 10% + GM 40%: ⌊0.1F⌋ + ⌊0.4F⌋ filters pruned per conv, 7 of
 16) on 32×32, and ResNet-50 at 40% (⌊0.4F⌋) on 224×224, every prunable conv pruned. BN
 statistics are random, so the pruned channels' constants, and the corrections that carry them,
-are present as in a trained network. Dense and compact runs are interleaved and the median is
-reported (CPU timings here drift by ±20-30%). ResNet-50 at batch 64 takes ~13 s per dense
-forward on one core, so it gets 3 repeats after 1 warm-up; the whole bench takes ~3 minutes
-on 2 cores.
+are present as in a trained network. Three networks per case, timed interleaved, medians:
 
-Columns: ``speedup`` = dense ÷ compact latency; ``flops`` = compact ÷ dense FLOPs (MACs);
-``speedup_vs_flops`` = speedup ÷ (1 / flops ratio), target ≥ 0.8 at batch 64. ``lanes`` is a
-diagnostic: the speedup predicted when every conv's input and output widths are rounded up to
-the SIMD width (8 floats with AVX2, 16 with AVX-512), which is how oneDNN's blocked kernels
-spend time; a width of 9 costs what 16 does. ``layout`` nhwc: both networks in
-channels_last, which suits oneDNN better at ResNet-56's small widths (it skips reordering
-activations around each conv); not run for ResNet-50, where scattering channels in that layout
-is slower than what it saves.
+* ``dense``: the soft-pruned network;
+* ``exact``: the compact network (``compact_model``), same outputs;
+* ``widths``: the same kept filters with no constant carried (``compact_model(exact=False)``):
+  what a pruner that drops the constants builds — inexact, and the latency floor for these
+  widths. ``exact/widths`` is what carrying the constants costs.
+
+in three runtimes, one thread each: eager PyTorch in NCHW and in channels_last (``nhwc``: model
+and input), and ONNX Runtime (the ``export_onnx`` file; 1 intra-op thread, no spinning).
+Times are CPU time of this process (``time.process_time``): with one thread that is the
+latency on an idle core, and neighbours on a shared machine do not inflate it.
+
+Columns: ``speedup`` = dense ÷ exact; ``flops`` = compact ÷ dense FLOPs (MACs);
+``speedup_vs_flops`` = speedup ÷ (1 / flops ratio). ``lanes`` (header): the speedup predicted
+when every conv's input and output widths are rounded up to the SIMD width (8 floats with AVX2,
+16 with AVX-512), which is how oneDNN's and ONNX Runtime's blocked kernels spend time: a width
+of 9 costs what 16 does.
+
+Summary lines: ``corrections_overhead`` = the worst exact ÷ widths over eager NCHW and nhwc at
+batch 1 and 64 and ONNX Runtime at batch 64, both networks (target ≤ 1.10);
+``slowest_compact_resnet56`` = the smallest dense ÷ exact of ResNet-56 over all rows (target
+≥ 1); ``rounded_speedup_vs_flops``: ResNet-56 with the kept filters of every pruned layer
+rounded up to a multiple of N (``utils.schedule.round_selected``, ``--round_to N``), N = 8 and
+16, at batch 64: the better row (target ≥ 0.8).
 """
 import argparse
+import contextlib
 import copy
+import io
 import math
+import os
+import tempfile
+import time
+import warnings
 
 import torch
 from torch import nn
 
 from bench.common import interleaved, randomize_bn
 from models import build_model
-from utils.compact import compact_model, count_flops_params
+from utils.compact import compact_model, count_flops_params, export_onnx
 from utils.graph import find_prunable_convs
+from utils.schedule import round_selected
 
 
 def soft_pruned(arch: str, num_classes: int, pruned_count, seed: int = 0) -> tuple[nn.Module, dict]:
@@ -67,60 +86,134 @@ def lane_macs(model: nn.Module, input_shape, lanes: int) -> int:
     return total[0]
 
 
-# name, arch, classes, input size, pruned filters of a conv with F, {batch: (repeats, warm-up)},
-# memory layouts (both networks run in the same one; channels_last only where it is cheap)
+def paper_count(f: int) -> int:
+    return f // 10 + 4 * f // 10
+
+
+# name, arch, classes, input size, pruned filters of a conv with F, {batch: (repeats, warm-up)}
 CASES = [
-    ("resnet56 50%", "resnet56", 10, 32, lambda f: f // 10 + 4 * f // 10,
-     {1: (100, 10), 64: (10, 2)}, ("nchw", "nhwc")),
+    ("resnet56 50%", "resnet56", 10, 32, paper_count, {1: (100, 10), 64: (10, 2)}),
     ("resnet50 40%", "imagenet_resnet50", 1000, 224, lambda f: 4 * f // 10,
-     {1: (20, 2), 64: (3, 1)}, ("nchw",)),
+     {1: (15, 2), 64: (3, 1)}),
 ]
+RUNTIMES = ("nchw", "nhwc", "onnxruntime")
+
+
+def _onnx_runner(model: nn.Module, shape, folder: str, name: str):
+    import onnxruntime
+
+    path = os.path.join(folder, f"{name}.onnx")
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's progress lines and deprecations
+        export_onnx(model, path, shape)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"input": x})
+
+
+def runners(nets: dict, runtime: str, shape, folder: str) -> tuple[dict, callable]:
+    """{name: fn(x)} for ``runtime`` and the function that makes its input from a tensor."""
+    if runtime == "onnxruntime":
+        fns = {k: _onnx_runner(m, shape, folder, f"{k}_{id(m)}") for k, m in nets.items()}
+        return fns, lambda x: x.numpy()
+    if runtime == "nhwc":
+        cl = torch.channels_last
+        nets = {k: copy.deepcopy(m).to(memory_format=cl) for k, m in nets.items()}
+        return nets, lambda x: x.contiguous(memory_format=cl)
+    return dict(nets), lambda x: x
+
+
+def time_row(fns: dict, make_input, batch: int, size: int, reps: int, warmup: int) -> dict:
+    x = make_input(torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1)))
+    with torch.inference_mode():
+        return interleaved({k: (lambda f=f: f(x)) for k, f in fns.items()}, reps,
+                           torch.device("cpu"), warmup, clock=time.process_time)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 repeats each: a smoke test")
     args = parser.parse_args(argv)
-    lanes = 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
-    print(f"torch {torch.__version__}, CPU {torch.backends.cpu.get_cpu_capability()} "
-          f"({lanes} float lanes), {torch.get_num_threads()} threads available; "
-          "FLOPs = multiply-accumulates; latencies are medians")
-    cpu = torch.device("cpu")
-    for name, arch, classes, size, count, plan, layouts in CASES:
-        dense, pruned = soft_pruned(arch, classes, count)
-        compact = compact_model(dense, pruned)
-        nets = {"nchw": (dense, compact)}
-        if "nhwc" in layouts:
-            cl = torch.channels_last
-            nets["nhwc"] = (copy.deepcopy(dense).to(memory_format=cl),
-                            copy.deepcopy(compact).to(memory_format=cl))
-        shape = (1, 3, size, size)
-        flops_d, params_d = count_flops_params(dense, shape)
-        flops_c, params_c = count_flops_params(compact, shape)
-        ratio = flops_c / flops_d
-        lane_speedup = lane_macs(dense, shape, lanes) / lane_macs(compact, shape, lanes)
-        print(f"\n{name}: FLOPs {flops_d / 1e6:.1f}M -> {flops_c / 1e6:.1f}M "
-              f"(-{1 - ratio:.1%}), params {params_d / 1e6:.3f}M -> {params_c / 1e6:.3f}M "
-              f"(-{1 - params_c / params_d:.1%}); predicted speedup: FLOPs {1 / ratio:.2f}x, "
-              f"lanes {lane_speedup:.2f}x")
-        print(f"{'model':<13} {'layout':<6} {'batch':>5} {'thr':>3} {'reps':>4} {'dense ms':>9} "
-              f"{'compact ms':>10} {'speedup':>7} {'flops':>6}  speedup_vs_flops  vs_lanes")
-        for layout, (d, c) in nets.items():
-            for batch, (reps, warmup) in plan.items():
-                reps, warmup = (2, 1) if args.quick else (reps, warmup)
-                x = torch.randn(batch, 3, size, size)
-                if layout == "nhwc":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                for threads in (1, 2):
-                    torch.set_num_threads(threads)
-                    with torch.inference_mode():
-                        t = interleaved({"dense": lambda: d(x), "compact": lambda: c(x)},
-                                        reps, cpu, warmup)
-                    speedup = t["dense"] / t["compact"]
-                    print(f"{name:<13} {layout:<6} {batch:>5} {threads:>3} {reps:>4} "
-                          f"{t['dense'] * 1e3:>9.2f} {t['compact'] * 1e3:>10.2f} "
-                          f"{speedup:>6.2f}x {ratio:>6.3f}  speedup_vs_flops: "
-                          f"{speedup * ratio:.2f}  {speedup / lane_speedup:>8.2f}")
+    torch.set_num_threads(1)
+    cap = torch.backends.cpu.get_cpu_capability()
+    lanes = 16 if cap.startswith("AVX512") else 8
+    import onnxruntime
+    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, CPU {cap} "
+          f"({lanes} float lanes), 1 thread; FLOPs = multiply-accumulates; times are medians "
+          "of CPU time (ms)")
+    overhead, slowest, rounded = [], [], []
+    with tempfile.TemporaryDirectory() as folder:
+        for name, arch, classes, size, count, plan in CASES:
+            dense, pruned = soft_pruned(arch, classes, count)
+            nets = {"dense": dense, "exact": compact_model(dense, pruned),
+                    "widths": compact_model(dense, pruned, exact=False)}
+            shape = (1, 3, size, size)
+            flops_d, params_d = count_flops_params(dense, shape)
+            flops_c, params_c = count_flops_params(nets["exact"], shape)
+            ratio = flops_c / flops_d
+            lane_speedup = lane_macs(dense, shape, lanes) / lane_macs(nets["exact"], shape, lanes)
+            print(f"\n{name}: FLOPs {flops_d / 1e6:.1f}M -> {flops_c / 1e6:.1f}M "
+                  f"(-{1 - ratio:.1%}), params {params_d / 1e6:.3f}M -> {params_c / 1e6:.3f}M "
+                  f"(-{1 - params_c / params_d:.1%}); predicted speedup: FLOPs {1 / ratio:.2f}x, "
+                  f"lanes {lane_speedup:.2f}x")
+            print(f"{'model':<13} {'runtime':<11} {'batch':>5} {'reps':>4} {'dense':>9} "
+                  f"{'exact':>9} {'widths':>9} {'speedup':>7} {'flops':>6}  speedup_vs_flops  "
+                  "exact/widths")
+            for runtime in RUNTIMES:
+                fns, make_input = runners(nets, runtime, shape, folder)
+                for batch, (reps, warmup) in plan.items():
+                    reps, warmup = (2, 1) if args.quick else (reps, warmup)
+                    t = time_row(fns, make_input, batch, size, reps, warmup)
+                    speedup, cost = t["dense"] / t["exact"], t["exact"] / t["widths"]
+                    print(f"{name:<13} {runtime:<11} {batch:>5} {reps:>4} "
+                          f"{t['dense'] * 1e3:>9.2f} {t['exact'] * 1e3:>9.2f} "
+                          f"{t['widths'] * 1e3:>9.2f} {speedup:>6.2f}x {ratio:>6.3f}  "
+                          f"speedup_vs_flops: {speedup * ratio:.2f}  {cost:>10.3f}", flush=True)
+                    if runtime != "onnxruntime" or batch > 1:
+                        overhead.append((cost, f"{name} {runtime} batch {batch}"))
+                    if arch == "resnet56":
+                        slowest.append((speedup, f"{runtime} batch {batch}"))
+            del fns
+            if arch == "resnet56":
+                rounded = rounded_rows(name, arch, classes, size, plan[64], args.quick, folder)
+    cost, where = max(overhead)
+    print(f"\ncorrections_overhead: {cost:.3f}  (worst exact/widths: {where}; target <= 1.10)")
+    speedup, where = min(slowest)
+    print(f"slowest_compact_resnet56: {speedup:.2f}x  (dense/exact at {where}; target >= 1)")
+    best, where = max(rounded)
+    print(f"rounded_speedup_vs_flops: {best:.2f}  ({where}; target >= 0.8)")
+
+
+def rounded_rows(name, arch, classes, size, plan, quick, folder) -> list:
+    """ResNet-56 with every pruned layer keeping a multiple of N filters (--round_to N)."""
+    reps, warmup = (2, 1) if quick else plan
+    shape = (1, 3, size, size)
+    nets, ratios = {}, {}
+    for n in (8, 16):
+        dense, pruned = soft_pruned(arch, classes, lambda f: round_selected(f, paper_count(f), n))
+        nets[f"round_to {n}"] = compact_model(dense, pruned)
+        ratios[f"round_to {n}"] = count_flops_params(nets[f"round_to {n}"], shape)[0]
+    flops_d = count_flops_params(dense, shape)[0]
+    nets["dense"] = dense
+    print(f"\n{name}, kept filters rounded up to a multiple of N (batch 64; speedup = dense / "
+          "rounded compact; compare with the rows above)")
+    print(f"{'model':<13} {'runtime':<11} {'round_to':>8} {'dense':>9} {'rounded':>9} "
+          f"{'speedup':>7} {'flops':>6}  speedup_vs_flops")
+    out = []
+    for runtime in RUNTIMES:
+        fns, make_input = runners(nets, runtime, shape, folder)
+        t = time_row(fns, make_input, 64, size, reps, warmup)
+        for n in (8, 16):
+            k = f"round_to {n}"
+            speedup, ratio = t["dense"] / t[k], ratios[k] / flops_d
+            print(f"{name:<13} {runtime:<11} {n:>8} {t['dense'] * 1e3:>9.2f} "
+                  f"{t[k] * 1e3:>9.2f} {speedup:>6.2f}x {ratio:>6.3f}  speedup_vs_flops: "
+                  f"{speedup * ratio:.2f}", flush=True)
+            out.append((speedup * ratio, f"{runtime}, round_to {n}"))
+    return out
 
 
 if __name__ == "__main__":

@@ -3,17 +3,19 @@
 In the soft-pruned network a pruned filter's weights are zero, but its channel is not silent: its
 BN maps the zero output to the constant ``beta - gamma * mean / sqrt(var + eps)`` (then ReLU, if
 any), and that constant flows on. The compact network drops the filter, its BN channel and the
-matching input channels of the next conv, and carries the constant exactly:
+matching input channels of the next conv, folds every BN into its conv, and carries the
+constant exactly:
 
 * into the next conv: through a conv without zero padding it shifts every pixel alike, which
-  the BN's running mean absorbs; with zero padding the border pixels see less of it, so it
-  becomes a per-pixel map (``ConvBN.pad_const``);
+  the folded bias absorbs; with zero padding the border pixels see less of it, so it becomes a
+  per-pixel map behind the conv (``FoldedConv.taps``);
 * into a residual add: the stream keeps its full width; narrow operands are added at their
-  channel indices, the constants of the removed channels are added as a vector (``Join``).
+  channel indices, the constants of the removed channels are added with the last conv's map
+  as one full-width map, in the same pass as the ReLU (``Block``, ``Join``).
 
-Constants and corrections are computed in float64 from the soft-pruned weights. FLOPs here
-follow the pruning papers' convention: one multiply-accumulate (MAC) = one FLOP, convolutions
-and linear layers only (FPGM's ResNet-56 = 125 M).
+Weights, constants and corrections are computed in float64 from the soft-pruned weights. FLOPs
+here follow the pruning papers' convention: one multiply-accumulate (MAC) = one FLOP,
+convolutions and linear layers only (FPGM's ResNet-56 = 125 M).
 """
 import importlib.util
 import warnings
@@ -28,13 +30,13 @@ from models import build_model
 from models.resnet_cifar import BasicBlock as CifarBlock, CifarResNet, ShortcutA
 
 from .checkpoint import atomic_save, safe_load
-from .compact_modules import CompactResNet
+from .compact_modules import CompactResNet, FoldedConv
 from .errors import UserError
 from .fpgm_flops import fpgm_flops_reduction
 from .graph import unwrap
 
 FORMAT = "fsdp-compact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: BN kept beside each conv (still loads: folded on loading)
 
 
 # -- channel bookkeeping ---------------------------------------------------------------------
@@ -72,10 +74,15 @@ def _pruned_indices(pruned: dict, name: str, filters: int) -> torch.Tensor:
 
 # -- conversion of one conv + BN -------------------------------------------------------------
 class _Converter:
-    """Walks a supported ResNet, collecting the compact spec and its state dict."""
+    """Walks a supported ResNet, collecting the compact spec and its state dict (float64).
 
-    def __init__(self, pruned: dict):
+    ``exact=False`` drops every constant a removed channel carries: the inexact network a
+    pruner that ignores them builds, with the same widths (the latency floor, for the bench).
+    """
+
+    def __init__(self, pruned: dict, exact: bool = True):
         self.pruned = {str(k): v for k, v in pruned.items()}
+        self.exact = exact
         self.used: set[str] = set()
         self.state: dict[str, torch.Tensor] = {}
 
@@ -87,48 +94,44 @@ class _Converter:
         if not (bn.affine and bn.track_running_stats):
             raise UserError(f"{name}: its BatchNorm needs affine=True and running statistics")
         self.used.add(name)
-        w = conv.weight.detach().cpu()  # weights are only sliced: no float64 copy needed
+        w = conv.weight.detach().cpu()
         filters = w.shape[0]
         drop = _pruned_indices(self.pruned, name, filters)
         if len(drop) and w[drop].count_nonzero():
             raise UserError(f"{name}: selected filters are not zero (ζ > 0: a snapshot from "
                             "before the last epoch); compact the final checkpoint")
         keep = _complement(drop, filters)
+        w = w[keep].double() if len(drop) else w.double()
         bias = (conv.bias.detach().double().cpu() if conv.bias is not None
                 else torch.zeros(filters, dtype=torch.float64))
         gamma, beta = bn.weight.detach().double().cpu(), bn.bias.detach().double().cpu()
         mean, var = bn.running_mean.double().cpu(), bn.running_var.double().cpu()
-        w_out, mean_out, pad_const = w[keep], mean[keep], None
+        scale = gamma / torch.sqrt(var + bn.eps)  # BN(y) = scale·y + shift
+        shift = beta - scale * mean
+        w_out, b_out, taps = w, (scale * bias + shift)[keep], None
         if inp.kept is not None:
             removed = _complement(inp.kept, w.shape[1])
             # what the removed input channels' constants add to each kept filter, per tap
-            taps = torch.einsum("oihw,i->ohw", w_out[:, removed].double(), inp.const[removed])
+            t = torch.einsum("oihw,i->ohw", w_out[:, removed], inp.const[removed])
             w_out = w_out[:, inp.kept]
-            if taps.count_nonzero():
-                if any(conv.padding):
-                    pad_const = taps.unsqueeze(1)
-                else:
-                    # every output pixel sees every tap: a constant shift, which BN absorbs into
-                    # its running mean (exact in eval; in training BN removes it anyway). A conv
-                    # bias would cost a pass over the output in PyTorch's 1×1-conv path.
-                    mean_out = mean_out - taps.sum((1, 2))
+            if self.exact and t.count_nonzero():
+                t = t * scale[keep].view(-1, 1, 1)
+                if any(conv.padding):  # the border sees less of it: a per-pixel map
+                    taps = t.unsqueeze(1)
+                else:  # every output pixel sees every tap: a constant, into the bias
+                    b_out = b_out + t.sum((1, 2))
         const = torch.zeros(filters, dtype=torch.float64)
-        # a dropped filter outputs its bias (0 without one); BN maps that to a constant
-        const[drop] = (bias[drop] - mean[drop]) / torch.sqrt(var[drop] + bn.eps) * gamma[drop] \
-            + beta[drop]
+        if self.exact:  # a dropped filter outputs its bias (0 without one); BN maps that on
+            const[drop] = scale[drop] * bias[drop] + shift[drop]
 
-        self.state.update({f"{prefix}.conv.weight": w_out, f"{prefix}.bn.weight": gamma[keep],
-                           f"{prefix}.bn.bias": beta[keep], f"{prefix}.bn.running_mean": mean_out,
-                           f"{prefix}.bn.running_var": var[keep],
-                           f"{prefix}.bn.num_batches_tracked": bn.num_batches_tracked.clone()})
-        if conv.bias is not None:
-            self.state[f"{prefix}.conv.bias"] = bias[keep]
-        if pad_const is not None:
-            self.state[f"{prefix}.pad_const"] = pad_const
+        self.state.update({f"{prefix}.conv.weight": w_out * scale[keep].view(-1, 1, 1, 1),
+                           f"{prefix}.conv.bias": b_out})
+        if taps is not None:
+            self.state[f"{prefix}.taps"] = taps
         spec = {"in": w_out.shape[1], "out": len(keep), "kernel": list(conv.kernel_size),
                 "stride": list(conv.stride), "padding": list(conv.padding),
-                "dilation": list(conv.dilation), "bias": conv.bias is not None,
-                "pad_const": pad_const is not None, "eps": bn.eps, "momentum": bn.momentum}
+                "dilation": list(conv.dilation), "border": taps is not None,
+                "bias": conv.bias is not None}  # the source conv's own bias, for counting
         return spec, _Channels(keep if len(drop) else None, const)
 
     # -- a residual block ---------------------------------------------------------------------
@@ -138,7 +141,8 @@ class _Converter:
         (name, conv, bn) when ``shortcut == 'conv'``."""
         specs, x = [], inp
         for i, (name, conv, bn) in enumerate(convs):
-            spec, x = self.conv_bn(name, conv, bn, x.relu() if i else x, f"{prefix}.convs.{i}")
+            where = f"{prefix}.first.{i}" if i < len(convs) - 1 else f"{prefix}.last"
+            spec, x = self.conv_bn(name, conv, bn, x.relu() if i else x, where)
             specs.append(spec)
         main = x
         ds_spec = None
@@ -161,7 +165,7 @@ class _Converter:
         if short.kept is not None:
             self.state[f"{prefix}.join.short_index"] = short.kept
         if join["const"]:
-            self.state[f"{prefix}.join.const"] = const.view(1, -1, 1, 1)
+            self.state[f"{prefix}.const"] = const.view(1, -1, 1, 1)
         return {"convs": specs, "shortcut": shortcut, "downsample": ds_spec, "join": join}
 
 
@@ -181,7 +185,7 @@ def _walk_cifar(model: CifarResNet, cv: _Converter) -> tuple[dict, nn.Linear]:
             blocks.append(cv.block(convs, shortcut, None, blk.conv_b.out_channels, x,
                                    f"blocks.{len(blocks)}"))
             x = _Channels.full(blk.conv_b.out_channels)
-    return {"stem": stem, "maxpool": None, "blocks": blocks}, model.classifier
+    return {"stem": stem, "maxpool": None, "blocks": blocks, "pool": "cifar"}, model.classifier
 
 
 def _walk_torchvision(model, cv: _Converter) -> tuple[dict, nn.Linear]:
@@ -212,7 +216,7 @@ def _walk_torchvision(model, cv: _Converter) -> tuple[dict, nn.Linear]:
             blocks.append(cv.block(convs, shortcut, down, out, x, f"blocks.{len(blocks)}"))
             x = _Channels.full(out)
     maxpool = [_int(mp.kernel_size), _int(mp.stride), _int(mp.padding)]
-    return {"stem": stem, "maxpool": maxpool, "blocks": blocks}, model.fc
+    return {"stem": stem, "maxpool": maxpool, "blocks": blocks, "pool": "adaptive"}, model.fc
 
 
 def _int(v) -> int:
@@ -242,16 +246,17 @@ def _is_torchvision_resnet(model) -> bool:
 
 # -- public API -------------------------------------------------------------------------------
 @torch.no_grad()
-def compact_model(model: nn.Module, pruned: dict) -> CompactResNet:
+def compact_model(model: nn.Module, pruned: dict, exact: bool = True) -> CompactResNet:
     """The compact network (eval mode, the model's device and dtype) of a soft-pruned one.
 
     ``pruned``: {conv module name: filter indices}, e.g. the Mask's final
     ``{c.name: mask.selected(c.name) for c in mask.convs}`` or a checkpoint's
     ``ckpt['mask']['selected']``. The selected filters must be zero (ζ = 0). ``model`` is not
-    modified.
+    modified. ``exact=False``: drop the removed channels' constants (same widths, different
+    outputs: what a pruner that ignores them builds; the bench's latency floor).
     """
     model = unwrap(model)
-    cv = _Converter(pruned)
+    cv = _Converter(pruned, exact)
     if isinstance(model, CifarResNet):
         net, fc = _walk_cifar(model, cv)
     elif _is_torchvision_resnet(model):
@@ -292,7 +297,8 @@ def save_compact(model: CompactResNet, path) -> None:
 
 
 def load_compact(path, map_location="cpu") -> CompactResNet:
-    """Rebuild a compact network saved by ``save_compact`` (eval mode); no pickled code runs."""
+    """Rebuild a compact network saved by ``save_compact`` (eval mode); no pickled code runs.
+    Files of format version 1 (BN beside each conv) are folded on loading."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist; create it with `python compact.py SNAPSHOT`")
@@ -300,12 +306,64 @@ def load_compact(path, map_location="cpu") -> CompactResNet:
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise UserError(f"{path} is not a compact model file; create one with "
                         "`python compact.py SNAPSHOT`")
-    if blob.get("version") != FORMAT_VERSION:
-        raise UserError(f"{path} has compact format version {blob.get('version')}, this code "
-                        f"reads {FORMAT_VERSION}; re-run `python compact.py` on the snapshot")
-    model = CompactResNet(blob["manifest"])
-    model.load_state_dict(blob["state_dict"], strict=True)
+    version, manifest, state = blob.get("version"), blob.get("manifest"), blob.get("state_dict")
+    if version not in (1, FORMAT_VERSION):
+        raise UserError(f"{path} has compact format version {version}, this code reads 1 and "
+                        f"{FORMAT_VERSION}; re-run `python compact.py` on the snapshot")
+    try:
+        if version == 1:
+            manifest, state = _upgrade_v1(manifest, state)
+        model = CompactResNet(manifest)
+        model.load_state_dict(state, strict=True)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        raise UserError(f"{path} is damaged ({str(e).splitlines()[0][:200]}); re-run "
+                        "`python compact.py` on the snapshot") from e
     return model.eval()
+
+
+@torch.no_grad()
+def _upgrade_v1(manifest: dict, state: dict) -> tuple[dict, dict]:
+    """Format 1 → 2: fold each BN into its conv (the padding correction ``pad_const`` came
+    before the BN, so it is scaled too) and move the join's constants to the block."""
+    state, new = dict(state), {}
+
+    def fold(spec: dict, old: str, new_prefix: str) -> dict:
+        g = lambda k: state.pop(f"{old}.{k}").double()  # noqa: E731
+        w = g("conv.weight")
+        bias = g("conv.bias") if spec["bias"] else torch.zeros(w.shape[0], dtype=torch.float64)
+        state.pop(f"{old}.bn.num_batches_tracked", None)
+        scale = g("bn.weight") / torch.sqrt(g("bn.running_var") + spec["eps"])
+        new[f"{new_prefix}.conv.weight"] = w * scale.view(-1, 1, 1, 1)
+        new[f"{new_prefix}.conv.bias"] = g("bn.bias") + scale * (bias - g("bn.running_mean"))
+        if spec["pad_const"]:
+            new[f"{new_prefix}.taps"] = g("pad_const") * scale.view(-1, 1, 1, 1)
+        keys = ("in", "out", "kernel", "stride", "padding", "dilation", "bias")
+        return {**{k: spec[k] for k in keys}, "border": bool(spec["pad_const"])}
+
+    net = dict(manifest["net"])
+    net["stem"] = fold(net["stem"], "stem", "stem")
+    blocks = []
+    for b, blk in enumerate(net["blocks"]):
+        p, n = f"blocks.{b}", len(blk["convs"])
+        convs = [fold(c, f"{p}.convs.{i}", f"{p}.first.{i}" if i < n - 1 else f"{p}.last")
+                 for i, c in enumerate(blk["convs"])]
+        ds = fold(blk["downsample"], f"{p}.downsample", f"{p}.downsample") \
+            if blk["shortcut"] == "conv" else None
+        for side in ("main", "short"):
+            if f"{p}.join.{side}_index" in state:
+                new[f"{p}.join.{side}_index"] = state.pop(f"{p}.join.{side}_index")
+        if blk["join"]["const"]:
+            new[f"{p}.const"] = state.pop(f"{p}.join.const")
+        blocks.append({**blk, "convs": convs, "downsample": ds})
+    net["blocks"] = blocks
+    net["pool"] = "cifar" if str(manifest.get("arch", "")).startswith("resnet") else "adaptive"
+    for k in ("classifier.weight", "classifier.bias"):
+        new[k] = state.pop(k)
+    if state:
+        raise KeyError(f"unexpected entries {sorted(state)[:3]}")
+    dtype = new["classifier.weight"].dtype
+    return {**manifest, "net": net}, {k: v.to(dtype) if v.is_floating_point() else v
+                                      for k, v in new.items()}
 
 
 @torch.no_grad()
@@ -313,8 +371,10 @@ def count_flops_params(model: nn.Module, input_shape) -> tuple[int, int]:
     """(FLOPs, parameters) for one forward at ``input_shape`` (N, C, H, W), in eval mode.
 
     FLOPs are multiply-accumulates of convs and linear layers (FlopCounterMode's count / 2),
-    the unit of FPGM's tables. The compact network's padding corrections are precomputed
-    constants, so they are cached by a warm-up forward and not counted.
+    the unit of FPGM's tables. The compact network's constant maps are cached by a warm-up
+    forward and not counted. Its parameters are counted as the dense network counts its own:
+    each folded conv as conv + BN (γ and β per kept filter), so the two counts compare
+    layer for layer (folding BN is a deployment detail either network could have).
     """
     was_training = model.training
     model.eval()
@@ -326,7 +386,60 @@ def count_flops_params(model: nn.Module, input_shape) -> tuple[int, int]:
             model(x)
     finally:
         model.train(was_training)
-    return counter.get_total_flops() // 2, sum(q.numel() for q in model.parameters())
+    return counter.get_total_flops() // 2, _architecture_params(model)
+
+
+def _architecture_params(model: nn.Module) -> int:
+    if not isinstance(model, CompactResNet):
+        return sum(q.numel() for q in model.parameters())
+    total = 0
+    for m in model.modules():
+        if isinstance(m, FoldedConv):  # weight, the source conv's bias if any, BN's γ and β
+            total += m.conv.weight.numel() + m.conv.out_channels * (2 + m.source_bias)
+    return total + sum(q.numel() for q in model.classifier.parameters())
+
+
+@torch.no_grad()
+def max_rel_error(reference: nn.Module, model: nn.Module, input_shape, batch: int = 4) -> float:
+    """max |model − reference| / max |reference| on random inputs (seed 0), eval mode."""
+    p = next(reference.parameters())
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((batch,) + tuple(input_shape)[1:], generator=gen).to(p.device, p.dtype)
+    was = reference.training, model.training
+    reference.eval(), model.eval()
+    try:
+        ref = reference(x)
+        return ((model(x) - ref).abs().max() / ref.abs().max().clamp(min=1e-12)).item()
+    finally:
+        reference.train(was[0]), model.train(was[1])
+
+
+def compaction_figures(model: nn.Module, compact: nn.Module, input_shape, arch: str,
+                       keep_ratio: float, nominal_keep_ratio: float | None = None) -> dict:
+    """The figures of a compaction, under the keys of summary.json's ``compact`` block.
+
+    ``input_shape``: (N, C, H, W) for counting; ``keep_ratio``: the fraction of filters kept,
+    ``nominal_keep_ratio``: the one asked for (1 − the run's pruning rates), for FPGM's analytic
+    FLOPs reduction at each (None where FPGM has no formula for ``arch``).
+    """
+    flops_d, params_d = count_flops_params(model, input_shape)
+    flops_c, params_c = count_flops_params(compact, input_shape)
+
+    def analytic(p):
+        try:
+            return fpgm_flops_reduction(arch, p)
+        except UserError:
+            return None
+
+    fig = {"flops_unit": "multiply-accumulates", "flops_dense": flops_d, "flops": flops_c,
+           "flops_reduction": 1 - flops_c / flops_d, "params_dense": params_d,
+           "params": params_c, "params_reduction": 1 - params_c / params_d,
+           "keep_ratio": keep_ratio, "fpgm_analytic_flops_reduction": analytic(keep_ratio)}
+    if nominal_keep_ratio is not None:
+        fig["keep_ratio_nominal"] = nominal_keep_ratio
+        fig["fpgm_analytic_flops_reduction_nominal"] = analytic(nominal_keep_ratio)
+    fig["max_rel_error"] = max_rel_error(unwrap(model), compact, input_shape)
+    return fig
 
 
 # -- snapshots and exports --------------------------------------------------------------------
@@ -357,10 +470,11 @@ def compact_checkpoint(ckpt_path, out_path=None, input_size: int | None = None,
                        keep_ratio: float | None = None) -> dict:
     """Compact a training checkpoint (or snapshot directory), save it, and return the figures.
 
-    ``out_path`` defaults to ``model_compact.pt`` next to the checkpoint; ``input_size`` to 32
-    (CIFAR ResNets) or 224; ``keep_ratio`` (for FPGM's analytic reduction) to the fraction of
-    filters the mask keeps. Returns FLOPs (MACs) and parameters of both networks, their
-    reductions, and ``max_rel_error`` between them on random inputs.
+    ``out_path`` defaults to ``model_compact.pt`` next to the checkpoint; ``keep_ratio`` (for
+    FPGM's analytic reduction) to the fraction of filters the mask keeps; the nominal one comes
+    from the checkpoint's pruning rates. The figures are ``compaction_figures``' (summary.json's
+    keys) plus ``arch``, ``checkpoint``, ``compact_path`` and ``input_shape`` (C, H, W: square
+    ``input_size``, else the run's, else 32 for the CIFAR ResNets and 224 for the others).
     """
     path, ckpt = _load_checkpoint(ckpt_path)
     try:
@@ -375,26 +489,27 @@ def compact_checkpoint(ckpt_path, out_path=None, input_size: int | None = None,
     out_path = Path(out_path) if out_path else path.parent / "model_compact.pt"
     save_compact(compact, out_path)
 
-    size = input_size or (32 if isinstance(dense, CifarResNet) else 224)
-    shape = (1, int(ckpt["in_channels"]), size, size)
-    flops_d, params_d = count_flops_params(dense, shape)
-    flops_c, params_c = count_flops_params(compact, shape)
-    x = torch.randn((4,) + shape[1:], generator=torch.Generator().manual_seed(0))
-    ref = dense(x)
-    err = ((compact(x) - ref).abs().max() / ref.abs().max().clamp(min=1e-12)).item()
+    if input_size:
+        shape = (1, int(ckpt["in_channels"]), input_size, input_size)
+    elif isinstance(ckpt.get("input_shape"), (list, tuple)) and len(ckpt["input_shape"]) == 3:
+        shape = (1, *map(int, ckpt["input_shape"]))  # what the run's data gave the model
+    else:
+        size = 32 if isinstance(dense, CifarResNet) else 224
+        shape = (1, int(ckpt["in_channels"]), size, size)
     p = keep_ratio if keep_ratio is not None else _keep_ratio(dense, selected)
-    try:
-        analytic = fpgm_flops_reduction(ckpt["arch"], p)
-    except UserError:
-        analytic = None
+    fig = compaction_figures(dense, compact, shape, ckpt["arch"], p, _nominal(ckpt))
     return {"arch": ckpt["arch"], "checkpoint": str(path), "compact_path": str(out_path),
-            "input_size": size, "flops_unit": "multiply-accumulates",
-            "flops_dense": flops_d, "flops_compact": flops_c,
-            "flops_reduction": 1 - flops_c / flops_d,
-            "params_dense": params_d, "params_compact": params_c,
-            "params_reduction": 1 - params_c / params_d,
-            "keep_ratio": p, "fpgm_analytic_flops_reduction": analytic,
-            "max_rel_error": err}
+            "input_shape": list(shape[1:]), **fig}
+
+
+def _nominal(ckpt: dict) -> float | None:
+    """1 − the run's pruning rates (CS, norm, GM), when the checkpoint names them."""
+    args = ckpt.get("args")
+    try:
+        rates = [args["prune_rate_cs"], args.get("prune_rate_norm"), args["prune_rate_gm"]]
+        return 1 - sum(float(r) for r in rates if r is not None)
+    except (TypeError, KeyError, ValueError, AttributeError):
+        return None
 
 
 def export_torchscript(model: nn.Module, path, input_shape) -> None:

@@ -19,7 +19,7 @@ from models import build_model
 from . import distributed as dist
 from .checkpoint import safe_load
 from .cli import check_args
-from .compact import compact_model, count_flops_params, fpgm_flops_reduction, save_compact
+from .compact import compact_model, compaction_figures, save_compact
 from .cs_ranker import CSRanker
 from .data import Data
 from .engine import (NonFiniteLoss, evaluate, lr_at, refreshed_bn_copy, train_one_epoch)
@@ -402,7 +402,8 @@ class Trainer:
         }
 
     def _compact(self) -> dict | None:
-        """The physically smaller network: built, saved and measured (model_compact.pt)."""
+        """The physically smaller network: built, saved and measured (model_compact.pt); the
+        figures are compact.py's, from one function (``utils.compact.compaction_figures``)."""
         args, mask = self.args, self.mask
         try:
             compact = compact_model(self.model, {c.name: mask.selected(c.name)
@@ -413,26 +414,12 @@ class Trainer:
         if dist.is_main():
             save_compact(compact, os.path.join(args.save_path, "model_compact.pt"))
         test = self._evaluate(compact)
-        shape = (1, *self.data.input_shape)
-        flops_d, params_d = count_flops_params(self.model, shape)
-        flops_c, params_c = count_flops_params(compact, shape)
         keep = 1 - mask.total_selected() / max(mask.total_filters(), 1)
         nominal = 1 - args.prune_rate_cs - args.prune_rate_norm - args.prune_rate_gm
-
-        def analytic(p):
-            try:
-                return fpgm_flops_reduction(args.arch, p)
-            except UserError:
-                return None
-
+        figures = compaction_figures(self.model, compact, (1, *self.data.input_shape),
+                                     args.arch, keep, nominal)
         return {"path": "model_compact.pt", "top1": test["top1"], "top5": test["top5"],
-                "loss": test["loss"], "flops_unit": "multiply-accumulates",
-                "flops_dense": flops_d, "flops": flops_c, "flops_reduction": 1 - flops_c / flops_d,
-                "params_dense": params_d, "params": params_c,
-                "params_reduction": 1 - params_c / params_d,
-                "keep_ratio": keep, "fpgm_analytic_flops_reduction": analytic(keep),
-                "keep_ratio_nominal": nominal,
-                "fpgm_analytic_flops_reduction_nominal": analytic(nominal)}
+                "loss": test["loss"], **figures}
 
 
 def _load_pretrained(model, path: str, arch: str) -> None:

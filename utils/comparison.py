@@ -18,6 +18,7 @@ class Run:
     folder: str
     summary: dict
     curve: list[tuple[int, float]]  # (epoch, test top-1)
+    refreshed: list[tuple[int, float]]  # the same with BN re-estimated (--eval_bn_refresh)
 
     @property
     def rates(self) -> dict:
@@ -39,12 +40,15 @@ def load_run(folder: str) -> Run | None:
         with open(os.path.join(folder, "summary.json")) as f:
             summary = json.load(f)
         with open(os.path.join(folder, "metrics.csv")) as f:
-            curve = [(int(r["epoch"]), float(r["test_top1"])) for r in csv.DictReader(f)]
+            metrics = list(csv.DictReader(f))
+        curve = [(int(r["epoch"]), float(r["test_top1"])) for r in metrics]
+        refreshed = [(int(r["epoch"]), float(r["test_top1_refreshed"])) for r in metrics
+                     if r.get("test_top1_refreshed")]
     except (OSError, ValueError, KeyError):
         return None
     if not isinstance(summary, dict) or "final_top1" not in summary:
         return None
-    return Run(folder, summary, curve)
+    return Run(folder, summary, curve, refreshed)
 
 
 def _dense_for(run: Run, runs: list[Run]) -> Run | None:

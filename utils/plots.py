@@ -54,6 +54,9 @@ def plot_comparison(runs, table: list[dict], path: str) -> None:
     for run, row in zip(runs, table):
         label = f"{row['run']} ({row['method']})"
         line, = curves.plot([e for e, _ in run.curve], [a for _, a in run.curve], label=label)
+        if run.refreshed:
+            curves.plot([e for e, _ in run.refreshed], [a for _, a in run.refreshed], "--",
+                        color=line.get_color(), label=f"{row['run']}, BN re-estimated")
         red = row["flops_reduction"]
         trade.scatter([100 * (red or 0)], [row["top1"]], color=line.get_color())
         trade.annotate(row["method"], (100 * (red or 0), row["top1"]), textcoords="offset points",

@@ -211,6 +211,7 @@ class Trainer:
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.history, self.wall = [], 0.0
         self.start_epoch, self.start_batch, self.epoch_state = 0, 0, None
+        self._refresh_loader = None  # --eval_bn_refresh, built on first use
 
     # -- the steps of a run ------------------------------------------------------------------
     def start(self) -> None:
@@ -348,7 +349,7 @@ class Trainer:
         n = self.args.eval_bn_refresh
         if not n:
             return {}
-        if not hasattr(self, "_refresh_loader"):
+        if self._refresh_loader is None:
             sampler = EpochSampler(len(self.data.train), self.args.manualSeed, BN_REFRESH,
                                    dist.rank(), dist.world_size(), order=self.data.train_order)
             self._refresh_loader = _loader(self.data.train, self.batch, self.args, self.device,

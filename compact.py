@@ -4,15 +4,15 @@
         [--onnx model.onnx] [--torchscript model_ts.pt] [--input_size 32]
 
 Writes ``model_compact.pt`` (next to the checkpoint unless ``--out``), loadable with
-``utils.compact.load_compact``; optionally a TorchScript file (``torch.jit.load``, no code of
+``utils.compaction.load_compact``; optionally a TorchScript file (``torch.jit.load``, no code of
 ours needed) and an ONNX file (torch's exporter, with onnx and onnxscript from requirements.txt;
 it runs in ONNX Runtime, also pinned there).
 """
 import argparse
 import sys
 
-from utils.compact import (check_onnx_exporter, compact_checkpoint, export_onnx,
-                           export_torchscript, load_compact)
+from utils.compaction import (check_onnx_exporter, compact_checkpoint, export_onnx,
+                              export_torchscript, load_compact)
 from utils.errors import UserError
 
 
@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def report(fig: dict) -> str:
-    """The figures of ``utils.compact.compaction_figures`` (summary.json's keys) as text."""
+    """The figures of ``utils.compaction.compaction_figures`` (summary.json's keys) as text."""
     c, h, w = fig["input_shape"]
     lines = [f"compact model: {fig['compact_path']}  ({fig['arch']}, {h}x{w} input)"]
     for what, unit in (("flops", "M MACs"), ("params", "M")):

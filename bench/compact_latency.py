@@ -46,7 +46,7 @@ from torch import nn
 
 from bench.common import interleaved, randomize_bn
 from models import build_model
-from utils.compact import compact_model, count_flops_params, export_onnx
+from utils.compaction import compact_cost, compact_model, export_onnx, network_cost
 from utils.graph import find_prunable_convs
 from utils.schedule import round_selected
 
@@ -148,11 +148,11 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         for name, arch, classes, size, count, plan in CASES:
             dense, pruned = soft_pruned(arch, classes, count)
-            nets = {"dense": dense, "exact": compact_model(dense, pruned),
-                    "widths": compact_model(dense, pruned, exact=False)}
             shape = (1, 3, size, size)
-            flops_d, params_d = count_flops_params(dense, shape)
-            flops_c, params_c = count_flops_params(nets["exact"], shape)
+            nets = {"dense": dense, "exact": compact_model(dense, pruned, input_shape=shape),
+                    "widths": compact_model(dense, pruned, exact=False, input_shape=shape)}
+            flops_d, params_d = network_cost(dense, shape)
+            flops_c, params_c = compact_cost(nets["exact"], shape)
             ratio = flops_c / flops_d
             lane_speedup = lane_macs(dense, shape, lanes) / lane_macs(nets["exact"], shape, lanes)
             print(f"\n{name}: FLOPs {flops_d / 1e6:.1f}M -> {flops_c / 1e6:.1f}M "
@@ -194,9 +194,9 @@ def rounded_rows(name, arch, classes, size, plan, quick, folder) -> list:
     nets, ratios = {}, {}
     for n in (8, 16):
         dense, pruned = soft_pruned(arch, classes, lambda f: round_selected(f, paper_count(f), n))
-        nets[f"round_to {n}"] = compact_model(dense, pruned)
-        ratios[f"round_to {n}"] = count_flops_params(nets[f"round_to {n}"], shape)[0]
-    flops_d = count_flops_params(dense, shape)[0]
+        nets[f"round_to {n}"] = compact_model(dense, pruned, input_shape=shape)
+        ratios[f"round_to {n}"] = compact_cost(nets[f"round_to {n}"], shape)[0]
+    flops_d = network_cost(dense, shape)[0]
     nets["dense"] = dense
     print(f"\n{name}, kept filters rounded up to a multiple of N (batch 64; speedup = dense / "
           "rounded compact; compare with the rows above)")

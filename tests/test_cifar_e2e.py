@@ -86,7 +86,7 @@ def test_snapshot_is_complete(full_run):
     assert c["flops_dense"] == summary["flops_dense"] and 0.5 < c["flops_reduction"] < 0.7
     assert 0.5 < c["fpgm_analytic_flops_reduction_nominal"] < 0.7
     from models import build_model
-    from utils.compact import load_compact
+    from utils.compaction import load_compact
     dense = build_model("resnet20", 10)
     dense.load_state_dict(ckpt["model"])
     x = torch.randn(8, 3, 32, 32)

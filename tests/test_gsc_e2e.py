@@ -87,7 +87,7 @@ def test_snapshot_zero_filters_compact_network_and_cs_data(data_root, full_run):
     assert summary["dataset"] == "gsc" and summary["epochs"] == EPOCHS
 
     from models import build_model
-    from utils.compact import load_compact
+    from utils.compaction import load_compact
     dense = build_model("resnet20", 12, 1)
     dense.load_state_dict(ckpt["model"])
     x = torch.randn(8, 1, 32, 32)

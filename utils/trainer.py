@@ -19,12 +19,12 @@ from models import build_model
 from . import distributed as dist
 from .checkpoint import safe_load
 from .cli import check_args
-from .compact import compact_model, compaction_figures, save_compact
+from .compaction import NetworkCost, compact_model, compaction_figures, save_compact
+from .compaction.tracing import trace
 from .cs_ranker import CSRanker
 from .data import Data
 from .engine import (NonFiniteLoss, evaluate, lr_at, refreshed_bn_copy, train_one_epoch)
 from .errors import UserError
-from .flops import effective_cost, layer_geometry
 from .graph import find_prunable_convs
 from .logger import RunLog
 from .mask import Mask
@@ -82,6 +82,7 @@ def _one_line(e: UserError) -> str:
 
 
 def run(args, make_data, resume_keys: tuple = ()) -> int:
+    check_architecture(args.arch)
     device = dist.init_from_env(args.device)
     seed_given = args.manualSeed is not None
     args.manualSeed = dist.broadcast_object(args.manualSeed if seed_given
@@ -105,6 +106,29 @@ def run(args, make_data, resume_keys: tuple = ()) -> int:
         return code
     trainer.finish()
     return 0
+
+
+def check_architecture(arch: str) -> None:
+    """Refuse, before any data is read, a model FSDP can neither prune nor trace (the cost
+    of every epoch and the compact network come from its fx graph)."""
+    try:
+        with torch.device("meta"):  # no memory, no initialisation cost
+            model = build_model(arch, 10, 3)
+    except Exception:  # a builder that reads tensor values (RegNet's widths)
+        model = build_model(arch, 10, 3)
+    if not find_prunable_convs(model):
+        raise UserError(f"--arch {arch} has no Conv2d whose output goes only to a "
+                        f"BatchNorm2d ({_why_no_pairs(model)}), so FSDP has no filter to "
+                        "prune; choose a CNN with BatchNorm, e.g. --arch resnet50")
+    trace(model)
+
+
+def _why_no_pairs(model) -> str:
+    kinds = {type(m).__name__ for m in model.modules()}
+    if "BatchNorm2d" not in kinds:
+        norms = sorted(k for k in kinds if k.endswith("Norm") or "Norm2d" in k)
+        return f"it normalises with {', '.join(norms)}" if norms else "it has no BatchNorm2d"
+    return "no conv feeds a BatchNorm2d alone"
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
@@ -203,8 +227,8 @@ class Trainer:
                                          nesterov=bool(args.nesterov))
         self.scaler = (torch.amp.GradScaler(device.type)
                        if self.amp_dtype == torch.float16 else None)
-        self.geometry = layer_geometry(self.model, data.input_shape)
-        self.dense_cost = effective_cost(self.model, self.geometry, self.convs, {})
+        self.cost = NetworkCost(self.model, data.input_shape)  # the compactor's graph walk
+        self.dense_cost = self.cost({})
         self.net = self.model
         if world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
@@ -293,8 +317,7 @@ class Trainer:
             self.mask.update(self.model, epoch)
         test = self._evaluate(self.model)
         refreshed = self._evaluate_refreshed(epoch)
-        flops, params = effective_cost(self.model, self.geometry, self.convs,
-                                       self.mask.selected_counts())
+        flops, params = self.cost(self._selection())
         seconds = time.time() - t0
         self.wall += seconds
         at = self.schedule.at(epoch)
@@ -402,13 +425,16 @@ class Trainer:
             "wall_seconds": round(self.wall, 1), "seed": args.manualSeed,
         }
 
+    def _selection(self) -> dict:
+        return {c.name: self.mask.selected(c.name) for c in self.convs}
+
     def _compact(self) -> dict | None:
         """The physically smaller network: built, saved and measured (model_compact.pt); the
-        figures are compact.py's, from one function (``utils.compact.compaction_figures``)."""
+        figures are compact.py's, from one function (``compaction.compaction_figures``)."""
         args, mask = self.args, self.mask
         try:
-            compact = compact_model(self.model, {c.name: mask.selected(c.name)
-                                                 for c in self.convs})
+            compact = compact_model(self.model, self._selection(),
+                                    input_shape=self.data.input_shape, arch=args.arch)
         except UserError as e:  # an architecture compaction does not know: the run still counts
             self.log(f"warning: no compact network ({e})")
             return None
@@ -417,8 +443,8 @@ class Trainer:
         test = self._evaluate(compact)
         keep = 1 - mask.total_selected() / max(mask.total_filters(), 1)
         nominal = 1 - args.prune_rate_cs - args.prune_rate_norm - args.prune_rate_gm
-        figures = compaction_figures(self.model, compact, (1, *self.data.input_shape),
-                                     args.arch, keep, nominal)
+        figures = compaction_figures(self.model, compact, self.data.input_shape, args.arch,
+                                     keep, nominal)
         return {"path": "model_compact.pt", "top1": test["top1"], "top5": test["top5"],
                 "loss": test["loss"], **figures}
 

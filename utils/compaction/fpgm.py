@@ -4,7 +4,7 @@ Their counting (``utils/cifar_resnet_flop.py`` of he-y/soft-filter-pruning, and 
 counterpart) is analytic, not measured: conv multiply-accumulates only, each at its stage's
 output resolution. Reproduced here, quirks included, because the published numbers use it.
 """
-from .errors import UserError
+from ..errors import UserError
 
 
 def fpgm_flops_reduction(arch: str, keep_ratio: float) -> float:

@@ -1,0 +1,45 @@
+"""Soft-pruned networks for the compaction tests: random BN statistics, filters zeroed."""
+import torch
+
+from bench.common import randomize_bn
+from models import build_model
+from utils.graph import find_prunable_convs
+
+
+def random_model(arch, seed=0, num_classes=10):
+    """BN statistics and affine parameters random, so every pruned channel carries a
+    non-trivial constant (a freshly initialised BN would map zero to zero)."""
+    gen = torch.Generator().manual_seed(seed)
+    if arch == "tiny_bottleneck":  # bottlenecks with and without downsample, few convs
+        from torchvision.models.resnet import Bottleneck, ResNet
+        model = ResNet(Bottleneck, [2, 1, 1, 1], num_classes=num_classes)
+    else:
+        model = build_model(arch, num_classes)
+    randomize_bn(model, gen)
+    return model.eval()
+
+
+@torch.no_grad()
+def prune(model, rate, seed=0):
+    """Zero filters as FSDP leaves them; returns {conv name: indices}. ``rate``: fraction per
+    conv; "one": all but one; "mixed": a random count per conv from none to all but one, so
+    narrow and full-width tensors meet in every combination."""
+    gen = torch.Generator().manual_seed(seed)
+    pruned = {}
+    for c in find_prunable_convs(model):
+        f = c.filters
+        k = {"one": f - 1, "mixed": int(torch.randint(f, (), generator=gen))}.get(rate)
+        k = int(rate * f) if k is None else k
+        idx = torch.randperm(f, generator=gen)[:k]
+        c.conv.weight[idx] = 0
+        pruned[c.name] = idx
+    return pruned
+
+
+def soft_pruned(arch, rate, seed=0):
+    model = random_model(arch, seed)
+    return model, prune(model, rate, seed)
+
+
+def rel_error(a, b):
+    return ((a - b).abs().max() / a.abs().max()).item()

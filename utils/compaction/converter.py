@@ -1,0 +1,206 @@
+"""The graph walk: the dense network's fx graph → the compact graph (``Builder``).
+
+``DenseGraph`` traces the model once and records its shapes; ``convert`` walks it for one
+set of pruned filters. The same walk builds the compact network (``exact``: the constants
+carried, ``check``: the pruned filters verified zero) and counts what it costs at any point
+of training (``utils.compaction.cost``: the selected filters taken as pruned).
+"""
+import collections
+
+import torch
+from torch import fx, nn
+
+from ..errors import UserError
+from ..graph import unwrap
+from . import convs, ops
+from .builder import Builder
+from .liveness import channels_needed
+from .materialise import realise
+from .state import ChannelView, Ref, T
+from .tracing import Op, classify, propagate_shapes, shape_of, trace
+
+HANDLERS = {"conv": convs.convert_conv, "linear": convs.convert_linear, "bn": convs.convert_bn,
+            "act": ops.convert_act, "add": ops.convert_add, "mul": ops.convert_mul,
+            "cat": ops.convert_cat, "split": ops.convert_split, "slice": ops.convert_slice,
+            "pool": ops.convert_pool, "flatten": ops.convert_flatten,
+            "reshape": ops.convert_reshape, "zeros": ops.convert_zeros}
+
+
+def example_input(model: nn.Module, input_shape) -> torch.Tensor:
+    """Zeros of ``input_shape`` ((C, H, W) or (N, C, H, W)), batch 1, on the model's device."""
+    shape = tuple(int(s) for s in input_shape)[-3:]
+    p = next(model.parameters())
+    return torch.zeros((1,) + shape, dtype=p.dtype, device=p.device)
+
+
+class DenseGraph:
+    """The traced model with every node's shape and op; reused for every conversion."""
+
+    def __init__(self, model: nn.Module, input_shape, lenient: bool = False):
+        """``lenient``: ops the compactor does not understand become opaque full-width
+        nodes (enough to count a cost) instead of a refusal."""
+        self.model = unwrap(model)
+        self.input_shape = tuple(int(s) for s in input_shape)[-3:]
+        self.lenient = lenient
+        self.gm = trace(self.model)
+        was = self.model.training
+        self.model.eval()  # BN in training mode would update its statistics
+        try:
+            propagate_shapes(self.gm, example_input(self.model, input_shape))
+        finally:
+            self.model.train(was)
+        self.modules = dict(self.gm.named_modules())
+        self.ops = [self._classify(node) for node in self.gm.graph.nodes]
+        self.pairs = self._bn_pairs()
+
+    def _classify(self, node: fx.Node) -> Op:
+        try:
+            return classify(node, self.modules)
+        except UserError:
+            if not self.lenient:
+                raise
+            return Op("opaque", node, [a for a in node.all_input_nodes
+                                       if shape_of(a) is not None])
+
+    def _bn_pairs(self) -> dict:
+        """{conv fx node: its BN fx node}: a conv whose only consumer is a BatchNorm2d, the
+        prunable convs of ``utils.graph`` (their BN folds into them)."""
+        pairs, seen = {}, {}
+        for op in self.ops:
+            if op.kind == "conv":
+                seen[op.module] = seen.get(op.module, 0) + 1
+                users = list(op.node.users)
+                if len(users) == 1 and users[0].op == "call_module" and \
+                        isinstance(self.modules[users[0].target], nn.BatchNorm2d):
+                    pairs[op.node] = users[0]
+        shared = [n.target for n in pairs if seen[self.modules[n.target]] > 1]
+        if shared:
+            raise UserError(f"cannot compact: conv '{shared[0]}' is called more than once")
+        return pairs
+
+    def prunable(self) -> set:
+        return {node.target for node in self.pairs}
+
+
+class Converter:
+    """One walk of a DenseGraph; ``states`` maps each fx node to how the compact graph
+    holds it (``state.T``, a ``ChannelView``, or a tuple of them for a split)."""
+
+    def __init__(self, graph: DenseGraph, pruned: dict, exact: bool, check: bool):
+        self.graph, self.modules, self.pairs = graph, graph.modules, graph.pairs
+        self.exact, self.check = exact, check
+        self.masks = _pruned_masks(graph, pruned)
+        self.need = channels_needed(graph.ops, self.masks)
+        self.b = Builder()
+        self.states: dict = {}
+        self.fused: dict = {}  # relu nodes a residual add already applied
+        self.realised: dict = {}
+        self.input_node = "input"
+        self.output = None
+        self.used: collections.Counter = collections.Counter()  # which rules fired (tests)
+
+    def note(self, rule: str) -> None:
+        self.used[rule] += 1
+
+    def state(self, node: fx.Node):
+        return self.states[node]
+
+    def pruned_mask(self, name: str, filters: int) -> torch.Tensor:
+        return self.masks.get(name, torch.zeros(filters, dtype=torch.bool))
+
+    def needed(self, node: fx.Node, width: int) -> torch.Tensor:
+        return self.need.get(node, torch.zeros(width, dtype=torch.bool))
+
+    def fusable_relu(self, node: fx.Node):
+        """The ReLU that is the only consumer of ``node``, if any (fused into the join)."""
+        users = list(node.users)
+        if len(users) == 1:
+            op = self._ops[users[0]]
+            if op.kind == "act" and op.attrs["fn"] == "relu":
+                return op
+        return None
+
+    def _convert(self, op):
+        if op.kind == "opaque":
+            return opaque(self, op)
+        try:
+            return HANDLERS[op.kind](self, op)
+        except UserError:
+            if not self.graph.lenient:
+                raise
+            return opaque(self, op)
+
+    def run(self) -> "Converter":
+        self._ops = {op.node: op for op in self.graph.ops}
+        for op in self.graph.ops:
+            node = op.node
+            if node in self.fused:
+                self.states[node] = self.fused[node]
+            elif op.kind == "input":
+                width = shape_of(node)[1]
+                self.states[node] = T(width, torch.arange(width), self.input_node,
+                                      torch.zeros(width, dtype=torch.float64),
+                                      Ref(self.input_node))
+            elif op.kind == "output":
+                self.output = ops.convert_output(self, self.state(op.inputs[0]))
+            elif op.kind == "meta":
+                continue
+            elif op.kind == "identity":
+                self.states[node] = self.state(op.inputs[0])
+            elif op.kind == "item":
+                self.states[node] = self.state(op.inputs[0])[op.attrs["index"]]
+            elif op.kind == "bn" and any(node is bn for bn in self.pairs.values()):
+                self.states[node] = self.state(op.inputs[0])  # folded into its conv
+            else:
+                self.states[node] = self._convert(op)
+            if isinstance(self.states.get(node), ChannelView) and op.kind not in (
+                    "reshape", "flatten", "identity"):
+                raise UserError(f"cannot compact: fx node {node.name} uses a regrouped channel "
+                                "view other than to reshape it back")
+        return self
+
+
+def opaque(cv, op):
+    """An op only counted, not compacted: its inputs at full width, its output computed."""
+    inputs = []
+    for node in op.inputs:
+        x = cv.state(node)
+        x = x.base if isinstance(x, ChannelView) else x
+        if isinstance(x, T):
+            inputs.append(realise(cv, x, torch.arange(x.width)))
+    module = cv.modules.get(op.node.target) if op.node.op == "call_module" else None
+    params = sum(p.numel() for p in module.parameters()) if module is not None else 0
+    node = cv.b.data("opaque", inputs, {"params": params})
+    shape = shape_of(op.node)
+
+    def full(s):
+        width = s[1] if len(s) > 1 else 1
+        return T(width, torch.arange(width), node, torch.zeros(width, dtype=torch.float64),
+                 Ref(node), spatial=len(s) == 4)
+
+    return tuple(full(s) for s in shape) if isinstance(shape, list) else full(shape)
+
+
+def _pruned_masks(graph: DenseGraph, pruned: dict) -> dict:
+    masks, prunable = {}, graph.prunable()
+    unknown = sorted(str(k) for k in pruned if str(k) not in prunable)
+    if unknown:
+        raise UserError(f"pruned layers {unknown} are not prunable convs of this model; pass the "
+                        "mask saved with this very architecture")
+    for name, idx in pruned.items():
+        m = graph.modules[str(name)]
+        idx = torch.as_tensor(idx, dtype=torch.long).cpu().flatten().unique()
+        if len(idx) and (idx.min() < 0 or idx.max() >= m.out_channels):
+            raise UserError(f"pruned filters of {name} must lie in 0..{m.out_channels - 1}, got "
+                            f"{idx.tolist()}; pass the mask of this very model")
+        if len(idx) == m.out_channels:
+            raise UserError(f"all {m.out_channels} filters of {name} are pruned; keep at least "
+                            "one per layer (lower the pruning rate)")
+        mask = torch.zeros(m.out_channels, dtype=torch.bool)
+        mask[idx] = True
+        masks[str(name)] = mask
+    return masks
+
+
+def convert(graph: DenseGraph, pruned: dict, exact: bool = True, check: bool = True) -> Converter:
+    return Converter(graph, {str(k): v for k, v in pruned.items()}, exact, check).run()

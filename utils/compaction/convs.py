@@ -1,0 +1,296 @@
+"""Convolutions, linear layers and BatchNorms in the compact graph.
+
+A conv keeps the filters that are kept, needed (``liveness``) and read at least one computed
+channel of their group. Its BatchNorm is folded in (weight × scale, bias). What the input's
+other channels contribute is carried exactly: a uniform channel through a conv without zero
+padding shifts every pixel alike (into the bias); with zero padding the border pixels see
+less of it, a per-pixel map (``conv2d(ones, taps)``, pending behind the conv); maps go
+through the conv as maps; scaled channels become a per-sample bias. A kept filter whose group
+has no computed input is itself constant: uniform or a map. In a grouped conv every compact
+group needs the same widths, so short groups get padding inputs (zero weights) and take
+pruned filters of their own group as fillers (zero weights, their exact constant as bias).
+"""
+import torch
+
+from ..errors import UserError
+from .materialise import fold, gather
+from .state import Maps, Ref, T, positions
+from .tracing import shape_of
+
+
+def _fold_bn(bn, filters: int):
+    if bn is None:
+        return torch.ones(filters, dtype=torch.float64), torch.zeros(filters, dtype=torch.float64)
+    if not bn.track_running_stats or bn.running_var is None:
+        raise UserError(f"cannot compact: the BatchNorm after a conv has no running "
+                        "statistics (track_running_stats=False), so it cannot be folded")
+    var, mean = bn.running_var.detach().double().cpu(), bn.running_mean.detach().double().cpu()
+    gamma = bn.weight.detach().double().cpu() if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias.detach().double().cpu() if bn.bias is not None else torch.zeros_like(var)
+    scale = gamma / torch.sqrt(var + bn.eps)
+    return scale, beta - scale * mean
+
+
+def convert_conv(cv, op) -> T:
+    node, m = op.node, op.module
+    if m.padding_mode != "zeros" or isinstance(m.padding, str):
+        raise UserError(f"cannot compact: conv '{node.target}' pads with "
+                        f"{m.padding!r}/{m.padding_mode}; only numeric zero padding is understood")
+    x = cv.state(op.inputs[0])
+    bn_node = cv.pairs.get(node)
+    bn = cv.modules[bn_node.target] if bn_node is not None else None
+    groups, filters = m.groups, m.out_channels
+    w = m.weight.detach().double().cpu()
+    bias = m.bias.detach().double().cpu() if m.bias is not None else torch.zeros(filters,
+                                                                                 dtype=torch.float64)
+    scale, shift = _fold_bn(bn, filters)
+    pruned = cv.pruned_mask(node.target, filters)
+    if cv.check and bool(pruned.any()) and bool(w[pruned].count_nonzero()):
+        raise UserError(f"{node.target}: selected filters are not zero (ζ > 0: a snapshot from "
+                        "before the last epoch); compact the final checkpoint")
+    no_pad = not any(m.padding)
+    if x.pending is not None or (x.scaled is not None and not (
+            groups == 1 and no_pad and len(x.ids))):
+        x = fold(cv, x)
+    need = cv.needed(bn_node if bn_node is not None else node, filters)
+    active = need & ~pruned
+    if bool((~pruned & ~need).any()):
+        cv.note("unneeded filters skipped")
+    if groups > 1:
+        cv.note("depthwise conv" if groups == m.in_channels == filters else "grouped conv")
+    has_input = x.mask(x.ids).view(groups, -1).any(1).repeat_interleave(filters // groups)
+    computed = active & has_input
+    const_value = torch.where(pruned, scale * bias + shift, torch.zeros_like(bias))
+    conv = _Conv(cv, op, m, x, w, bias, scale, shift, no_pad)
+    out = conv.constant_filters(active & ~computed, const_value)
+    if bool(computed.any()):
+        out = conv.computed_filters(computed, out)
+    return out
+
+
+class _Conv:
+    """One conv's conversion; ``value``/``maps`` of the output are filled in step by step."""
+
+    def __init__(self, cv, op, m, x: T, w, bias, scale, shift, no_pad):
+        self.cv, self.op, self.m, self.x = cv, op, m, x
+        self.w, self.bias, self.scale, self.shift, self.no_pad = w, bias, scale, shift, no_pad
+        self.groups, self.filters = m.groups, m.out_channels
+        self.ig, self.og = m.in_channels // m.groups, m.out_channels // m.groups
+        self.out_hw = shape_of(op.node)[2] * shape_of(op.node)[3]
+        self.window = ["conv", list(m.kernel_size), list(m.stride), list(m.padding),
+                       list(m.dilation)]
+
+    def _input_values(self, filters: torch.Tensor) -> torch.Tensor:
+        """Per filter, its group's uniform input values (filters × ig)."""
+        v = torch.where(self.x.uniform_mask(), self.x.value, torch.zeros_like(self.x.value))
+        if not self.cv.exact:
+            v = torch.zeros_like(v)
+        return v.view(self.groups, self.ig)[filters // self.og]
+
+    def _taps(self, filters: torch.Tensor) -> torch.Tensor:
+        """What the uniform inputs add to each filter, per kernel tap (filters × kh × kw)."""
+        return torch.einsum("oihw,oi->ohw", self.w[filters], self._input_values(filters))
+
+    def _map_weight(self, filters: torch.Tensor) -> torch.Tensor | None:
+        """The filters' weights over the map channels (zero across groups)."""
+        maps = self.x.maps
+        if maps is None or not self.cv.exact:
+            return None
+        group = maps.ids // self.ig
+        same = (filters // self.og).view(-1, 1) == group.view(1, -1)
+        w = self.w[filters][:, maps.ids % self.ig]
+        return w * same.view(len(filters), -1, 1, 1)
+
+    def _constant_part(self, filters: torch.Tensor, scale: torch.Tensor) -> str | None:
+        """The map (1 × len(filters) × H' × W') the constant inputs give these filters, × scale,
+        or None when it is uniform (then it is in ``_taps(filters).sum()``)."""
+        b, m = self.cv.b, self.m
+        taps = self._taps(filters) * scale.view(-1, 1, 1)
+        terms = []
+        if not self.no_pad and bool(taps.count_nonzero()):
+            self.cv.note("border map")
+            terms.append(b.const("conv", [b.ones(self.x.ref)], self._conv_attrs(),
+                                 {"weight": taps.unsqueeze(1)}))
+        wm = self._map_weight(filters)
+        if wm is not None and bool(wm.count_nonzero()):
+            self.cv.note("map through a conv")
+            terms.append(b.const("conv", [self.x.maps.expr], self._conv_attrs(),
+                                 {"weight": wm * scale.view(-1, 1, 1, 1)}))
+        return b.add(terms)
+
+    def _conv_attrs(self) -> dict:
+        m = self.m
+        return {"stride": list(m.stride), "padding": list(m.padding),
+                "dilation": list(m.dilation)}
+
+    def constant_filters(self, constant: torch.Tensor, value: torch.Tensor) -> T:
+        """The output with only uniform and map channels: pruned filters (``value``), dead
+        ones (0), and kept filters whose group has no computed input (``constant``)."""
+        ref = self.x.ref.then(tuple(self.window))
+        out = T(self.filters, torch.zeros(0, dtype=torch.long), None,
+                value if self.cv.exact else torch.zeros_like(value), ref)
+        ids = constant.nonzero()[:, 0]
+        if not len(ids) or not self.cv.exact:
+            return out
+        scale = self.scale[ids]
+        uniform = scale * (self.bias[ids] + self._taps(ids).sum((1, 2))) + self.shift[ids]
+        expr = self._constant_part(ids, scale)
+        if expr is None:
+            out.value[ids] = uniform
+            return out
+        self.cv.note("constant map channel")
+        shift = self.scale[ids] * self.bias[ids] + self.shift[ids]
+        if self.no_pad:  # the uniform inputs' share is uniform: into the shift
+            shift = uniform
+        expr = self.cv.b.affine(expr, torch.ones_like(shift), shift, True)
+        return out.but(maps=Maps(ids, expr))
+
+    def computed_filters(self, computed: torch.Tensor, out: T) -> T:
+        cv, x, m = self.cv, self.x, self.m
+        slots_in, slots_out, width = self._layout(computed, out.value)
+        ids = torch.cat(slots_out)
+        real = computed[ids]  # False at fillers
+        scale = self.scale[ids]
+        weight = torch.zeros(len(ids), width, *m.kernel_size, dtype=torch.float64)
+        row = 0
+        for inputs, outputs in zip(slots_in, slots_out):
+            cols = inputs % self.ig
+            block = self.w[outputs][:, cols] * real[row:row + len(outputs)].view(-1, 1, 1, 1)
+            weight[row:row + len(outputs), :len(inputs)] = block
+            row += len(outputs)
+        bias = scale * self.bias[ids] + self.shift[ids]
+        pending = None
+        if cv.exact:
+            if self.no_pad:
+                extra = scale * self._taps(ids).sum((1, 2)) * real
+                if bool(extra.count_nonzero()):
+                    cv.note("constant into a bias")
+                bias = bias + extra
+            pending = self._constant_part(ids[real], scale[real])
+            if pending is not None and not bool(real.all()):
+                pending = cv.b.widen(pending, len(ids), real.nonzero()[:, 0], True)
+        bias = torch.where(real, bias, out.value[ids])  # fillers: their exact constant
+        inputs, tensors, sbias = self._inputs(slots_in, width, ids, real, scale)
+        tensors.update({"conv.weight": weight * scale.view(-1, 1, 1, 1), "conv.bias": bias})
+        attrs = {"in": width * len(slots_in), "out": len(ids), "kernel": list(m.kernel_size),
+                 "stride": list(m.stride), "padding": list(m.padding),
+                 "dilation": list(m.dilation), "groups": len(slots_in),
+                 "gather": getattr(self, "gather", None), "sbias": sbias, "source_bias": m.bias is not None,
+                 "bn": self.op.node in cv.pairs}
+        node = cv.b.data("conv", inputs, attrs, tensors, hw=self.out_hw)
+        value = out.value.clone()
+        value[ids] = 0
+        return out.but(ids=ids, node=node, value=value, ref=Ref(node), pending=pending)
+
+    def _layout(self, computed: torch.Tensor, values: torch.Tensor):
+        """Per compact group: its input channels (dense ids, in the narrow input's order) and
+        its filters (computed ones, then fillers); the common input width."""
+        x = self.x
+        if self.groups == 1:
+            return [x.ids], [computed.nonzero()[:, 0]], len(x.ids)
+        order = []  # groups with a computed filter, as they first appear in the input
+        for g in (x.ids // self.ig).tolist():
+            if g not in order and bool(computed[g * self.og:(g + 1) * self.og].any()):
+                order.append(g)
+        slots_in = [x.ids[(x.ids // self.ig) == g] for g in order]
+        outs = [computed[g * self.og:(g + 1) * self.og].nonzero()[:, 0] + g * self.og
+                for g in order]
+        width, count = max(len(s) for s in slots_in), max(len(o) for o in outs)
+        slots_out = []
+        for g, o in zip(order, outs):
+            spare = (~computed[g * self.og:(g + 1) * self.og]).nonzero()[:, 0] + g * self.og
+            slots_out.append(torch.cat([o, spare[:count - len(o)]]))
+            if len(o) < count:
+                self.cv.note("filler filters")
+        return slots_in, slots_out, width
+
+    def _inputs(self, slots_in, width, ids, real, scale):
+        """The conv node's inputs and index tensors: the narrow input (gathered into the
+        groups' layout when it is not already so), and the scaled channels' factors."""
+        x, cv = self.x, self.cv
+        tensors, inputs = {}, [x.node]
+        laid_out = torch.cat([torch.cat([s, torch.full((width - len(s),), -1)])
+                              for s in slots_in])
+        if not torch.equal(laid_out, x.ids):
+            pad = len(x.ids)
+            where = torch.full((self.m.in_channels,), pad, dtype=torch.long)
+            where[x.ids] = torch.arange(len(x.ids))
+            tensors["index"] = torch.where(laid_out >= 0, where[laid_out.clamp(min=0)],
+                                           torch.full_like(laid_out, pad))
+            self.gather = "pad" if bool((laid_out < 0).any()) else "take"
+            cv.note("grouped input gathered")
+        sbias = 0
+        s = x.scaled
+        if s is not None and cv.exact:
+            # Σ over taps of each filter's weight on each scaled channel, × its value
+            mat = self.w[ids][:, s.ids].sum((2, 3)) * s.value.view(1, -1) * real.view(-1, 1)
+            tensors["smat"] = mat * scale.view(-1, 1)
+            tensors["spos"] = s.pos.clone()
+            inputs.append(s.source)
+            sbias = len(s.ids)
+            cv.note("scaled into a per-sample bias")
+        return inputs, tensors, sbias
+
+
+def convert_linear(cv, op) -> T:
+    m = op.module
+    x = cv.state(op.inputs[0])
+    if x.spatial:
+        raise UserError(f"cannot compact: linear layer '{op.node.target}' reads a 4-D tensor; "
+                        "flatten it first")
+    if x.pending is not None or (not len(x.ids) and x.scaled is not None):
+        x = fold(cv, x)
+    w = m.weight.detach().double().cpu()
+    bias = m.bias.detach().double().cpu() if m.bias is not None else torch.zeros(
+        m.out_features, dtype=torch.float64)
+    if not len(x.ids):  # a constant input: a constant output
+        return _constant_linear(cv, x, w, bias)
+    tensors, inputs, pending, extra = {"linear.weight": w[:, x.ids].clone()}, [x.node], None, 0
+    if cv.exact:
+        uniform = x.uniform_mask()
+        if bool(x.value[uniform].count_nonzero()):
+            cv.note("constant features into a linear bias")
+        bias = bias + w[:, uniform] @ x.value[uniform]
+        if x.maps is not None:
+            pending = cv.b.const("linear", [x.maps.expr], {}, {"weight": w[:, x.maps.ids]})
+        if x.scaled is not None:
+            tensors["smat"] = w[:, x.scaled.ids] * x.scaled.value.view(1, -1)
+            tensors["spos"] = x.scaled.pos.clone()
+            inputs.append(x.scaled.source)
+            extra = len(x.scaled.ids)
+            cv.note("scaled into a per-sample bias")
+    tensors["linear.bias"] = bias
+    k, o = len(x.ids), m.out_features
+    attrs = {"in": k, "out": o, "sbias": extra, "source_bias": m.bias is not None}
+    node = cv.b.data("linear", inputs, attrs, tensors)
+    return T(o, torch.arange(o), node, torch.zeros(o, dtype=torch.float64), Ref(node),
+             spatial=False, pending=pending)
+
+
+def _constant_linear(cv, x: T, w, bias) -> T:
+    out = T.uniform(bias + w @ x.value if cv.exact else torch.zeros_like(bias), x.ref, False)
+    if x.maps is not None and cv.exact:
+        expr = cv.b.const("linear", [x.maps.expr], {}, {"weight": w[:, x.maps.ids]})
+        ids = torch.arange(len(bias))
+        return out.but(value=torch.zeros_like(bias), maps=Maps(
+            ids, cv.b.affine(expr, torch.ones_like(bias), out.value, False)))
+    return out
+
+
+def convert_bn(cv, op) -> T:
+    """A BatchNorm that no conv folds (DenseNet's BN after a concatenation)."""
+    m = op.module
+    x = fold(cv, cv.state(op.inputs[0]))
+    cv.note("BatchNorm on its own")
+    scale, shift = _fold_bn(m, m.num_features)
+    value = torch.where(x.uniform_mask(), scale * x.value + shift, torch.zeros_like(x.value))
+    out = x.but(value=value if cv.exact else torch.zeros_like(value))
+    if x.maps is not None:
+        ids = x.maps.ids
+        out = out.but(maps=Maps(ids, cv.b.affine(x.maps.expr, scale[ids], shift[ids], True)))
+    if not len(x.ids):
+        return out
+    node = cv.b.data("affine", [x.node], {"spatial": True, "bn": m.affine},
+                     {"scale": scale[x.ids].view(1, -1, 1, 1).clone(),
+                      "shift": shift[x.ids].view(1, -1, 1, 1).clone()})
+    return out.but(node=node, ref=Ref(node))

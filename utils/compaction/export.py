@@ -1,0 +1,42 @@
+"""The compact network as a TorchScript file or an ONNX file, runnable without this code."""
+import importlib.util
+import warnings
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+
+def _example(model: nn.Module, input_shape) -> torch.Tensor:
+    p = next(model.parameters())
+    return torch.randn(tuple(input_shape), dtype=p.dtype, device=p.device)
+
+
+def export_torchscript(model: nn.Module, path, input_shape) -> None:
+    """Trace ``model`` (eval mode) and save it; ``torch.jit.load`` needs none of our code."""
+    x = _example(model, input_shape)
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch ≥ 2.9 flags TorchScript as deprecated on every call; it was asked for explicitly
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        traced = torch.jit.trace(model.eval(), x)
+        torch.jit.save(traced, str(path))
+
+
+def check_onnx_exporter() -> None:
+    """Raise UserError unless torch's ONNX exporter can run (it needs onnx and onnxscript)."""
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"ONNX export needs {' and '.join(missing)}: "
+                        f"pip install {' '.join(missing)}")
+
+
+def export_onnx(model: nn.Module, path, input_shape) -> None:
+    """Export to one ONNX file (batch size dynamic) with torch's exporter."""
+    check_onnx_exporter()
+    x = _example(model, input_shape)
+    batch = torch.export.Dim("batch")
+    torch.onnx.export(model.eval(), (x,), str(path), input_names=["input"],
+                      output_names=["logits"], dynamic_shapes=({0: batch},), dynamo=True,
+                      external_data=False, verbose=False)

@@ -1,0 +1,222 @@
+"""The modules the compact network is made of, built from plain-data attributes.
+
+Eager mode takes the fast paths: constant maps computed once per image size and cached,
+in-place adds into tensors nobody reads afterwards (``Join``: the narrow operand is added at
+its channels with ``index_add_``, on the pixels × channels view in channels_last), the
+fused add + ReLU of aten. A recorded graph (``torch.jit.trace``, ``torch.export`` and so
+``torch.onnx.export(dynamo=True)``) gets pure ops instead: gathers, no caches, no in-place
+writes (a graph for ONNX folds the constant maps, whose size is static there).
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# aten's fused in-place add + ReLU (one pass over the stream instead of two); private, hence
+# looked up, with add_ + relu_ where it is missing. CPU, float32/64, no autograd only.
+_ADD_RELU = getattr(torch, "_add_relu_", None)
+_ADD_RELU_DTYPES = (torch.float32, torch.float64)
+
+_ACTIVATIONS = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "hardswish": F.hardswish,
+                "hardsigmoid": F.hardsigmoid, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
+                "gelu": F.gelu, "mish": F.mish, "leaky_relu": F.leaky_relu, "elu": F.elu,
+                "hardtanh": F.hardtanh}
+_IN_PLACE = {"relu": torch.relu_, "sigmoid": torch.sigmoid_, "tanh": torch.tanh_}
+_IN_PLACE_KW = {"relu6", "silu", "hardswish", "hardsigmoid", "mish", "leaky_relu", "elu",
+                "hardtanh"}  # take inplace=True
+
+
+def graph_mode() -> bool:
+    """True while torch.jit.trace / torch.export / torch.compile record the forward: caches
+    and in-place writes are Python-side tricks a recorded graph must not bake in."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+def activation(fn: str, kw: dict):
+    f = _ACTIVATIONS[fn]
+    return (lambda x: f(x, **kw)) if kw else f
+
+
+def take_channels(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x.index_select(1, index)`` in ``x``'s memory layout (channels_last stays so)."""
+    if x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1).index_select(3, index).permute(0, 3, 1, 2)
+    return x.index_select(1, index)
+
+
+def widen(x: torch.Tensor, gather: torch.Tensor) -> torch.Tensor:
+    """Channel k of the result is channel ``gather[k]`` of ``x`` with a zero channel appended."""
+    pad = (0, 0, 0, 0, 0, 1) if x.dim() == 4 else (0, 1)
+    return torch.index_select(F.pad(x, pad), 1, gather)
+
+
+def _gather_of(width: int, pos: torch.Tensor) -> torch.Tensor:
+    gather = torch.full((width,), len(pos), dtype=torch.long, device=pos.device)
+    gather[pos] = torch.arange(len(pos), device=pos.device)
+    return gather
+
+
+def register(module: nn.Module, specs: dict, prefix: str = "") -> None:
+    """Zero buffers of the shapes the manifest gives (``load_state_dict`` fills them)."""
+    for key, spec in specs.items():
+        if not key.startswith(prefix) or "." in key[len(prefix):]:
+            continue
+        dtype = torch.long if spec["index"] else torch.float32
+        module.register_buffer(key[len(prefix):], torch.zeros(spec["shape"], dtype=dtype))
+
+
+class Cached(nn.Module):
+    """A module holding a value for the last input size seen (eager mode). It is dropped
+    whenever its tensors may change: ``load_state_dict`` and ``.to()``/``.half()``
+    (``_apply``); after editing buffers in place by hand, call ``CompactNet.clear_cache()``."""
+
+    def __init__(self):
+        super().__init__()
+        self._cache: tuple = ((), None)
+
+    def _apply(self, fn, recurse=True):
+        self._cache = ((), None)
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._cache = ((), None)
+        super()._load_from_state_dict(*args, **kwargs)
+
+
+class FoldedConv(nn.Module):
+    """A conv with its BatchNorm folded in, over the kept filters and kept input channels;
+    ``index``: the input laid out in the compact groups (padding slots read a zero channel);
+    ``smat``/``spos``: the per-sample bias of scaled input channels (a matrix over their
+    factors, which the second input holds at ``spos``)."""
+
+    def __init__(self, a: dict, specs: dict):
+        super().__init__()
+        self.conv = nn.Conv2d(a["in"], a["out"], tuple(a["kernel"]), tuple(a["stride"]),
+                              tuple(a["padding"]), tuple(a["dilation"]), a["groups"], bias=True)
+        for key in ("index", "smat", "spos"):
+            self.register_buffer(key, None)
+        register(self, specs)
+        self.padded = a["gather"] == "pad"  # some slots read the zero channel
+        self.source_bias, self.bn = bool(a["source_bias"]), bool(a["bn"])
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
+        if self.index is not None:
+            x = widen(x, self.index) if self.padded or graph_mode() else \
+                take_channels(x, self.index)
+        y = self.conv(x)
+        if self.smat is not None and s is not None:
+            f = take_channels(s, self.spos).flatten(1)
+            extra = (f @ self.smat.t()).view(y.shape[0], -1, 1, 1)
+            y = y + extra if graph_mode() or torch.is_grad_enabled() else y.add_(extra)
+        return y
+
+
+class Linear(nn.Module):
+    """A linear layer over the kept features; ``smat``/``spos`` as in ``FoldedConv``."""
+
+    def __init__(self, a: dict, specs: dict):
+        super().__init__()
+        self.linear = nn.Linear(a["in"], a["out"])
+        for key in ("smat", "spos"):
+            self.register_buffer(key, None)
+        register(self, specs)
+        self.source_bias = bool(a["source_bias"])
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.linear(x)
+        if self.smat is not None and s is not None:
+            y = y + take_channels(s, self.spos).flatten(1) @ self.smat.t()
+        return y
+
+
+class Act(nn.Module):
+    def __init__(self, a: dict, specs: dict):
+        super().__init__()
+        self.fn, self.kw = a["fn"], dict(a.get("kw", {}))
+        self.f = activation(self.fn, self.kw)
+        self.inplace = False  # set by the network: nobody reads the input afterwards
+
+    def forward(self, x):
+        if self.inplace and not graph_mode() and not torch.is_grad_enabled():
+            if self.fn in _IN_PLACE:
+                return _IN_PLACE[self.fn](x)
+            if self.fn in _IN_PLACE_KW:
+                return _ACTIVATIONS[self.fn](x, inplace=True, **self.kw)
+        return self.f(x)
+
+
+class Affine(nn.Module):
+    """x · scale + shift per channel (a BatchNorm no conv folds; a scaled channel's value)."""
+
+    def __init__(self, a: dict, specs: dict):
+        super().__init__()
+        self.register_buffer("shift", None)
+        register(self, specs)
+        self.spatial, self.bn = bool(a["spatial"]), bool(a["bn"])
+
+    def forward(self, x):
+        if self.shift is None:
+            return x * self.scale
+        if self.spatial and x.dim() == 4:  # one fused pass (BN's kernel), either layout
+            zeros = torch.zeros_like(self.shift.flatten())
+            return F.batch_norm(x, zeros, torch.ones_like(zeros), self.scale.flatten(),
+                                self.shift.flatten(), False, 0.0, 0.0)
+        return torch.addcmul(self.shift, x, self.scale)
+
+
+class Mul(nn.Module):
+    def __init__(self, a: dict, specs: dict):
+        super().__init__()
+
+    def forward(self, x, s):
+        return x * s
+
+
+class Take(nn.Module):
+    """Some channels of a tensor: a slice (a view) when they are one run, else a gather."""
+
+    def __init__(self, a: dict, specs: dict):
+        super().__init__()
+        self.start, self.width = int(a["start"]), int(a["width"])
+        self.register_buffer("index", None)
+        register(self, specs)
+
+    def forward(self, x):
+        if self.index is None:
+            return x[:, self.start:self.start + self.width]
+        return take_channels(x, self.index)
+
+
+class Pool(nn.Module):
+    def __init__(self, a: dict, specs: dict):
+        super().__init__()
+        self.a = dict(a)
+        self.type = a["type"]
+
+    def forward(self, x):
+        return pool(x, self.a)
+
+
+def pool(x: torch.Tensor, a: dict) -> torch.Tensor:
+    kind = a["type"]
+    if kind == "max":
+        return F.max_pool2d(x, a["kernel"], a["stride"], a["padding"], a["dilation"],
+                            a["ceil_mode"])
+    if kind == "avg":
+        return F.avg_pool2d(x, a["kernel"], a["stride"], a["padding"], a["ceil_mode"],
+                            a["count_include_pad"], a["divisor_override"])
+    if kind == "adaptive_avg":
+        return F.adaptive_avg_pool2d(x, a["size"])
+    if kind == "adaptive_max":
+        return F.adaptive_max_pool2d(x, a["size"])
+    if kind == "global_avg":  # the authors' AvgPool2d(8) on 8×8 maps: their summation order
+        return F.avg_pool2d(x, x.shape[-2:])
+    return x.mean((2, 3), keepdim=bool(a["keepdim"]))  # "mean"
+
+
+class SpatialSlice(nn.Module):
+    def __init__(self, a: dict, specs: dict):
+        super().__init__()
+        self.slices = [slice(*s) for s in a["slices"]]
+
+    def forward(self, x):
+        return x[:, :, self.slices[0], self.slices[1]]

@@ -12,7 +12,7 @@ import compact as compact_cli
 from utils.compaction import (FORMAT, FORMAT_VERSION, compact_checkpoint, compact_cost,
                               compact_model, compaction_figures, export_onnx,
                               fpgm_flops_reduction, load_compact, network_cost, save_compact)
-from utils.compaction.modules import FoldedConv
+from utils.compaction.layers import FoldedConv
 from utils.errors import UserError
 from tests.soft_pruning import prune, random_model, rel_error, soft_pruned
 
@@ -27,10 +27,6 @@ def fake_checkpoint(path, arch="resnet20", rate=0.4):
                 "args": {"prune_rate_cs": 0.1, "prune_rate_norm": 0.0, "prune_rate_gm": 0.4},
                 "model": model.state_dict(), "mask": {"selected": pruned, "zeta": 0.0}}, path)
     return model
-
-
-def ops_of(compact) -> list:
-    return [n["op"] for n in compact.manifest["nodes"]]
 
 
 CIFAR = [("resnet20", 32), ("resnet32", 32), ("resnet44", 32), ("resnet56", 32),
@@ -61,9 +57,10 @@ def test_every_correction_is_exercised():
     them (the widths-only network of the bench) the outputs differ."""
     model, pruned = soft_pruned("resnet56", 0.4)
     compact = compact_model(model, pruned, input_shape=SHAPE)
-    ops = ops_of(compact)
-    joins = [n for n in compact.manifest["nodes"] if n["op"] == "join"]
-    assert "constmap" in ops and ops.count("join") >= 27  # border maps; every block's add
+    nodes = compact.manifest["nodes"]
+    joins = [n for n in nodes if n["op"] == "join"]
+    assert len(joins) == 27  # every block's add
+    assert any(n["op"] == "conv" and n["attrs"]["map"] for n in nodes)  # a border map
     assert any(len(n["attrs"]["operands"]) == 2 and n["attrs"]["term"] == "map" and
                n["attrs"]["relu"] for n in joins)  # narrow main path, constants, fused ReLU
     assert not any(isinstance(m, nn.BatchNorm2d) for m in compact.modules())  # all folded
@@ -71,7 +68,8 @@ def test_every_correction_is_exercised():
     with torch.no_grad():
         widths = compact_model(model, pruned, exact=False, input_shape=SHAPE)
         assert rel_error(model(x), widths(x)) > 1e-2
-    assert "constmap" not in ops_of(widths)
+    assert not any(n["attrs"].get("map") or n["attrs"].get("term") for n in
+                   widths.manifest["nodes"])
     model, pruned = soft_pruned("tiny_bottleneck", 0.4)  # 1×1 convs: constants in the bias
     exact = compact_model(model, pruned, input_shape=SHAPE)
     widths = compact_model(model, pruned, exact=False, input_shape=SHAPE)

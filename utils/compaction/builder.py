@@ -2,8 +2,8 @@
 
 A *data node* computes from the input batch; a *const node* depends only on the image size
 (the maps the constants make behind zero-padded convs and padded average pools). A data node
-that needs a constant map takes it from a ``constmap`` node, which evaluates the constant
-expression once per image size (``modules.ConstMap``). Tensors are kept in float64 here and
+that needs a constant map evaluates it itself (``embed``: a ``constmaps.ConstMap`` inside the
+node, computed once per image size). Tensors are kept in float64 here and
 cast to the model's dtype when the network is built.
 """
 import torch
@@ -24,7 +24,7 @@ class Builder:
         self.nodes.append({"name": name, "op": op, "in": list(inputs), "attrs": attrs or {},
                            "tensors": {k: tensor_spec(v) for k, v in tensors.items()}})
         for key, value in tensors.items():
-            self.state[f"nodes.{name}.{key}"] = value
+            self.state[f"{name}.{key}"] = value
         if hw is not None:
             self.hw[name] = int(hw)
         return name
@@ -71,11 +71,14 @@ class Builder:
                 needed.update(i for i in n["in"] if i in by_name)
         return [n for n in self.nodes if n["name"] in needed]
 
-    def use(self, expr: str, like: str) -> str:
-        """A data node giving ``expr``'s value; ``like``: a data tensor whose memory layout
-        the map takes (and, with the ones-leaves' refs, whose size keys the cache)."""
-        steps, index = [], {}
-        refs = [like]
+    def node(self, name: str) -> dict:
+        return self.nodes[int(name[1:])]
+
+    def embed(self, expr: str, like: str) -> tuple[dict, dict, list]:
+        """``expr`` as a constant map a data node evaluates itself (``ConstMap``): its steps,
+        their tensors (under ``map.``) and the data nodes it reads the sizes of, ``like``
+        first (the map takes its memory layout)."""
+        steps, index, refs, tensors = [], {}, [like], {}
 
         def visit(name):
             if name in index:
@@ -90,12 +93,11 @@ class Builder:
             steps.append({"op": c["op"], "in": ins, "attrs": attrs})
             index[name] = len(steps) - 1
             for key, value in c["tensors"].items():
-                pending_tensors[f"steps.{len(steps) - 1}.{key}"] = value
+                tensors[f"map.steps.{len(steps) - 1}.{key}"] = value
             return index[name]
 
-        pending_tensors: dict = {}
         visit(expr)
-        return self.data("constmap", refs, {"steps": steps}, pending_tensors)
+        return {"steps": steps, "refs": len(refs)}, tensors, refs
 
 
 def tensor_spec(t: torch.Tensor) -> dict:

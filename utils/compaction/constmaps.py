@@ -1,6 +1,7 @@
 """``ConstMap``: a data-independent map, evaluated once per image size (eager mode).
 
-Its value is a small graph of steps (``ones`` at the size of a data tensor, convs of it with
+It belongs to the node that adds it (a ``Join``'s term, a conv's border map). Its value is a
+small graph of steps (``ones`` at the size of a data tensor, convs of it with
 taps, pools, activations, affine maps, channel selections …) written in the manifest. Eager
 mode caches the result per input size and memory layout; a recorded graph recomputes it
 (``torch.jit.trace``: from the input's size, so any size works; an ONNX graph has a static
@@ -82,9 +83,13 @@ class Step(nn.Module):
 
 
 class ConstMap(Cached):
-    def __init__(self, a: dict, specs: dict):
+    """Called with the data tensors whose sizes the map depends on (the first gives its
+    memory layout); ``a``: the ``map`` attributes of the node it belongs to."""
+
+    def __init__(self, a: dict, specs: dict, prefix: str = "map."):
         super().__init__()
-        self.steps = nn.ModuleList(Step(s, specs, f"steps.{i}.")
+        self.refs = int(a["refs"])
+        self.steps = nn.ModuleList(Step(s, specs, f"{prefix}steps.{i}.")
                                    for i, s in enumerate(a["steps"]))
 
     def _compute(self, refs: list) -> torch.Tensor:
@@ -101,12 +106,19 @@ class ConstMap(Cached):
         return (like.dtype if like.is_floating_point() else torch.float32), like.device
 
     def forward(self, *refs):
+        return self.get(refs)
+
+    def get(self, refs) -> torch.Tensor:
+        """The map for these size references (its owner calls this directly: one module
+        call fewer per forward)."""
         if graph_mode():
             return self._compute(list(refs))
         like = refs[0]
         cl = like.dim() == 4 and like.shape[1] > 1 and \
             like.is_contiguous(memory_format=torch.channels_last)
-        key = tuple(tuple(r.shape[2:]) for r in refs) + (cl, like.device)
+        # the sizes and the layout: ``_apply`` (dtype, device) and loading clear the cache
+        key = (cl, like.shape[2:]) if len(refs) == 1 else \
+            (cl,) + tuple(r.shape[2:] for r in refs)
         if self._cache[0] != key:
             m = self._compute(list(refs))
             if cl and m.dim() == 4 and m.shape[1] > 1 and m.shape[-1] > 1:

@@ -86,9 +86,10 @@ class Converter:
     """One walk of a DenseGraph; ``states`` maps each fx node to how the compact graph
     holds it (``state.T``, a ``ChannelView``, or a tuple of them for a split)."""
 
-    def __init__(self, graph: DenseGraph, pruned: dict, exact: bool, check: bool):
+    def __init__(self, graph: DenseGraph, pruned: dict, exact: bool, check: bool,
+                 emit: bool = True):
         self.graph, self.modules, self.pairs = graph, graph.modules, graph.pairs
-        self.exact, self.check = exact, check
+        self.exact, self.check, self.emit = exact, check, emit  # emit: the tensors are used
         self.masks = _pruned_masks(graph, pruned)
         self.need = channels_needed(graph.ops, self.masks)
         self.b = Builder()
@@ -98,6 +99,7 @@ class Converter:
         self.input_node = "input"
         self.output = None
         self.used: collections.Counter = collections.Counter()  # which rules fired (tests)
+        self.conv_output: dict = {}  # fx node (a conv, or the BN folded into it) -> its node
 
     def note(self, rule: str) -> None:
         self.used[rule] += 1
@@ -110,6 +112,25 @@ class Converter:
 
     def needed(self, node: fx.Node, width: int) -> torch.Tensor:
         return self.need.get(node, torch.zeros(width, dtype=torch.bool))
+
+    def feeds_add(self, node: fx.Node) -> bool:
+        """Does ``node``'s value reach a residual add (through identities) — which can take a
+        pending map into its own term?"""
+        for user in node.users:
+            op = self._ops[user]
+            if op.kind == "add" or (op.kind == "identity" and self.feeds_add(user)):
+                return True
+        return False
+
+    def conv_to_extend(self, node: fx.Node, state) -> dict | None:
+        """The conv node that computes ``state`` when ``node`` (a conv, or its folded BN) has
+        no other reader: an activation on it can run inside that node."""
+        name = self.conv_output.get(node)
+        if name is None or name != state.node or len(node.users) != 1 or \
+                state.pending is not None or state.scaled is not None:
+            return None
+        spec = self.b.node(name)
+        return spec if spec["attrs"]["act"] is None else None
 
     def fusable_relu(self, node: fx.Node):
         """The ReLU that is the only consumer of ``node``, if any (fused into the join)."""
@@ -202,5 +223,8 @@ def _pruned_masks(graph: DenseGraph, pruned: dict) -> dict:
     return masks
 
 
-def convert(graph: DenseGraph, pruned: dict, exact: bool = True, check: bool = True) -> Converter:
-    return Converter(graph, {str(k): v for k, v in pruned.items()}, exact, check).run()
+def convert(graph: DenseGraph, pruned: dict, exact: bool = True, check: bool = True,
+            emit: bool = True) -> Converter:
+    """``check``: the pruned filters must be zero; ``emit``: build the tensors too (not only
+    the structure and what it costs)."""
+    return Converter(graph, {str(k): v for k, v in pruned.items()}, exact, check, emit).run()

@@ -79,6 +79,7 @@ class _Conv:
         self.out_hw = shape_of(op.node)[2] * shape_of(op.node)[3]
         self.window = ["conv", list(m.kernel_size), list(m.stride), list(m.padding),
                        list(m.dilation)]
+        self.out_node = cv.pairs.get(op.node, op.node)  # the fx node whose value this is
 
     def _input_values(self, filters: torch.Tensor) -> torch.Tensor:
         """Per filter, its group's uniform input values (filters × ig)."""
@@ -171,13 +172,21 @@ class _Conv:
                 pending = cv.b.widen(pending, len(ids), real.nonzero()[:, 0], True)
         bias = torch.where(real, bias, out.value[ids])  # fillers: their exact constant
         inputs, tensors, sbias = self._inputs(slots_in, width, ids, real, scale)
+        embedded = None
+        if pending is not None and not cv.feeds_add(self.out_node):
+            # nothing can take the map along (only a residual add can): add it in the conv
+            embedded, map_tensors, refs = cv.b.embed(pending, x.node)
+            tensors.update(map_tensors)
+            inputs += refs
+            pending = None
         tensors.update({"conv.weight": weight * scale.view(-1, 1, 1, 1), "conv.bias": bias})
         attrs = {"in": width * len(slots_in), "out": len(ids), "kernel": list(m.kernel_size),
                  "stride": list(m.stride), "padding": list(m.padding),
                  "dilation": list(m.dilation), "groups": len(slots_in),
                  "gather": getattr(self, "gather", None), "sbias": sbias, "source_bias": m.bias is not None,
-                 "bn": self.op.node in cv.pairs}
+                 "bn": self.op.node in cv.pairs, "map": embedded, "act": None}
         node = cv.b.data("conv", inputs, attrs, tensors, hw=self.out_hw)
+        cv.conv_output[self.out_node] = node
         value = out.value.clone()
         value[ids] = 0
         return out.but(ids=ids, node=node, value=value, ref=Ref(node), pending=pending)
@@ -240,21 +249,28 @@ def convert_linear(cv, op) -> T:
                         "flatten it first")
     if x.pending is not None or (not len(x.ids) and x.scaled is not None):
         x = fold(cv, x)
-    w = m.weight.detach().double().cpu()
+    w = m.weight.detach().cpu()  # not in float64: a classifier can hold 100 M weights
     bias = m.bias.detach().double().cpu() if m.bias is not None else torch.zeros(
         m.out_features, dtype=torch.float64)
     if not len(x.ids):  # a constant input: a constant output
-        return _constant_linear(cv, x, w, bias)
-    tensors, inputs, pending, extra = {"linear.weight": w[:, x.ids].clone()}, [x.node], None, 0
+        return _constant_linear(cv, x, w.double(), bias)
+    every = len(x.ids) == w.shape[1] and torch.equal(x.ids, torch.arange(w.shape[1]))
+    if not cv.emit:  # only counting: the shape is enough
+        kept = torch.empty((w.shape[0], len(x.ids)), device="meta")
+    else:
+        kept = w if every else w.index_select(1, x.ids)
+    tensors = {"linear.weight": kept}
+    inputs, pending, extra = [x.node], None, 0
     if cv.exact:
         uniform = x.uniform_mask()
         if bool(x.value[uniform].count_nonzero()):
             cv.note("constant features into a linear bias")
-        bias = bias + w[:, uniform] @ x.value[uniform]
+            bias = bias + _matvec64(w, torch.where(uniform, x.value, 0))
         if x.maps is not None:
-            pending = cv.b.const("linear", [x.maps.expr], {}, {"weight": w[:, x.maps.ids]})
+            pending = cv.b.const("linear", [x.maps.expr], {},
+                                 {"weight": w[:, x.maps.ids].double()})
         if x.scaled is not None:
-            tensors["smat"] = w[:, x.scaled.ids] * x.scaled.value.view(1, -1)
+            tensors["smat"] = w[:, x.scaled.ids].double() * x.scaled.value.view(1, -1)
             tensors["spos"] = x.scaled.pos.clone()
             inputs.append(x.scaled.source)
             extra = len(x.scaled.ids)
@@ -265,6 +281,11 @@ def convert_linear(cv, op) -> T:
     node = cv.b.data("linear", inputs, attrs, tensors)
     return T(o, torch.arange(o), node, torch.zeros(o, dtype=torch.float64), Ref(node),
              spatial=False, pending=pending)
+
+
+def _matvec64(w: torch.Tensor, v: torch.Tensor, rows: int = 256) -> torch.Tensor:
+    """w @ v in float64, a few rows at a time (no float64 copy of a big classifier)."""
+    return torch.cat([w[i:i + rows].double() @ v for i in range(0, w.shape[0], rows)])
 
 
 def _constant_linear(cv, x: T, w, bias) -> T:

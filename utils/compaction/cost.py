@@ -78,13 +78,14 @@ class NetworkCost:
         self.graph = DenseGraph(unwrap(model), input_shape, lenient=True)
 
     def __call__(self, pruned: dict, exact: bool = True) -> tuple[int, int]:
-        return graph_cost(convert(self.graph, pruned, exact=exact, check=False))
+        return graph_cost(convert(self.graph, pruned, exact=exact, check=False, emit=False))
 
 
 @torch.no_grad()
 def compact_cost(compact: nn.Module, input_shape) -> tuple[int, int]:
     """(MACs, parameters) of a compact network's own modules for one image of ``input_shape``."""
-    from .modules import Affine, FoldedConv, Linear
+    from .layers import FoldedConv, Linear
+    from .modules import Affine
 
     total, handles = [0, 0], []
 

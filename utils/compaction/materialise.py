@@ -96,14 +96,16 @@ def join(cv, operands: list, terms: list, values: torch.Tensor | None, width: in
         ops.append({"width": len(pos), "start": 0 if identity else run_start(pos)})
         tensors[f"pos{i}"] = pos.clone()
     like = operands[0][0] if operands else cv.input_node
+    attrs = {"width": width, "operands": ops, "relu": relu, "spatial": spatial,
+             "term": "map" if term_expr else ("vector" if term_vector is not None else None)}
     if term_expr is not None:
-        inputs.append(b.use(term_expr, like))
+        attrs["map"], map_tensors, refs = b.embed(term_expr, like)
+        tensors.update(map_tensors)
+        inputs += refs
     if not operands:
         inputs.append(cv.input_node)  # only for the batch size
     if term_vector is not None:
         tensors["vector"] = term_vector
-    attrs = {"width": width, "operands": ops, "relu": relu, "spatial": spatial,
-             "term": "map" if term_expr else ("vector" if term_vector is not None else None)}
     return b.data("join", inputs, attrs, tensors)
 
 

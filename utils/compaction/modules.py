@@ -82,52 +82,6 @@ class Cached(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
 
-class FoldedConv(nn.Module):
-    """A conv with its BatchNorm folded in, over the kept filters and kept input channels;
-    ``index``: the input laid out in the compact groups (padding slots read a zero channel);
-    ``smat``/``spos``: the per-sample bias of scaled input channels (a matrix over their
-    factors, which the second input holds at ``spos``)."""
-
-    def __init__(self, a: dict, specs: dict):
-        super().__init__()
-        self.conv = nn.Conv2d(a["in"], a["out"], tuple(a["kernel"]), tuple(a["stride"]),
-                              tuple(a["padding"]), tuple(a["dilation"]), a["groups"], bias=True)
-        for key in ("index", "smat", "spos"):
-            self.register_buffer(key, None)
-        register(self, specs)
-        self.padded = a["gather"] == "pad"  # some slots read the zero channel
-        self.source_bias, self.bn = bool(a["source_bias"]), bool(a["bn"])
-
-    def forward(self, x: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
-        if self.index is not None:
-            x = widen(x, self.index) if self.padded or graph_mode() else \
-                take_channels(x, self.index)
-        y = self.conv(x)
-        if self.smat is not None and s is not None:
-            f = take_channels(s, self.spos).flatten(1)
-            extra = (f @ self.smat.t()).view(y.shape[0], -1, 1, 1)
-            y = y + extra if graph_mode() or torch.is_grad_enabled() else y.add_(extra)
-        return y
-
-
-class Linear(nn.Module):
-    """A linear layer over the kept features; ``smat``/``spos`` as in ``FoldedConv``."""
-
-    def __init__(self, a: dict, specs: dict):
-        super().__init__()
-        self.linear = nn.Linear(a["in"], a["out"])
-        for key in ("smat", "spos"):
-            self.register_buffer(key, None)
-        register(self, specs)
-        self.source_bias = bool(a["source_bias"])
-
-    def forward(self, x: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
-        y = self.linear(x)
-        if self.smat is not None and s is not None:
-            y = y + take_channels(s, self.spos).flatten(1) @ self.smat.t()
-        return y
-
-
 class Act(nn.Module):
     def __init__(self, a: dict, specs: dict):
         super().__init__()

@@ -8,28 +8,37 @@ import torch
 from torch import fx, nn
 
 from ..graph import unwrap
-from .constmaps import ConstMap
 from .converter import DenseGraph, convert
 from .joins import Join
-from .modules import (Act, Affine, Cached, FoldedConv, Linear, Mul, Pool, SpatialSlice, Take)
+from .layers import FoldedConv, Linear
+from .modules import Act, Affine, Cached, Mul, Pool, SpatialSlice, Take
 from .tracing import shape_of
 
 MODULES = {"conv": FoldedConv, "linear": Linear, "act": Act, "affine": Affine, "mul": Mul,
-           "take": Take, "pool": Pool, "slice": SpatialSlice, "join": Join,
-           "constmap": ConstMap}
-_VIEWS = {"slice", "flatten", "act"}  # results that may share their input's storage
-_NEVER_WRITTEN = {"input", "constmap"}  # the caller's tensor; cached maps
+           "take": Take, "pool": Pool, "slice": SpatialSlice, "join": Join}
+# results that share their input's storage (an in-place activation does too, but only when
+# nothing reads its input afterwards, so its result can be taken as its own)
+_VIEWS = {"slice", "flatten"}
 
 
 class CompactNet(nn.Module):
-    """The compact network; ``manifest`` is the plain data it was built from."""
+    """The compact network; ``manifest`` is the plain data it was built from. Its tensors are
+    uninitialised until ``load_state_dict`` (``compact_model`` and ``load_compact`` do it)."""
 
     def __init__(self, manifest: dict):
         super().__init__()
         self.manifest = manifest
         root, graph = nn.Module(), fx.Graph()
-        root.nodes = nn.ModuleDict()
         values = {"input": graph.placeholder("x")}
+        with torch.device("meta"):  # no initialisation: ``load_state_dict`` fills everything
+            self._build(manifest, root, graph, values)
+        graph.output(values[manifest["output"]])
+        _mark_in_place(manifest, root)
+        self.net = fx.GraphModule(root, graph)
+        self.to_empty(device="cpu")
+
+    @staticmethod
+    def _build(manifest: dict, root: nn.Module, graph: fx.Graph, values: dict) -> None:
         for spec in manifest["nodes"]:
             args = [values[i] for i in spec["in"]]
             if spec["op"] == "cat":
@@ -37,11 +46,8 @@ class CompactNet(nn.Module):
             elif spec["op"] == "flatten":
                 values[spec["name"]] = graph.call_function(torch.flatten, (args[0], 1))
             else:
-                root.nodes[spec["name"]] = MODULES[spec["op"]](spec["attrs"], spec["tensors"])
-                values[spec["name"]] = graph.call_module(f"nodes.{spec['name']}", tuple(args))
-        graph.output(values[manifest["output"]])
-        _mark_in_place(manifest, root.nodes)
-        self.net = fx.GraphModule(root, graph)
+                root.add_module(spec["name"], MODULES[spec["op"]](spec["attrs"], spec["tensors"]))
+                values[spec["name"]] = graph.call_module(spec["name"], tuple(args))
 
     def clear_cache(self) -> None:
         """Forget the cached constant maps (after editing buffers in place by hand)."""
@@ -53,7 +59,7 @@ class CompactNet(nn.Module):
         return self.net(x)
 
 
-def _mark_in_place(manifest: dict, modules: nn.ModuleDict) -> None:
+def _mark_in_place(manifest: dict, modules: nn.Module) -> None:
     """Let a join or an activation write into an input when nothing reads that storage later."""
     nodes = manifest["nodes"]
     op = {"input": "input", **{s["name"]: s["op"] for s in nodes}}
@@ -70,9 +76,10 @@ def _mark_in_place(manifest: dict, modules: nn.ModuleDict) -> None:
         if s["op"] not in ("join", "act"):
             continue
         count = len(s["attrs"]["operands"]) if s["op"] == "join" else 1
-        flags = [op[root[src]] not in _NEVER_WRITTEN and last[root[src]] == i and
-                 s["in"].count(src) == 1 for src in s["in"][:count]]
-        m = modules[s["name"]]
+        operands = s["in"][:count]
+        flags = [op[root[src]] != "input" and last[root[src]] == i and operands.count(src) == 1
+                 for src in operands]
+        m = modules.get_submodule(s["name"])
         if s["op"] == "join":
             m.inplace = flags
         else:

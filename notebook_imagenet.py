@@ -7,13 +7,16 @@
         --arch imagenet_resnet50 --method fpgm --prune_rate_gm 0.4 \\
         --data_path /data/ILSVRC2012 --save_path snapshots/fpgm-r50-40
 
-``--dataset`` picks the recipe the other flags default to; flags given explicitly win.
+``--dataset`` picks the recipe the other flags default to; flags given explicitly win. With
+``--dataset imagenet``, ``--arch`` takes any torchvision classification model name
+(``--arch mobilenet_v3_small``; recorded as ``imagenet_mobilenet_v3_small``).
 """
 import os
 import sys
 
 from datasets.imagenet32 import imagenet32_data
 from datasets.imagenet_folder import imagenet_data
+from models import resolve_imagenet
 from utils.cli import build_parser
 from utils.errors import UserError
 from utils.data import Data
@@ -63,7 +66,10 @@ class RecipeParser:
     def parse_args(self, argv=None):
         known, _ = self.parser.parse_known_args(argv)
         self.parser.set_defaults(**recipe(known.dataset))
-        return self.parser.parse_args(argv)
+        args = self.parser.parse_args(argv)
+        if args.dataset == "imagenet":  # --arch mobilenet_v3_small: torchvision's
+            args.arch = resolve_imagenet(args.arch)
+        return args
 
     def __getattr__(self, name):
         return getattr(self.parser, name)

@@ -5,7 +5,7 @@ rejects invalid combinations with one line before any work starts.
 """
 import argparse
 
-from models import MODELS
+from models import MODELS, arch_help, is_arch
 
 from .errors import UserError
 from .methods import METHODS
@@ -22,7 +22,9 @@ def build_parser(description: str, datasets: list[str], defaults: dict) -> argpa
     g = p.add_argument_group("data and model")
     g.add_argument("--dataset", choices=datasets, default=datasets[0])
     g.add_argument("--data_path", default="datasets", help="dataset root (downloaded there if absent)")
-    g.add_argument("--arch", default="resnet20", help=f"one of: {', '.join(MODELS)}")
+    g.add_argument("--arch", default="resnet20",
+                   help=f"one of: {', '.join(MODELS)}, or imagenet_NAME for any torchvision "
+                        "classification model NAME")
     g.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
     g = p.add_argument_group("optimisation (the reference's flags)")
     g.add_argument("--epochs", type=int, default=200)
@@ -109,8 +111,8 @@ def check_args(args) -> None:
     def bad(msg):
         raise UserError(msg)
 
-    if args.arch not in MODELS:
-        bad(f"unknown --arch {args.arch!r}; choose one of: {', '.join(MODELS)}")
+    if not is_arch(args.arch):
+        bad(f"unknown --arch {args.arch!r}; choose one of: {arch_help()}")
     rates = {f: getattr(args, f) for f in ("prune_rate_cs", "prune_rate_norm", "prune_rate_gm")}
     negative = [f"--{f} {v}" for f, v in rates.items() if v is not None and v < 0]
     if negative:

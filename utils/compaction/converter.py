@@ -19,6 +19,14 @@ from .materialise import realise
 from .state import ChannelView, Ref, T
 from .tracing import Op, classify, propagate_shapes, shape_of, trace
 
+# the rules of the walk (``Converter.note``): each way a constant is carried or work is saved
+RULES = ("constant into a bias", "border map", "map through a conv", "constant map channel",
+         "depthwise conv", "grouped conv", "grouped input gathered", "filler filters",
+         "unneeded filters skipped", "residual add of narrow tensors",
+         "constant times an excitation", "scaled into a per-sample bias", "product of tensors",
+         "concatenation", "channel split", "channel shuffle", "padded average of a constant",
+         "BatchNorm on its own", "constant features into a linear bias")
+
 HANDLERS = {"conv": convs.convert_conv, "linear": convs.convert_linear, "bn": convs.convert_bn,
             "act": ops.convert_act, "add": ops.convert_add, "mul": ops.convert_mul,
             "cat": ops.convert_cat, "split": ops.convert_split, "slice": ops.convert_slice,
@@ -102,6 +110,7 @@ class Converter:
         self.conv_output: dict = {}  # fx node (a conv, or the BN folded into it) -> its node
 
     def note(self, rule: str) -> None:
+        assert rule in RULES, rule
         self.used[rule] += 1
 
     def state(self, node: fx.Node):

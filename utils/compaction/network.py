@@ -126,6 +126,7 @@ def compact_model(model: nn.Module, pruned: dict, exact: bool = True, input_shap
     p = next(model.parameters())
     compact = CompactNet(manifest).to(p.dtype)  # casts floating tensors only, not indices
     compact.load_state_dict({f"net.{k}": v for k, v in cv.b.state.items()}, strict=True)
+    compact.rules_used = dict(cv.used)  # which rules of the walk fired (not saved)
     return compact.to(p.device).eval()
 
 

@@ -96,9 +96,8 @@ def _sum(cv, a: T, b: T, relu: bool) -> T:
                         value)
     ref = a.ref
     node = None
-    if len(operands) == 2:
-        cv.note("residual add of narrow tensors" if not torch.equal(a.ids, b.ids) else
-                "residual add")
+    if len(operands) == 2 and not torch.equal(a.ids, b.ids):
+        cv.note("residual add of narrow tensors")
     if len(order):
         node = join(cv, operands, terms, values, len(order), spatial, relu)
         ref = Ref(node) if spatial else a.ref

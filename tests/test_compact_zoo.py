@@ -1,0 +1,277 @@
+"""Compaction of every CNN family: exact outputs, costs from the graph, runtimes.
+
+torchvision's classification families and the CIFAR networks, at small inputs, with random
+BN statistics and random masks (each conv loses a random share of up to half its filters,
+so residual-coupled, depthwise, concatenated and squeeze-excitation channels are all hit).
+Every model is built once per module; each test deep-copies it.
+"""
+import copy
+import io
+import contextlib
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from models import build_model
+from utils.compaction import NetworkCost, compact_cost, compact_model, export_onnx, network_cost
+from utils.compaction.converter import RULES
+from utils.graph import find_prunable_convs
+from tests.soft_pruning import rel_error
+
+FAMILIES = [  # (arch, image side): squeeze-excitation on maps larger than 1×1 scales them
+    # (MobileNetV3-S at 32: the last blocks' maps are 1×1, an elementwise product)
+    ("imagenet_vgg11_bn", 32), ("imagenet_mobilenet_v2", 32),
+    ("imagenet_mobilenet_v3_small", 32), ("imagenet_mobilenet_v3_large", 64),
+    ("imagenet_efficientnet_b0", 64),
+    ("imagenet_regnet_x_400mf", 32), ("imagenet_regnet_y_400mf", 64),
+    ("imagenet_mnasnet0_5", 32), ("imagenet_shufflenet_v2_x0_5", 32),
+    ("imagenet_googlenet", 32), ("imagenet_inception_v3", 75), ("imagenet_densenet121", 32),
+    ("imagenet_resnext50_32x4d", 32), ("imagenet_wide_resnet50_2", 32),
+    ("vgg16_bn", 32), ("vgg19_bn", 32), ("mobilenet_v2", 32)]
+RULES_SEEN: dict = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two threads spin against the other processes of a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@torch.no_grad()
+def calibrated(model, size, gen):
+    """BN statistics of random images (deep random networks saturate otherwise: a constant
+    output would make every test vacuous), then random affine parameters, so that every
+    pruned channel carries its own constant."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in bns:
+        m.momentum = None  # a plain average of the batches
+    model.train()
+    model(torch.randn(4, 3, size, size, generator=gen))
+    for m in bns:
+        m.momentum = 0.1
+        m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+        m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def built():
+    cache = {}
+
+    def get(arch, size):
+        if (arch, size) not in cache:
+            torch.manual_seed(0)
+            cache[arch, size] = calibrated(build_model(arch, 10), size,
+                                           torch.Generator().manual_seed(1))
+        return copy.deepcopy(cache[arch, size])
+
+    return get
+
+
+@torch.no_grad()
+def prune_some(model, seed=0, share=0.5):
+    """Zero a random count (0 … ⌊share·F⌋) of random filters in every prunable conv."""
+    gen = torch.Generator().manual_seed(seed)
+    pruned = {}
+    for c in find_prunable_convs(model):
+        k = int(torch.randint(int(share * c.filters) + 1, (), generator=gen))
+        idx = torch.randperm(c.filters, generator=gen)[:k]
+        c.conv.weight[idx] = 0
+        pruned[c.name] = idx
+    return pruned
+
+
+def flop_counter_macs(model, shape) -> int:
+    x = torch.zeros((1,) + tuple(shape), dtype=next(model.parameters()).dtype)
+    with torch.no_grad():
+        model(x)  # the compact network's constant maps are cached: not part of a forward
+        with FlopCounterMode(display=False) as counter:
+            model(x)
+    return counter.get_total_flops() // 2
+
+
+@pytest.mark.parametrize("arch,size", FAMILIES, ids=[a for a, _ in FAMILIES])
+def test_family_compacts_exactly_and_counts_right(arch, size, built):
+    """In float64: a deep float32 network is ~1e-5 from itself in float64 (EfficientNet-B0
+    here), so only float64 separates a wrong constant from rounding."""
+    model = built(arch, size).double()
+    shape = (3, size, size)
+    cost_of = NetworkCost(model, shape)  # traced once; reads the weights at every call
+    dense_cost = cost_of({})
+    assert dense_cost == (flop_counter_macs(model, shape),
+                          sum(p.numel() for p in model.parameters()))
+    pruned = prune_some(model)
+    compact = compact_model(model, pruned, input_shape=shape)
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with torch.no_grad():
+        ref, out = model(x), compact(x)
+    assert rel_error(ref, out) <= 1e-10
+    assert (ref[0] - ref[1]).abs().max() > 1e-3 * ref.abs().max()  # not a constant network
+    cost = compact_cost(compact, shape)
+    assert cost == cost_of(pruned)  # the per-epoch count: the same walk
+    assert cost[0] == flop_counter_macs(compact, shape)
+    assert cost[0] < dense_cost[0] and cost[1] < dense_cost[1]
+    RULES_SEEN.update(compact.rules_used)
+
+
+def test_every_rule_of_the_walk_was_exercised():
+    """Runs after the families above (same module, in order): each way of carrying a
+    constant or saving work fired for at least one of them."""
+    assert len(RULES_SEEN) > 0, "run with the family tests"
+    assert set(RULES) - set(RULES_SEEN) == set()
+
+
+# -- costs against hand-computed values ---------------------------------------------------------
+
+def _bn(n, beta=1.0):
+    bn = nn.BatchNorm2d(n)
+    with torch.no_grad():  # a pruned channel's constant: β − γ·mean/√(var+ε) = β > 0
+        bn.bias.fill_(beta)
+    return bn
+
+
+class Depthwise(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.expand, self.bn1 = nn.Conv2d(3, 8, 1, bias=False), _bn(8)
+        self.dw, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), _bn(8)
+        self.project, self.bn3 = nn.Conv2d(8, 4, 1, bias=False), _bn(4)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = torch.relu(self.bn2(self.dw(torch.relu(self.bn1(self.expand(x))))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.bn3(
+            self.project(x)), 1), 1))
+
+
+class Excitation(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1, bias=False), _bn(8)
+        self.fc1, self.fc2 = nn.Conv2d(8, 2, 1), nn.Conv2d(2, 8, 1)
+        self.project, self.bn2 = nn.Conv2d(8, 4, 1, bias=False), _bn(4)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv(x)))
+        s = torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+        y = self.bn2(self.project(x * s))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+class Classifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1, bias=False), _bn(4)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = nn.functional.adaptive_avg_pool2d(torch.relu(self.bn(self.conv(x))), 2)
+        return self.fc(torch.flatten(x, 1))
+
+
+# (model, pruned filters, (dense MACs, dense params), (compact MACs, compact params)) on 3×8×8
+HAND = [
+    # expand keeps 3..7, but channel 3 only feeds the pruned depthwise filter 3: 4 computed;
+    # the depthwise conv computes the 4 channels whose input and filter are both kept; the
+    # project conv keeps 3 filters over those 4 channels; the fc reads their 3 features.
+    # dense:   64·8·3 + 64·8·9 + 64·4·8 + 4·2 = 8200;  params 24+16 + 72+16 + 32+8 + 8+2 = 178
+    # compact: 64·4·3 + 64·4·9 + 64·3·4 + 3·2 = 3846;  params 12+8 + 36+8 + 12+6 + 6+2 = 90
+    (Depthwise, {"expand": [0, 1, 2], "dw": [3], "project": [0]}, (8200, 178), (3846, 90)),
+    # channels 0, 1 are pruned: positive constants that the excitation scales per sample.
+    # fc1 reads the 6 computed pooled channels (the 2 constants go into its bias), fc2 gives
+    # all 8 factors, the project conv reads 6 channels + the 2 scaled ones as a per-sample
+    # bias (3 × 2 MACs and weights), the fc reads the 3 kept features.
+    # dense:   64·8·27 + 8·2 + 2·8 + 64·4·8 + 4·2 = 15912; params 216+16 + 18 + 24 + 32+8 + 10
+    # compact: 64·6·27 + 6·2 + 2·8 + 64·3·6 + 3·2 + 3·2 = 11560;
+    #          params 162+12 + 14 + 24 + 18+6+6 + 8 = 250
+    (Excitation, {"conv": [0, 1], "project": [0]}, (15912, 324), (11560, 250)),
+    # the 2×2 pooled map of 3 kept channels: 12 of 16 features reach the linear layer
+    # dense:   64·4·27 + 16·3 = 6960; params 108+8 + 48+3 = 167
+    # compact: 64·3·27 + 12·3 = 5220; params 81+6 + 36+3 = 126
+    (Classifier, {"conv": [1]}, (6960, 167), (5220, 126)),
+]
+
+
+@pytest.mark.parametrize("make,pruned,dense,compact", HAND,
+                         ids=["depthwise-after-pruned-input", "squeeze-excitation", "linear"])
+def test_cost_matches_a_count_by_hand(make, pruned, dense, compact):
+    torch.manual_seed(0)
+    model = make().eval()
+    with torch.no_grad():
+        for name, idx in pruned.items():
+            model.get_submodule(name).weight[idx] = 0
+    shape = (3, 8, 8)
+    assert network_cost(model, shape) == dense
+    assert network_cost(model, shape, pruned) == compact
+    net = compact_model(model, pruned, input_shape=shape)
+    assert compact_cost(net, shape) == compact
+    x = torch.randn(4, *shape)
+    with torch.no_grad():
+        assert rel_error(model(x), net(x)) <= 1e-5
+
+
+# -- runtimes ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch,size,onnx", [("imagenet_mobilenet_v3_small", 64, True),
+                                            ("imagenet_shufflenet_v2_x0_5", 48, False)])
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
+def test_runtimes(arch, size, onnx, built, tmp_path):
+    """inference_mode, channels_last, a trace at another size (and ONNX Runtime): squeeze-
+    excitation with hardswish; channel split and shuffle."""
+    model = built(arch, size)
+    pruned = prune_some(model, seed=3)
+    compact = compact_model(model, pruned, input_shape=(3, size, size))
+    x = torch.randn(2, 3, size, size)
+    other = torch.randn(3, 3, size + 16, size + 16)
+    with torch.no_grad():
+        ref, ref_other = model(x), model(other)
+    with torch.inference_mode():
+        assert rel_error(ref, compact(x)) <= 1e-5
+    cl = copy.deepcopy(compact).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for _ in range(2):  # the second run takes the cached maps
+            assert rel_error(ref, cl(x.contiguous(memory_format=torch.channels_last))) <= 1e-5
+        traced = torch.jit.trace(compact, x)
+        assert rel_error(ref_other, traced(other)) <= 1e-5
+    if onnx:
+        assert rel_error(ref, onnx_runtime(compact, x, tmp_path / "m.onnx")) <= 1e-5
+
+
+def onnx_runtime(compact, x, path) -> torch.Tensor:
+    import onnxruntime
+
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_onnx(compact, path, (1,) + tuple(x.shape[1:]))
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(str(path), options,
+                                           providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+
+
+@pytest.mark.parametrize("arch,size", [("resnet56", 32), ("imagenet_mobilenet_v2", 32)])
+def test_attenuated_channels_carry_no_constant(arch, size, built):
+    """``--attenuate bn`` zeroes a pruned channel's γ and β: it then emits exactly 0, and the
+    compact network needs no constant map at all (a ResNet: no constant of any kind)."""
+    model = built(arch, size)
+    pruned = prune_some(model, seed=4)
+    with torch.no_grad():
+        for c in find_prunable_convs(model):
+            c.bn.weight[pruned[c.name]] = 0
+            c.bn.bias[pruned[c.name]] = 0
+    compact = compact_model(model, pruned, input_shape=(3, size, size))
+    nodes = compact.manifest["nodes"]
+    assert not any(n["attrs"].get("map") for n in nodes)
+    if arch == "resnet56":
+        assert not any(n["attrs"].get("term") for n in nodes if n["op"] == "join")
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        assert rel_error(model(x), compact(x)) <= 1e-5

@@ -30,5 +30,6 @@ bench: $(VENV)/.installed
 	$(PY) -m bench.train_step
 	$(PY) -m bench.epoch_cost
 	$(PY) -m bench.compact_latency
+	$(PY) -m bench.compact_zoo
 	$(PY) -m bench.gsc_pipeline
 	$(PY) -m bench.imagenet_loader

@@ -42,3 +42,22 @@ def randomize_bn(model: nn.Module, gen: torch.Generator) -> nn.Module:
             m.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
             m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
     return model
+
+
+@torch.no_grad()
+def calibrate_bn(model: nn.Module, input_shape, gen: torch.Generator) -> nn.Module:
+    """BN statistics of one batch of random images, then random affine parameters: a deep
+    random network with ``randomize_bn`` saturates (its output hardly depends on the input),
+    one calibrated so behaves like a trained one, and every pruned channel still carries its
+    own constant."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = None  # a plain average of the batches seen
+    model.train()
+    model(torch.randn((4,) + tuple(input_shape)[-3:], generator=gen))
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+        m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+        m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.5)
+    return model.eval()

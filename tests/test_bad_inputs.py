@@ -24,7 +24,9 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
+import compact as compact_cli
 import notebook_cifar
 import notebook_gsc
 import notebook_imagenet
@@ -168,6 +170,45 @@ def previous_checkpoint_loads(p, err):
     assert not [f for f in os.listdir(p.earlier) if f.startswith(".tmp")]
 
 
+class Untraceable(nn.Module):
+    """A forward that branches on the data: torch.fx cannot record it."""
+
+    def __init__(self, num_classes=10, in_channels=3):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(in_channels, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.bn(self.conv(x))
+        if x.mean() > 0:
+            x = x.relu()
+        return self.fc(x.mean((2, 3)))
+
+
+class WithGroupNorm(nn.Module):
+    """Trains and prunes (two conv → BN pairs), but holds an op the compactor refuses."""
+
+    def __init__(self, num_classes=10, in_channels=3):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(in_channels, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.norm = nn.GroupNorm(2, 8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.norm(torch.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.relu(self.bn2(self.conv2(x))).mean((2, 3)))
+
+
+def arch_is(model_class, module_name="utils.trainer"):
+    """Every --arch builds ``model_class``, as a model added to ``models/`` would."""
+    def patch(monkeypatch):
+        monkeypatch.setattr(f"{module_name}.build_model",
+                            lambda name, num_classes, in_channels=3: model_class(num_classes,
+                                                                                 in_channels))
+    return patch
+
+
 # --- the table ---------------------------------------------------------------------------------
 
 @dataclass
@@ -199,6 +240,10 @@ CASES = [
          "--tau has no effect"),
     Case("round-to-0", ["--round_to", "0"], "--round_to must be ≥ 1"),
     Case("unknown-arch", ["--arch", "resnet21"], "unknown --arch 'resnet21'", subprocess=True),
+    Case("arch-without-prunable-convs", ["--arch", "imagenet_squeezenet1_0"],
+         "has no Conv2d whose output goes only to a BatchNorm2d (it has no BatchNorm2d)"),
+    Case("untraceable-model", [], "cannot trace a Untraceable with torch.fx",
+         patch=arch_is(Untraceable)),
     Case("rate-negative", ["--prune_rate_cs", "-0.1"], "must be ≥ 0"),
     Case("rates-sum-to-1", ["--prune_rate_gm", "0.9"], "must be < 1"),
     Case("tau-too-small", ["--tau", "1.2"], "--tau must be > 4/3"),
@@ -336,6 +381,11 @@ IMAGENET_CASES = [
     Case("imagenet-dataset-of-another-script", ["--dataset", "cifar10"],
          "invalid choice: 'cifar10'"),
     Case("imagenet-cs-samples-0", ["--cs_samples", "0"], "--cs_samples must be ≥ 1"),
+    Case("imagenet-unknown-arch", [*FULL_SIZE, "--arch", "resnet21"],
+         "unknown --arch 'resnet21'; choose one of: resnet20"),
+    Case("imagenet-arch-without-batchnorm", [*FULL_SIZE, "--arch", "convnext_tiny"],
+         "--arch imagenet_convnext_tiny has no Conv2d whose output goes only to a BatchNorm2d "
+         "(it normalises with LayerNorm"),
     Case("imagenet32-batch-file-missing", [], "lacks train_data_batch_7.npz",
          remove_npz(TRAIN_FILES[6])),
     Case("imagenet32-val-file-missing", [], f"no {VAL_FILE} under", remove_npz(VAL_FILE)),
@@ -497,6 +547,14 @@ COMPARE_CASES = [
 ]
 
 
+# compact.py works on finished snapshots: (id, the snapshot's model, the phrase of the error)
+COMPACT_CASES = [
+    ("compact-refused-op", WithGroupNorm,
+     "cannot compact: GroupNorm (module 'norm', fx node norm) is not an operation the "
+     "compactor understands"),
+]
+
+
 # --- fixtures and helpers ----------------------------------------------------------------------
 
 def entry(module, argv) -> int:
@@ -620,6 +678,27 @@ def test_compare_without_finished_runs_warns_per_folder_then_stops(folders, setu
     assert files_of(paths.earlier) == before and not os.path.exists(paths.fresh)
 
 
+@pytest.mark.parametrize("model_class,expect", [c[1:] for c in COMPACT_CASES],
+                         ids=[c[0] for c in COMPACT_CASES])
+def test_compact_refusal_is_one_line_and_the_run_keeps_its_checkpoint(model_class, expect, paths,
+                                                                    capsys, monkeypatch):
+    """The training run finishes (a warning in its log, no model_compact.pt); compact.py on
+    its snapshot then says why in one line and writes nothing."""
+    arch_is(model_class)(monkeypatch)
+    save = paths.fresh
+    assert entry(notebook_cifar, [a.format(**vars(paths)) for a in BASE]) == 0
+    log = open(os.path.join(save, "log.txt")).read()
+    assert f"warning: no compact network ({expect}" in log
+    assert os.path.exists(os.path.join(save, "summary.json"))
+    assert not os.path.exists(os.path.join(save, "model_compact.pt"))
+    before = files_of(save)
+    capsys.readouterr()
+    arch_is(model_class, "utils.compaction.figures")(monkeypatch)
+    code, err = compact_cli.main([save]), capsys.readouterr().err
+    assert_one_line_error(code, err, expect)
+    assert code == 2 and files_of(save) == before
+
+
 def test_debug_shows_the_traceback(paths):
     truncate_checkpoint(paths)
     code, err = run_script(notebook_cifar,
@@ -688,4 +767,4 @@ def test_the_troubleshooting_table_lists_the_catalogue_in_order():
     doc = readme.split("## Troubleshooting", 1)[1].split("\n## ", 1)[0]
     rows = [line.split("`")[1] for line in doc.splitlines() if line.startswith("| `")]
     assert rows == ([case.id for script in SCRIPTS.values() for case in script.cases]
-                    + [c[0] for c in COMPARE_CASES])
+                    + [c[0] for c in COMPARE_CASES] + [c[0] for c in COMPACT_CASES])

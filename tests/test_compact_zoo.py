@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.common import calibrate_bn
 from models import build_model
 from utils.compaction import NetworkCost, compact_cost, compact_model, export_onnx, network_cost
 from utils.compaction.converter import RULES
@@ -43,23 +44,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@torch.no_grad()
-def calibrated(model, size, gen):
-    """BN statistics of random images (deep random networks saturate otherwise: a constant
-    output would make every test vacuous), then random affine parameters, so that every
-    pruned channel carries its own constant."""
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for m in bns:
-        m.momentum = None  # a plain average of the batches
-    model.train()
-    model(torch.randn(4, 3, size, size, generator=gen))
-    for m in bns:
-        m.momentum = 0.1
-        m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-        m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.5)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def built():
     cache = {}
@@ -67,8 +51,10 @@ def built():
     def get(arch, size):
         if (arch, size) not in cache:
             torch.manual_seed(0)
-            cache[arch, size] = calibrated(build_model(arch, 10), size,
-                                           torch.Generator().manual_seed(1))
+            # deep random networks saturate: BN statistics of random images keep the output
+            # dependent on the input (else the exactness tests would be vacuous)
+            cache[arch, size] = calibrate_bn(build_model(arch, 10), (3, size, size),
+                                             torch.Generator().manual_seed(1))
         return copy.deepcopy(cache[arch, size])
 
     return get

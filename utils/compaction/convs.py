@@ -204,7 +204,12 @@ class _Conv:
         slots_in = [x.ids[(x.ids // self.ig) == g] for g in order]
         outs = [computed[g * self.og:(g + 1) * self.og].nonzero()[:, 0] + g * self.og
                 for g in order]
-        width, count = max(len(s) for s in slots_in), max(len(o) for o in outs)
+        # oneDNN's grouped kernels in NCHW want a multiple of 8 channels per group: rounding
+        # both widths up made RegNetX-400MF's compact network 1.1× instead of 0.9× its
+        # dense one there (channels_last: 1.35× instead of 1.6×); the padding slots have
+        # zero weights, the fillers compute their own constants, read by the next conv
+        width = _round8(max(len(s) for s in slots_in), self.ig)
+        count = _round8(max(len(o) for o in outs), self.og)
         slots_out = []
         for g, o in zip(order, outs):
             spare = (~computed[g * self.og:(g + 1) * self.og]).nonzero()[:, 0] + g * self.og
@@ -221,12 +226,11 @@ class _Conv:
         laid_out = torch.cat([torch.cat([s, torch.full((width - len(s),), -1)])
                               for s in slots_in])
         if not torch.equal(laid_out, x.ids):
-            pad = len(x.ids)
-            where = torch.full((self.m.in_channels,), pad, dtype=torch.long)
+            # a padding slot has zero weights: it may read any channel (the first)
+            where = torch.zeros(self.m.in_channels, dtype=torch.long)
             where[x.ids] = torch.arange(len(x.ids))
-            tensors["index"] = torch.where(laid_out >= 0, where[laid_out.clamp(min=0)],
-                                           torch.full_like(laid_out, pad))
-            self.gather = "pad" if bool((laid_out < 0).any()) else "take"
+            tensors["index"] = torch.where(laid_out >= 0, where[laid_out.clamp(min=0)], 0)
+            self.gather = "take"
             cv.note("grouped input gathered")
         sbias = 0
         s = x.scaled
@@ -239,6 +243,10 @@ class _Conv:
             sbias = len(s.ids)
             cv.note("scaled into a per-sample bias")
         return inputs, tensors, sbias
+
+
+def _round8(n: int, cap: int) -> int:
+    return min(cap, -(-n // 8) * 8)
 
 
 def convert_linear(cv, op) -> T:

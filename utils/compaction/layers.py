@@ -12,7 +12,7 @@ from torch import nn
 
 from .constmaps import ConstMap
 from .modules import _ACTIVATIONS, _IN_PLACE, _IN_PLACE_KW, activation, graph_mode, register, \
-    take_channels, widen
+    take_channels
 
 
 def _own(specs: dict) -> dict:
@@ -28,8 +28,6 @@ class FoldedConv(nn.Module):
         for key in ("index", "smat", "spos"):
             self.register_buffer(key, None)
         register(self, _own(specs))
-        # ``index`` lays the input out in the compact groups; "pad": some slots read zeros
-        self.padded = a["gather"] == "pad"
         self.map = ConstMap(a["map"], specs) if a.get("map") else None
         self.source_bias, self.bn = bool(a["source_bias"]), bool(a["bn"])
         act = a.get("act")
@@ -43,9 +41,8 @@ class FoldedConv(nn.Module):
         self.geometry = (c.stride, c.padding, c.dilation, c.groups)
 
     def forward(self, x: torch.Tensor, *rest) -> torch.Tensor:
-        if self.gathers:
-            x = widen(x, self.index) if self.padded or graph_mode() else \
-                take_channels(x, self.index)
+        if self.gathers:  # the input laid out in the compact groups
+            x = take_channels(x, self.index)
         y = F.conv2d(x, self.conv.weight, self.conv.bias, *self.geometry)
         if not self.extras:
             return y

@@ -1,0 +1,123 @@
+"""CPU latency of compact networks beyond the ResNets: does compaction pay on every family?
+
+    python -m bench.compact_zoo [--quick]
+
+VGG-16-BN (CIFAR, 32×32), MobileNetV2, EfficientNet-B0, RegNetX-400MF, ResNeXt-50 and
+DenseNet-121 (torchvision, 224×224), every prunable conv losing ⌊0.4F⌋ filters chosen by the
+geometric-median criterion (FPGM-only at 40 %); BN statistics of random images and random
+affine parameters (``bench.common.calibrate_bn``), so the constants are there as in a trained
+network. For each: ``exact`` (max relative output difference, compact vs soft-pruned), FLOPs
+and parameters before and after, and the soft-pruned ``dense`` network against the
+``compact`` one, timed interleaved (medians of CPU time, one thread) in eager PyTorch, NCHW
+and channels_last (``nhwc``), at batch 1 and a larger batch.
+
+Columns: ``speedup`` = dense ÷ compact; ``flops`` = compact ÷ dense MACs;
+``speedup_vs_flops`` = speedup × flops (1 = as fast as the FLOPs promise). Summary lines:
+``slowest_compact_vs_dense`` = the smallest speedup of any row (target ≥ 1.0: compaction
+never slows a network down); ``geomean_speedup_vs_flops`` over the larger-batch rows (target ≥
+0.7); the same two for the networks with every pruned layer keeping a multiple of 16 filters
+(``--round_to 16``), beside them.
+"""
+import argparse
+import math
+import tempfile
+
+import torch
+
+from bench.common import calibrate_bn
+from bench.compact_latency import runners, time_row
+from models import build_model
+from utils.compaction import compact_cost, compact_model, max_rel_error, network_cost
+from utils.criteria import geometric_median_select
+from utils.graph import find_prunable_convs
+from utils.schedule import count, round_selected
+
+# name, arch, image side, {batch: (repeats, warm-up)}
+CASES = [
+    ("vgg16_bn cifar", "vgg16_bn", 32, {1: (40, 5), 64: (5, 1)}),
+    ("mobilenet_v2", "imagenet_mobilenet_v2", 224, {1: (20, 3), 16: (4, 1)}),
+    ("efficientnet_b0", "imagenet_efficientnet_b0", 224, {1: (15, 3), 16: (3, 1)}),
+    ("regnet_x_400mf", "imagenet_regnet_x_400mf", 224, {1: (20, 3), 16: (4, 1)}),
+    ("resnext50_32x4d", "imagenet_resnext50_32x4d", 224, {1: (5, 1), 8: (2, 1)}),
+    ("densenet121", "imagenet_densenet121", 224, {1: (5, 1), 8: (2, 1)}),
+]
+RUNTIMES = ("nchw", "nhwc")
+RATE = 0.4
+
+
+@torch.no_grad()
+def soft_pruned_gm(arch: str, size: int, round_to: int = 1, seed: int = 0):
+    """The network with ⌊0.4F⌋ filters per conv (a multiple of ``round_to`` kept) zeroed, those
+    closest to their layer's geometric median: FPGM's own choice."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = calibrate_bn(build_model(arch, 1000 if arch.startswith("imagenet_") else 10),
+                         (3, size, size), gen)
+    pruned = {}
+    for c in find_prunable_convs(model):
+        n = round_selected(c.filters, count(c.filters, RATE), round_to)
+        idx = geometric_median_select(c.conv.weight, torch.arange(c.filters), n)
+        c.conv.weight[idx] = 0
+        pruned[c.name] = idx
+    return model, pruned
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 repeats each: a smoke test")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, CPU {torch.backends.cpu.get_cpu_capability()}, 1 thread; "
+          f"{RATE:.0%} of every prunable conv's filters (GM); FLOPs = multiply-accumulates; "
+          "times are medians of CPU time (ms)")
+    rows = {1: [], 16: []}
+    with tempfile.TemporaryDirectory() as folder:
+        for case in CASES:
+            for round_to in (1, 16):
+                rows[round_to] += measure(case, round_to, args.quick, folder)
+    for round_to, label in ((1, ""), (16, " (round_to 16)")):
+        slowest = min(rows[round_to], key=lambda r: r[0])
+        large = [r[1] for r in rows[round_to] if r[2]]
+        geomean = math.exp(sum(math.log(v) for v in large) / len(large))
+        print(f"slowest_compact_vs_dense{label.replace(' ', '_')}: {slowest[0]:.2f}  "
+              f"({slowest[3]}; target >= 1.0)")
+        print(f"geomean_speedup_vs_flops{label.replace(' ', '_')}: {geomean:.2f}  "
+              f"(the larger-batch rows; target >= 0.7)")
+
+
+def measure(case, round_to: int, quick: bool, folder: str) -> list:
+    """Time one network and print its rows: [(speedup, speedup_vs_flops, larger batch, where)]."""
+    name, arch, size, plan = case
+    dense, pruned = soft_pruned_gm(arch, size, round_to)
+    shape = (3, size, size)
+    compact = compact_model(dense, pruned, input_shape=shape)
+    flops_d, params_d = network_cost(dense, shape)
+    flops_c, params_c = compact_cost(compact, shape)
+    ratio = flops_c / flops_d
+    label = name + (f" r{round_to}" if round_to > 1 else "")
+    print(f"\n{label}: exact {max_rel_error(dense, compact, shape):.1e}, FLOPs "
+          f"{flops_d / 1e6:.1f}M -> {flops_c / 1e6:.1f}M (-{1 - ratio:.1%}), params "
+          f"{params_d / 1e6:.2f}M -> {params_c / 1e6:.2f}M (-{1 - params_c / params_d:.1%})")
+    print(f"{'model':<22} {'runtime':<8} {'batch':>5} {'reps':>4} {'dense':>10} {'compact':>10} "
+          f"{'speedup':>7} {'flops':>6}  speedup_vs_flops")
+    out = []
+    largest = max(plan)
+    for runtime in RUNTIMES:
+        fns, make_input = runners({"dense": dense, "compact": compact}, runtime, (1,) + shape,
+                                  folder)
+        for batch, (reps, warmup) in plan.items():
+            if round_to > 1 and batch != largest:
+                continue  # rounded widths: the larger batch only
+            reps, warmup = (2, 1) if quick else (reps, warmup)
+            t = time_row(fns, make_input, batch, size, reps, warmup)
+            speedup = t["dense"] / t["compact"]
+            print(f"{label:<22} {runtime:<8} {batch:>5} {reps:>4} {t['dense'] * 1e3:>10.2f} "
+                  f"{t['compact'] * 1e3:>10.2f} {speedup:>6.2f}x {ratio:>6.3f}  "
+                  f"speedup_vs_flops: {speedup * ratio:.2f}", flush=True)
+            out.append((speedup, speedup * ratio, batch == largest,
+                        f"{label} {runtime} batch {batch}"))
+    return out
+
+
+if __name__ == "__main__":
+    main()

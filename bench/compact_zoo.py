@@ -34,12 +34,12 @@ from utils.schedule import count, round_selected
 
 # name, arch, image side, {batch: (repeats, warm-up)}
 CASES = [
-    ("vgg16_bn cifar", "vgg16_bn", 32, {1: (40, 5), 64: (5, 1)}),
-    ("mobilenet_v2", "imagenet_mobilenet_v2", 224, {1: (20, 3), 16: (4, 1)}),
-    ("efficientnet_b0", "imagenet_efficientnet_b0", 224, {1: (15, 3), 16: (3, 1)}),
-    ("regnet_x_400mf", "imagenet_regnet_x_400mf", 224, {1: (20, 3), 16: (4, 1)}),
-    ("resnext50_32x4d", "imagenet_resnext50_32x4d", 224, {1: (5, 1), 8: (2, 1)}),
-    ("densenet121", "imagenet_densenet121", 224, {1: (5, 1), 8: (2, 1)}),
+    ("vgg16_bn cifar", "vgg16_bn", 32, {1: (60, 5), 64: (8, 1)}),
+    ("mobilenet_v2", "imagenet_mobilenet_v2", 224, {1: (30, 3), 16: (6, 1)}),
+    ("efficientnet_b0", "imagenet_efficientnet_b0", 224, {1: (30, 3), 16: (6, 1)}),
+    ("regnet_x_400mf", "imagenet_regnet_x_400mf", 224, {1: (30, 3), 16: (6, 1)}),
+    ("resnext50_32x4d", "imagenet_resnext50_32x4d", 224, {1: (8, 1), 8: (3, 1)}),
+    ("densenet121", "imagenet_densenet121", 224, {1: (8, 1), 8: (3, 1)}),
 ]
 RUNTIMES = ("nchw", "nhwc")
 RATE = 0.4

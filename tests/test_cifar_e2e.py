@@ -17,9 +17,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 3
 
 
-def run_cifar(*args, check=True):
+def run_cifar(*args, check=True, env=None):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "notebook_cifar.py"), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -187,3 +187,28 @@ def test_nonfinite_loss_stops_naming_epoch_and_batch_and_keeps_the_checkpoint(da
     skip = run_cifar(*common(data_root, save), "--resume", "auto", "--learning_rate", "1e30",
                      "--nan_policy", "skip", "--epochs", "3")
     assert "batches with a non-finite loss (--nan_policy skip)" in skip.stdout
+
+
+def test_vgg16_end_to_end_gives_its_compact_network(tmp_path):
+    """The CIFAR VGG of the pruning papers through the same script: pruned, compacted, exact."""
+    data, save = str(tmp_path / "data"), str(tmp_path / "vgg")
+    write_cifar(data, "cifar10", n_train=32, n_test=16, seed=1)
+    run_cifar("--dataset", "cifar10", "--arch", "vgg16_bn", "--data_path", data, "--save_path",
+              save, "--epochs", "2", "--batch_size", "16", "--batch_prune_size", "32",
+              "--schedule", "1", "--gammas", "1", "--workers", "0", "--manualSeed", "3",
+              env={**os.environ, "OMP_NUM_THREADS": "1"})  # 2 threads spin on a shared CPU
+    summary = json.load(open(os.path.join(save, "summary.json")))
+    c = summary["compact"]
+    assert summary["arch"] == "vgg16_bn" and len(summary["selected_per_layer"]) == 13
+    assert summary["flops_dense"] == 313_201_664  # the 313 M of the pruning papers' tables
+    assert c["flops"] == summary["flops_pruned"] and c["params"] == summary["params_pruned"]
+    assert 0.4 < c["flops_reduction"] < 0.8 and c["max_rel_error"] <= 1e-5
+    from models import build_model
+    from utils.compaction import load_compact
+    ckpt = torch.load(os.path.join(save, "checkpoint.pt"), weights_only=True)
+    dense = build_model("vgg16_bn", 10)
+    dense.load_state_dict(ckpt["model"])
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        ref, out = dense.eval()(x), load_compact(os.path.join(save, "model_compact.pt"))(x)
+    assert ((out - ref).abs().max() / ref.abs().max()) < 1e-5

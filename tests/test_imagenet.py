@@ -202,6 +202,11 @@ def test_dataset_picks_the_recipe_and_explicit_flags_win():
                "--arch", "imagenet_resnet18", "--workers", "3"])
     assert (c.epochs, c.learning_rate, c.arch, c.workers, c.batch_size) == \
         (5, 0.05, "imagenet_resnet18", 3, 256)
+    # any torchvision classification model by its name; the CIFAR ResNets keep theirs
+    assert parse(["--dataset", "imagenet", "--arch", "mobilenet_v3_small"]).arch == \
+        "imagenet_mobilenet_v3_small"
+    assert parse(["--dataset", "imagenet", "--arch", "resnet56"]).arch == "resnet56"
+    assert parse(["--arch", "mobilenet_v2"]).arch == "mobilenet_v2"  # ImageNet32: 32×32 nets
 
 
 # One compute thread per run: on a shared 2-core machine two OpenMP threads per process spin
@@ -318,3 +323,24 @@ def test_full_size_end_to_end_from_a_torchvision_state_dict(folder_root, tmp_pat
     top1 = 100 * (logits.argmax(1) == y).double().mean().item()
     assert f"before training: test top1 {top1:.2f} loss {loss:.4f}" in proc.stdout
     assert "(eval mode)" in open(os.path.join(save, "log.txt")).read()
+
+
+def test_full_size_end_to_end_with_a_torchvision_mobilenet(folder_root, tmp_path):
+    """``--arch`` takes any torchvision classification model: squeeze-excitation, hardswish and
+    depthwise convs through training, per-epoch FLOPs, and the compact network."""
+    save = str(tmp_path / "mnv3")
+    run_script("--dataset", "imagenet", "--arch", "mobilenet_v3_small", "--crop_size", "64",
+               "--resize_size", "72", "--data_path", folder_root, "--save_path", save,
+               "--epochs", "2", "--method", "fpgm", "--prune_rate_gm", "0.4", "--batch_size",
+               "4", "--batch_prune_size", "8", "--learning_rate", "0.01", "--workers", "0",
+               "--manualSeed", "3")
+    summary = json.load(open(os.path.join(save, "summary.json")))
+    assert summary["arch"] == "imagenet_mobilenet_v3_small"
+    ckpt = torch.load(os.path.join(save, "checkpoint.pt"), weights_only=True)
+    widths = {n: ckpt["model"][n + ".weight"].shape[0] for n in summary["selected_per_layer"]}
+    assert len(widths) == 34  # the convs that feed a BatchNorm (the SE convs do not)
+    assert summary["selected_per_layer"] == {n: count(f, 0.4) for n, f in widths.items()}
+    c = summary["compact"]
+    assert c["flops"] == summary["flops_pruned"] and c["params"] == summary["params_pruned"]
+    assert c["flops_reduction"] > 0.3 and c["max_rel_error"] <= 1e-5
+    assert os.path.exists(os.path.join(save, "model_compact.pt"))

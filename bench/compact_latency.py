@@ -47,6 +47,7 @@ from torch import nn
 from bench.common import interleaved, randomize_bn
 from models import build_model
 from utils.compaction import compact_cost, compact_model, export_onnx, network_cost
+from utils.compaction.layers import FoldedConv
 from utils.graph import find_prunable_convs
 from utils.schedule import round_selected
 
@@ -70,13 +71,14 @@ def lane_macs(model: nn.Module, input_shape, lanes: int) -> int:
     """Conv MACs with input and output channels rounded up to a multiple of ``lanes``."""
     total, handles = [0], []
 
-    def hook(conv, inp, out):
+    def hook(module, inp, out):
+        conv = module.conv if isinstance(module, FoldedConv) else module
         up = lambda c: math.ceil(c / lanes) * lanes  # noqa: E731
         k = conv.kernel_size[0] * conv.kernel_size[1]
         total[0] += out.shape[2] * out.shape[3] * up(conv.out_channels) * up(conv.in_channels) * k
 
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
+    for m in model.modules():  # a FoldedConv runs its conv's weights, not the module
+        if isinstance(m, (nn.Conv2d, FoldedConv)):
             handles.append(m.register_forward_hook(hook))
     try:
         model(torch.zeros(input_shape))

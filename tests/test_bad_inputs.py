@@ -190,7 +190,8 @@ class WithGroupNorm(nn.Module):
 
     def __init__(self, num_classes=10, in_channels=3):
         super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(in_channels, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.conv1 = nn.Conv2d(in_channels, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
         self.norm = nn.GroupNorm(2, 8)
         self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
         self.fc = nn.Linear(8, num_classes)

@@ -167,14 +167,14 @@ HAND = [
     # expand keeps 3..7, but channel 3 only feeds the pruned depthwise filter 3: 4 computed;
     # the depthwise conv computes the 4 channels whose input and filter are both kept; the
     # project conv keeps 3 filters over those 4 channels; the fc reads their 3 features.
-    # dense:   64·8·3 + 64·8·9 + 64·4·8 + 4·2 = 8200;  params 24+16 + 72+16 + 32+8 + 8+2 = 178
+    # dense:   64·8·3 + 64·8·9 + 64·4·8 + 4·2 = 8200; params 24+16 + 72+16 + 32+8 + 8+2 = 178
     # compact: 64·4·3 + 64·4·9 + 64·3·4 + 3·2 = 3846;  params 12+8 + 36+8 + 12+6 + 6+2 = 90
     (Depthwise, {"expand": [0, 1, 2], "dw": [3], "project": [0]}, (8200, 178), (3846, 90)),
     # channels 0, 1 are pruned: positive constants that the excitation scales per sample.
     # fc1 reads the 6 computed pooled channels (the 2 constants go into its bias), fc2 gives
     # all 8 factors, the project conv reads 6 channels + the 2 scaled ones as a per-sample
     # bias (3 × 2 MACs and weights), the fc reads the 3 kept features.
-    # dense:   64·8·27 + 8·2 + 2·8 + 64·4·8 + 4·2 = 15912; params 216+16 + 18 + 24 + 32+8 + 10
+    # dense:   64·8·27 + 8·2 + 2·8 + 64·4·8 + 4·2 = 15912; params 216+16 + 18 + 24 + 40 + 10
     # compact: 64·6·27 + 6·2 + 2·8 + 64·3·6 + 3·2 + 3·2 = 11560;
     #          params 162+12 + 14 + 24 + 18+6+6 + 8 = 250
     (Excitation, {"conv": [0, 1], "project": [0]}, (15912, 324), (11560, 250)),

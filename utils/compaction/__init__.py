@@ -4,15 +4,15 @@ In the soft-pruned network a pruned filter's weights are zero, but its channel i
 its BN maps the zero output to the constant ``beta - gamma * mean / sqrt(var + eps)`` (then
 the activation), and that constant flows on. The compactor walks the network's fx graph,
 tracking every channel as computed or constant (``state``), and builds a compact graph that
-computes only what the output depends on and carries every constant exactly (``convs``,
-``ops``, ``materialise``). The compact network is generated from a plain-data manifest
-(``network``, ``storage``), exports to TorchScript and ONNX (``export``), and its cost comes
-from the same walk (``cost``).
+computes only what the output depends on and carries every constant exactly. The compact
+network is generated from a plain-data manifest (``network``, ``storage``), exports to
+TorchScript and ONNX (``export``), and its cost comes from the same walk (``cost``).
 
 Modules: ``tracing`` (the fx graph and its ops), ``state``, ``liveness``, ``builder``,
-``converter`` (the walk), ``convs``/``ops``/``materialise`` (per-op rules), ``modules``,
-``joins``, ``constmaps`` (what the compact network is made of), ``network``, ``storage``,
-``export``, ``cost``, ``fpgm`` (FPGM's analytic FLOPs formula for ResNets), ``figures``.
+``converter`` (the walk), ``convs``/``ops``/``structure``/``materialise`` (per-op rules),
+``modules``/``layers``/``joins``/``constmaps`` (what the compact network is made of),
+``network``, ``storage``, ``export``, ``cost``, ``fpgm`` (FPGM's analytic FLOPs formula for
+ResNets), ``figures``.
 """
 from .cost import NetworkCost, compact_cost, network_cost
 from .export import check_onnx_exporter, export_onnx, export_torchscript

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .modules import Cached, activation, graph_mode, pool, register, widen
+from .modules import MODE, Cached, activation, pool, register, widen
 
 
 def _ones(ref: torch.Tensor, dtype, device) -> torch.Tensor:
@@ -111,7 +111,7 @@ class ConstMap(Cached):
     def get(self, refs) -> torch.Tensor:
         """The map for these size references (its owner calls this directly: one module
         call fewer per forward)."""
-        if graph_mode():
+        if MODE.recorded:
             return self._compute(list(refs))
         like = refs[0]
         cl = like.dim() == 4 and like.shape[1] > 1 and \

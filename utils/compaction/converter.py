@@ -12,7 +12,7 @@ from torch import fx, nn
 
 from ..errors import UserError
 from ..graph import unwrap
-from . import convs, ops
+from . import convs, ops, structure
 from .builder import Builder
 from .liveness import channels_needed
 from .materialise import realise
@@ -29,9 +29,10 @@ RULES = ("constant into a bias", "border map", "map through a conv", "constant m
 
 HANDLERS = {"conv": convs.convert_conv, "linear": convs.convert_linear, "bn": convs.convert_bn,
             "act": ops.convert_act, "add": ops.convert_add, "mul": ops.convert_mul,
-            "cat": ops.convert_cat, "split": ops.convert_split, "slice": ops.convert_slice,
-            "pool": ops.convert_pool, "flatten": ops.convert_flatten,
-            "reshape": ops.convert_reshape, "zeros": ops.convert_zeros}
+            "cat": structure.convert_cat, "split": structure.convert_split,
+            "slice": structure.convert_slice, "pool": structure.convert_pool,
+            "flatten": structure.convert_flatten, "reshape": structure.convert_reshape,
+            "zeros": structure.convert_zeros}
 
 
 def example_input(model: nn.Module, input_shape) -> torch.Tensor:
@@ -172,7 +173,7 @@ class Converter:
                                       torch.zeros(width, dtype=torch.float64),
                                       Ref(self.input_node))
             elif op.kind == "output":
-                self.output = ops.convert_output(self, self.state(op.inputs[0]))
+                self.output = structure.convert_output(self, self.state(op.inputs[0]))
             elif op.kind == "meta":
                 continue
             elif op.kind == "identity":

@@ -13,16 +13,22 @@ pruned filters of their own group as fillers (zero weights, their exact constant
 import torch
 
 from ..errors import UserError
-from .materialise import fold, gather
-from .state import Maps, Ref, T, positions
+from .materialise import fold
+from .state import Maps, Ref, T
 from .tracing import shape_of
+
+
+def _bias64(layer, n: int) -> torch.Tensor:
+    if layer.bias is None:
+        return torch.zeros(n, dtype=torch.float64)
+    return layer.bias.detach().double().cpu()
 
 
 def _fold_bn(bn, filters: int):
     if bn is None:
         return torch.ones(filters, dtype=torch.float64), torch.zeros(filters, dtype=torch.float64)
     if not bn.track_running_stats or bn.running_var is None:
-        raise UserError(f"cannot compact: the BatchNorm after a conv has no running "
+        raise UserError("cannot compact: the BatchNorm after a conv has no running "
                         "statistics (track_running_stats=False), so it cannot be folded")
     var, mean = bn.running_var.detach().double().cpu(), bn.running_mean.detach().double().cpu()
     gamma = bn.weight.detach().double().cpu() if bn.weight is not None else torch.ones_like(var)
@@ -40,9 +46,7 @@ def convert_conv(cv, op) -> T:
     bn_node = cv.pairs.get(node)
     bn = cv.modules[bn_node.target] if bn_node is not None else None
     groups, filters = m.groups, m.out_channels
-    w = m.weight.detach().double().cpu()
-    bias = m.bias.detach().double().cpu() if m.bias is not None else torch.zeros(filters,
-                                                                                 dtype=torch.float64)
+    w, bias = m.weight.detach().double().cpu(), _bias64(m, filters)
     scale, shift = _fold_bn(bn, filters)
     pruned = cv.pruned_mask(node.target, filters)
     if cv.check and bool(pruned.any()) and bool(w[pruned].count_nonzero()):
@@ -105,7 +109,7 @@ class _Conv:
     def _constant_part(self, filters: torch.Tensor, scale: torch.Tensor) -> str | None:
         """The map (1 × len(filters) × H' × W') the constant inputs give these filters, × scale,
         or None when it is uniform (then it is in ``_taps(filters).sum()``)."""
-        b, m = self.cv.b, self.m
+        b = self.cv.b
         taps = self._taps(filters) * scale.view(-1, 1, 1)
         terms = []
         if not self.no_pad and bool(taps.count_nonzero()):
@@ -183,7 +187,8 @@ class _Conv:
         attrs = {"in": width * len(slots_in), "out": len(ids), "kernel": list(m.kernel_size),
                  "stride": list(m.stride), "padding": list(m.padding),
                  "dilation": list(m.dilation), "groups": len(slots_in),
-                 "gather": getattr(self, "gather", None), "sbias": sbias, "source_bias": m.bias is not None,
+                 "gather": getattr(self, "gather", None), "sbias": sbias,
+                 "source_bias": m.bias is not None,
                  "bn": self.op.node in cv.pairs, "map": embedded, "act": None}
         node = cv.b.data("conv", inputs, attrs, tensors, hw=self.out_hw)
         cv.conv_output[self.out_node] = node
@@ -258,8 +263,7 @@ def convert_linear(cv, op) -> T:
     if x.pending is not None or (not len(x.ids) and x.scaled is not None):
         x = fold(cv, x)
     w = m.weight.detach().cpu()  # not in float64: a classifier can hold 100 M weights
-    bias = m.bias.detach().double().cpu() if m.bias is not None else torch.zeros(
-        m.out_features, dtype=torch.float64)
+    bias = _bias64(m, m.out_features)
     if not len(x.ids):  # a constant input: a constant output
         return _constant_linear(cv, x, w.double(), bias)
     every = len(x.ids) == w.shape[1] and torch.equal(x.ids, torch.arange(w.shape[1]))

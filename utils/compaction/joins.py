@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .constmaps import ConstMap
-from .modules import _ADD_RELU, _ADD_RELU_DTYPES, graph_mode, register, widen
+from .modules import _ADD_RELU, _ADD_RELU_DTYPES, MODE, register, widen
 
 
 class Join(nn.Module):
@@ -49,7 +49,7 @@ class Join(nn.Module):
             term = term.to(operands[0].dtype)  # under autocast: the operands' dtype
         if not operands:  # only constants: the batch size comes from the network input
             return term.expand(inputs[-1].shape[0], *term.shape[1:]).clone()
-        if graph_mode() or torch.is_grad_enabled():
+        if not MODE.eager:
             return self._pure(operands, term)
         out, term = self._eager(operands, term)
         if term is None:

@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .constmaps import ConstMap
-from .modules import _ACTIVATIONS, _IN_PLACE, _IN_PLACE_KW, activation, graph_mode, register, \
-    take_channels
+from .modules import MODE, activate_, activation, register, take_channels
 
 
 def _own(specs: dict) -> dict:
@@ -46,7 +45,7 @@ class FoldedConv(nn.Module):
         y = F.conv2d(x, self.conv.weight, self.conv.bias, *self.geometry)
         if not self.extras:
             return y
-        pure = graph_mode() or torch.is_grad_enabled()
+        pure = not MODE.eager
         refs = rest[1:] if self.scaled else rest
         if self.map is not None:
             m = self.map.get(refs)
@@ -58,15 +57,8 @@ class FoldedConv(nn.Module):
                 y.shape[0], -1, 1, 1)
             y = y + extra if pure else y.add_(extra)
         if self.act is not None:
-            y = self.f(y) if pure else self._act_(y)
+            y = self.f(y) if pure else activate_(self.act, self.act_kw, y)
         return y
-
-    def _act_(self, y):
-        if self.act in _IN_PLACE:
-            return _IN_PLACE[self.act](y)
-        if self.act in _IN_PLACE_KW:
-            return _ACTIVATIONS[self.act](y, inplace=True, **self.act_kw)
-        return self.f(y)
 
 
 class Linear(nn.Module):

@@ -7,6 +7,8 @@ fused add + ReLU of aten. A recorded graph (``torch.jit.trace``, ``torch.export`
 ``torch.onnx.export(dynamo=True)``) gets pure ops instead: gathers, no caches, no in-place
 writes (a graph for ONNX folds the constant maps, whose size is static there).
 """
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,9 +33,30 @@ def graph_mode() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
+class Mode(threading.local):
+    """How the current forward of a compact network runs, decided once per forward (by
+    ``CompactNet.forward``) instead of by every module: ``recorded`` (``graph_mode``), and
+    ``eager`` — neither recorded nor under autograd, so in-place writes are allowed. A module
+    called outside a compact network's forward sees the safe defaults."""
+    recorded: bool = True
+    eager: bool = False
+
+
+MODE = Mode()
+
+
 def activation(fn: str, kw: dict):
     f = _ACTIVATIONS[fn]
     return (lambda x: f(x, **kw)) if kw else f
+
+
+def activate_(fn: str, kw: dict, x: torch.Tensor) -> torch.Tensor:
+    """The activation ``fn`` written into ``x`` where torch has an in-place form."""
+    if fn in _IN_PLACE:
+        return _IN_PLACE[fn](x)
+    if fn in _IN_PLACE_KW:
+        return _ACTIVATIONS[fn](x, inplace=True, **kw)
+    return activation(fn, kw)(x)
 
 
 def take_channels(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -93,11 +116,8 @@ class Act(nn.Module):
         self.inplace = False  # set by the network: nobody reads the input afterwards
 
     def forward(self, x):
-        if self.inplace and not graph_mode() and not torch.is_grad_enabled():
-            if self.fn in _IN_PLACE:
-                return _IN_PLACE[self.fn](x)
-            if self.fn in _IN_PLACE_KW:
-                return _ACTIVATIONS[self.fn](x, inplace=True, **self.kw)
+        if self.inplace and MODE.eager:
+            return activate_(self.fn, self.kw, x)
         return self.f(x)
 
 

@@ -11,7 +11,7 @@ from ..graph import unwrap
 from .converter import DenseGraph, convert
 from .joins import Join
 from .layers import FoldedConv, Linear
-from .modules import Act, Affine, Cached, Mul, Pool, SpatialSlice, Take
+from .modules import MODE, Act, Affine, Cached, Mul, Pool, SpatialSlice, Take, graph_mode
 from .tracing import shape_of
 
 MODULES = {"conv": FoldedConv, "linear": Linear, "act": Act, "affine": Affine, "mul": Mul,
@@ -56,7 +56,13 @@ class CompactNet(nn.Module):
                 m._cache = ((), None)
 
     def forward(self, x):
-        return self.net(x)
+        before = MODE.recorded, MODE.eager
+        MODE.recorded = graph_mode()
+        MODE.eager = not MODE.recorded and not torch.is_grad_enabled()
+        try:
+            return self.net(x)
+        finally:
+            MODE.recorded, MODE.eager = before
 
 
 def _mark_in_place(manifest: dict, modules: nn.Module) -> None:

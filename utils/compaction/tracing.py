@@ -95,7 +95,8 @@ def _bind(node: fx.Node, names: tuple, defaults: dict) -> dict:
 def describe(node: fx.Node, modules: dict) -> str:
     """How a refusal names a node: the operation and the fx node."""
     if node.op == "call_module":
-        return f"{type(modules[node.target]).__name__} (module '{node.target}', fx node {node.name})"
+        kind = type(modules[node.target]).__name__
+        return f"{kind} (module '{node.target}', fx node {node.name})"
     target = getattr(node.target, "__name__", str(node.target))
     kind = {"call_method": "method", "call_function": "function"}.get(node.op, node.op)
     return f"{kind} {target} (fx node {node.name})"

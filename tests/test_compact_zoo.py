@@ -5,9 +5,10 @@ BN statistics and random masks (each conv loses a random share of up to half its
 so residual-coupled, depthwise, concatenated and squeeze-excitation channels are all hit).
 Every model is built once per module; each test deep-copies it.
 """
+import contextlib
 import copy
 import io
-import contextlib
+import json
 import warnings
 
 import pytest
@@ -17,7 +18,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import calibrate_bn
 from models import build_model
-from utils.compaction import NetworkCost, compact_cost, compact_model, export_onnx, network_cost
+from utils.compaction import (NetworkCost, compact_cost, compact_model, export_onnx, load_compact,
+                              network_cost, save_compact)
 from utils.compaction.converter import RULES
 from utils.graph import find_prunable_convs
 from tests.soft_pruning import rel_error
@@ -103,6 +105,7 @@ def test_family_compacts_exactly_and_counts_right(arch, size, built):
     assert cost == cost_of(pruned)  # the per-epoch count: the same walk
     assert cost[0] == flop_counter_macs(compact, shape)
     assert cost[0] < dense_cost[0] and cost[1] < dense_cost[1]
+    json.dumps(compact.manifest)  # plain data
     RULES_SEEN.update(compact.rules_used)
 
 
@@ -209,8 +212,8 @@ def test_cost_matches_a_count_by_hand(make, pruned, dense, compact):
                                             ("imagenet_shufflenet_v2_x0_5", 48, False)])
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
 def test_runtimes(arch, size, onnx, built, tmp_path):
-    """inference_mode, channels_last, a trace at another size (and ONNX Runtime): squeeze-
-    excitation with hardswish; channel split and shuffle."""
+    """The file saved and loaded, inference_mode, channels_last, a trace at another size (and
+    ONNX Runtime): squeeze-excitation with hardswish; channel split and shuffle."""
     model = built(arch, size)
     pruned = prune_some(model, seed=3)
     compact = compact_model(model, pruned, input_shape=(3, size, size))
@@ -218,8 +221,10 @@ def test_runtimes(arch, size, onnx, built, tmp_path):
     other = torch.randn(3, 3, size + 16, size + 16)
     with torch.no_grad():
         ref, ref_other = model(x), model(other)
+    save_compact(compact, tmp_path / "c.pt")
     with torch.inference_mode():
         assert rel_error(ref, compact(x)) <= 1e-5
+        assert torch.equal(compact(x), load_compact(tmp_path / "c.pt")(x))
     cl = copy.deepcopy(compact).to(memory_format=torch.channels_last)
     with torch.no_grad():
         for _ in range(2):  # the second run takes the cached maps

@@ -156,13 +156,7 @@ class _Conv:
         ids = torch.cat(slots_out)
         real = computed[ids]  # False at fillers
         scale = self.scale[ids]
-        weight = torch.zeros(len(ids), width, *m.kernel_size, dtype=torch.float64)
-        row = 0
-        for inputs, outputs in zip(slots_in, slots_out):
-            cols = inputs % self.ig
-            block = self.w[outputs][:, cols] * real[row:row + len(outputs)].view(-1, 1, 1, 1)
-            weight[row:row + len(outputs), :len(inputs)] = block
-            row += len(outputs)
+        weight = self._weight(slots_in, slots_out, width, real)
         bias = scale * self.bias[ids] + self.shift[ids]
         pending = None
         if cv.exact:
@@ -183,7 +177,8 @@ class _Conv:
             tensors.update(map_tensors)
             inputs += refs
             pending = None
-        tensors.update({"conv.weight": weight * scale.view(-1, 1, 1, 1), "conv.bias": bias})
+        tensors.update({"conv.weight": weight * scale.view(-1, 1, 1, 1) if cv.emit else weight,
+                        "conv.bias": bias})
         attrs = {"in": width * len(slots_in), "out": len(ids), "kernel": list(m.kernel_size),
                  "stride": list(m.stride), "padding": list(m.padding),
                  "dilation": list(m.dilation), "groups": len(slots_in),
@@ -195,6 +190,21 @@ class _Conv:
         value = out.value.clone()
         value[ids] = 0
         return out.but(ids=ids, node=node, value=value, ref=Ref(node), pending=pending)
+
+    def _weight(self, slots_in, slots_out, width, real) -> torch.Tensor:
+        """The compact filters over the compact groups' input slots (fillers and padding
+        slots zero); only its shape when the conversion just counts."""
+        rows, taps = sum(len(o) for o in slots_out), self.m.kernel_size
+        if not self.cv.emit:
+            return torch.empty(rows, width, *taps, device="meta")
+        weight = torch.zeros(rows, width, *taps, dtype=torch.float64)
+        row = 0
+        for inputs, outputs in zip(slots_in, slots_out):
+            block = self.w[outputs][:, inputs % self.ig] * real[row:row + len(outputs)].view(
+                -1, 1, 1, 1)
+            weight[row:row + len(outputs), :len(inputs)] = block
+            row += len(outputs)
+        return weight
 
     def _layout(self, computed: torch.Tensor, values: torch.Tensor):
         """Per compact group: its input channels (dense ids, in the narrow input's order) and

@@ -48,7 +48,7 @@ from bench.common import interleaved, randomize_bn
 from models import build_model
 from utils.compact import compact_model, count_flops_params, export_onnx
 from utils.graph import find_prunable_convs
-from utils.schedule import round_selected
+from utils.method.schedule import round_selected
 
 
 def soft_pruned(arch: str, num_classes: int, pruned_count, seed: int = 0) -> tuple[nn.Module, dict]:

@@ -107,7 +107,8 @@ def attenuation_table(planned, out: str) -> str:
         groups.setdefault((budget, method, variant), []).append(
             [float(r["effective_attenuation"]) if r["effective_attenuation"] else None
              for r in rows])
-    lines, fig = [], plt.figure(figsize=(7, 4))
+    lines = []
+    plt.figure(figsize=(7, 4))
     for (budget, method, variant), curves in sorted(groups.items()):
         mean = [None if any(c[e] is None for c in curves) else sum(c[e] for c in curves)
                 / len(curves) for e in range(min(map(len, curves)))]

@@ -2,7 +2,6 @@
 the probe that measures the effective attenuation, and ASFP's count reaching its target early."""
 import json
 import os
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,14 +12,14 @@ import notebook_cifar
 from tests.fakedata import write_cifar
 from tests.snapshots import assert_same_run
 from models import build_model
-from utils.attenuation import AttenuationProbe, channel_stds
+from utils.method.attenuation import AttenuationProbe, channel_stds
 from utils.checkpoint import safe_load
 from utils.compact import compact_model, load_compact
 from utils.errors import UserError
 from utils.graph import find_prunable_convs
-from utils.mask import Mask
-from utils.methods import METHODS, resolve_method_args
-from utils.schedule import Schedule, asymptotic_schedule, count, target_epoch
+from utils.method.mask import Mask
+from utils.method.methods import METHODS, resolve
+from utils.method.schedule import Schedule, asymptotic_schedule, count, target_epoch
 from utils.trainer import Trainer, main
 
 EPS = 1e-5  # BatchNorm2d's default
@@ -48,8 +47,8 @@ def _mask(net, method, attenuate, zeta):
         net[0].weight[:2] *= 0.5  # the smallest filters, for the norm criterion
     sched = Schedule(np.array([0, 0.25]), np.array([0, 0.25]), np.zeros(2), np.array([1, zeta]))
     ranker = lambda *a: {"0": torch.arange(8.0)}  # noqa: E731 (filters 0, 1 score lowest)
-    return Mask(find_prunable_convs(net), METHODS[method], sched, ranker, cs_every=1,
-                attenuate=attenuate)
+    return Mask(find_prunable_convs(net), METHODS[method].with_attenuate(attenuate), sched,
+                ranker, cs_every=1)
 
 
 def _weights_factor(zeta, sigma=1.0):
@@ -129,16 +128,13 @@ def test_bn_variant_scales_gamma_beta_and_their_gradients_as_the_method_does(met
 def test_bn_variant_refuses_a_batchnorm_without_affine_parameters():
     net = _pair(affine=False)
     with pytest.raises(UserError, match="has none \\(affine=False\\)"):
-        Mask(find_prunable_convs(net), METHODS["sfp"], asymptotic_schedule(0.5, 0, 3),
-             attenuate="bn")
+        Mask(find_prunable_convs(net), METHODS["sfp"].with_attenuate("bn"),
+             asymptotic_schedule(0.5, 0, 3))
 
 
 # -- ASFP's count reaches its target while training is still to come --------------------------
 def test_asfp_reaches_its_count_at_the_last_update_with_training_after_it():
-    args = dict(method="asfp", epochs=200, tau=None, attenuation=1.0, use_zero_scaling=False,
-                prune_rate_cs=None, prune_rate_norm=0.5, prune_rate_gm=None, epoch_prune=1)
-    ns = SimpleNamespace(**args)
-    sched = resolve_method_args(ns).schedule(ns)
+    sched = resolve("asfp", {"norm": 0.5}, 200).schedule()
     assert target_epoch(200) == 198 and target_epoch(200, 3) == 198 and target_epoch(10, 4) == 8
     # 16 filters at 0.5 is exactly 8: the authors' rule reaches it only at the very last update
     authors = asymptotic_schedule(0.5, 0.0, 200, tau=8)

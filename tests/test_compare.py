@@ -8,7 +8,7 @@ import torch
 import compare
 import notebook_cifar
 from tests.fakedata import write_cifar
-from utils.schedule import count
+from utils.method.schedule import count
 from utils.trainer import main
 
 EPOCHS = 3

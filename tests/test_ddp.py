@@ -11,12 +11,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from models import build_model
-from utils.criteria import cs_scores
+from utils.method.criteria.cs import cs_scores
 from utils.graph import find_prunable_convs
-from utils.mask import Mask
+from utils.method.mask import Mask
 from utils.sampling import EpochSampler, SeededDataset
-from utils.methods import METHODS
-from utils.schedule import asymptotic_schedule
+from utils.method.methods import METHODS
+from utils.method.schedule import asymptotic_schedule
 from tests.fakedata import write_cifar
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,7 +8,8 @@ import argparse
 from models import MODELS
 
 from .errors import UserError
-from .methods import METHODS
+from .method.criteria import registry
+from .method.methods import METHODS, Pruning, resolve
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,17 +40,12 @@ def build_parser(description: str, datasets: list[str], defaults: dict) -> argpa
     g.add_argument("--manualSeed", type=int, default=None, help="random seed (random if absent)")
     g = p.add_argument_group("pruning method (SPEC §9)")
     g.add_argument("--method", choices=list(METHODS), default="fsdp",
-                   help="fsdp: CS + GM, asymptotic rate and weights; fpgm: L2 norm + GM, "
-                        "constant rate, zeroed; sfp: L2 norm, constant, zeroed, gradients free; "
-                        "asfp: as sfp with the asymptotic rate (τ = 8)")
-    g.add_argument("--prune_rate_cs", type=float, default=None,
-                   help="final share of the CS criterion (fsdp; default 0.1)")
-    g.add_argument("--prune_rate_norm", type=float, default=None,
-                   help="final share of the L2-norm criterion (fpgm: default 0, i.e. FPGM-only; "
-                        "sfp/asfp: default 0.5)")
-    g.add_argument("--prune_rate_gm", type=float, default=None,
-                   help="final share of the geometric-median criterion (fsdp: default 0.4; "
-                        "fpgm: default 0.5)")
+                   help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()))
+    for name, crit in registry().items():  # --prune_rate_<criterion>, one per criterion
+        users = [m for m in METHODS.values() if name in m.criteria]
+        shares = ", ".join(f"{m.name} {m.default_rates[m.criteria.index(name)]:g}" for m in users)
+        g.add_argument(f"--prune_rate_{name}", type=float, default=None,
+                       help=f"final share of the {crit.title} criterion (default: {shares})")
     g.add_argument("--tau", type=float, default=None,
                    help="steepness of the asymptotic schedule, > 4/3 (fsdp: 10, asfp: 8)")
     g.add_argument("--attenuation", type=float, default=1.0,
@@ -116,10 +112,6 @@ def check_args(args) -> None:
 
     if args.arch not in MODELS:
         bad(f"unknown --arch {args.arch!r}; choose one of: {', '.join(MODELS)}")
-    rates = {f: getattr(args, f) for f in ("prune_rate_cs", "prune_rate_norm", "prune_rate_gm")}
-    negative = [f"--{f} {v}" for f, v in rates.items() if v is not None and v < 0]
-    if negative:
-        bad(f"pruning rates must be ≥ 0 (got {', '.join(negative)})")
     if args.tau is not None and not args.tau > 4 / 3:
         bad(f"--tau must be > 4/3 (got {args.tau}); the paper uses 10")
     if len(args.schedule) != len(args.gammas):
@@ -147,3 +139,19 @@ def check_args(args) -> None:
         bad("--evaluate needs --resume PATH or --pretrain_path PATH")
     if args.ngpu == 0:
         args.device = "cpu"
+
+
+def pruning_from_args(args) -> Pruning:
+    """The run's method, rates and schedule parameters from the flags, checked (one line per
+    problem); ``args`` is left as it is."""
+    rates = {c: getattr(args, f"prune_rate_{c}") for c in registry()}
+    return resolve(args.method, rates, args.epochs, args.tau, args.attenuation,
+                   args.use_zero_scaling, args.attenuate, args.epoch_prune)
+
+
+def record_defaults(args, pruning: Pruning) -> None:
+    """Write what the method filled in into ``args`` (once, in ``main``): args.json and the
+    checkpoint then hold every rate and τ the run used, which a resume must match."""
+    for c in registry():
+        setattr(args, f"prune_rate_{c}", pruning.rates.get(c, 0.0))
+    args.tau = pruning.tau

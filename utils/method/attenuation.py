@@ -15,11 +15,8 @@ import contextlib
 
 import torch
 from torch import nn
-from torch.utils.data import default_collate
 
-from .engine import prepare
-from .graph import PrunableConv
-from .sampling import EpochSampler, SeededDataset
+from ..graph import PrunableConv
 
 
 @contextlib.contextmanager
@@ -106,13 +103,3 @@ class AttenuationProbe:
     def load_state_dict(self, state: dict) -> None:
         self.reference = {k: v.double() for k, v in state["reference"].items()}
 
-
-def probe_batch(dataset, seed: int, stream: int, device, transform=None, size: int = 64):
-    """A fixed batch of ``size`` training samples with their training augmentation, drawn from
-    its own seeded stream (the same every epoch and after a resume), on ``device``."""
-    n = min(size, len(dataset))
-    order = EpochSampler(len(dataset), seed, stream)
-    seeded = SeededDataset(dataset)
-    items = [seeded[key] for key, _ in zip(order, range(n))]
-    x, _ = prepare(default_collate(items), device, transform, "train")
-    return x

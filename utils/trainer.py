@@ -48,10 +48,7 @@ def main(parser, make_data, argv=None, check=None, resume_keys: tuple = ()) -> i
     """
     args = parser.parse_args(argv)
     try:
-        check_args(args)
-        resolve_method_args(args)
-        if check is not None:
-            check(args)
+        check_run_args(args, check)
         return run(args, make_data, resume_keys)
     except UserError as e:
         if args.debug:
@@ -70,6 +67,15 @@ def main(parser, make_data, argv=None, check=None, resume_keys: tuple = ()) -> i
         return 3
     finally:
         dist.cleanup()
+
+
+def check_run_args(args, check=None) -> None:
+    """Every check of the parsed flags that ``main`` makes before any work; fills in the
+    method's defaults. Raises UserError."""
+    check_args(args)
+    resolve_method_args(args)
+    if check is not None:
+        check(args)
 
 
 def _one_line(e: UserError) -> str:

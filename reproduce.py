@@ -146,10 +146,10 @@ def run_grid(ask: GridAsk, jobs, states, gpus, argv) -> int:
               f"checkpoint; continue with the same command: {again}", file=sys.stderr)
         return 128 + outcome.signal
     report(jobs, grid_dir)
-    if outcome.failed or outcome.stopped:
-        print(f"{len(outcome.failed) + len(outcome.stopped)} run(s) did not finish "
-              f"({', '.join(outcome.failed + outcome.stopped)}); see their console.txt, then "
-              f"run the same command again: {again}", file=sys.stderr)
+    if outcome.unfinished:
+        print(f"{len(outcome.unfinished)} run(s) did not finish ({len(outcome.failed)} failed: "
+              f"see their console.txt); fix the cause, then run the same command again: "
+              f"{again}", file=sys.stderr)
         return 1
     return 0
 

@@ -127,7 +127,7 @@ def plan(ask: GridAsk) -> list[Job]:
                             *(["--attenuate", attenuate] if attenuate != ATTENUATE_DEFAULT
                               else []),
                             "--manualSeed", str(seed),
-                            *(["--epochs", str(ask.epochs)] if ask.epochs else []),
+                            *(["--epochs", str(ask.epochs)] if ask.epochs is not None else []),
                             "--data_path", os.path.abspath(ask.data_path), "--save_path", folder,
                             "--resume", "auto", *ask.extra]
                     jobs.append(Job(name, folder, spec.script, tuple(argv)))

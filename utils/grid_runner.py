@@ -42,7 +42,12 @@ class Outcome:
     done: list[str] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    not_started: list[str] = field(default_factory=list)
     signal: int | None = None
+
+    @property
+    def unfinished(self) -> list[str]:
+        return self.failed + self.stopped + self.not_started
 
 
 class GridRunner:
@@ -123,6 +128,17 @@ class GridRunner:
                 self.log(f"{prefix}: failed (exit {code}) after {minutes:.1f} min: "
                          f"{_last_line(job.folder)} — its output: "
                          f"{os.path.join(job.folder, 'console.txt')}")
+                self._give_up_if_all_fail()
+
+    def _give_up_if_all_fail(self) -> None:
+        """Two failures and no success yet: a wrong --data_path or a missing dataset, most
+        likely, which every other job would hit as well."""
+        if len(self.outcome.failed) < 2 or self.outcome.done or not self.pending:
+            return
+        self.outcome.not_started = [job.name for job in self.pending]
+        self.pending.clear()
+        self.log(f"the first {len(self.outcome.failed)} runs failed: not starting the other "
+                 f"{len(self.outcome.not_started)}, which would most likely fail alike")
 
 
 def _top1(summary_path: str) -> str:

@@ -30,18 +30,18 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def parser() -> argparse.ArgumentParser:
-    p = OneLineParser(description=__doc__.split("\n\n")[0],
-                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                      epilog="Method configurations at a total rate R (--rate): dense (nothing "
-                             "pruned); fsdp CS 0.1 + GM R−0.1; fpgm GM R (FPGM-only); fpgm-mix "
-                             "norm 0.1 + GM R−0.1; sfp, asfp norm R.")
+    p = OneLineParser(usage="%(prog)s GRID [options] [-- FLAGS FOR EVERY JOB]",
+                      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                      epilog="methods at a total rate R (--rate): dense (nothing pruned); fsdp "
+                             "CS 0.1 + GM R−0.1;\nfpgm GM R (FPGM-only); fpgm-mix norm 0.1 + GM "
+                             "R−0.1; sfp, asfp norm R")
     p.add_argument("grid", choices=list(GRIDS), help="cifar10: dense/FSDP/FPGM/SFP/ASFP × "
                    "ResNet-20/56/110; imagenet32, gsc: dense/FSDP/FPGM × ResNet-56")
     p.add_argument("--archs", nargs="+", help="cut the grid to these archs")
-    p.add_argument("--methods", nargs="+", choices=CONFIGS, help="cut (or extend) the grid's "
-                   "method configurations")
+    p.add_argument("--methods", nargs="+", choices=CONFIGS, metavar="METHOD",
+                   help=f"cut (or extend) the grid's methods: {', '.join(CONFIGS)}")
     p.add_argument("--seeds", nargs="+", type=int, help=f"default: {' '.join(map(str, SEEDS))}")
-    p.add_argument("--rate", type=float, default=DEFAULT_RATE, help="total pruning rate")
+    p.add_argument("--rate", type=float, default=DEFAULT_RATE, help="total pruning rate (default 0.5)")
     p.add_argument("--epochs", type=int, help="default: the script's recipe")
     p.add_argument("--attenuate", nargs="+", choices=["weights", "bn"],
                    default=[ATTENUATE_DEFAULT], help="one more axis: the scripts' --attenuate")
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
-        print("\n".join(dry_run_lines(jobs, states, sys.executable)))
+        print("\n".join(dry_run_lines(jobs, states, sys.executable, ROOT)))
         return 0
     return run_grid(ask, jobs, states, gpus, argv)
 

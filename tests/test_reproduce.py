@@ -19,6 +19,8 @@ from tests.snapshots import files_of, write_finished_run
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--batch_size", "32", "--batch_prune_size", "48", "--schedule", "1", "--gammas", "1",
         "--workers", "0"]  # tiny data, one learning rate
+# the jobs inherit it: two threads per tiny job only spin against each other on a shared CPU
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def grid_argv(data, grid_dir):
@@ -42,7 +44,8 @@ def grid(tmp_path_factory):
     write_cifar(str(root / "data"), "cifar10", n_train=96, n_test=48, seed=2, num_classes=4)
     grid_dir, argv = root / "g", grid_argv(root / "data", root / "g")
     proc = subprocess.Popen([sys.executable, "reproduce.py", *argv], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, **ONE_THREAD})
     wait_for(grid_dir / "resnet20-sfp-r30-s1" / "checkpoint.pt", proc)  # its epoch 0 is done
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=240)
@@ -63,8 +66,10 @@ def test_ctrl_c_stops_the_running_job_resumably_and_says_how_to_continue(grid):
     assert "checkpoint.pt" in stopped["sfp_files"] and "summary.json" not in stopped["sfp_files"]
 
 
-def test_run_again_it_continues_the_stopped_job_and_runs_the_rest(grid, capsys):
+def test_run_again_it_continues_the_stopped_job_and_runs_the_rest(grid, capsys, monkeypatch):
     root, argv, _ = grid
+    for k, v in ONE_THREAD.items():
+        monkeypatch.setenv(k, v)
     assert reproduce.main(argv) == 0
     out = capsys.readouterr().out
     assert "4 runs in" in out and "3 to run (1 continue a checkpoint), 1 finished" in out
@@ -120,7 +125,7 @@ def test_a_finished_grid_starts_nothing(grid, capsys, monkeypatch):
     lines = capsys.readouterr().out.splitlines()
     assert lines == [f"# finished, skipped: {root / 'g' / name}" for name in (
         "resnet20-dense-s1", "resnet20-sfp-r30-s1", "resnet20-dense-s2",
-        "resnet20-sfp-r30-s2")] + ["# 4 runs: 0 to run, 4 finished"]
+        "resnet20-sfp-r30-s2")] + [f"# 4 runs: 0 to run, 4 finished (the commands run in {ROOT})"]
 
 
 # --- command lines, without running anything --------------------------------------------------
@@ -172,7 +177,7 @@ def test_dry_run_prints_every_command_line(tmp_path, capsys, with_attenuate):
     assert reproduce.main(cut_grid(tmp_path, "--dry_run")) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split() for line in lines[:-1]] == expected_commands(tmp_path)
-    assert lines[-1] == "# 10 runs: 10 to run, 0 finished"
+    assert lines[-1] == f"# 10 runs: 10 to run, 0 finished (the commands run in {ROOT})"
     assert not os.path.exists(tmp_path / "g")  # a dry run creates nothing
 
 

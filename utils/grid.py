@@ -192,7 +192,7 @@ def folder_state(job: Job, wanted: dict) -> str:
 
 # --- what --dry_run prints and --slurm writes --------------------------------------------------
 
-def dry_run_lines(jobs: list[Job], states: dict, python: str) -> list[str]:
+def dry_run_lines(jobs: list[Job], states: dict, python: str, root: str) -> list[str]:
     lines = []
     for job in jobs:
         if states[job.name] == FINISHED:
@@ -200,7 +200,8 @@ def dry_run_lines(jobs: list[Job], states: dict, python: str) -> list[str]:
         else:
             lines.append(shlex.join(job.command(python)))
     todo = sum(states[j.name] != FINISHED for j in jobs)
-    lines.append(f"# {len(jobs)} runs: {todo} to run, {len(jobs) - todo} finished")
+    lines.append(f"# {len(jobs)} runs: {todo} to run, {len(jobs) - todo} finished "
+                 f"(the commands run in {root})")
     return lines
 
 

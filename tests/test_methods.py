@@ -113,10 +113,12 @@ def test_fsdp_and_fpgm_scale_gradients_sfp_and_asfp_leave_them():
 def test_schedules_of_the_presets():
     asfp = _args("asfp", epochs=30, norm=0.4)
     sched = resolve_method_args(asfp).schedule(asfp)
-    ref = asymptotic_schedule(0.4, 0.0, 30, tau=8)  # ASFP's D = 1/8
+    # ASFP's D = 1/8, its target reached at the last update with training after it (epoch 28)
+    ref = asymptotic_schedule(0.4, 0.0, 30, tau=8, final_epoch=28)
     assert asfp.tau == 8.0
     np.testing.assert_array_equal(sched.theta, ref.theta)
     assert sched.theta[0] == 0 and np.all(sched.zeta == 0)
+    assert sched.theta[27] < 0.4 and sched.theta[28] == sched.theta[29] == 0.4
     for name in ("sfp", "fpgm"):
         args = _args(name, epochs=5)
         sched = resolve_method_args(args).schedule(args)

@@ -11,7 +11,6 @@ import time
 
 import pytest
 
-import notebook_cifar
 import reproduce
 from tests.fakedata import write_cifar
 from tests.snapshots import files_of, write_finished_run
@@ -130,19 +129,6 @@ def test_a_finished_grid_starts_nothing(grid, capsys, monkeypatch):
 
 # --- command lines, without running anything --------------------------------------------------
 
-@pytest.fixture
-def with_attenuate(monkeypatch):
-    """The scripts' --attenuate (issue 14), for checkouts whose scripts do not have it yet."""
-    plain = notebook_cifar.parser
-
-    def parser():
-        p = plain()
-        if "--attenuate" not in p._option_string_actions:
-            p.add_argument("--attenuate", choices=["weights", "bn"], default="weights")
-        return p
-    monkeypatch.setattr(notebook_cifar, "parser", parser)
-
-
 def expected_commands(tmp_path):
     """What the grid below must run, spelled out by hand."""
     data, grid = str(tmp_path / "data"), tmp_path / "g"
@@ -173,7 +159,7 @@ def cut_grid(tmp_path, *more):
             "--", "--workers", "4"]
 
 
-def test_dry_run_prints_every_command_line(tmp_path, capsys, with_attenuate):
+def test_dry_run_prints_every_command_line(tmp_path, capsys):
     assert reproduce.main(cut_grid(tmp_path, "--dry_run")) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split() for line in lines[:-1]] == expected_commands(tmp_path)
@@ -181,7 +167,7 @@ def test_dry_run_prints_every_command_line(tmp_path, capsys, with_attenuate):
     assert not os.path.exists(tmp_path / "g")  # a dry run creates nothing
 
 
-def test_slurm_writes_an_array_job_of_the_same_commands(tmp_path, capsys, with_attenuate):
+def test_slurm_writes_an_array_job_of_the_same_commands(tmp_path, capsys):
     script = tmp_path / "grid.sbatch"
     assert reproduce.main(cut_grid(tmp_path, "--slurm", str(script))) == 0
     assert capsys.readouterr().out.strip() == (

@@ -55,6 +55,11 @@ def build_parser(description: str, datasets: list[str], defaults: dict) -> argpa
                    help="steepness of the asymptotic schedule, > 4/3 (fsdp: 10, asfp: 8)")
     g.add_argument("--attenuation", type=float, default=1.0,
                    help="fsdp's s: ζ(e) = s·(1 − θ(e)/θ3); the paper uses 0.2 on ImageNet32")
+    g.add_argument("--attenuate", choices=["weights", "bn"], default="weights",
+                   help="what a selected filter's factor multiplies: weights (the paper, "
+                        "bit-exact with the authors' loop) or bn: also its BatchNorm's γ and β, so "
+                        "the attenuation reaches the network in train mode (README: Soft pruning "
+                        "and BatchNorm)")
     g.add_argument("--use_zero_scaling", action="store_true",
                    help="fsdp with ζ = 0 at every epoch: plain soft pruning, asymptotic rate")
     g.add_argument("--round_to", type=int, default=1, metavar="N",

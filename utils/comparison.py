@@ -16,6 +16,7 @@ from .checkpoint import atomic_write
 from .errors import UserError
 from .methods import METHODS
 from .published import load_quoted, match_quoted, published_markdown
+from .snapshot import ADDED_FLAGS
 
 # flags that say where and how a run executed, not what it computed
 RUN_CONTROL_FLAGS = frozenset({
@@ -61,8 +62,9 @@ class Run:
 
     @property
     def attenuate(self) -> str:
-        """What ζ scales (issue 14's --attenuate); runs made before the flag scaled weights."""
-        return self.summary.get("attenuate") or self.args.get("attenuate") or "weights"
+        """--attenuate; runs made before the flag had its default (weights)."""
+        return (self.summary.get("attenuate") or self.args.get("attenuate")
+                or ADDED_FLAGS["attenuate"])
 
     @property
     def seed(self):

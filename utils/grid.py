@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from .comparison import RUN_CONTROL_FLAGS
 from .errors import UserError
+from .snapshot import ADDED_FLAGS
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ CONFIGS = ("dense", "fsdp", "fpgm", "fpgm-mix", "sfp", "asfp")
 SEEDS = (1, 2, 3)
 DEFAULT_RATE = 0.5  # the paper's comparison
 FIXED_SHARE = 0.1   # fsdp's CS share and fpgm-mix's norm share, as in the paper and FPGM
-ATTENUATE_DEFAULT = "weights"
+ATTENUATE_DEFAULT = ADDED_FLAGS["attenuate"]
 # flags every job sets itself; given after "--" they would contradict the grid
 GRID_FLAGS = {"--dataset", "--arch", "--method", "--prune_rate_cs", "--prune_rate_norm",
               "--prune_rate_gm", "--manualSeed", "--epochs", "--attenuate", "--data_path",
@@ -163,8 +164,8 @@ def _recorded_flags(folder: str) -> dict | None:
 
 def first_difference(recorded: dict, wanted: dict) -> tuple[str, object, object] | None:
     """The first flag that changes what a run computes and differs: (flag, recorded, wanted)."""
-    recorded = {"attenuate": ATTENUATE_DEFAULT, **recorded}  # runs from before the flag
-    wanted = {"attenuate": ATTENUATE_DEFAULT, **wanted}
+    recorded = {**ADDED_FLAGS, **recorded}  # a run from before a flag ran with its default
+    wanted = {**ADDED_FLAGS, **wanted}
     for key in sorted((set(recorded) & set(wanted)) - RUN_CONTROL_FLAGS):
         if recorded[key] != wanted[key]:
             return key, recorded[key], wanted[key]

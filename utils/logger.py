@@ -9,7 +9,7 @@ from .checkpoint import atomic_write
 from .distributed import is_main
 
 METRIC_COLUMNS = ["epoch", "method", "lr", "theta", "theta_cs", "theta_norm", "theta_gm", "zeta",
-                  "train_loss", "train_top1", "test_loss", "test_top1", "test_top5",
+                  "effective_attenuation", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5",
                   "test_loss_refreshed", "test_top1_refreshed", "test_top5_refreshed",
                   "filters_selected", "filters_total", "flops_eff", "params_eff",
                   "epoch_seconds"]
@@ -60,7 +60,7 @@ class RunLog:
         if self.tb is not None and history:
             row = history[-1]
             for k in METRIC_COLUMNS[2:]:
-                if k in row:  # the refreshed columns only with --eval_bn_refresh
+                if row.get(k) is not None:  # refreshed columns: only with --eval_bn_refresh
                     self.tb.add_scalar(k, row[k], row["epoch"])
             self.tb.flush()
 

@@ -6,7 +6,9 @@ Per update (epoch 0 before training, then after training epochs), for every prun
 2. the second (GM) selects its share among the first criterion's ranking from position
    ⌊F·θ_first(e)⌋ on;
 3. the selected filters' weights are multiplied by ζ(e) (0 for the baselines), and until the
-   next update their gradients too, when the method says so.
+   next update their gradients too, when the method says so. With ``attenuate="bn"`` their BN's
+   γ and β (and those gradients) get the same factor: train-mode BN divides by the batch std,
+   so scaling the filter alone barely reaches the network while it trains (SPEC §4, end).
 
 The CS list at epochs without a CS pass is the authors' rule: the *list* of the last CS epoch is
 reused as it is (its length that epoch's count), while the GM candidates start at the *current*
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from .criteria import filter_norms, geometric_median_select
+from .errors import UserError
 from .graph import PrunableConv
 from .methods import Method
 from .schedule import Schedule, count, round_selected
@@ -27,15 +30,27 @@ from .schedule import Schedule, count, round_selected
 CSRanker = Callable[[nn.Module, int, bool], dict[str, torch.Tensor]]
 
 
+ATTENUATE = ("weights", "bn")  # what the factor of a selected filter multiplies
+
+
 class Mask:
     def __init__(self, convs: list[PrunableConv], method: Method, schedule: Schedule,
-                 cs_ranker: CSRanker | None = None, cs_every: int = 2, round_to: int = 1):
+                 cs_ranker: CSRanker | None = None, cs_every: int = 2, round_to: int = 1,
+                 attenuate: str = "weights"):
         if cs_every < 1:
             raise ValueError(f"epoch_apply_cs must be ≥ 1 (got {cs_every})")
         if method.uses_cs and cs_ranker is None:
             raise ValueError(f"method {method.name} needs a CS ranker")
+        if attenuate not in ATTENUATE:
+            raise ValueError(f"attenuate must be one of {ATTENUATE} (got {attenuate!r})")
+        if attenuate == "bn":
+            plain = [c.bn_name for c in convs if not c.bn.affine]
+            if plain:
+                raise UserError(f"--attenuate bn scales the BatchNorm's γ and β, and {plain[0]} has "
+                                "none (affine=False); use --attenuate weights for this model")
         self.convs, self.method, self.schedule = convs, method, schedule
         self.cs_ranker, self.cs_every, self.round_to = cs_ranker, cs_every, round_to
+        self.attenuate = attenuate
         empty = torch.zeros(0, dtype=torch.long)
         self.ranking: dict[str, torch.Tensor] = {}     # CS: the last pass's filters, ascending
         self.cs_list = {c.name: empty for c in convs}  # CS: the last pass's selection
@@ -105,7 +120,8 @@ class Mask:
                     c.conv.weight, order[n_first:], n_second)
             scale = self._filter_scale(c)
             if scale is not None:  # elementwise, hence deterministic on every device
-                c.conv.weight.mul_(scale.view(-1, 1, 1, 1))
+                for p, s in self._scaled(c, scale):
+                    p.mul_(s)
         self.epoch = epoch
         self._build_grad_scales()
 
@@ -117,8 +133,14 @@ class Mask:
         for c in self.convs:
             scale = self._filter_scale(c)
             if scale is not None:
-                w = c.conv.weight
-                self._grads.append((w, scale.view(-1, 1, 1, 1).expand_as(w).contiguous()))
+                self._grads += [(p, s.expand_as(p).contiguous()) for p, s in self._scaled(c, scale)]
+
+    def _scaled(self, c: PrunableConv, scale: torch.Tensor) -> list[tuple]:
+        """(parameter, per-filter scale shaped to broadcast) pairs the factor applies to."""
+        pairs = [(c.conv.weight, scale.view(-1, 1, 1, 1))]
+        if self.attenuate == "bn":  # running statistics are left alone
+            pairs += [(c.bn.weight, scale), (c.bn.bias, scale)]
+        return pairs
 
     def _filter_scale(self, c: PrunableConv) -> torch.Tensor | None:
         """ζ for the selected filters, 1 for the others, on the weight's device; None if none."""
@@ -152,7 +174,8 @@ class Mask:
     # -- resume ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Tensors, numbers and strings only: loadable with ``torch.load(weights_only=True)``."""
-        return {"method": self.method.name, "epoch": self.epoch, "zeta": self.zeta,
+        return {"method": self.method.name, "attenuate": self.attenuate, "epoch": self.epoch,
+                "zeta": self.zeta,
                 "ranking": dict(self.ranking), "cs_list": dict(self.cs_list),
                 "selected_first": dict(self.selected_first),
                 "selected_second": dict(self.selected_second),

@@ -35,7 +35,10 @@ def plot_curves(history: list[dict], path: str) -> None:
     _save(fig, path)
 
 
-def plot_schedule(schedule, path: str, method) -> None:
+def plot_schedule(schedule, path: str, method, history: list[dict] = ()) -> None:
+    """θ, each criterion's share and ζ over the epochs; with ``history``, the effective
+    attenuation measured so far (utils/attenuation.py): what of the selected channels' output
+    still reached the network while it trained."""
     fig, ax = plt.subplots(figsize=(6, 3.8))
     e = range(schedule.epochs)
     ax.plot(e, schedule.theta, label="θ (total rate)")
@@ -43,6 +46,11 @@ def plot_schedule(schedule, path: str, method) -> None:
         if crit:
             ax.plot(e, share, "--", label=f"θ_{crit}")
     ax.plot(e, schedule.zeta, label="ζ (weights of the selected filters)")
+    measured = [(r["epoch"], r["effective_attenuation"]) for r in history
+                if r.get("effective_attenuation") is not None]
+    if measured:
+        ax.plot(*zip(*measured), "o-", markersize=3,
+                label="effective attenuation (measured, train mode)")
     kind = f"asymptotic (ξ = {schedule.xi:.6f})" if schedule.xi else "constant"
     ax.set(xlabel="epoch", title=f"{method.name}: {kind} schedule")
     ax.grid(alpha=0.3)

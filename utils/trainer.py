@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from models import build_model
 
 from . import distributed as dist
+from .attenuation import AttenuationProbe, probe_batch
 from .checkpoint import safe_load
 from .cli import check_args
 from .compact import compact_model, compaction_figures, save_compact
@@ -37,7 +38,7 @@ from .snapshot import (check_save_path, prepare_save_path, read_checkpoint, rest
 from .stop import StopRequest
 
 # loader streams: each draws its own order and per-sample seeds from (seed, stream, epoch)
-TRAIN, CS, TEST, BN_REFRESH = range(4)
+TRAIN, CS, TEST, BN_REFRESH, PROBE = range(5)
 
 
 def main(parser, make_data, argv=None, check=None, resume_keys: tuple = ()) -> int:
@@ -203,7 +204,12 @@ class Trainer:
                               transform=data.batch_transform, class_names=data.classes,
                               log=self.log)
         self.mask = Mask(self.convs, self.method, self.schedule, ranker, args.epoch_apply_cs,
-                         args.round_to)
+                         args.round_to, args.attenuate)
+        self.probe = None  # the effective attenuation (utils/attenuation.py), if anything is pruned
+        if self.mask.active:
+            self.probe = AttenuationProbe(self.convs, probe_batch(
+                data.train, args.manualSeed, PROBE, device, data.batch_transform,
+                min(64, self.batch)))
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=args.learning_rate,
                                          momentum=args.momentum, weight_decay=args.decay,
                                          nesterov=bool(args.nesterov))
@@ -224,7 +230,9 @@ class Trainer:
         """A fresh run: header, plots of the schedule, and the mask before training."""
         args = self.args
         name = self.method.name.upper() if self.mask.active else "dense (all rates 0)"
-        self.log(f"{name} run: {args.arch} on {args.dataset}, "
+        variant = (" with --attenuate bn (BN γ, β attenuated with the filters)"
+                   if args.attenuate == "bn" else "")
+        self.log(f"{name} run{variant}: {args.arch} on {args.dataset}, "
                  f"{len(self.data.train)} train / {len(self.data.test)} test samples, "
                  f"{len(self.convs)} prunable convs ({self.mask.total_filters()} filters), device "
                  f"{self.device}, {dist.world_size()} process(es), effective batch "
@@ -238,11 +246,13 @@ class Trainer:
             # the reference validates first, so the first CS pass runs in eval mode
             before = self._evaluate(self.model)
             self.log(f"before training: test top1 {before['top1']:.2f} loss {before['loss']:.4f}")
-            self.mask.update(self.model, 0)
+            if self.probe is not None:  # the channels' std before any selection
+                self.probe.observe(self.model, {})
+            self._update_mask(0)
 
     def restore(self, ckpt: dict, path: str) -> None:
         where = restore_checkpoint(ckpt, model=self.model, optimizer=self.optimizer,
-                                   scaler=self.scaler, mask=self.mask)
+                                   scaler=self.scaler, mask=self.mask, probe=self.probe)
         self.history, self.wall = where["history"], where["wall"]
         self.start_epoch, self.start_batch = where["epoch"], where["batch"]
         self.epoch_state = where["epoch_state"] if dist.rank() == 0 else None
@@ -295,8 +305,11 @@ class Trainer:
         if train["skipped"]:
             self.log(f"  skipped {train['skipped']} batches with a non-finite loss "
                      "(--nan_policy skip)")
+        # what the selection this epoch trained with left of its channels, before the update
+        attenuation = (self.probe.observe(self.model, self._selection()) if self.probe
+                       else None)
         if epoch % args.epoch_prune == 0 or epoch == args.epochs - 1:
-            self.mask.update(self.model, epoch)
+            self._update_mask(epoch)
         test = self._evaluate(self.model)
         refreshed = self._evaluate_refreshed(epoch)
         flops, params = effective_cost(self.model, self.geometry, self.convs,
@@ -305,7 +318,8 @@ class Trainer:
         self.wall += seconds
         at = self.schedule.at(epoch)
         row = {"epoch": epoch, "method": self.method.name, "lr": lr, "theta": at["theta"],
-               **self.method.shares(at), "zeta": at["zeta"], "train_loss": train["loss"],
+               **self.method.shares(at), "zeta": at["zeta"],
+               "effective_attenuation": attenuation, "train_loss": train["loss"],
                "train_top1": train["top1"], "test_loss": test["loss"], "test_top1": test["top1"],
                "test_top5": test["top5"], **refreshed,
                "filters_selected": self.mask.total_selected(),
@@ -313,8 +327,9 @@ class Trainer:
                "params_eff": params, "epoch_seconds": round(seconds, 3)}
         self.history.append(row)
         extra = (f" (BN refreshed {refreshed['test_top1_refreshed']:.2f})" if refreshed else "")
+        reached = f" | eff. att. {attenuation:.3f}" if attenuation is not None else ""
         self.log(f"epoch {epoch:3d}/{args.epochs} lr {lr:.4g} θ {row['theta']:.4f} "
-                 f"ζ {row['zeta']:.4f} | train loss {train['loss']:.4f} top1 {train['top1']:.2f} "
+                 f"ζ {row['zeta']:.4f}{reached} | train loss {train['loss']:.4f} top1 {train['top1']:.2f} "
                  f"| test loss {test['loss']:.4f} top1 {test['top1']:.2f}{extra} top5 "
                  f"{test['top5']:.2f} | selected {row['filters_selected']}/"
                  f"{row['filters_total']} | {seconds:.1f}s")
@@ -337,12 +352,22 @@ class Trainer:
         return summary
 
     # -- helpers -----------------------------------------------------------------------------
+    def _selection(self) -> dict:
+        return {c.name: self.mask.selected(c.name) for c in self.convs}
+
+    def _update_mask(self, epoch: int) -> None:
+        """The mask update; the probe then notes the std of the newly selected channels."""
+        self.mask.update(self.model, epoch)
+        if self.probe is not None:
+            self.probe.selected(self._selection())
+
     def save(self, epoch: int, batch: int = 0, state=None) -> None:
         if dist.is_main():
             write_checkpoint(os.path.join(self.args.save_path, "checkpoint.pt"), epoch=epoch,
                              batch=batch, epoch_state=state, args=self.args, data=self.data,
                              model=self.model, optimizer=self.optimizer, scaler=self.scaler,
-                             mask=self.mask, history=self.history, wall=self.wall)
+                             mask=self.mask, probe=self.probe, history=self.history,
+                             wall=self.wall)
         dist.barrier()
 
     def _evaluate(self, model) -> dict:
@@ -381,6 +406,8 @@ class Trainer:
         self.log.metrics(self.history)
         if dist.is_main():
             plot_curves(self.history, os.path.join(self.args.save_path, "curves.png"))
+            plot_schedule(self.schedule, os.path.join(self.args.save_path, "schedule.png"),
+                          self.method, self.history)
 
     def _summary(self) -> dict:
         args, last = self.args, self.history[-1]
@@ -389,7 +416,8 @@ class Trainer:
                 for c in self.convs}
         flops_d, params_d = self.dense_cost
         return {
-            "method": self.method.name, "arch": args.arch, "dataset": args.dataset,
+            "method": self.method.name, "attenuate": args.attenuate, "arch": args.arch,
+            "dataset": args.dataset,
             "epochs": args.epochs, "prune_rate_cs": args.prune_rate_cs,
             "prune_rate_norm": args.prune_rate_norm, "prune_rate_gm": args.prune_rate_gm,
             "round_to": args.round_to,

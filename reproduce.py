@@ -23,7 +23,7 @@ from utils.errors import UserError
 from utils.grid import (ATTENUATE_DEFAULT, CONFIGS, DEFAULT_RATE, FINISHED, GRIDS, SEEDS,
                         UNFINISHED, GridAsk, check_ask, check_slurm_path, dry_run_lines,
                         folder_state, plan, slurm_script)
-from utils.grid_runner import GridRunner
+from utils.grid_runner import GridRunner, parse_gpus
 from utils.trainer import check_run_args
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -52,32 +52,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dry_run", action="store_true", help="print the command lines, run nothing")
     p.add_argument("--slurm", metavar="FILE", help="write a Slurm array job script instead")
     return p
-
-
-def gpu_count() -> int:
-    import torch
-
-    return torch.cuda.device_count()
-
-
-def parse_gpus(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        gpus = [int(g) for g in text.split(",")]
-    except ValueError:
-        raise UserError(f"--gpus {text}: give GPU numbers separated by commas, e.g. 0,1,2,3") \
-            from None
-    if len(set(gpus)) != len(gpus) or min(gpus) < 0:
-        raise UserError(f"--gpus {text}: give each GPU once, numbered from 0")
-    count = gpu_count()
-    missing = [g for g in gpus if g >= count]
-    if missing:
-        have = f"{count} ({', '.join(map(str, range(count)))})" if count else "no CUDA GPU"
-        raise UserError(f"--gpus names GPU {missing[0]}, but this machine has {have}; "
-                        + ("leave --gpus out to run the jobs one at a time" if not count
-                           else f"give GPUs from 0 to {count - 1}"))
-    return gpus
 
 
 def resolved_args(script: str, argv) -> dict:

@@ -4,8 +4,12 @@ import json
 import os
 import sys
 
+import pytest
+
+from utils import grid_runner
+from utils.errors import UserError
 from utils.grid import Job
-from utils.grid_runner import GridRunner, job_env
+from utils.grid_runner import GridRunner, job_env, parse_gpus
 
 STAND_IN = """
 import json, os, sys, time
@@ -55,3 +59,15 @@ def test_the_first_two_failures_stop_the_grid(tmp_path):
 def test_a_job_without_gpus_keeps_the_environment(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert "CUDA_VISIBLE_DEVICES" not in job_env(None) and job_env(3)["CUDA_VISIBLE_DEVICES"] == "3"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("0,2", "--gpus names GPU 2, but this machine has 2 (0, 1); give GPUs from 0 to 1"),
+    ("0,0", "--gpus 0,0: give each GPU once, numbered from 0"),
+    ("0;1", "--gpus 0;1: give GPU numbers separated by commas, e.g. 0,1,2,3")])
+def test_gpus_must_exist_and_be_listed_once(monkeypatch, text, message):
+    monkeypatch.setattr(grid_runner, "gpu_count", lambda: 2)
+    assert parse_gpus("1,0") == [1, 0]
+    with pytest.raises(UserError) as e:
+        parse_gpus(text)
+    assert str(e.value) == message

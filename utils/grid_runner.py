@@ -16,6 +16,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+import torch
+
+from .errors import UserError
 from .grid import Job
 
 POLL_SECONDS = 0.2
@@ -25,6 +28,31 @@ def _die_with_parent() -> None:
     # Linux: a job that outlived a killed reproduce.py would race the rerun for its folder;
     # ask the kernel to send it SIGTERM (a resumable stop) when its parent dies
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def gpu_count() -> int:
+    return torch.cuda.device_count()
+
+
+def parse_gpus(text: str | None) -> list[int] | None:
+    """``--gpus 0,1,2,3`` → [0, 1, 2, 3], every one a GPU this process can see."""
+    if text is None:
+        return None
+    try:
+        gpus = [int(g) for g in text.split(",")]
+    except ValueError:
+        raise UserError(f"--gpus {text}: give GPU numbers separated by commas, e.g. 0,1,2,3") \
+            from None
+    if len(set(gpus)) != len(gpus) or min(gpus) < 0:
+        raise UserError(f"--gpus {text}: give each GPU once, numbered from 0")
+    count = gpu_count()
+    missing = [g for g in gpus if g >= count]
+    if missing:
+        have = f"{count} ({', '.join(map(str, range(count)))})" if count else "no CUDA GPU"
+        raise UserError(f"--gpus names GPU {missing[0]}, but this machine has {have}; "
+                        + ("leave --gpus out to run the jobs one at a time" if not count
+                           else f"give GPUs from 0 to {count - 1}"))
+    return gpus
 
 
 def job_env(gpu: int | None) -> dict:

@@ -13,6 +13,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from .checkpoint import atomic_write
+from .comparison_md import markdown
 from .errors import UserError
 from .methods import METHODS
 from .published import load_quoted, match_quoted, published_markdown
@@ -21,7 +22,8 @@ from .snapshot import ADDED_FLAGS
 # flags that say where and how a run executed, not what it computed
 RUN_CONTROL_FLAGS = frozenset({
     "save_path", "resume", "overwrite", "stop_after", "evaluate", "device", "ngpu", "workers",
-    "print_freq", "tensorboard", "debug", "data_path", "cache_dir", "use_state_dict"})
+    "print_freq", "tensorboard", "debug", "data_path", "cache_dir", "use_state_dict",
+    "eval_bn_refresh"})  # the last: diagnostics of a copy, the run itself is unchanged
 RATE_KEYS = ("cs", "norm", "gm")
 # flags shown in columns of their own (the rest appear under "other flags" when they differ)
 _SHOWN_FLAGS = {"method", "arch", "dataset", "epochs", "attenuate",
@@ -243,7 +245,6 @@ def _csv_text(columns: list[str], rows: list[dict]) -> bytes:
 def write_report(runs: list[Run], out: str) -> list[dict]:
     """Write the four files into ``out``; returns the group rows."""
     from .plots import plot_comparison  # matplotlib only when a report is written
-    from .comparison_md import markdown
 
     if not runs:
         raise UserError("no finished run to compare; give snapshot folders that hold a "

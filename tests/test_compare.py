@@ -85,8 +85,13 @@ def test_compare_reports_every_finished_run(runs, tmp_path, capsys):
                 dense["final_top1"] - s["final_top1"])
     assert (table[1]["rate_norm"], table[0]["rate_cs"], table[0]["rate_gm"]) == ("0.5", "0.1",
                                                                                "0.4")
+    groups = list(csv.DictReader(open(out / "comparison_groups.csv")))
+    assert [(g["group"], g["n"], g["top1_std"]) for g in groups] == [
+        ("fsdp", "1", ""), ("sfp", "1", ""), ("dense", "1", "")]  # one seed each: no std
     md = open(out / "comparison.md").read()
-    assert md.count("\n| ") == 4 and "| sfp | sfp | resnet20 | cifar10 | 0/0.5/0 |" in md
+    assert md.count("\n| ") == 2 * (1 + 3)  # a group table and a per-run table, header + 3
+    assert "| sfp | sfp | weights | resnet20 | cifar10 | 0/0.5/0 | 3 | 1 |" in md
+    assert "Published" not in md  # resnet20 at 50 %: no quoted row has these flags
     assert open(out / "comparison.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 

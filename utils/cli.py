@@ -12,14 +12,15 @@ from .method.criteria import registry
 from .method.methods import METHODS, Pruning, resolve
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     def error(self, message):
         # one line like every other bad input (argparse adds the usage block); --help has it
         self.exit(2, f"error: {message}; see --help\n")
 
 
 def build_parser(description: str, datasets: list[str], defaults: dict) -> argparse.ArgumentParser:
-    p = _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineParser(description=description,
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data and model")
     g.add_argument("--dataset", choices=datasets, default=datasets[0])
     g.add_argument("--data_path", default="datasets", help="dataset root (downloaded there if absent)")

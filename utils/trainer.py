@@ -46,11 +46,7 @@ def main(parser, make_data, argv=None, check=None, resume_keys: tuple = ()) -> i
     """
     args = parser.parse_args(argv)
     try:
-        check_args(args)
-        pruning = pruning_from_args(args)
-        record_defaults(args, pruning)
-        if check is not None:
-            check(args)
+        pruning = check_run_args(args, check)
         return run(args, make_data, resume_keys, pruning)
     except UserError as e:
         if args.debug:
@@ -69,6 +65,17 @@ def main(parser, make_data, argv=None, check=None, resume_keys: tuple = ()) -> i
         return 3
     finally:
         dist.cleanup()
+
+
+def check_run_args(args, check=None) -> Pruning:
+    """Every check of the parsed flags that ``main`` makes before any work; fills in the
+    method's defaults (once) and returns the run's method with its rates. Raises UserError."""
+    check_args(args)
+    pruning = pruning_from_args(args)
+    record_defaults(args, pruning)
+    if check is not None:
+        check(args)
+    return pruning
 
 
 def _one_line(e: UserError) -> str:

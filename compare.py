@@ -1,15 +1,18 @@
 """Compare finished runs (FSDP, FPGM, SFP, ASFP, dense) in one report.
 
-    python compare.py snapshots/fsdp-r56 snapshots/fpgm-r56 snapshots/dense-r56 [--out DIR]
+    python compare.py snapshots/fsdp-r56-s* snapshots/fpgm-r56-s* snapshots/dense-r56-s* [--out DIR]
 
-Writes comparison.md, comparison.csv and comparison.png into ``--out`` (default: the folder
-that holds the first run). A folder without a finished run is skipped with one warning line.
+Runs that differ only in --manualSeed (and where they ran) are one row: mean ± sample std.
+Writes comparison.md, comparison.csv (one row per run), comparison_groups.csv and
+comparison.png into ``--out`` (default: the folder that holds the first run); published
+figures that match a row are quoted in a block of their own. A folder without a finished run
+is skipped with one warning line.
 """
 import argparse
 import os
 import sys
 
-from utils.comparison import load_run, write_report
+from utils.comparison import load_run, summary_lines, write_report
 from utils.errors import UserError
 
 
@@ -32,13 +35,8 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    width = max(len(r["run"]) for r in table)
-    for r in table:
-        drop = f"  drop {r['drop_vs_dense']:+.2f}" if r["drop_vs_dense"] is not None else ""
-        flops = (f"  FLOPs −{100 * r['flops_reduction']:.1f}%"
-                 if r["flops_reduction"] is not None else "")
-        print(f"{r['run']:<{width}}  {r['method']:<5}  top-1 {r['top1']:6.2f}{drop}{flops}")
-    print(f"report: {os.path.join(out, 'comparison.md')} (.csv, .png)")
+    print("\n".join(summary_lines(table)))
+    print(f"report: {os.path.join(out, 'comparison.md')} (.csv, _groups.csv, .png)")
     return 0
 
 

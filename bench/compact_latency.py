@@ -49,7 +49,7 @@ from models import build_model
 from utils.compaction import compact_cost, compact_model, export_onnx, network_cost
 from utils.compaction.layers import FoldedConv
 from utils.graph import find_prunable_convs
-from utils.schedule import round_selected
+from utils.method.schedule import round_selected
 
 
 def soft_pruned(arch: str, num_classes: int, pruned_count, seed: int = 0) -> tuple[nn.Module, dict]:

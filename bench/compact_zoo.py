@@ -28,9 +28,9 @@ from bench.common import calibrate_bn
 from bench.compact_latency import runners, time_row
 from models import build_model
 from utils.compaction import compact_cost, compact_model, max_rel_error, network_cost
-from utils.criteria import geometric_median_select
 from utils.graph import find_prunable_convs
-from utils.schedule import count, round_selected
+from utils.method.criteria import criterion
+from utils.method.schedule import count, round_selected
 
 # name, arch, image side, {batch: (repeats, warm-up)}
 CASES = [
@@ -56,7 +56,7 @@ def soft_pruned_gm(arch: str, size: int, round_to: int = 1, seed: int = 0):
     pruned = {}
     for c in find_prunable_convs(model):
         n = round_selected(c.filters, count(c.filters, RATE), round_to)
-        idx = geometric_median_select(c.conv.weight, torch.arange(c.filters), n)
+        idx = criterion("gm").select(c.conv.weight, torch.arange(c.filters), n)
         c.conv.weight[idx] = 0
         pruned[c.name] = idx
     return model, pruned

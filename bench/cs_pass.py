@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from bench.common import interleaved
 from models import build_model
-from utils.criteria import cs_scores
+from utils.method.criteria.cs import cs_scores
 from utils.graph import find_prunable_convs
 
 

@@ -1,9 +1,11 @@
 """What one training epoch costs under each method, against a plain training epoch.
 
 ResNet-20 on 2 000 CIFAR-format images (random pixels; the cost does not depend on them), the
-driver's own epoch (``Trainer.run_epoch`` minus its evaluation and checkpoint) for dense (all
-rates 0), fsdp, fpgm and sfp, each ÷ a plain loop (forward, loss, backward, SGD step) over the
-same loader, interleaved. FSDP recomputes its CS scores every second epoch, so its figure is
+driver's own epoch of training and pruning (``Trainer.train_and_prune``: the training epoch
+with the pruner's gradient hook, the attenuation probe and the pruner's step; not the
+evaluation and checkpoint that follow it in ``run_epoch``) for dense (all rates 0), fsdp, fpgm
+and sfp, each ÷ a plain loop (forward, loss, backward, SGD step) over the same loader,
+interleaved. FSDP recomputes its CS scores every second epoch, so its figure is
 the mean of an epoch with and one without a CS pass; the CS pass's own share is printed
 beside it. Targets: dense ≤ 1.02, sfp/fpgm ≤ 1.05, fsdp ≤ 1.25.
 
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 import notebook_cifar
 from datasets.images import ImageDataset
 from utils.data import Data
-from utils.engine import prepare
+from utils.batches import prepare
 from utils.trainer import Trainer
 
 from .common import sync
@@ -43,14 +45,6 @@ def _data(n: int) -> Data:
                 input_shape=(3, 32, 32))
 
 
-def _without_evaluation_and_files(trainer) -> None:
-    """The driver's epoch without what a plain loop also lacks: test evaluation, files."""
-    trainer._evaluate = lambda model: {"loss": 0.0, "top1": 0.0, "top5": 0.0}
-    trainer.save = lambda *a, **k: None
-    trainer._write_tables = lambda: None
-    trainer.log.enabled = False
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=2000)
@@ -67,7 +61,7 @@ def main():
              "--print_freq", "100000", *flags])
         torch.manual_seed(0)
         t = Trainer(a, data, device)
-        _without_evaluation_and_files(t)
+        t.log.enabled = False
         t.start()
         trainers[name] = t
     plain_model = copy.deepcopy(trainers["dense"].model)
@@ -86,19 +80,6 @@ def main():
             plain_opt.step()
             loss.item()  # the driver's NaN check syncs once per step too
 
-    cs_seconds = []
-    ranker = trainers["fsdp"].mask.cs_ranker
-
-    def timed_ranker(*a):
-        sync(device)
-        t0 = time.perf_counter()
-        out = ranker(*a)
-        sync(device)
-        cs_seconds.append(time.perf_counter() - t0)
-        return out
-
-    trainers["fsdp"].mask.cs_ranker = timed_ranker
-
     def timed(fn):
         sync(device)
         t0 = time.perf_counter()
@@ -108,22 +89,28 @@ def main():
 
     times = {k: [] for k in ["plain", *METHODS]}
     epoch = 10  # past the start: every method selects filters; even, so FSDP runs its pass
+    for t in trainers.values():  # the schedule advanced to that epoch, without training
+        for e in range(epoch):
+            t.pruner.step(e)
     plain_epoch(0)  # warm-up
+    ranker = trainers["fsdp"].mask.cs_ranker
+    passes_before = ranker.seconds
     for r in range(args.repeats):
         for e in (epoch + 2 * r, epoch + 2 * r + 1):  # one epoch with a CS pass, one without
             times["plain"].append(timed(lambda: plain_epoch(e)))
             for name, t in trainers.items():
-                times[name].append(timed(lambda: t.run_epoch(e)))
+                times[name].append(timed(lambda: t.train_and_prune(e)))
     plain = statistics.median(times["plain"])
     print(f"device {device}, threads {torch.get_num_threads()}, ResNet-20, {args.images} images, "
           f"batch 128; medians over {len(times['plain'])} epochs (half with an FSDP CS pass)")
     print(f"plain epoch {plain:.2f}s")
     for name in METHODS:
         extra = ""
-        if name == "fsdp":
-            share = sum(cs_seconds) / sum(times[name])
-            extra = (f"  (CS pass {statistics.median(cs_seconds):.2f}s per pass, "
-                     f"{100 * share:.0f}% of FSDP's epochs)")
+        if name == "fsdp":  # one pass per epoch with a pass: half of the timed epochs
+            cs_total = ranker.seconds - passes_before
+            per_pass = cs_total / (len(times[name]) // 2)
+            extra = (f"  (CS pass {per_pass:.2f}s per pass, "
+                     f"{100 * cs_total / sum(times[name]):.0f}% of FSDP's epochs)")
         print(f"{name:<6} epoch {statistics.median(times[name]):.2f}s{extra}")
     for name in METHODS:
         print(f"epoch_cost_{name}: "

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from bench.common import interleaved
 from models import build_model
 from utils.graph import find_prunable_convs
-from utils.mask import Mask
-from utils.methods import METHODS
-from utils.schedule import asymptotic_schedule
+from utils.method.mask import Mask
+from utils.method.methods import METHODS
+from utils.method.schedule import asymptotic_schedule
 
 
 def main():

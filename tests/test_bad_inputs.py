@@ -30,10 +30,11 @@ import compact as compact_cli
 import notebook_cifar
 import notebook_gsc
 import notebook_imagenet
+import reproduce
 from datasets.imagenet32 import TRAIN_FILES, VAL_FILE
 from tests.fake_imagenet import rewrite_npz, truncate_file, write_imagenet32, write_imagenet_folder
 from tests.fake_gsc import write_gsc, write_wav
-from tests.snapshots import files_of
+from tests.snapshots import files_of, write_finished_run
 from tests.fakedata import corrupt_cifar_batch, plant_malicious_batch, write_cifar
 from utils.checkpoint import safe_load
 from utils.snapshot import SNAPSHOT_FILES
@@ -239,6 +240,9 @@ CASES = [
          "--method sfp does not use --prune_rate_cs"),
     Case("tau-with-a-constant-rate", ["--method", "fpgm", "--prune_rate_cs", "0", "--tau", "5"],
          "--tau has no effect"),
+    Case("attenuate-bn-in-a-dense-run", ["--attenuate", "bn", "--prune_rate_cs", "0",
+                                         "--prune_rate_gm", "0"],
+         "--attenuate bn attenuates the selected channels"),
     Case("round-to-0", ["--round_to", "0"], "--round_to must be ≥ 1"),
     Case("unknown-arch", ["--arch", "resnet21"], "unknown --arch 'resnet21'", subprocess=True),
     Case("arch-without-prunable-convs", ["--arch", "imagenet_squeezenet1_0"],
@@ -292,6 +296,8 @@ CASES = [
     Case("resume-other-epochs", [*RESUME, "--epochs", "3"], "made with --epochs 2"),
     Case("resume-other-method", [*RESUME, "--method", "asfp", "--prune_rate_cs", "0",
                                  "--prune_rate_gm", "0"], "made with --method fsdp"),
+    Case("resume-other-attenuate", [*RESUME, "--attenuate", "bn"],
+         "made with --attenuate weights, this run asks for bn"),
     Case("resume-older-checkpoint-format", RESUME, "by an older version", old_format_checkpoint),
     Case("resume-missing-checkpoint", ["--resume", "{tmp}/nope.pt"], "does not exist"),
     Case("resume-a-state-dict", ["--resume", "{tmp}/weights.pt"],
@@ -548,6 +554,31 @@ COMPARE_CASES = [
 ]
 
 
+# reproduce.py refuses before it starts a job or writes a file: (id, argv, phrase, setup); the
+# grid's folder holds a finished run of its first job, made with the same flags but for the
+# case that changes them
+GRID = ["--archs", "resnet56", "--seeds", "1", "--epochs", "2", "--save_path", "{grid}"]
+
+
+def grid_run_of_other_epochs(grid):
+    write_finished_run(os.path.join(grid, "resnet56-dense-s1"), epochs=200)
+
+
+REPRODUCE_CASES = [
+    ("reproduce-unknown-grid", ["cifar100", *GRID], "argument grid: invalid choice: 'cifar100'",
+     None),
+    ("reproduce-unknown-method", ["cifar10", *GRID, "--methods", "l1norm"],
+     "argument --methods: invalid choice: 'l1norm'", None),
+    ("reproduce-unknown-arch", ["cifar10", *GRID, "--archs", "resnet21"],
+     "unknown --arch 'resnet21'", None),
+    ("reproduce-gpu-not-there", ["cifar10", *GRID, "--gpus", "99"], "--gpus names GPU 99", None),
+    ("reproduce-folder-of-other-flags", ["cifar10", *GRID],
+     "holds a run made with --epochs 200, this grid asks for 2", grid_run_of_other_epochs),
+    ("reproduce-flag-of-the-grid", ["cifar10", *GRID, "--", "--arch", "resnet20"],
+     "--arch is set by the grid itself", None),
+]
+
+
 # compact.py works on finished snapshots: (id, the snapshot's model, the phrase of the error)
 COMPACT_CASES = [
     ("compact-refused-op", WithGroupNorm,
@@ -679,6 +710,27 @@ def test_compare_without_finished_runs_warns_per_folder_then_stops(folders, setu
     assert files_of(paths.earlier) == before and not os.path.exists(paths.fresh)
 
 
+@pytest.mark.parametrize("argv,expect,setup", [c[1:] for c in REPRODUCE_CASES],
+                         ids=[c[0] for c in REPRODUCE_CASES])
+def test_reproduce_refuses_before_it_runs_or_writes_anything(argv, expect, setup, tmp_path,
+                                                             capsys, monkeypatch):
+    grid = str(tmp_path / "grid")
+    write_finished_run(os.path.join(grid, "resnet56-dense-s1"), epochs=2)
+    if setup:
+        setup(grid)
+    before = files_of(grid)
+
+    def no_job(*_, **__):
+        raise AssertionError("a job was started")
+    monkeypatch.setattr(reproduce, "GridRunner", no_job)
+    try:
+        code = reproduce.main([a.format(grid=grid) for a in argv])
+    except SystemExit as e:  # how argparse rejects a malformed command line
+        code = e.code
+    assert_one_line_error(code, capsys.readouterr().err, expect)
+    assert code == 2 and files_of(grid) == before and os.listdir(tmp_path) == ["grid"]
+
+
 @pytest.mark.parametrize("model_class,expect", [c[1:] for c in COMPACT_CASES],
                          ids=[c[0] for c in COMPACT_CASES])
 def test_compact_refusal_is_one_line_and_the_run_keeps_its_checkpoint(model_class, expect, paths,
@@ -768,4 +820,5 @@ def test_the_troubleshooting_table_lists_the_catalogue_in_order():
     doc = readme.split("## Troubleshooting", 1)[1].split("\n## ", 1)[0]
     rows = [line.split("`")[1] for line in doc.splitlines() if line.startswith("| `")]
     assert rows == ([case.id for script in SCRIPTS.values() for case in script.cases]
-                    + [c[0] for c in COMPARE_CASES] + [c[0] for c in COMPACT_CASES])
+                    + [c[0] for c in COMPARE_CASES] + [c[0] for c in REPRODUCE_CASES]
+                    + [c[0] for c in COMPACT_CASES])

@@ -8,7 +8,7 @@ import torch
 import compare
 import notebook_cifar
 from tests.fakedata import write_cifar
-from utils.schedule import count
+from utils.method.schedule import count
 from utils.trainer import main
 
 EPOCHS = 3
@@ -18,6 +18,7 @@ RUNS = {  # name: (flags, final selected share per criterion)
              (0.1, 0.4)),
     "sfp": (["--method", "sfp", "--prune_rate_norm", "0.5"], (0.5,)),
     "asfp": (["--method", "asfp", "--prune_rate_norm", "0.5"], (0.5,)),
+    "l1": (["--method", "l1", "--prune_rate_l1", "0.5"], (0.5,)),  # a criterion added as a file
     "dense": (["--prune_rate_cs", "0", "--prune_rate_gm", "0"], (0.0,)),
 }
 
@@ -85,9 +86,22 @@ def test_compare_reports_every_finished_run(runs, tmp_path, capsys):
                 dense["final_top1"] - s["final_top1"])
     assert (table[1]["rate_norm"], table[0]["rate_cs"], table[0]["rate_gm"]) == ("0.5", "0.1",
                                                                                "0.4")
+    groups = list(csv.DictReader(open(out / "comparison_groups.csv")))
+    assert [(g["group"], g["n"], g["top1_std"]) for g in groups] == [
+        ("fsdp", "1", ""), ("sfp", "1", ""), ("dense", "1", "")]  # one seed each: no std
     md = open(out / "comparison.md").read()
-    assert md.count("\n| ") == 4 and "| sfp | sfp | resnet20 | cifar10 | 0/0.5/0 |" in md
+    assert md.count("\n| ") == 2 * (1 + 3)  # a group table and a per-run table, header + 3
+    assert "| sfp | sfp | weights | resnet20 | cifar10 | 0/0.5/0/0 | 3 | 1 |" in md  # cs/norm/l1/gm
+    assert "Published" not in md  # resnet20 at 50 %: no quoted row has these flags
     assert open(out / "comparison.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_l1_method_runs_from_the_script_and_stands_in_the_report(runs, tmp_path):
+    assert compare.main([str(runs / "l1"), str(runs / "dense"), "--out", str(tmp_path)]) == 0
+    row = next(r for r in csv.DictReader(open(tmp_path / "comparison.csv")) if r["run"] == "l1")
+    assert (row["method"], float(row["rate_l1"]), float(row["rate_norm"])) == ("l1", 0.5, 0)
+    theta = list(csv.DictReader(open(runs / "l1" / "metrics.csv")))[-1]
+    assert float(theta["theta_l1"]) == 0.5 and float(theta["theta_norm"]) == 0
 
 
 def test_compare_without_a_finished_run_is_an_error(runs, tmp_path, capsys):

@@ -1,11 +1,13 @@
 import copy
 import itertools
 
+import pytest
 import torch
 
 from bench.common import randomize_bn
 from models import build_model
-from utils.criteria import cs_scores, filter_norms, geometric_median_select
+from utils.method.criteria import criterion, registry
+from utils.method.criteria.cs import cs_scores
 from utils.graph import find_prunable_convs
 
 
@@ -74,16 +76,32 @@ def test_geometric_median_picks_the_central_filters():
     weight = torch.zeros(7, 2, 1, 1)
     weight[:, :, 0, 0] = pts
     all_ = torch.arange(7)
-    assert geometric_median_select(weight, all_, 1).tolist() == [4]
-    assert sorted(geometric_median_select(weight, all_, 2).tolist()) == [4, 5]
+    gm = criterion("gm")
+    assert gm.select(weight, all_, 1).tolist() == [4]
+    assert sorted(gm.select(weight, all_, 2).tolist()) == [4, 5]
     # among the candidates only: with 4 already taken by CS, 5 is the most central
-    assert geometric_median_select(weight, torch.tensor([0, 1, 2, 3, 5, 6]), 1).tolist() == [5]
-    assert geometric_median_select(weight, all_, 0).numel() == 0
+    assert gm.select(weight, torch.tensor([0, 1, 2, 3, 5, 6]), 1).tolist() == [5]
+    assert gm.select(weight, all_, 0).numel() == 0
 
 
-def test_filter_norms():
+def test_norms_score_every_filter_and_the_smallest_go_first():
     w = torch.zeros(3, 2, 1, 1)
     w[0, :, 0, 0] = torch.tensor([3., 4.])
     w[1, 0, 0, 0] = -2
-    assert filter_norms(w, 2).tolist() == [5, 2, 0]
-    assert filter_norms(w, 1).tolist() == [7, 2, 0]
+    everyone = torch.arange(3)
+    assert criterion("norm").scores(w, everyone).tolist() == [5, 2, 0]
+    assert criterion("l1").scores(w, everyone).tolist() == [7, 2, 0]
+    assert criterion("norm").scores(w, torch.tensor([1, 0])).tolist() == [2, 5]
+    assert criterion("l1").select(w, everyone, 2).tolist() == [2, 1]
+
+
+def test_the_registry_finds_every_criterion_file_by_name():
+    import pkgutil
+    import utils.method.criteria as package
+    known = registry()
+    assert list(known) == ["cs", "norm", "l1", "gm"]  # their order in flags and reports
+    files = {m.name for m in pkgutil.iter_modules(package.__path__)}
+    assert files >= {"cs", "norm", "l1", "gm"}
+    assert criterion("cs").from_data and not criterion("gm").from_data
+    with pytest.raises(KeyError, match="unknown criterion 'l3'; known: cs, norm, l1, gm"):
+        criterion("l3")

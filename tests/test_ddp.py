@@ -11,12 +11,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from models import build_model
-from utils.criteria import cs_scores
+from utils.method.criteria.cs import cs_scores
 from utils.graph import find_prunable_convs
-from utils.mask import Mask
+from utils.method.mask import Mask
 from utils.sampling import EpochSampler, SeededDataset
-from utils.methods import METHODS
-from utils.schedule import asymptotic_schedule
+from utils.method.methods import METHODS
+from utils.method.schedule import asymptotic_schedule
 from tests.fakedata import write_cifar
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,6 +70,8 @@ def test_two_process_masks_equal_the_single_process_masks(tmp_path):
 
 
 def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path):
+    """With ``--attenuate bn``: the BN parameters' gradient scaling runs after DDP's all-reduce
+    like the filters' (the default variant's path is the filters' alone)."""
     data = str(tmp_path / "data")
     write_cifar(data, "cifar10", n_train=128, n_test=64, seed=0)
     save = str(tmp_path / "ddp")
@@ -77,12 +79,18 @@ def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path):
            "--master_port", str(_free_port()), os.path.join(ROOT, "notebook_cifar.py"),
            "--data_path", data, "--save_path", save, "--epochs", "2", "--batch_size", "32",
            "--workers", "0", "--device", "cpu", "--manualSeed", "3", "--schedule", "1",
-           "--gammas", "1"]
+           "--gammas", "1", "--attenuate", "bn"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.load(open(os.path.join(save, "summary.json")))
     assert summary["zero_filters_per_layer"] == summary["selected_per_layer"]
-    assert proc.stdout.count("FSDP run:") == 1  # one rank logs
+    assert summary["attenuate"] == "bn"
+    ckpt = torch.load(os.path.join(save, "checkpoint.pt"), weights_only=True)
+    for name, sel in ckpt["mask"]["selected"].items():
+        bn = name.replace("conv_1_3x3", "bn_1").replace("conv_", "bn_")
+        assert torch.all(ckpt["model"][f"{bn}.weight"][sel] == 0), bn
+        assert torch.all(ckpt["model"][f"{bn}.bias"][sel] == 0), bn
+    assert proc.stdout.count("FSDP run with --attenuate bn") == 1  # one rank logs
     log = open(os.path.join(save, "log.txt")).read()
     assert "2 process(es)" in log and log.count("epoch   1/2") == 1

@@ -14,7 +14,7 @@ import torch
 import notebook_gsc
 from tests.snapshots import assert_same_run
 from tests.fake_gsc import write_gsc
-from utils.schedule import count
+from utils.method.schedule import count
 from utils.snapshot import SNAPSHOT_FILES
 from utils.trainer import main
 

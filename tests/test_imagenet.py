@@ -22,7 +22,7 @@ from tests.fake_imagenet import (imagenet32_labels, truncate_file, write_imagene
 from tests.snapshots import assert_same_run
 from utils.errors import DataError
 from utils.sampling import SeededDataset
-from utils.schedule import count
+from utils.method.schedule import count
 from utils.snapshot import SNAPSHOT_FILES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,9 +7,9 @@ from torch import nn
 
 from models import build_model
 from utils.graph import find_prunable_convs
-from utils.mask import Mask
-from utils.methods import METHODS
-from utils.schedule import asymptotic_schedule, count
+from utils.method.mask import Mask
+from utils.method.methods import METHODS
+from utils.method.schedule import asymptotic_schedule, count
 
 
 def _random_ranker(convs, seed=0):

@@ -1,7 +1,6 @@
 """The four methods as presets of one Mask (SPEC §9): selections, weights and gradients on
 hand-built filters, the schedules, the flags, and a dense run that is a plain training loop."""
 import copy
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,9 +12,9 @@ import notebook_cifar
 from tests.fakedata import write_cifar
 from utils.errors import UserError
 from utils.graph import find_prunable_convs
-from utils.mask import Mask
-from utils.methods import resolve_method_args
-from utils.schedule import asymptotic_schedule
+from utils.method.mask import Mask
+from utils.method.methods import resolve
+from utils.method.schedule import asymptotic_schedule
 from utils.trainer import Trainer
 
 NORMS = [5.0, 1.0, 7.0, 3.0, 2.0, 8.0, 4.0, 6.0]  # filter i has L2 norm NORMS[i]
@@ -32,19 +31,9 @@ def _net(filters: list[torch.Tensor]) -> nn.Module:
     return net
 
 
-def _args(method, epochs=4, **rates):
-    args = SimpleNamespace(method=method, epochs=epochs, tau=None, attenuation=1.0,
-                           use_zero_scaling=False, prune_rate_cs=None, prune_rate_norm=None,
-                           prune_rate_gm=None)
-    for k, v in rates.items():
-        setattr(args, f"prune_rate_{k}", v)
-    return args
-
-
 def _mask(method, net, epochs=4, **rates):
-    args = _args(method, epochs, **rates)
-    m = resolve_method_args(args)
-    return Mask(find_prunable_convs(net), m, m.schedule(args))
+    p = resolve(method, rates, epochs)
+    return Mask(find_prunable_convs(net), p.method, p.schedule())
 
 
 def _step(net, opt, mask):
@@ -111,19 +100,20 @@ def test_fsdp_and_fpgm_scale_gradients_sfp_and_asfp_leave_them():
 
 
 def test_schedules_of_the_presets():
-    asfp = _args("asfp", epochs=30, norm=0.4)
-    sched = resolve_method_args(asfp).schedule(asfp)
-    ref = asymptotic_schedule(0.4, 0.0, 30, tau=8)  # ASFP's D = 1/8
+    asfp = resolve("asfp", {"norm": 0.4}, 30)
+    sched = asfp.schedule()
+    # ASFP's D = 1/8, its target reached at the last update with training after it (epoch 28)
+    ref = asymptotic_schedule(0.4, 0.0, 30, tau=8, final_epoch=28)
     assert asfp.tau == 8.0
     np.testing.assert_array_equal(sched.theta, ref.theta)
     assert sched.theta[0] == 0 and np.all(sched.zeta == 0)
-    for name in ("sfp", "fpgm"):
-        args = _args(name, epochs=5)
-        sched = resolve_method_args(args).schedule(args)
+    assert sched.theta[27] < 0.4 and sched.theta[28] == sched.theta[29] == 0.4
+    for name in ("sfp", "fpgm", "l1"):
+        sched = resolve(name, None, 5).schedule()
         assert np.all(sched.theta == 0.5) and np.all(sched.zeta == 0)  # from epoch 0 on
-    fsdp = _args("fsdp", epochs=200)
-    sched = resolve_method_args(fsdp).schedule(fsdp)
-    assert (fsdp.prune_rate_cs, fsdp.prune_rate_gm, fsdp.tau) == (0.1, 0.4, 10.0)
+    fsdp = resolve("fsdp", None, 200)
+    sched = fsdp.schedule()
+    assert (fsdp.rates, fsdp.tau) == ({"cs": 0.1, "gm": 0.4}, 10.0)
     assert sched.theta[1] == pytest.approx(0.033646, abs=1e-6)  # SPEC §2's known value
 
 
@@ -135,15 +125,14 @@ def test_schedules_of_the_presets():
 ])
 def test_a_method_refuses_a_rate_it_does_not_use(method, flag, match):
     with pytest.raises(UserError, match=match):
-        resolve_method_args(_args(method, **flag))
-    resolve_method_args(_args(method, **{k: 0.0 for k in flag}))  # zero is fine
+        resolve(method, flag, 4)
+    resolve(method, {k: 0.0 for k in flag}, 4)  # zero is fine
 
 
 def test_round_to_keeps_multiples_of_n_selecting_fewer():
     net = _net([torch.tensor([n, 0.0]) for n in NORMS] * 5)  # 40 filters
-    args = _args("fsdp", epochs=3)
-    method = resolve_method_args(args)
-    mask = Mask(find_prunable_convs(net), method, method.schedule(args),
+    p = resolve("fsdp", None, 3)
+    mask = Mask(find_prunable_convs(net), p.method, p.schedule(),
                 lambda m, e, i: {"0": torch.arange(40.0)}, round_to=16)
     # plain: ⌊4⌋ CS + ⌊16⌋ GM = 20 selected, 20 kept → 32 kept: GM gives up 12 filters
     assert mask.counts(40, 2) == (4, 4)

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from utils.schedule import asymptotic_schedule, count, solve_xi
+from utils.method.schedule import asymptotic_schedule, count, solve_xi
 
 
 def test_known_values_of_the_paper_setting():

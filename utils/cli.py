@@ -8,17 +8,19 @@ import argparse
 from models import MODELS, arch_help, is_arch
 
 from .errors import UserError
-from .methods import METHODS
+from .method.criteria import registry
+from .method.methods import METHODS, Pruning, resolve
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     def error(self, message):
         # one line like every other bad input (argparse adds the usage block); --help has it
         self.exit(2, f"error: {message}; see --help\n")
 
 
 def build_parser(description: str, datasets: list[str], defaults: dict) -> argparse.ArgumentParser:
-    p = _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineParser(description=description,
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data and model")
     g.add_argument("--dataset", choices=datasets, default=datasets[0])
     g.add_argument("--data_path", default="datasets", help="dataset root (downloaded there if absent)")
@@ -41,21 +43,21 @@ def build_parser(description: str, datasets: list[str], defaults: dict) -> argpa
     g.add_argument("--manualSeed", type=int, default=None, help="random seed (random if absent)")
     g = p.add_argument_group("pruning method (SPEC §9)")
     g.add_argument("--method", choices=list(METHODS), default="fsdp",
-                   help="fsdp: CS + GM, asymptotic rate and weights; fpgm: L2 norm + GM, "
-                        "constant rate, zeroed; sfp: L2 norm, constant, zeroed, gradients free; "
-                        "asfp: as sfp with the asymptotic rate (τ = 8)")
-    g.add_argument("--prune_rate_cs", type=float, default=None,
-                   help="final share of the CS criterion (fsdp; default 0.1)")
-    g.add_argument("--prune_rate_norm", type=float, default=None,
-                   help="final share of the L2-norm criterion (fpgm: default 0, i.e. FPGM-only; "
-                        "sfp/asfp: default 0.5)")
-    g.add_argument("--prune_rate_gm", type=float, default=None,
-                   help="final share of the geometric-median criterion (fsdp: default 0.4; "
-                        "fpgm: default 0.5)")
+                   help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()))
+    for name, crit in registry().items():  # --prune_rate_<criterion>, one per criterion
+        users = [m for m in METHODS.values() if name in m.criteria]
+        shares = ", ".join(f"{m.name} {m.default_rates[m.criteria.index(name)]:g}" for m in users)
+        g.add_argument(f"--prune_rate_{name}", type=float, default=None,
+                       help=f"final share of the {crit.title} criterion (default: {shares})")
     g.add_argument("--tau", type=float, default=None,
                    help="steepness of the asymptotic schedule, > 4/3 (fsdp: 10, asfp: 8)")
     g.add_argument("--attenuation", type=float, default=1.0,
                    help="fsdp's s: ζ(e) = s·(1 − θ(e)/θ3); the paper uses 0.2 on ImageNet32")
+    g.add_argument("--attenuate", choices=["weights", "bn"], default="weights",
+                   help="what a selected filter's factor multiplies: weights (the paper, "
+                        "bit-exact with the authors' loop) or bn: also its BatchNorm's γ and β, so "
+                        "the attenuation reaches the network in train mode (README: Soft pruning "
+                        "and BatchNorm)")
     g.add_argument("--use_zero_scaling", action="store_true",
                    help="fsdp with ζ = 0 at every epoch: plain soft pruning, asymptotic rate")
     g.add_argument("--round_to", type=int, default=1, metavar="N",
@@ -113,10 +115,6 @@ def check_args(args) -> None:
 
     if not is_arch(args.arch):
         bad(f"unknown --arch {args.arch!r}; choose one of: {arch_help()}")
-    rates = {f: getattr(args, f) for f in ("prune_rate_cs", "prune_rate_norm", "prune_rate_gm")}
-    negative = [f"--{f} {v}" for f, v in rates.items() if v is not None and v < 0]
-    if negative:
-        bad(f"pruning rates must be ≥ 0 (got {', '.join(negative)})")
     if args.tau is not None and not args.tau > 4 / 3:
         bad(f"--tau must be > 4/3 (got {args.tau}); the paper uses 10")
     if len(args.schedule) != len(args.gammas):
@@ -144,3 +142,19 @@ def check_args(args) -> None:
         bad("--evaluate needs --resume PATH or --pretrain_path PATH")
     if args.ngpu == 0:
         args.device = "cpu"
+
+
+def pruning_from_args(args) -> Pruning:
+    """The run's method, rates and schedule parameters from the flags, checked (one line per
+    problem); ``args`` is left as it is."""
+    rates = {c: getattr(args, f"prune_rate_{c}") for c in registry()}
+    return resolve(args.method, rates, args.epochs, args.tau, args.attenuation,
+                   args.use_zero_scaling, args.attenuate, args.epoch_prune)
+
+
+def record_defaults(args, pruning: Pruning) -> None:
+    """Write what the method filled in into ``args`` (once, in ``main``): args.json and the
+    checkpoint then hold every rate and τ the run used, which a resume must match."""
+    for c in registry():
+        setattr(args, f"prune_rate_{c}", pruning.rates.get(c, 0.0))
+    args.tau = pruning.tau

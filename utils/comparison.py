@@ -1,16 +1,58 @@
-"""The comparison report over finished runs: comparison.md, comparison.csv, comparison.png."""
+"""The comparison report over finished runs: comparison.md, comparison.csv (one row per run),
+comparison_groups.csv (one row per configuration: its seeds as mean ± std) and comparison.png.
+
+Runs that differ only in their seed and in flags that say where and how they ran (folder,
+device, workers …) form one group. The published figures that match a group are shown in a
+block of their own (``utils.published``), never mixed with the measured rows.
+"""
 import csv
 import io
 import json
 import os
-from dataclasses import dataclass
+import statistics
+from dataclasses import dataclass, field
 
 from .checkpoint import atomic_write
+from .comparison_md import markdown
 from .errors import UserError
+from .method.criteria import registry
+from .method.methods import METHODS
+from .published import load_quoted, match_quoted, published_markdown
+from .snapshot import ADDED_FLAGS
 
-COLUMNS = ["run", "method", "arch", "dataset", "rate_cs", "rate_norm", "rate_gm", "rate_total",
-           "epochs", "top1", "top5", "drop_vs_dense", "flops_reduction", "params_reduction",
-           "fpgm_analytic_flops_reduction", "wall_seconds"]
+# flags that say where and how a run executed, not what it computed
+RUN_CONTROL_FLAGS = frozenset({
+    "save_path", "resume", "overwrite", "stop_after", "evaluate", "device", "ngpu", "workers",
+    "print_freq", "tensorboard", "debug", "data_path", "cache_dir", "use_state_dict",
+    "eval_bn_refresh"})  # the last: diagnostics of a copy, the run itself is unchanged
+COST_KEYS = ("flops_reduction", "params_reduction", "fpgm_analytic_flops_reduction")
+
+
+def rate_keys() -> tuple[str, ...]:
+    """Every criterion's rate (``--prune_rate_<name>``), in the criteria's order."""
+    return tuple(registry())
+
+
+def _shown_flags() -> set:
+    """Flags shown in columns of their own (the rest appear under "other flags" when they
+    differ)."""
+    return {"method", "arch", "dataset", "epochs", "attenuate",
+            *(f"prune_rate_{k}" for k in rate_keys())}
+
+
+def columns() -> list[str]:
+    """comparison.csv: one row per run."""
+    return ["run", "group", "seed", "method", "attenuate", "arch", "dataset",
+            *(f"rate_{k}" for k in rate_keys()), "rate_total", "epochs", "top1", "top5",
+            "drop_vs_dense", *COST_KEYS, "wall_seconds"]
+
+
+def group_columns() -> list[str]:
+    """comparison_groups.csv: one row per configuration, its seeds as mean ± std."""
+    return ["group", "n", "seeds", "method", "attenuate", "arch", "dataset",
+            *(f"rate_{k}" for k in rate_keys()), "rate_total", "epochs", "top1_mean",
+            "top1_std", "top5_mean", "top5_std", "drop_vs_dense", *COST_KEYS, "cost_varies",
+            "wall_seconds_mean", "other_flags", "runs"]
 
 
 @dataclass
@@ -19,11 +61,15 @@ class Run:
     summary: dict
     curve: list[tuple[int, float]]  # (epoch, test top-1)
     refreshed: list[tuple[int, float]]  # the same with BN re-estimated (--eval_bn_refresh)
+    args: dict = field(default_factory=dict)  # args.json ({} when absent)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(os.path.normpath(self.folder))
 
     @property
     def rates(self) -> dict:
-        return {k: float(self.summary.get(f"prune_rate_{k}", 0.0) or 0.0)
-                for k in ("cs", "norm", "gm")}
+        return {k: float(self.summary.get(f"prune_rate_{k}", 0.0) or 0.0) for k in rate_keys()}
 
     @property
     def dense(self) -> bool:
@@ -32,6 +78,26 @@ class Run:
     @property
     def label(self) -> str:
         return "dense" if self.dense else self.summary.get("method", "fsdp")
+
+    @property
+    def attenuate(self) -> str:
+        """--attenuate; runs made before the flag had its default (weights)."""
+        return (self.summary.get("attenuate") or self.args.get("attenuate")
+                or ADDED_FLAGS["attenuate"])
+
+    @property
+    def seed(self):
+        return self.summary.get("seed", self.args.get("manualSeed"))
+
+    def flags(self) -> dict:
+        """What the run computed: every flag but the seed and the run-control ones."""
+        out = {k: v for k, v in self.args.items()
+               if k not in RUN_CONTROL_FLAGS and k != "manualSeed"}
+        s = self.summary
+        out.update(method=s.get("method"), arch=s.get("arch"), dataset=s.get("dataset"),
+                   epochs=s.get("epochs"), attenuate=self.attenuate,
+                   **{f"prune_rate_{k}": v for k, v in self.rates.items()})
+        return out
 
 
 def load_run(folder: str) -> Run | None:
@@ -48,85 +114,183 @@ def load_run(folder: str) -> Run | None:
         return None
     if not isinstance(summary, dict) or "final_top1" not in summary:
         return None
-    return Run(folder, summary, curve, refreshed)
+    return Run(folder, summary, curve, refreshed, _read_args(folder))
 
 
-def _dense_for(run: Run, runs: list[Run]) -> Run | None:
-    """The dense run of the same arch and dataset, preferring the same number of epochs."""
-    same = [r for r in runs if r.dense and r.summary.get("arch") == run.summary.get("arch")
-            and r.summary.get("dataset") == run.summary.get("dataset")]
-    same.sort(key=lambda r: r.summary.get("epochs") != run.summary.get("epochs"))
+def _read_args(folder: str) -> dict:
+    try:
+        with open(os.path.join(folder, "args.json")) as f:
+            args = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return args if isinstance(args, dict) else {}
+
+
+@dataclass
+class Group:
+    """Runs of one configuration, differing only in the seed (and where they ran)."""
+    runs: list[Run]
+
+    @property
+    def first(self) -> Run:
+        return self.runs[0]
+
+    @property
+    def name(self) -> str:
+        return group_name([r.name for r in self.runs])
+
+    def values(self, key: str) -> list:
+        return [_run_value(r, key) for r in self.runs]
+
+    def mean_std(self, key: str) -> tuple[float | None, float | None]:
+        """The mean and the sample standard deviation (None for one run)."""
+        values = [v for v in self.values(key) if v is not None]
+        if not values:
+            return None, None
+        return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+_SUMMARY_KEYS = {"top1": "final_top1", "top5": "final_top5"}
+
+
+def _run_value(run: Run, key: str):
+    if key in COST_KEYS:
+        return (run.summary.get("compact") or {}).get(key)
+    return run.summary.get(_SUMMARY_KEYS.get(key, key))
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """Groups in the order of their first run."""
+    groups: dict[str, Group] = {}
+    for run in runs:
+        key = json.dumps(run.flags(), sort_keys=True, default=str)
+        groups.setdefault(key, Group([])).runs.append(run)
+    return list(groups.values())
+
+
+def group_name(names: list[str]) -> str:
+    """``resnet56-fsdp-s1``, ``-s2``, ``-s3`` → ``resnet56-fsdp-s{1,2,3}``."""
+    if len(names) == 1:
+        return names[0]
+    prefix = os.path.commonprefix(names)
+    suffix = os.path.commonprefix([n[len(prefix):][::-1] for n in names])[::-1]
+    # never split a number: s1 and s10 are seeds 1 and 10, not "s1" and "0"
+    while prefix and prefix[-1].isdigit():
+        prefix = prefix[:-1]
+    while suffix and suffix[0].isdigit():
+        suffix = suffix[1:]
+    middles = [n[len(prefix):len(n) - len(suffix)] for n in names]
+    return f"{prefix}{{{','.join(middles)}}}{suffix}"
+
+
+def _dense_for(group: Group, groups: list[Group]) -> Group | None:
+    """The dense group of the same arch and dataset, preferring the same number of epochs."""
+    s = group.first.summary
+    same = [g for g in groups if g.first.dense and g.first.summary.get("arch") == s.get("arch")
+            and g.first.summary.get("dataset") == s.get("dataset")]
+    same.sort(key=lambda g: g.first.summary.get("epochs") != s.get("epochs"))
     return same[0] if same else None
 
 
-def rows(runs: list[Run]) -> list[dict]:
+def _other_flags(groups: list[Group]) -> list[str]:
+    """Per group, the flags not shown in a column whose values differ between groups."""
+    flags = [_hidden_flags(g.first) for g in groups]
+    keys = sorted({k for f in flags for k in f})
+    varying = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flags}) > 1]
+    return [" ".join(f"{k}={f.get(k)}" for k in varying) for f in flags]
+
+
+def _hidden_flags(run: Run) -> dict:
+    shown = _shown_flags()
+    flags = {k: v for k, v in run.flags().items() if k not in shown}
+    method = METHODS.get(run.summary.get("method"))
+    if method is not None and flags.get("tau") == method.tau:  # the method's own default
+        flags.pop("tau", None)
+    return flags
+
+
+def _config(run: Run) -> dict:
+    s = run.summary
+    return {"method": run.label, "attenuate": run.attenuate, "arch": s.get("arch"),
+            "dataset": s.get("dataset"), **{f"rate_{k}": v for k, v in run.rates.items()},
+            "rate_total": round(sum(run.rates.values()), 6), "epochs": s.get("epochs")}
+
+
+def group_rows(groups: list[Group]) -> list[dict]:
     out = []
-    for run in runs:
-        s, compact = run.summary, run.summary.get("compact") or {}
-        dense = _dense_for(run, runs)
+    for group, other in zip(groups, _other_flags(groups)):
+        dense = _dense_for(group, groups)
+        top1, top1_std = group.mean_std("top1")
+        top5, top5_std = group.mean_std("top5")
+        costs = {k: group.mean_std(k)[0] for k in COST_KEYS}
+        varies = any(len({v for v in group.values(k)}) > 1 for k in COST_KEYS)
         out.append({
-            "run": os.path.basename(os.path.normpath(run.folder)), "method": run.label,
-            "arch": s.get("arch"), "dataset": s.get("dataset"),
-            **{f"rate_{k}": v for k, v in run.rates.items()},
-            "rate_total": round(sum(run.rates.values()), 6), "epochs": s.get("epochs"),
-            "top1": s["final_top1"], "top5": s.get("final_top5"),
-            "drop_vs_dense": (dense.summary["final_top1"] - s["final_top1"]
-                              if dense is not None and not run.dense else None),
-            "flops_reduction": compact.get("flops_reduction"),
-            "params_reduction": compact.get("params_reduction"),
-            "fpgm_analytic_flops_reduction": compact.get("fpgm_analytic_flops_reduction"),
-            "wall_seconds": s.get("wall_seconds")})
+            "group": group.name, "n": len(group.runs),
+            "seeds": " ".join(str(r.seed) for r in group.runs), **_config(group.first),
+            "top1_mean": top1, "top1_std": top1_std, "top5_mean": top5, "top5_std": top5_std,
+            "drop_vs_dense": (dense.mean_std("top1")[0] - top1
+                              if dense is not None and dense is not group else None),
+            **costs, "cost_varies": "yes" if varies else "",
+            "wall_seconds_mean": group.mean_std("wall_seconds")[0], "other_flags": other,
+            "runs": " ".join(r.name for r in group.runs)})
     return out
 
 
-def _fmt(key: str, v) -> str:
-    if v is None:
-        return "–"
-    if key in ("flops_reduction", "params_reduction", "fpgm_analytic_flops_reduction"):
-        return f"{100 * v:.1f}%"
-    if key in ("top1", "top5", "drop_vs_dense"):
-        return f"{v:+.2f}" if key == "drop_vs_dense" else f"{v:.2f}"
-    if key.startswith("rate_"):
-        return f"{v:g}"
-    if key == "wall_seconds":
-        return f"{v / 60:.1f} min"
-    return str(v)
+def run_rows(groups: list[Group]) -> list[dict]:
+    out = []
+    for group in groups:
+        dense = _dense_for(group, groups)
+        for run in group.runs:
+            s = run.summary
+            out.append({
+                "run": run.name, "group": group.name, "seed": run.seed, **_config(run),
+                "top1": s["final_top1"], "top5": s.get("final_top5"),
+                "drop_vs_dense": (dense.mean_std("top1")[0] - s["final_top1"]
+                                  if dense is not None and dense is not group else None),
+                **{k: _run_value(run, k) for k in COST_KEYS},
+                "wall_seconds": s.get("wall_seconds")})
+    return out
 
 
-def markdown(table: list[dict]) -> str:
-    head = ["run", "method", "arch", "dataset", "rates cs/norm/gm", "epochs", "top-1", "top-5",
-            "drop vs dense", "FLOPs −", "params −", "FPGM analytic FLOPs −", "wall"]
-    lines = ["# Comparison of finished runs", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in table:
-        cells = [r["run"], r["method"], r["arch"], r["dataset"],
-                 "/".join(_fmt("rate_", r[f"rate_{k}"]) for k in ("cs", "norm", "gm")),
-                 _fmt("epochs", r["epochs"])] + [_fmt(k, r[k]) for k in (
-                     "top1", "top5", "drop_vs_dense", "flops_reduction", "params_reduction",
-                     "fpgm_analytic_flops_reduction", "wall_seconds")]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "top-1/top-5: the final, fully pruned network (what the papers report). "
-              "drop vs dense: the dense run's top-1 minus this run's (same arch and dataset). "
-              "FLOPs −/params −: measured on the compact network (model_compact.pt) against "
-              "the dense one; FPGM analytic: FPGM's formula at the kept ratio, to compare with "
-              "published tables.", ""]
-    return "\n".join(lines)
+def _csv_text(columns: list[str], rows: list[dict]) -> bytes:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, columns)
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue().encode()
 
 
 def write_report(runs: list[Run], out: str) -> list[dict]:
+    """Write the four files into ``out``; returns the group rows."""
     from .plots import plot_comparison  # matplotlib only when a report is written
 
     if not runs:
         raise UserError("no finished run to compare; give snapshot folders that hold a "
                         "summary.json (runs that reached their last epoch)")
     os.makedirs(out, exist_ok=True)
-    table = rows(runs)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, COLUMNS)
-    w.writeheader()
-    w.writerows(table)
-    atomic_write(os.path.join(out, "comparison.csv"), lambda f: f.write(buf.getvalue().encode()))
-    atomic_write(os.path.join(out, "comparison.md"),
-                 lambda f: f.write(markdown(table).encode()))
-    plot_comparison(runs, table, os.path.join(out, "comparison.png"))
+    groups = group_runs(runs)
+    table, per_run = group_rows(groups), run_rows(groups)
+    quoted = match_quoted(load_quoted(), table)
+    for name, header, rows in (("comparison.csv", columns(), per_run),
+                               ("comparison_groups.csv", group_columns(), table)):
+        text = _csv_text(header, rows)
+        atomic_write(os.path.join(out, name), lambda f: f.write(text))
+    text = "\n".join(filter(None, [markdown(table, per_run), published_markdown(quoted)]))
+    text = text.encode()
+    atomic_write(os.path.join(out, "comparison.md"), lambda f: f.write(text))
+    plot_comparison(groups, table, os.path.join(out, "comparison.png"))
     return table
+
+
+def summary_lines(table: list[dict]) -> list[str]:
+    """One console line per group, for compare.py and reproduce.py."""
+    width = max(len(r["group"]) for r in table)
+    lines = []
+    for r in table:
+        std = f" ± {r['top1_std']:.2f}" if r["top1_std"] is not None else ""
+        drop = f"  drop {r['drop_vs_dense']:+.2f}" if r["drop_vs_dense"] is not None else ""
+        flops = (f"  FLOPs −{100 * r['flops_reduction']:.1f}%"
+                 if r["flops_reduction"] is not None else "")
+        lines.append(f"{r['group']:<{width}}  {r['method']:<5}  top-1 {r['top1_mean']:6.2f}"
+                     f"{std} (n={r['n']}){drop}{flops}")
+    return lines

@@ -1,5 +1,4 @@
 """Device-agnostic training and evaluation loops; both return dicts of averages."""
-import contextlib
 import copy
 import math
 import time
@@ -9,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .batches import autocast, prepare
 from .distributed import all_reduce_sum, is_main, world_size
 from .faults import crash_point
 
@@ -27,29 +27,6 @@ def lr_at(epoch: int, base_lr: float, schedule: list[int], gammas: list[float]) 
             break
         lr *= gamma
     return lr
-
-
-def to_device(x, device: torch.device):
-    """A tensor, or each tensor of a dict, moved without blocking (pinned memory)."""
-    if isinstance(x, dict):
-        return {k: v.to(device, non_blocking=True) for k, v in x.items()}
-    return x.to(device, non_blocking=True)
-
-
-def prepare(batch, device: torch.device, transform=None, split: str = "train"):
-    """``(x, y[, seeds])`` from a loader → ``(x, y)`` on the device, after the script's batch
-    transform (which runs there, drawing from the per-sample seeds)."""
-    x, y, seeds = batch if len(batch) == 3 else (*batch, None)
-    x, y = to_device(x, device), y.to(device, non_blocking=True)
-    if transform is not None:
-        x = transform(x, seeds, split)
-    return x, y
-
-
-def autocast(device: torch.device, amp_dtype: torch.dtype | None):
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=amp_dtype)
 
 
 class _Meter:
@@ -76,11 +53,13 @@ class _Meter:
         return {"loss": t[0] / n, "top1": 100 * t[1] / n, "top5": 100 * t[2] / n, "n": int(t[3])}
 
 
-def train_one_epoch(model, loader, optimizer, device, epoch: int, mask=None, scaler=None,
+def train_one_epoch(model, loader, optimizer, device, epoch: int, scaler=None,
                     amp_dtype=None, log=None, print_freq: int = 200, nan_policy: str = "stop",
                     should_stop=None, start_batch: int = 0, resume_state=None,
                     transform=None) -> dict:
-    """One epoch of SGD; ``mask.scale_gradients()`` runs between backward and step (SPEC §4).
+    """One epoch of SGD. The pruner's gradient scaling (SPEC §4) is a step pre-hook of the
+    optimizer (``utils.pruner``): it runs between backward (and a GradScaler's unscale) and the
+    step, as it would in anyone's loop.
 
     ``should_stop()`` is polled after every batch: when it says so the epoch ends early with
     ``interrupted`` set, and ``state`` (batches done, running sums) lets a later call resume it
@@ -114,8 +93,6 @@ def train_one_epoch(model, loader, optimizer, device, epoch: int, mask=None, sca
                 scaler.unscale_(optimizer)
             else:
                 loss.backward()
-            if mask is not None:
-                mask.scale_gradients()
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()

@@ -7,12 +7,23 @@ import time
 
 from .checkpoint import atomic_write
 from .distributed import is_main
+from .method.criteria import registry
 
-METRIC_COLUMNS = ["epoch", "method", "lr", "theta", "theta_cs", "theta_norm", "theta_gm", "zeta",
-                  "train_loss", "train_top1", "test_loss", "test_top1", "test_top5",
-                  "test_loss_refreshed", "test_top1_refreshed", "test_top5_refreshed",
-                  "filters_selected", "filters_total", "flops_eff", "params_eff",
-                  "epoch_seconds"]
+_AFTER_SHARES = ["effective_attenuation", "train_loss", "train_top1", "test_loss", "test_top1",
+                 "test_top5", "test_loss_refreshed", "test_top1_refreshed", "test_top5_refreshed",
+                 "filters_selected", "filters_total", "flops_eff", "params_eff", "epoch_seconds"]
+
+
+def metric_columns() -> list[str]:
+    """metrics.csv's columns: a share per criterion (``theta_<name>``), then the rest."""
+    return ["epoch", "method", "lr", "theta", *(f"theta_{c}" for c in registry()), "zeta",
+            *_AFTER_SHARES]
+
+
+def __getattr__(name):  # METRIC_COLUMNS, computed when asked for (the registry imports files)
+    if name == "METRIC_COLUMNS":
+        return metric_columns()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def write_text_atomic(path: str, text: str) -> None:
@@ -53,14 +64,15 @@ class RunLog:
         if not self.enabled:
             return
         buf = io.StringIO()
-        w = csv.DictWriter(buf, METRIC_COLUMNS, extrasaction="ignore")
+        columns = metric_columns()
+        w = csv.DictWriter(buf, columns, extrasaction="ignore")
         w.writeheader()
         w.writerows(history)
         write_text_atomic(os.path.join(self.save_path, "metrics.csv"), buf.getvalue())
         if self.tb is not None and history:
             row = history[-1]
-            for k in METRIC_COLUMNS[2:]:
-                if k in row:  # the refreshed columns only with --eval_bn_refresh
+            for k in columns[2:]:
+                if row.get(k) is not None:  # refreshed columns: only with --eval_bn_refresh
                     self.tb.add_scalar(k, row[k], row["epoch"])
             self.tb.flush()
 

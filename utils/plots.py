@@ -1,8 +1,10 @@
-"""curves.png (accuracy and loss per epoch) and schedule.png (θ, θ_cs, θ_gm, ζ)."""
+"""curves.png (accuracy and loss per epoch), schedule.png (θ, θ_cs, θ_gm, ζ) and the
+comparison report's comparison.png."""
 import matplotlib
 
 matplotlib.use("Agg")  # no display on training servers
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 from .checkpoint import atomic_write  # noqa: E402
 
@@ -33,7 +35,10 @@ def plot_curves(history: list[dict], path: str) -> None:
     _save(fig, path)
 
 
-def plot_schedule(schedule, path: str, method) -> None:
+def plot_schedule(schedule, path: str, method, history: list[dict] = ()) -> None:
+    """θ, each criterion's share and ζ over the epochs; with ``history``, the effective
+    attenuation measured so far (utils/attenuation.py): what of the selected channels' output
+    still reached the network while it trained."""
     fig, ax = plt.subplots(figsize=(6, 3.8))
     e = range(schedule.epochs)
     ax.plot(e, schedule.theta, label="θ (total rate)")
@@ -41,6 +46,11 @@ def plot_schedule(schedule, path: str, method) -> None:
         if crit:
             ax.plot(e, share, "--", label=f"θ_{crit}")
     ax.plot(e, schedule.zeta, label="ζ (weights of the selected filters)")
+    measured = [(r["epoch"], r["effective_attenuation"]) for r in history
+                if r.get("effective_attenuation") is not None]
+    if measured:
+        ax.plot(*zip(*measured), "o-", markersize=3,
+                label="effective attenuation (measured, train mode)")
     kind = f"asymptotic (ξ = {schedule.xi:.6f})" if schedule.xi else "constant"
     ax.set(xlabel="epoch", title=f"{method.name}: {kind} schedule")
     ax.grid(alpha=0.3)
@@ -48,20 +58,41 @@ def plot_schedule(schedule, path: str, method) -> None:
     _save(fig, path)
 
 
-def plot_comparison(runs, table: list[dict], path: str) -> None:
-    """Left: test top-1 per epoch of every run; right: final top-1 against FLOPs reduction."""
+def _mean_band(curves: list[list[tuple[int, float]]]):
+    """Epochs, mean and sample std per epoch over the curves (std 0 for one curve)."""
+    by_epoch = {}
+    for curve in curves:
+        for epoch, value in curve:
+            by_epoch.setdefault(epoch, []).append(value)
+    epochs = sorted(by_epoch)
+    values = [np.asarray(by_epoch[e]) for e in epochs]
+    mean = np.array([v.mean() for v in values])
+    std = np.array([v.std(ddof=1) if len(v) > 1 else 0.0 for v in values])
+    return epochs, mean, std
+
+
+def plot_comparison(groups, table: list[dict], path: str) -> None:
+    """Left: the mean test top-1 per epoch of every group, ± its sample std as a band;
+    right: the mean final top-1 (± std) against FLOPs reduction."""
     fig, (curves, trade) = plt.subplots(1, 2, figsize=(11, 4))
-    for run, row in zip(runs, table):
-        label = f"{row['run']} ({row['method']})"
-        line, = curves.plot([e for e, _ in run.curve], [a for _, a in run.curve], label=label)
-        if run.refreshed:
-            curves.plot([e for e, _ in run.refreshed], [a for _, a in run.refreshed], "--",
-                        color=line.get_color(), label=f"{row['run']}, BN re-estimated")
-        red = row["flops_reduction"]
-        trade.scatter([100 * (red or 0)], [row["top1"]], color=line.get_color())
-        trade.annotate(row["method"], (100 * (red or 0), row["top1"]), textcoords="offset points",
+    for group, row in zip(groups, table):
+        label = f"{row['group']} ({row['method']}, n={row['n']})"
+        epochs, mean, std = _mean_band([run.curve for run in group.runs])
+        line, = curves.plot(epochs, mean, label=label)
+        if row["n"] > 1:
+            curves.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        refreshed = [run.refreshed for run in group.runs if run.refreshed]
+        if refreshed:
+            epochs, mean, _ = _mean_band(refreshed)
+            curves.plot(epochs, mean, "--", color=line.get_color(),
+                        label=f"{row['group']}, BN re-estimated")
+        x = 100 * (row["flops_reduction"] or 0)
+        trade.errorbar([x], [row["top1_mean"]], yerr=[row["top1_std"] or 0], fmt="o",
+                       color=line.get_color(), capsize=3)
+        trade.annotate(row["method"], (x, row["top1_mean"]), textcoords="offset points",
                        xytext=(4, 4), fontsize=8)
-    curves.set(xlabel="epoch", ylabel="test top-1 (%)", title="test top-1 per epoch")
+    curves.set(xlabel="epoch", ylabel="test top-1 (%)",
+               title="test top-1 per epoch (mean, band ± std over seeds)")
     trade.set(xlabel="FLOPs reduction, compact network (%)", ylabel="final top-1 (%)",
               title="accuracy against FLOPs reduction")
     curves.legend(fontsize=8)

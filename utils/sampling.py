@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .engine import to_device
+from .batches import to_device
 from .errors import UserError
 
 _MASK63 = (1 << 63) - 1
@@ -130,3 +130,11 @@ def _equal(a, b) -> bool:
     if isinstance(a, (tuple, list)):
         return len(a) == len(b) and all(_equal(u, v) for u, v in zip(a, b))
     return a == b
+
+
+def fixed_batch(dataset: Dataset, seed: int, stream: int, size: int):
+    """The first ``size`` samples of stream ``stream``'s epoch-0 order, collated with their
+    seeds: the same batch every epoch, after a resume and whatever ``--workers`` is."""
+    seeded = SeededDataset(dataset)
+    order = EpochSampler(len(dataset), seed, stream)
+    return torch.utils.data.default_collate([seeded[key] for key, _ in zip(order, range(size))])

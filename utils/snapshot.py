@@ -4,14 +4,23 @@ import os
 from . import distributed as dist
 from .checkpoint import atomic_save, rng_state, safe_load, set_rng_state
 from .errors import UserError
+from .method.criteria import registry
 
 SNAPSHOT_FILES = ("checkpoint.pt", "metrics.csv", "summary.json", "args.json", "log.txt",
                   "curves.png", "schedule.png", "model_compact.pt")
 FORMAT = "fsdp-checkpoint/2"
-# a resumed run must rebuild the same method, schedule, mask layout and data pipeline
-RESUME_MUST_MATCH = ("method", "arch", "dataset", "epochs", "prune_rate_cs", "prune_rate_norm",
-                     "prune_rate_gm", "tau", "attenuation", "use_zero_scaling", "round_to",
-                     "layer_begin", "layer_end", "layer_inter", "prune_include", "prune_exclude")
+# a resumed run must rebuild the same method, schedule, mask layout and data pipeline (and
+# every criterion's --prune_rate_<name>, see resume_must_match)
+RESUME_MUST_MATCH = ("method", "attenuate", "arch", "dataset", "epochs", "tau", "attenuation",
+                     "use_zero_scaling", "round_to", "layer_begin", "layer_end", "layer_inter",
+                     "prune_include", "prune_exclude")
+# flags added after checkpoints of this format were first written: their value in those
+ADDED_FLAGS = {"attenuate": "weights"}
+
+
+def resume_must_match() -> tuple[str, ...]:
+    rates = tuple(f"prune_rate_{c}" for c in registry())
+    return RESUME_MUST_MATCH[:5] + rates + RESUME_MUST_MATCH[5:]
 
 
 def check_save_path(args) -> str | None:
@@ -60,8 +69,9 @@ def read_checkpoint(path: str, args, seed_given: bool, resume_keys: tuple = ()) 
         raise UserError(f"{path} was written in format {ckpt.get('format')!r} by an older version "
                         f"of these scripts (this one reads {FORMAT!r}); finish that run with the "
                         "version that started it, or start again with --overwrite")
-    for key in RESUME_MUST_MATCH + tuple(resume_keys) + (("manualSeed",) if seed_given else ()):
-        old, new = ckpt["args"].get(key), getattr(args, key)
+    for key in resume_must_match() + tuple(resume_keys) + (("manualSeed",) if seed_given else ()):
+        default = 0.0 if key.startswith("prune_rate_") else ADDED_FLAGS.get(key)  # a new criterion
+        old, new = ckpt["args"].get(key, default), getattr(args, key)
         if old != new:
             raise UserError(f"checkpoint {path} was made with --{key} {old}, this run asks for "
                             f"{new}; resume with the same flags or choose another --save_path")
@@ -69,24 +79,27 @@ def read_checkpoint(path: str, args, seed_given: bool, resume_keys: tuple = ()) 
 
 
 def write_checkpoint(path: str, *, epoch: int, batch: int, epoch_state, args, data, model,
-                     optimizer, scaler, mask, history: list, wall: float) -> None:
+                     optimizer, scaler, pruner, probe, history: list, wall: float) -> None:
     """At an epoch boundary (``epoch`` = the next epoch, ``batch`` 0) or inside one."""
     atomic_save({"format": FORMAT, "epoch": epoch, "batch": batch, "epoch_state": epoch_state,
                  "arch": args.arch, "method": args.method, "num_classes": data.num_classes,
                  "in_channels": data.in_channels, "input_shape": list(data.input_shape),
                  "args": vars(args), "model": model.state_dict(),
                  "optimizer": optimizer.state_dict(),
-                 "scaler": scaler.state_dict() if scaler else None, "mask": mask.state_dict(),
+                 "scaler": scaler.state_dict() if scaler else None, "mask": pruner.state_dict(),
+                 "probe": probe.state_dict() if probe else None,
                  "history": history, "wall_seconds": wall, "rng": rng_state()}, path)
 
 
-def restore_checkpoint(ckpt: dict, *, model, optimizer, scaler, mask) -> dict:
+def restore_checkpoint(ckpt: dict, *, model, optimizer, scaler, pruner, probe) -> dict:
     """Load the checkpoint's states into the run's objects; returns where the run stands:
     ``epoch``, ``batch``, ``epoch_state`` (partial sums of an interrupted epoch), ``history``,
     ``wall``."""
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    mask.load_state_dict(ckpt["mask"])
+    pruner.load_state_dict(ckpt["mask"])
+    if probe is not None and ckpt.get("probe"):
+        probe.load_state_dict(ckpt["probe"])
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])

@@ -1,9 +1,9 @@
 """The driver shared by the dataset scripts: build, restore, train epochs, finish.
 
 A script supplies its argument parser (the paper's defaults) and ``make_data(args) -> Data``
-(utils/data.py); everything else — method, schedule, mask, DDP, AMP, resume, logging,
-checkpoints, compaction — lives here once. ``Trainer`` holds one run's objects; ``run`` is the
-command-line sequence over it.
+(utils/data.py); the run is built from named parts — loaders (``utils.loaders``), the pruner
+(``utils.pruner``, the public API the scripts are clients of), the log and the summary.
+``Trainer`` holds one run's objects; ``run`` is the command-line sequence over it.
 """
 import os
 import random
@@ -12,32 +12,30 @@ import time
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from models import build_model
 
 from . import distributed as dist
-from .checkpoint import safe_load
-from .cli import check_args
+from . import loaders
+from .cli import check_args, pruning_from_args, record_defaults
 from .compaction import NetworkCost, compact_model, compaction_figures, save_compact
 from .compaction.tracing import trace
-from .cs_ranker import CSRanker
 from .data import Data
-from .engine import (NonFiniteLoss, evaluate, lr_at, refreshed_bn_copy, train_one_epoch)
+from .engine import NonFiniteLoss, evaluate, lr_at, refreshed_bn_copy, train_one_epoch
 from .errors import UserError
 from .graph import find_prunable_convs
 from .logger import RunLog
-from .mask import Mask
-from .methods import resolve_method_args
+from .method.attenuation import AttenuationProbe
+from .method.methods import Pruning
+from .method.schedule import count
 from .plots import plot_curves, plot_schedule
-from .schedule import count
-from .sampling import EpochSampler, SeededDataset, check_seeded
+from .pretrained import load_pretrained
+from .pruner import Pruner
+from .sampling import check_seeded
 from .snapshot import (check_save_path, prepare_save_path, read_checkpoint, restore_checkpoint,
                        write_checkpoint)
 from .stop import StopRequest
-
-# loader streams: each draws its own order and per-sample seeds from (seed, stream, epoch)
-TRAIN, CS, TEST, BN_REFRESH = range(4)
+from .summary import run_summary
 
 
 def main(parser, make_data, argv=None, check=None, resume_keys: tuple = ()) -> int:
@@ -48,11 +46,8 @@ def main(parser, make_data, argv=None, check=None, resume_keys: tuple = ()) -> i
     """
     args = parser.parse_args(argv)
     try:
-        check_args(args)
-        resolve_method_args(args)
-        if check is not None:
-            check(args)
-        return run(args, make_data, resume_keys)
+        pruning = check_run_args(args, check)
+        return run(args, make_data, resume_keys, pruning)
     except UserError as e:
         if args.debug:
             raise
@@ -72,6 +67,17 @@ def main(parser, make_data, argv=None, check=None, resume_keys: tuple = ()) -> i
         dist.cleanup()
 
 
+def check_run_args(args, check=None) -> Pruning:
+    """Every check of the parsed flags that ``main`` makes before any work; fills in the
+    method's defaults (once) and returns the run's method with its rates. Raises UserError."""
+    check_args(args)
+    pruning = pruning_from_args(args)
+    record_defaults(args, pruning)
+    if check is not None:
+        check(args)
+    return pruning
+
+
 def _one_line(e: UserError) -> str:
     """A UserError raised in a DataLoader worker comes back with the worker's traceback in
     its message; its own message is the last line, after the class name."""
@@ -81,7 +87,7 @@ def _one_line(e: UserError) -> str:
     return text
 
 
-def run(args, make_data, resume_keys: tuple = ()) -> int:
+def run(args, make_data, resume_keys: tuple = (), pruning: Pruning | None = None) -> int:
     check_architecture(args.arch)
     device = dist.init_from_env(args.device)
     seed_given = args.manualSeed is not None
@@ -95,7 +101,8 @@ def run(args, make_data, resume_keys: tuple = ()) -> int:
     if ckpt is not None:
         args.manualSeed = ckpt["args"]["manualSeed"]  # the data order depends on it
 
-    trainer = Trainer(args, make_data(args), device, ckpt is not None)  # the seed is final here
+    # the seed is final here
+    trainer = Trainer(args, make_data(args), device, ckpt is not None, pruning)
     if ckpt is not None:
         trainer.restore(ckpt, resume)
     else:
@@ -141,26 +148,12 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
-def _amp_dtype(args, device) -> torch.dtype | None:
+def amp_dtype(args, device) -> torch.dtype | None:
     if not args.amp:
         return None
     if args.amp == "bf16" or device.type != "cuda":
         return torch.bfloat16
     return torch.float16
-
-
-def _loader(ds, batch_size, args, device, sampler, every_epoch: bool = False):
-    """``every_epoch``: keep the worker processes between epochs (train and test loaders;
-    the CS and BN-refresh ones run now and then and would only hold processes)."""
-    return DataLoader(SeededDataset(ds), batch_size=batch_size, sampler=sampler,
-                      num_workers=args.workers, pin_memory=device.type == "cuda",
-                      persistent_workers=every_epoch and args.workers > 0)
-
-
-def _test_loader(args, data: Data, device):
-    sampler = EpochSampler(len(data.test), args.manualSeed, TEST, dist.rank(), dist.world_size(),
-                           shuffle=False)
-    return _loader(data.test, args.batch_size, args, device, sampler, every_epoch=True)
 
 
 def _check_data(args, data: Data, device) -> None:
@@ -173,9 +166,9 @@ def _evaluate_only(args, data: Data, device) -> int:
     model = build_model(args.arch, data.num_classes, data.in_channels).to(device)
     source = (os.path.join(args.save_path, "checkpoint.pt") if args.resume == "auto"
               else args.resume or args.pretrain_path)
-    _load_pretrained(model, source, args.arch)
-    stats = evaluate(model, _test_loader(args, data, device), device, _amp_dtype(args, device),
-                     data.batch_transform)
+    load_pretrained(model, source, args.arch)
+    stats = evaluate(model, loaders.test_loader(args, data, device), device,
+                     amp_dtype(args, device), data.batch_transform)
     if dist.is_main():
         print(f"test: top1 {stats['top1']:.2f}  top5 {stats['top5']:.2f}  "
               f"loss {stats['loss']:.4f}  ({stats['n']} images)")
@@ -183,66 +176,67 @@ def _evaluate_only(args, data: Data, device) -> int:
 
 
 class Trainer:
-    """One run: the model, its mask and optimizer, the loaders, and where training stands."""
+    """One run, built from named parts: the model and its prunable convs, the loaders
+    (``utils.loaders``), the pruner (``utils.pruner``: method, schedule, mask, CS pass and the
+    optimizer's gradient hook), the optimizer, the attenuation probe and the run's log; it
+    holds where training stands."""
 
-    def __init__(self, args, data: Data, device: torch.device, resuming: bool = False):
+    def __init__(self, args, data: Data, device: torch.device, resuming: bool = False,
+                 pruning: Pruning | None = None):
         _check_data(args, data, device)
         self.args, self.data, self.device = args, data, device
-        world, rank = dist.world_size(), dist.rank()
+        self.pruning = pruning or pruning_from_args(args)
         self.model = build_model(args.arch, data.num_classes, data.in_channels).to(device)
-        self.convs = find_prunable_convs(self.model, args.prune_include, args.prune_exclude,
-                                         args.layer_begin, args.layer_end, args.layer_inter)
-        self.method = resolve_method_args(args)  # idempotent; main() ran it before any work
-        self.schedule = self.method.schedule(args)
-        if not self.convs and self.schedule.theta.max() > 0:
-            raise UserError("no conv matches the layer selection (--layer_*/--prune_include/"
-                            "--prune_exclude); widen it")
-        self.amp_dtype = _amp_dtype(args, device)
-        self.test_loader = _test_loader(args, data, device)
-        self.batch = max(1, args.batch_size // world)  # per rank
-        self.train_sampler = EpochSampler(len(data.train), args.manualSeed, TRAIN, rank, world,
-                                          order=data.train_order)
-        self.train_loader = _loader(data.train, self.batch, args, device, self.train_sampler,
-                                    every_epoch=True)
+        self.convs = _prunable(self.model, args)
+        self.amp_dtype = amp_dtype(args, device)
+        self.batch = loaders.per_rank(args.batch_size)
+        self.train_loader = loaders.train_loader(args, data, device)
+        self.test_loader = loaders.test_loader(args, data, device)
         if args.pretrain_path and not resuming:  # before the folder: bad weights leave none
-            _load_pretrained(self.model, args.pretrain_path, args.arch)
+            load_pretrained(self.model, args.pretrain_path, args.arch)
 
         prepare_save_path(args.save_path, args.overwrite)
         self.log = RunLog(args.save_path, args.tensorboard)
-        ranker = None
-        if self.method.uses_cs:
-            # each sample's augmentation is seeded by its position: exact resume, any --workers
-            cs_sampler = EpochSampler(len(data.cs), args.manualSeed, CS, rank, world,
-                                      shuffle=False)
-            ranker = CSRanker(self.convs, _loader(data.cs, max(1, args.batch_prune_size // world),
-                                                  args, device, cs_sampler),
-                              data.num_classes, device, mode=args.cs_mode,
-                              max_batches=args.max_iter_cs, amp_dtype=self.amp_dtype,
-                              transform=data.batch_transform, class_names=data.classes,
-                              log=self.log)
-        self.mask = Mask(self.convs, self.method, self.schedule, ranker, args.epoch_apply_cs,
-                         args.round_to)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=args.learning_rate,
                                          momentum=args.momentum, weight_decay=args.decay,
                                          nesterov=bool(args.nesterov))
+        self.pruner = self._pruner()
+        self.mask, self.schedule = self.pruner.mask, self.pruner.schedule
+        self.method = self.pruning.method
+        # the effective attenuation (utils/method/attenuation.py), if anything is pruned
+        self.probe = (AttenuationProbe(self.convs, loaders.probe_batch(args, data, device))
+                      if self.mask.active else None)
         self.scaler = (torch.amp.GradScaler(device.type)
                        if self.amp_dtype == torch.float16 else None)
         self.cost = NetworkCost(self.model, data.input_shape)  # the compactor's graph walk
         self.dense_cost = self.cost({})
         self.net = self.model
-        if world > 1:
+        if dist.world_size() > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.history, self.wall = [], 0.0
         self.start_epoch, self.start_batch, self.epoch_state = 0, 0, None
         self._refresh_loader = None  # --eval_bn_refresh, built on first use
 
+    def _pruner(self) -> Pruner:
+        args, data = self.args, self.data
+        cs = (loaders.cs_loader(args, data, self.device) if self.pruning.method.uses_data
+              else None)
+        return Pruner(self.model, self.pruning, optimizer=self.optimizer, cs_data=cs,
+                      convs=self.convs, num_classes=data.num_classes,
+                      cs_every=args.epoch_apply_cs, round_to=args.round_to,
+                      cs_mode=args.cs_mode, cs_batches=args.max_iter_cs,
+                      amp_dtype=self.amp_dtype, cs_transform=data.batch_transform,
+                      class_names=data.classes, log=self.log, auto_start=False)
+
     # -- the steps of a run ------------------------------------------------------------------
     def start(self) -> None:
         """A fresh run: header, plots of the schedule, and the mask before training."""
         args = self.args
         name = self.method.name.upper() if self.mask.active else "dense (all rates 0)"
-        self.log(f"{name} run: {args.arch} on {args.dataset}, "
+        variant = (" with --attenuate bn (BN γ, β attenuated with the filters)"
+                   if self.method.attenuate == "bn" else "")
+        self.log(f"{name} run{variant}: {args.arch} on {args.dataset}, "
                  f"{len(self.data.train)} train / {len(self.data.test)} test samples, "
                  f"{len(self.convs)} prunable convs ({self.mask.total_filters()} filters), device "
                  f"{self.device}, {dist.world_size()} process(es), effective batch "
@@ -256,13 +250,18 @@ class Trainer:
             # the reference validates first, so the first CS pass runs in eval mode
             before = self._evaluate(self.model)
             self.log(f"before training: test top1 {before['top1']:.2f} loss {before['loss']:.4f}")
-            self.mask.update(self.model, 0)
+            if self.probe is not None:  # the channels' std before any selection
+                self.probe.observe(self.model, {})
+            self.pruner.start()
+            if self.probe is not None:
+                self.probe.selected(self.pruner.selected())
 
     def restore(self, ckpt: dict, path: str) -> None:
         where = restore_checkpoint(ckpt, model=self.model, optimizer=self.optimizer,
-                                   scaler=self.scaler, mask=self.mask)
+                                   scaler=self.scaler, pruner=self.pruner, probe=self.probe)
         self.history, self.wall = where["history"], where["wall"]
         self.start_epoch, self.start_batch = where["epoch"], where["batch"]
+        self.pruner.epoch = self.start_epoch - 1  # the last epoch it stepped
         self.epoch_state = where["epoch_state"] if dist.rank() == 0 else None
         at = f"epoch {self.start_epoch}" + (f", batch {self.start_batch}" if self.start_batch
                                             else "")
@@ -288,19 +287,33 @@ class Trainer:
                 return 0
         return None
 
-    def run_epoch(self, epoch: int, stop=None) -> bool:
-        """Train one epoch, update the mask, evaluate, checkpoint; False if interrupted."""
-        args, t0 = self.args, time.time()
+    def train_and_prune(self, epoch: int, stop=None) -> dict:
+        """One training epoch, the attenuation probe and the pruner's step: what an epoch of
+        the method costs (``bench.epoch_cost`` times this). ``interrupted`` when stopped."""
+        args = self.args
         lr = lr_at(epoch, args.learning_rate, args.schedule, args.gammas)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.train_sampler.set_epoch(epoch, self.start_batch * self.batch)
+        self.train_loader.sampler.set_epoch(epoch, self.start_batch * self.batch)
         train = train_one_epoch(self.net, self.train_loader, self.optimizer, self.device, epoch,
-                                self.mask if self.mask.active else None, self.scaler,
-                                self.amp_dtype, self.log, args.print_freq, args.nan_policy,
-                                stop.agreed if stop else None, self.start_batch,
+                                self.scaler, self.amp_dtype, self.log, args.print_freq,
+                                args.nan_policy, stop.agreed if stop else None, self.start_batch,
                                 self.epoch_state, self.data.batch_transform)
         self.start_batch, self.epoch_state = 0, None
+        train["lr"] = lr
+        if train["interrupted"]:
+            return train
+        # what the selection this epoch trained with left of its channels, before the update
+        train["attenuation"] = (self.probe.observe(self.model, self.pruner.selected())
+                                if self.probe else None)
+        if self.pruner.step(epoch) and self.probe is not None:
+            self.probe.selected(self.pruner.selected())
+        return train
+
+    def run_epoch(self, epoch: int, stop=None) -> bool:
+        """Train and prune one epoch, evaluate, record, checkpoint; False if interrupted."""
+        t0 = time.time()
+        train = self.train_and_prune(epoch, stop)
         if train["interrupted"]:
             self.wall += time.time() - t0
             state = train["state"]  # partial sums of all ranks; rank 0 resumes with them
@@ -313,16 +326,23 @@ class Trainer:
         if train["skipped"]:
             self.log(f"  skipped {train['skipped']} batches with a non-finite loss "
                      "(--nan_policy skip)")
-        if epoch % args.epoch_prune == 0 or epoch == args.epochs - 1:
-            self.mask.update(self.model, epoch)
         test = self._evaluate(self.model)
         refreshed = self._evaluate_refreshed(epoch)
-        flops, params = self.cost(self._selection())
         seconds = time.time() - t0
         self.wall += seconds
+        self._record(epoch, train, test, refreshed, seconds)
+        self.save(epoch + 1)
+        self._write_tables()
+        return True
+
+    def _record(self, epoch: int, train: dict, test: dict, refreshed: dict,
+                seconds: float) -> None:
+        """The epoch's row of metrics.csv and its log line."""
+        flops, params = self.cost(self.pruner.selected())
         at = self.schedule.at(epoch)
-        row = {"epoch": epoch, "method": self.method.name, "lr": lr, "theta": at["theta"],
-               **self.method.shares(at), "zeta": at["zeta"], "train_loss": train["loss"],
+        row = {"epoch": epoch, "method": self.method.name, "lr": train["lr"],
+               "theta": at["theta"], **self.pruning.shares(at), "zeta": at["zeta"],
+               "effective_attenuation": train["attenuation"], "train_loss": train["loss"],
                "train_top1": train["top1"], "test_loss": test["loss"], "test_top1": test["top1"],
                "test_top5": test["top5"], **refreshed,
                "filters_selected": self.mask.total_selected(),
@@ -330,19 +350,19 @@ class Trainer:
                "params_eff": params, "epoch_seconds": round(seconds, 3)}
         self.history.append(row)
         extra = (f" (BN refreshed {refreshed['test_top1_refreshed']:.2f})" if refreshed else "")
-        self.log(f"epoch {epoch:3d}/{args.epochs} lr {lr:.4g} θ {row['theta']:.4f} "
-                 f"ζ {row['zeta']:.4f} | train loss {train['loss']:.4f} top1 {train['top1']:.2f} "
-                 f"| test loss {test['loss']:.4f} top1 {test['top1']:.2f}{extra} top5 "
-                 f"{test['top5']:.2f} | selected {row['filters_selected']}/"
+        reached = (f" | eff. att. {row['effective_attenuation']:.3f}"
+                   if row["effective_attenuation"] is not None else "")
+        self.log(f"epoch {epoch:3d}/{self.args.epochs} lr {row['lr']:.4g} θ {row['theta']:.4f} "
+                 f"ζ {row['zeta']:.4f}{reached} | train loss {train['loss']:.4f} top1 "
+                 f"{train['top1']:.2f} | test loss {test['loss']:.4f} top1 {test['top1']:.2f}"
+                 f"{extra} top5 {test['top5']:.2f} | selected {row['filters_selected']}/"
                  f"{row['filters_total']} | {seconds:.1f}s")
-        self.save(epoch + 1)
-        self._write_tables()
-        return True
 
     def finish(self) -> dict:
         """summary.json, the compact network and the final log line."""
         self._write_tables()
-        summary = self._summary()
+        summary = run_summary(self.args, self.pruning, self.mask, self.history,
+                              self.dense_cost, self.wall)
         summary["compact"] = self._compact()
         self.log.summary(summary)
         c = summary["compact"]
@@ -359,7 +379,8 @@ class Trainer:
             write_checkpoint(os.path.join(self.args.save_path, "checkpoint.pt"), epoch=epoch,
                              batch=batch, epoch_state=state, args=self.args, data=self.data,
                              model=self.model, optimizer=self.optimizer, scaler=self.scaler,
-                             mask=self.mask, history=self.history, wall=self.wall)
+                             pruner=self.pruner, probe=self.probe, history=self.history,
+                             wall=self.wall)
         dist.barrier()
 
     def _evaluate(self, model) -> dict:
@@ -373,10 +394,7 @@ class Trainer:
         if not n:
             return {}
         if self._refresh_loader is None:
-            sampler = EpochSampler(len(self.data.train), self.args.manualSeed, BN_REFRESH,
-                                   dist.rank(), dist.world_size(), order=self.data.train_order)
-            self._refresh_loader = _loader(self.data.train, self.batch, self.args, self.device,
-                                           sampler)
+            self._refresh_loader = loaders.refresh_loader(self.args, self.data, self.device)
         self._refresh_loader.sampler.set_epoch(epoch)
         copy = refreshed_bn_copy(self.model, self._refresh_loader, self.device, n,
                                  self.amp_dtype, self.data.batch_transform)
@@ -387,7 +405,7 @@ class Trainer:
         """--round_to: how many filters every layer keeps, and what it gives up for that."""
         if self.args.round_to <= 1 or not self.mask.active:
             return
-        rates, final = self.method.rates(self.args), self.mask.final_counts()
+        rates, final = self.pruning.rates.values(), self.mask.final_counts()
         parts = []
         for c in self.convs:
             n, plain = sum(final[c.name]), sum(count(c.filters, r) for r in rates)
@@ -398,42 +416,15 @@ class Trainer:
         self.log.metrics(self.history)
         if dist.is_main():
             plot_curves(self.history, os.path.join(self.args.save_path, "curves.png"))
-
-    def _summary(self) -> dict:
-        args, last = self.args, self.history[-1]
-        best = max(self.history, key=lambda r: r["test_top1"])
-        zero = {c.name: int((c.conv.weight.detach().flatten(1).abs().sum(1) == 0).sum())
-                for c in self.convs}
-        flops_d, params_d = self.dense_cost
-        return {
-            "method": self.method.name, "arch": args.arch, "dataset": args.dataset,
-            "epochs": args.epochs, "prune_rate_cs": args.prune_rate_cs,
-            "prune_rate_norm": args.prune_rate_norm, "prune_rate_gm": args.prune_rate_gm,
-            "round_to": args.round_to,
-            "final_top1": last["test_top1"], "final_top5": last["test_top5"],
-            "final_loss": last["test_loss"],
-            "best_top1_unpruned_note": "best epoch of a network not yet fully pruned; "
-                                       "report final_top1",
-            "best_top1": best["test_top1"], "best_epoch": best["epoch"],
-            "flops_dense": flops_d, "flops_pruned": last["flops_eff"],
-            "flops_reduction": 1 - last["flops_eff"] / flops_d,
-            "params_dense": params_d, "params_pruned": last["params_eff"],
-            "params_reduction": 1 - last["params_eff"] / params_d,
-            "filters_selected": self.mask.total_selected(),
-            "filters_total": self.mask.total_filters(),
-            "selected_per_layer": self.mask.selected_counts(), "zero_filters_per_layer": zero,
-            "wall_seconds": round(self.wall, 1), "seed": args.manualSeed,
-        }
-
-    def _selection(self) -> dict:
-        return {c.name: self.mask.selected(c.name) for c in self.convs}
+            plot_schedule(self.schedule, os.path.join(self.args.save_path, "schedule.png"),
+                          self.method, self.history)
 
     def _compact(self) -> dict | None:
         """The physically smaller network: built, saved and measured (model_compact.pt); the
         figures are compact.py's, from one function (``compaction.compaction_figures``)."""
         args, mask = self.args, self.mask
         try:
-            compact = compact_model(self.model, self._selection(),
+            compact = compact_model(self.model, self.pruner.selected(),
                                     input_shape=self.data.input_shape, arch=args.arch)
         except UserError as e:  # an architecture compaction does not know: the run still counts
             self.log(f"warning: no compact network ({e})")
@@ -442,34 +433,17 @@ class Trainer:
             save_compact(compact, os.path.join(args.save_path, "model_compact.pt"))
         test = self._evaluate(compact)
         keep = 1 - mask.total_selected() / max(mask.total_filters(), 1)
-        nominal = 1 - args.prune_rate_cs - args.prune_rate_norm - args.prune_rate_gm
+        nominal = 1 - self.pruning.total
         figures = compaction_figures(self.model, compact, self.data.input_shape, args.arch,
                                      keep, nominal)
         return {"path": "model_compact.pt", "top1": test["top1"], "top5": test["top5"],
                 "loss": test["loss"], **figures}
 
 
-def _load_pretrained(model, path: str, arch: str) -> None:
-    """Plain state dicts, DataParallel/DDP ``module.``-prefixed ones, and our checkpoints."""
-    obj = safe_load(path)
-    made_with = ""
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        made_with = f" (it was made with --arch {obj['arch']})" if obj.get("arch") else ""
-        obj = obj["model"]
-    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise UserError(f"--pretrain_path {path} holds no state dict")
-    state = {k.removeprefix("module."): v for k, v in obj.items()}
-    # count the misfits ourselves: load_state_dict's error lists every key, hundreds of them
-    ours = model.state_dict()
-    misfits = {"missing": [k for k in ours if k not in state],
-               "unexpected": [k for k in state if k not in ours],
-               "of another shape": [k for k in ours if k in state
-                                    and getattr(state[k], "shape", None) != ours[k].shape]}
-    if any(misfits.values()):
-        found = "; ".join(f"{len(keys)} {what} (first: {keys[0]})"
-                          for what, keys in misfits.items() if keys)
-        raise UserError(f"--pretrain_path {path} does not fit --arch {arch}{made_with}: "
-                        f"{found}; give the --arch the weights were trained with")
-    model.load_state_dict(state)
+def _prunable(model, args) -> list:
+    convs = find_prunable_convs(model, args.prune_include, args.prune_exclude, args.layer_begin,
+                                args.layer_end, args.layer_inter)
+    if not convs:
+        raise UserError("no conv matches the layer selection (--layer_*/--prune_include/"
+                        "--prune_exclude); widen it")
+    return convs

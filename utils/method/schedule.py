@@ -62,23 +62,29 @@ def _check(rate_first: float, rate_second: float, epochs: int) -> None:
 
 
 def asymptotic_schedule(rate_first: float, rate_second: float, epochs: int, tau: float = 10.0,
-                        attenuation: float = 1.0, zero_scaling: bool = False) -> Schedule:
+                        attenuation: float = 1.0, zero_scaling: bool = False,
+                        final_epoch: int | None = None) -> Schedule:
+    """θ(e) of SPEC §2, reaching θ3 at ``final_epoch`` (default the last epoch, e3 = E − 1, the
+    authors' rule) and staying there; ``final_epoch < E − 1`` lets the count reach its target
+    at an update that still has training after it (``target_epoch``)."""
     _check(rate_first, rate_second, epochs)
     theta3 = rate_first + rate_second
     xi = solve_xi(tau)
+    e3 = epochs - 1 if final_epoch is None else final_epoch
+    if not 0 <= e3 < epochs:
+        raise ValueError(f"final_epoch must lie in 0..{epochs - 1} (got {e3})")
     e = np.arange(epochs, dtype=np.float64)
-    e3 = epochs - 1
     e2 = e3 / tau
     if theta3 == 0:
         theta = np.zeros(epochs)
     elif e3 == 0:
-        theta = np.full(1, theta3)
+        theta = np.full(epochs, theta3)
     else:
         theta2 = 0.75 * theta3
         beta = -math.log(xi) / e2
         alpha = theta2 / (xi - 1.0)
         theta = alpha * (np.exp(-beta * e) - 1.0) + 0.0  # + 0.0 turns θ(0) = −0.0 into 0.0
-    theta[-1] = theta3
+    theta[e3:] = theta3
     theta_first = np.minimum(rate_first, theta)
     theta_second = theta - theta_first
     if zero_scaling:
@@ -87,7 +93,7 @@ def asymptotic_schedule(rate_first: float, rate_second: float, epochs: int, tau:
         zeta = np.full(epochs, float(attenuation))  # nothing is ever selected
     else:
         zeta = attenuation * (1.0 - theta / theta3)
-        zeta[-1] = 0.0
+        zeta[e3:] = 0.0
     return Schedule(theta, theta_first, theta_second, zeta, xi, e2)
 
 
@@ -97,6 +103,13 @@ def constant_schedule(rate_first: float, rate_second: float, epochs: int) -> Sch
     _check(rate_first, rate_second, epochs)
     full = lambda v: np.full(epochs, float(v))  # noqa: E731
     return Schedule(full(rate_first + rate_second), full(rate_first), full(rate_second), full(0))
+
+
+def target_epoch(epochs: int, every: int = 1) -> int:
+    """The last mask update that still has an epoch of training after it (updates run at
+    epochs divisible by ``every`` and after the last): where our asymptotic rule lets the
+    count reach its target, instead of cutting the last filters with no training after."""
+    return ((epochs - 2) // every) * every if epochs >= 2 else 0
 
 
 def count(filters: int, rate: float) -> int:

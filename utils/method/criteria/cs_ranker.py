@@ -1,12 +1,20 @@
 """The CS pass as the mask sees it: model and epoch in, a score per filter out (SPEC §3)."""
 import time
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from .criteria import cs_scores
-from .faults import crash_point
-from .graph import PrunableConv
+from ...faults import crash_point
+from ...graph import PrunableConv
+from .cs import cs_scores
+
+
+class ScorePass(Protocol):
+    """What the mask calls for a ``from_data`` criterion: ``initial`` marks the pass before
+    training (the pass after epoch 0 has epoch 0 too). Returns {conv name: score per filter}."""
+
+    def __call__(self, model: nn.Module, epoch: int, initial: bool) -> dict[str, torch.Tensor]: ...
 
 
 class CSRanker:
@@ -28,13 +36,15 @@ class CSRanker:
         self.transform, self.class_names = transform, class_names
         self.log = log or (lambda msg, echo=True: None)
         self.warned: set[tuple] = set()  # absent-class sets already reported
+        self.seconds = 0.0  # spent in passes so far (what the CS criterion costs a run)
 
     def __call__(self, model: nn.Module, epoch: int, initial: bool) -> dict[str, torch.Tensor]:
         was_training = model.training
         if self.mode == "eval":
             model.eval()
         # the pass before training and the one after epoch 0 both have epoch 0: tell them apart
-        self.loader.sampler.set_epoch(2 * epoch + (not initial))
+        if hasattr(self.loader.sampler, "set_epoch"):  # our EpochSampler; a user's may not
+            self.loader.sampler.set_epoch(2 * epoch + (not initial))
         t0 = time.time()
         mode = "train" if model.training else "eval"
         try:
@@ -43,6 +53,7 @@ class CSRanker:
                                        self.transform)
         finally:
             model.train(was_training)
+        self.seconds += time.time() - t0
         crash_point(f"cs:{epoch}")
         missing = tuple(torch.nonzero(counts == 0).flatten().tolist())
         if missing and missing not in self.warned:

@@ -1,12 +1,19 @@
-"""Filter-ranking criteria: class separability (SPEC §3), geometric median (SPEC §4), norms."""
+"""The class-separability (CS) criterion of FSDP (SPEC §3): the trace of the between-class
+scatter of each filter's max response over labelled data. Low = less discriminant = pruned
+first. Its scores come from a pass over data (``cs_ranker.CSRanker``), not from the weights."""
 import contextlib
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributed import all_reduce_sum
-from .engine import autocast, prepare
+from ...batches import autocast, prepare
+from ...distributed import all_reduce_sum
+from .base import Criterion
+
+
+class ClassSeparability(Criterion):
+    name, title, order, from_data = "cs", "class separability", 0, True
 
 
 @contextlib.contextmanager
@@ -73,21 +80,3 @@ def cs_scores(model, bns, names, loader, num_classes, device, max_batches=None,
                               transform)
     scores = separability_scores(sums, counts).cpu()
     return dict(zip(names, scores.split([bn.num_features for bn in bns]))), counts.cpu()
-
-
-def geometric_median_select(weight: torch.Tensor, candidates: torch.Tensor, n: int) -> torch.Tensor:
-    """FPGM: the ``n`` candidates whose summed Euclidean distance to the other candidates is
-    smallest (closest to the geometric median, hence the most replaceable). Distances from
-    the differences themselves in float64, as the authors' scipy ``cdist`` took them (the
-    matmul form loses the last bits, which decides near-ties); ties keep candidate order."""
-    if n <= 0 or len(candidates) == 0:
-        return candidates[:0]
-    w = weight.detach()[candidates.to(weight.device)].flatten(1).double()
-    dist = torch.cdist(w, w, compute_mode="donot_use_mm_for_euclid_dist")
-    order = torch.argsort(dist.sum(0), stable=True).cpu()
-    return candidates[order[:n]]
-
-
-def filter_norms(weight: torch.Tensor, p: int = 2) -> torch.Tensor:
-    """Lp norm of every filter (SFP ranks by L2, norm-based pruning by L1)."""
-    return torch.linalg.vector_norm(weight.detach().flatten(1).double(), ord=p, dim=1).cpu()

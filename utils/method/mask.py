@@ -1,39 +1,53 @@
 """The mask: which filters are selected, what happens to their weights and gradients (SPEC §4, §9).
 
 Per update (epoch 0 before training, then after training epochs), for every prunable conv:
-1. the first criterion selects its share — CS: the lowest-scoring filters of the last CS pass;
-   L2 norm: the smallest filters now;
-2. the second (GM) selects its share among the first criterion's ranking from position
+1. the method's first criterion ranks all filters and selects its share — a criterion from
+   data (CS): the lowest-scoring filters of its last pass; one from the weights (L2/L1 norm):
+   the lowest-scoring filters now;
+2. the second criterion (GM) selects its share among that ranking from position
    ⌊F·θ_first(e)⌋ on;
 3. the selected filters' weights are multiplied by ζ(e) (0 for the baselines), and until the
-   next update their gradients too, when the method says so.
+   next update their gradients too, when the method says so. With the method's
+   ``attenuate="bn"`` their BN's γ and β (and those gradients) get the same factor: train-mode
+   BN divides by the batch std, so scaling the filter alone barely reaches the network while
+   it trains (SPEC §4, end).
 
 The CS list at epochs without a CS pass is the authors' rule: the *list* of the last CS epoch is
 reused as it is (its length that epoch's count), while the GM candidates start at the *current*
 count of the stored ranking; filters ranked in between are neither selected nor candidates.
 """
-from typing import Callable
 
 import torch
 from torch import nn
 
-from .criteria import filter_norms, geometric_median_select
-from .graph import PrunableConv
+from ..errors import UserError
+from ..graph import PrunableConv
+from .criteria import criterion
+from .criteria.cs_ranker import ScorePass
 from .methods import Method
 from .schedule import Schedule, count, round_selected
 
-# cs_ranker(model, epoch, initial) -> {conv name: CS score per filter}; low = pruned first.
-# ``initial``: the update before training (the pass after epoch 0 has epoch 0 too).
-CSRanker = Callable[[nn.Module, int, bool], dict[str, torch.Tensor]]
-
 
 class Mask:
+    """``cs_ranker``: the pass over data that a ``from_data`` first criterion scores with
+    (``criteria.cs_ranker.CSRanker``), recomputed at epochs divisible by ``cs_every``."""
+
     def __init__(self, convs: list[PrunableConv], method: Method, schedule: Schedule,
-                 cs_ranker: CSRanker | None = None, cs_every: int = 2, round_to: int = 1):
+                 cs_ranker: ScorePass | None = None, cs_every: int = 2, round_to: int = 1):
         if cs_every < 1:
             raise ValueError(f"epoch_apply_cs must be ≥ 1 (got {cs_every})")
-        if method.uses_cs and cs_ranker is None:
-            raise ValueError(f"method {method.name} needs a CS ranker")
+        self.first = criterion(method.first)
+        self.second = criterion(method.second) if method.second else None
+        if self.second is not None and self.second.from_data:
+            raise ValueError(f"method {method.name}: a criterion from data ranks first only")
+        if self.first.from_data and cs_ranker is None:
+            raise ValueError(f"method {method.name} needs the pass over data of its "
+                             f"{self.first.title} criterion")
+        if method.attenuate == "bn":
+            plain = [c.bn_name for c in convs if not c.bn.affine]
+            if plain:
+                raise UserError(f"--attenuate bn scales the BatchNorm's γ and β, and {plain[0]} has "
+                                "none (affine=False); use --attenuate weights for this model")
         self.convs, self.method, self.schedule = convs, method, schedule
         self.cs_ranker, self.cs_every, self.round_to = cs_ranker, cs_every, round_to
         empty = torch.zeros(0, dtype=torch.long)
@@ -79,7 +93,7 @@ class Mask:
         if not self.active:
             return
         initial = self.epoch < 0
-        if self.method.first == "cs" and (initial or epoch % self.cs_every == 0):
+        if self.first.from_data and (initial or epoch % self.cs_every == 0):
             if self._cs_needed(epoch, initial):
                 scores = self.cs_ranker(model, epoch, initial)
                 self.ranking = {k: torch.argsort(v.double().cpu(), stable=True)
@@ -91,21 +105,21 @@ class Mask:
         self.zeta = self.schedule.at(epoch)["zeta"]
         for c in self.convs:
             n_first, n_second = self.counts(c.filters, epoch)
-            if self.method.first == "norm":  # re-ranked among all filters at every update
-                order = torch.argsort(filter_norms(c.conv.weight), stable=True)
-                self.selected_first[c.name] = order[:n_first]
-            elif self.method.first == "cs":
+            if self.first.from_data:
                 order = self.ranking.get(c.name, torch.arange(c.filters))
                 # the authors' Mask attenuates its stored list only while the count is > 0
                 self.selected_first[c.name] = self.cs_list[c.name] if n_first else order[:0]
-            else:
-                order = torch.arange(c.filters)
-            if self.method.second == "gm":
-                self.selected_second[c.name] = geometric_median_select(
-                    c.conv.weight, order[n_first:], n_second)
+            else:  # re-ranked among all filters at every update
+                everyone = torch.arange(c.filters)
+                order = torch.argsort(self.first.scores(c.conv.weight, everyone), stable=True)
+                self.selected_first[c.name] = order[:n_first]
+            if self.second is not None:
+                self.selected_second[c.name] = self.second.select(c.conv.weight,
+                                                                  order[n_first:], n_second)
             scale = self._filter_scale(c)
             if scale is not None:  # elementwise, hence deterministic on every device
-                c.conv.weight.mul_(scale.view(-1, 1, 1, 1))
+                for p, s in self._scaled(c, scale):
+                    p.mul_(s)
         self.epoch = epoch
         self._build_grad_scales()
 
@@ -117,8 +131,14 @@ class Mask:
         for c in self.convs:
             scale = self._filter_scale(c)
             if scale is not None:
-                w = c.conv.weight
-                self._grads.append((w, scale.view(-1, 1, 1, 1).expand_as(w).contiguous()))
+                self._grads += [(p, s.expand_as(p).contiguous()) for p, s in self._scaled(c, scale)]
+
+    def _scaled(self, c: PrunableConv, scale: torch.Tensor) -> list[tuple]:
+        """(parameter, per-filter scale shaped to broadcast) pairs the factor applies to."""
+        pairs = [(c.conv.weight, scale.view(-1, 1, 1, 1))]
+        if self.method.attenuate == "bn":  # running statistics are left alone
+            pairs += [(c.bn.weight, scale), (c.bn.bias, scale)]
+        return pairs
 
     def _filter_scale(self, c: PrunableConv) -> torch.Tensor | None:
         """ζ for the selected filters, 1 for the others, on the weight's device; None if none."""
@@ -152,7 +172,8 @@ class Mask:
     # -- resume ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Tensors, numbers and strings only: loadable with ``torch.load(weights_only=True)``."""
-        return {"method": self.method.name, "epoch": self.epoch, "zeta": self.zeta,
+        return {"method": self.method.name, "attenuate": self.method.attenuate, "epoch": self.epoch,
+                "zeta": self.zeta,
                 "ranking": dict(self.ranking), "cs_list": dict(self.cs_list),
                 "selected_first": dict(self.selected_first),
                 "selected_second": dict(self.selected_second),

@@ -1,0 +1,175 @@
+"""The study behind README's "Soft pruning and BatchNorm": every method with and without
+``--attenuate bn`` on real images the project never trained on.
+
+    python -m bench.soft_pruning_study [--fashion DIR] [--out snapshots/bn_study] [--jobs 2]
+
+Data: a class-balanced subset of the full Fashion-MNIST (Debian's ``dataset-fashion-mnist``:
+``apt-get download dataset-fashion-mnist && dpkg -x dataset-fashion-mnist*.deb /tmp/fm``),
+1 000 training and 200 test images per class, padded to 32×32 and repeated into three channels,
+written as CIFAR-10 python batches so that ``notebook_cifar.py --dataset cifar10`` reads it
+through the CIFAR pipeline. ResNet-20, every method at 50 % total (fsdp CS 10 % + GM 40 %; fpgm
+GM 50 %; sfp/asfp norm 50 %), the recipe scaled to 10 epochs (lr ×10 at epoch 1, ×0.2 at 30 %,
+60 % and 80 % of the epochs), 2 seeds, plus the dense run; then FSDP and FPGM at 30 epochs with
+one seed. Each job is ``notebook_cifar.py``'s own command line (printed), one thread each,
+``--jobs`` at a time; a finished run is skipped and an unfinished one continued (``--resume
+auto``), so the study can be stopped and rerun. It ends with ``compare.py`` over each budget.
+"""
+import argparse
+import os
+import pickle
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from datasets.fashion import CLASSES, FILES, read_idx
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RATES = {"fsdp": ["--prune_rate_cs", "0.1", "--prune_rate_gm", "0.4"],
+         "fpgm": ["--method", "fpgm", "--prune_rate_gm", "0.5"],
+         "sfp": ["--method", "sfp", "--prune_rate_norm", "0.5"],
+         "asfp": ["--method", "asfp", "--prune_rate_norm", "0.5"],
+         "dense": ["--prune_rate_cs", "0", "--prune_rate_gm", "0"]}
+PER_CLASS = {"train": 1000, "test": 200}
+
+
+def write_cifar_format(fashion_dir: str, out: str) -> str:
+    """The Fashion-MNIST subset as a CIFAR-10 folder under ``out`` (once); returns ``out``."""
+    folder = os.path.join(out, "cifar-10-batches-py")
+    if os.path.isfile(os.path.join(folder, "batches.meta")):
+        return out
+    os.makedirs(folder, exist_ok=True)
+    for split, (images_file, labels_file) in FILES.items():
+        x = read_idx(os.path.join(fashion_dir, images_file), ndim=3)
+        y = read_idx(os.path.join(fashion_dir, labels_file), ndim=1)
+        keep = np.sort(np.concatenate([np.flatnonzero(y == c)[:PER_CLASS[split]]
+                                       for c in range(len(CLASSES))]))
+        img = np.pad(x[keep], ((0, 0), (2, 2), (2, 2)))  # 28×28 → 32×32, zero border
+        rgb = np.repeat(img[:, None], 3, axis=1).reshape(len(keep), 3072)
+        labels = y[keep].astype(np.int64).tolist()
+        if split == "test":
+            batches = {"test_batch": (rgb, labels)}
+        else:
+            parts = np.array_split(np.arange(len(keep)), 5)
+            batches = {f"data_batch_{i + 1}": (rgb[p], [labels[j] for j in p])
+                       for i, p in enumerate(parts)}
+        for name, (data, lab) in batches.items():
+            with open(os.path.join(folder, name), "wb") as f:
+                pickle.dump({b"data": data, b"labels": lab, b"batch_label": name.encode()}, f)
+    with open(os.path.join(folder, "batches.meta"), "wb") as f:
+        pickle.dump({b"label_names": [c.encode() for c in CLASSES]}, f)
+    return out
+
+
+def scaled_recipe(epochs: int) -> list[str]:
+    """SPEC §5's CIFAR schedule (steps at 1, 30 %, 60 %, 80 % of 200 epochs) for ``epochs``."""
+    steps = [1] + [max(2, round(f * epochs)) for f in (0.3, 0.6, 0.8)]
+    return ["--epochs", str(epochs), "--schedule", *map(str, steps),
+            "--gammas", "10", "0.2", "0.2", "0.2"]
+
+
+def jobs(data: str, out: str) -> list[tuple[str, list[str]]]:
+    """(save folder, command line) of every run of the study."""
+    plan = [(10, m, v, s) for m in ("fsdp", "fpgm", "sfp", "asfp") for v in ("weights", "bn")
+            for s in (1, 2)]
+    plan += [(10, "dense", "weights", s) for s in (1, 2)]
+    plan += [(30, m, v, 1) for m in ("fsdp", "fpgm") for v in ("weights", "bn")]
+    plan += [(30, "dense", "weights", 1)]
+    out_jobs = []
+    for epochs, method, variant, seed in plan:
+        save = os.path.join(out, f"e{epochs}", f"resnet20-{method}-{variant}-s{seed}")
+        cmd = [sys.executable, "notebook_cifar.py", "--dataset", "cifar10", "--data_path", data,
+               "--arch", "resnet20", *RATES[method], *scaled_recipe(epochs),
+               "--manualSeed", str(seed), "--workers", "0", "--save_path", save]
+        if variant == "bn":
+            cmd += ["--attenuate", "bn"]
+        out_jobs.append((save, cmd))
+    return out_jobs
+
+
+def attenuation_table(planned, out: str) -> str:
+    """The effective attenuation per epoch (metrics.csv), mean over seeds, per budget, method
+    and variant, as markdown; also drawn into ``out``/attenuation.png."""
+    import csv
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[tuple, list[list]] = {}
+    for save, _ in planned:
+        budget, name = save.split(os.sep)[-2:]
+        method, variant = name.split("-")[1:3]
+        path = os.path.join(save, "metrics.csv")
+        if method == "dense" or not os.path.isfile(path):
+            continue
+        rows = list(csv.DictReader(open(path)))
+        groups.setdefault((budget, method, variant), []).append(
+            [float(r["effective_attenuation"]) if r["effective_attenuation"] else None
+             for r in rows])
+    lines = []
+    plt.figure(figsize=(7, 4))
+    for (budget, method, variant), curves in sorted(groups.items()):
+        mean = [None if any(c[e] is None for c in curves) else sum(c[e] for c in curves)
+                / len(curves) for e in range(min(map(len, curves)))]
+        cells = " | ".join("–" if m is None else f"{m:.3f}" for m in mean)
+        lines.append(f"| {budget} | {method} | {variant} | {cells} |")
+        if budget == "e10":
+            plt.plot(range(len(mean)), [float("nan") if m is None else m for m in mean],
+                     "-" if variant == "bn" else "--", marker="o", markersize=3,
+                     label=f"{method}, --attenuate {variant}")
+    plt.xlabel("epoch")
+    plt.ylabel("effective attenuation (train mode)")
+    plt.yscale("symlog", linthresh=1e-3)
+    plt.grid(alpha=0.3)
+    plt.legend(fontsize=7)
+    plt.savefig(os.path.join(out, "attenuation.png"), dpi=110, bbox_inches="tight")
+    return "\n".join(lines)
+
+
+def run(save: str, cmd: list[str]) -> int:
+    if os.path.isfile(os.path.join(save, "summary.json")):
+        print(f"done already: {save}", flush=True)
+        return 0
+    if os.path.isfile(os.path.join(save, "checkpoint.pt")):
+        cmd = cmd + ["--resume", "auto"]
+    print(" ".join(cmd), flush=True)
+    os.makedirs(save, exist_ok=True)
+    with open(os.path.join(save, "stdout.txt"), "a") as log:
+        code = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    print(f"exit {code}: {save}", flush=True)
+    return code
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fashion", default="/tmp/fm/usr/share/datasets/fashion-mnist",
+                    help="folder with the full Fashion-MNIST IDX gz files")
+    ap.add_argument("--out", default="snapshots/bn_study")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
+    ap.add_argument("--dry_run", action="store_true", help="print the command lines only")
+    ap.add_argument("--report_only", action="store_true",
+                    help="only the reports of the runs finished so far")
+    args = ap.parse_args()
+    out = os.path.abspath(args.out)
+    planned = jobs(os.path.join(out, "data"), out)
+    if args.dry_run:
+        for _, cmd in planned:
+            print(" ".join(cmd))
+        return 0
+    codes = [0]
+    if not args.report_only:
+        write_cifar_format(args.fashion, os.path.join(out, "data"))
+        with ThreadPoolExecutor(args.jobs) as pool:
+            codes = list(pool.map(lambda job: run(*job), planned))
+    for budget in ("e10", "e30"):
+        folders = [s for s, _ in planned if os.path.basename(os.path.dirname(s)) == budget]
+        subprocess.call([sys.executable, "compare.py", *folders, "--out",
+                         os.path.join(out, budget)], cwd=ROOT)
+    print(attenuation_table(planned, out))
+    return max(codes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""Grids of runs that reproduce a table: the jobs, the state of their folders, Slurm scripts.
+
+A grid is a script and a dataset crossed with archs × method configurations × ``--attenuate``
+variants × seeds. Every job is that script's own command line, saving into its own
+sub-folder of the grid's folder, always with ``--resume auto``: a fresh folder starts, a
+stopped run continues, and a Slurm requeue does the same. ``utils.grid_runner`` runs them.
+"""
+import json
+import os
+import shlex
+from dataclasses import dataclass
+
+from .comparison import RUN_CONTROL_FLAGS
+from .errors import UserError
+from .method.criteria import registry
+from .snapshot import ADDED_FLAGS
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    script: str                # run from the repository root
+    dataset: str
+    archs: tuple[str, ...]
+    methods: tuple[str, ...]
+    data_path: str             # the script's own default
+
+
+GRIDS = {
+    # the paper's CIFAR-10 comparison: every method at one total rate, three ResNets
+    "cifar10": GridSpec("notebook_cifar.py", "cifar10", ("resnet20", "resnet56", "resnet110"),
+                        ("dense", "fsdp", "fpgm", "sfp", "asfp"), "datasets"),
+    # the paper's ResNet-56 runs on ImageNet32 and on Speech Commands
+    "imagenet32": GridSpec("notebook_imagenet.py", "imagenet32", ("resnet56",),
+                           ("dense", "fsdp", "fpgm"), "datasets/imagenet32"),
+    "gsc": GridSpec("notebook_gsc.py", "gsc", ("resnet56",), ("dense", "fsdp", "fpgm"),
+                    "datasets/gsc"),
+}
+# a method configuration of the grid → the script's flags for a total rate r
+CONFIGS = ("dense", "fsdp", "fpgm", "fpgm-mix", "sfp", "asfp")
+SEEDS = (1, 2, 3)
+DEFAULT_RATE = 0.5  # the paper's comparison
+FIXED_SHARE = 0.1   # fsdp's CS share and fpgm-mix's norm share, as in the paper and FPGM
+ATTENUATE_DEFAULT = ADDED_FLAGS["attenuate"]
+# flags every job sets itself; given after "--" they would contradict the grid
+_GRID_FLAGS = {"--dataset", "--arch", "--method", "--manualSeed", "--epochs", "--attenuate",
+               "--data_path", "--save_path", "--resume", "--overwrite", "--evaluate"}
+
+
+def grid_flags() -> set[str]:
+    """The flags the grid sets itself (a user's extra flags may not repeat them): those above
+    and every criterion's rate."""
+    return _GRID_FLAGS | {f"--prune_rate_{c}" for c in registry()}
+
+
+def _share(x: float) -> str:
+    return f"{round(x, 6):g}"
+
+
+def method_flags(config: str, rate: float) -> list[str]:
+    """fsdp and fpgm-mix give 0.1 of the total to CS / the norm and the rest to GM."""
+    if config == "dense":
+        return ["--prune_rate_cs", "0", "--prune_rate_gm", "0"]
+    rest = _share(rate - FIXED_SHARE)
+    return {"fsdp": ["--method", "fsdp", "--prune_rate_cs", _share(FIXED_SHARE),
+                     "--prune_rate_gm", rest],
+            "fpgm": ["--method", "fpgm", "--prune_rate_gm", _share(rate)],
+            "fpgm-mix": ["--method", "fpgm", "--prune_rate_norm", _share(FIXED_SHARE),
+                         "--prune_rate_gm", rest],
+            "sfp": ["--method", "sfp", "--prune_rate_norm", _share(rate)],
+            "asfp": ["--method", "asfp", "--prune_rate_norm", _share(rate)]}[config]
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str             # the sub-folder: resnet56-fsdp-r50-s1
+    folder: str           # absolute
+    script: str
+    argv: tuple[str, ...]
+
+    def command(self, python: str) -> list[str]:
+        return [python, self.script, *self.argv]
+
+
+@dataclass(frozen=True)
+class GridAsk:
+    """What reproduce.py was asked for, every value checked by ``check_ask``."""
+    grid: str
+    archs: tuple[str, ...]
+    methods: tuple[str, ...]
+    attenuate: tuple[str, ...]
+    seeds: tuple[int, ...]
+    rate: float
+    epochs: int | None
+    data_path: str
+    save_path: str
+    extra: tuple[str, ...] = ()  # flags after "--", passed to every job
+
+
+def check_ask(ask: GridAsk) -> None:
+    for flag, values in (("--archs", ask.archs), ("--methods", ask.methods),
+                         ("--attenuate", ask.attenuate), ("--seeds", ask.seeds)):
+        if len(set(values)) != len(values):
+            raise UserError(f"{flag} lists a value twice ({' '.join(map(str, values))}); "
+                            "give each once")
+    if not FIXED_SHARE < ask.rate < 1:
+        raise UserError(f"--rate must be > {FIXED_SHARE} and < 1 (got {ask.rate:g}); fsdp and "
+                        f"fpgm-mix give {FIXED_SHARE} of it to CS / the norm")
+    for arg in ask.extra:
+        if arg.split("=", 1)[0] in grid_flags():
+            raise UserError(f"{arg.split('=', 1)[0]} is set by the grid itself (see "
+                            "reproduce.py --help); drop it from the flags after --")
+
+
+def job_name(arch: str, config: str, attenuate: str, rate: float, seed: int) -> str:
+    parts = [arch, config]
+    if config != "dense":
+        parts += ([attenuate] if attenuate != ATTENUATE_DEFAULT else []) + [f"r{rate * 100:g}"]
+    return "-".join(parts + [f"s{seed}"])
+
+
+def plan(ask: GridAsk) -> list[Job]:
+    """Seed-major order: the first pass over every configuration gives a whole table early."""
+    spec, grid_dir = GRIDS[ask.grid], os.path.abspath(ask.save_path)
+    jobs = []
+    for seed in ask.seeds:
+        for arch in ask.archs:
+            for config in ask.methods:
+                # a dense run prunes nothing, so it has nothing to attenuate: one per seed
+                for attenuate in (ask.attenuate if config != "dense" else (ATTENUATE_DEFAULT,)):
+                    name = job_name(arch, config, attenuate, ask.rate, seed)
+                    folder = os.path.join(grid_dir, name)
+                    argv = ["--dataset", spec.dataset, "--arch", arch,
+                            *method_flags(config, ask.rate),
+                            *(["--attenuate", attenuate] if attenuate != ATTENUATE_DEFAULT
+                              else []),
+                            "--manualSeed", str(seed),
+                            *(["--epochs", str(ask.epochs)] if ask.epochs is not None else []),
+                            "--data_path", os.path.abspath(ask.data_path), "--save_path", folder,
+                            "--resume", "auto", *ask.extra]
+                    jobs.append(Job(name, folder, spec.script, tuple(argv)))
+    return jobs
+
+
+# --- the state of a job's folder ---------------------------------------------------------------
+
+FRESH, UNFINISHED, FINISHED = "fresh", "unfinished", "finished"
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _recorded_flags(folder: str) -> dict | None:
+    """The flags the folder's run was made with: args.json, else what summary.json says."""
+    args = _read_json(os.path.join(folder, "args.json"))
+    if args is not None:
+        return args
+    summary = _read_json(os.path.join(folder, "summary.json"))
+    if summary is None:
+        return None
+    keys = ("method", "arch", "dataset", "epochs", "round_to", "attenuate",
+            *(f"prune_rate_{c}" for c in registry()))
+    return {**{k: summary[k] for k in keys if k in summary}, "manualSeed": summary.get("seed")}
+
+
+def first_difference(recorded: dict, wanted: dict) -> tuple[str, object, object] | None:
+    """The first flag that changes what a run computes and differs: (flag, recorded, wanted)."""
+    recorded = {**ADDED_FLAGS, **recorded}  # a run from before a flag ran with its default
+    wanted = {**ADDED_FLAGS, **wanted}
+    for key in sorted((set(recorded) & set(wanted)) - RUN_CONTROL_FLAGS):
+        if recorded[key] != wanted[key]:
+            return key, recorded[key], wanted[key]
+    return None
+
+
+def folder_state(job: Job, wanted: dict) -> str:
+    """FRESH, UNFINISHED or FINISHED; a folder holding a run of other flags is refused."""
+    if os.path.exists(job.folder) and not os.path.isdir(job.folder):
+        raise UserError(f"{job.folder} is a file, where the grid keeps the run {job.name}; "
+                        "move it away or give the grid another --save_path")
+    recorded = _recorded_flags(job.folder)
+    if recorded is None:
+        names = os.listdir(job.folder) if os.path.isdir(job.folder) else []
+        return UNFINISHED if "checkpoint.pt" in names else FRESH
+    diff = first_difference(recorded, wanted)
+    if diff is not None:
+        key, old, new = diff
+        raise UserError(f"{job.folder} holds a run made with --{key} {old}, this grid asks for "
+                        f"{new}; give the grid another --save_path, or the flags of that run")
+    if os.path.isfile(os.path.join(job.folder, "summary.json")):
+        return FINISHED
+    return UNFINISHED
+
+
+# --- what --dry_run prints and --slurm writes --------------------------------------------------
+
+def dry_run_lines(jobs: list[Job], states: dict, python: str, root: str) -> list[str]:
+    lines = []
+    for job in jobs:
+        if states[job.name] == FINISHED:
+            lines.append(f"# finished, skipped: {job.folder}")
+        else:
+            lines.append(shlex.join(job.command(python)))
+    todo = sum(states[j.name] != FINISHED for j in jobs)
+    lines.append(f"# {len(jobs)} runs: {todo} to run, {len(jobs) - todo} finished "
+                 f"(the commands run in {root})")
+    return lines
+
+
+SLURM_MARK = "# Slurm array job written by reproduce.py"
+
+
+def slurm_script(jobs: list[Job], python: str, root: str, grid: str, grid_dir: str) -> str:
+    """One array task per job; Slurm gives each task its GPU (CUDA_VISIBLE_DEVICES)."""
+    lines = ["#!/bin/bash", f"{SLURM_MARK} (grid {grid}): one run per array task.",
+             "# Submit it with sbatch. Every command continues its run with --resume auto, so a",
+             "# requeued task, or this file submitted again, goes on where it stopped (a finished",
+             "# run only writes its final outputs again). When every task has ended, run the",
+             "# same reproduce.py command without --slurm: it skips the finished runs and writes",
+             "# the report. Add what your cluster needs: --partition, --time, modules ...",
+             f"#SBATCH --job-name=fsdp-{grid}", f"#SBATCH --array=0-{len(jobs) - 1}",
+             "#SBATCH --gres=gpu:1", "#SBATCH --requeue",
+             f"#SBATCH --output={os.path.join(grid_dir, 'slurm-%A_%a.out')}",
+             f"cd {shlex.quote(root)}", 'case "$SLURM_ARRAY_TASK_ID" in']
+    lines += [f"  {i}) {shlex.join(job.command(python))} ;;" for i, job in enumerate(jobs)]
+    lines += ['  *) echo "no run for array task $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;', "esac", ""]
+    return "\n".join(lines)
+
+
+def check_slurm_path(path: str) -> None:
+    """Replace only a file this module wrote: never a script or a file of the user's."""
+    if os.path.isdir(path):
+        raise UserError(f"--slurm {path} is a folder; give a file name")
+    if os.path.exists(path):
+        with open(path, errors="replace") as f:
+            head = f.read(len("#!/bin/bash\n") + len(SLURM_MARK))
+        if SLURM_MARK not in head:
+            raise UserError(f"--slurm {path} exists and was not written by reproduce.py; "
+                            "give a new file name")

@@ -1,0 +1,172 @@
+"""FSDP and the methods it grew out of, as presets of one mechanism (SPEC §9).
+
+A method is composed of criteria (``criteria/``: which filters are ranked by what), a rate
+schedule, and what happens to the selected filters' weights and gradients:
+
+| method | first share           | second share        | rate per epoch        | weights | gradients |
+|--------|-----------------------|---------------------|-----------------------|---------|-----------|
+| fsdp   | CS, lowest first      | GM among the rest   | asymptotic, τ = 10    | × ζ(e)  | × ζ(e)    |
+| fpgm   | L2 norm, smallest     | GM among the rest   | constant from epoch 0 | × 0     | × 0       |
+| sfp    | L2 norm, smallest     | —                   | constant from epoch 0 | × 0     | untouched |
+| asfp   | L2 norm, smallest     | —                   | asymptotic, τ = 8 (*) | × 0     | untouched |
+| l1     | L1 norm, smallest     | —                   | constant from epoch 0 | × 0     | × 0       |
+
+Checked against the authors' public code: FPGM's training step masks the gradients
+(``do_grad_mask``), SFP's does not (its pruned filters regrow during the epoch); both re-rank
+among all filters at every update and apply a first mask before epoch 0. (*) ASFP's code is not
+public; its paper's rate P(t) = a·e^(−kt) + b with P(0) = 0, P(D·t_max) = ¾·P_goal and
+P(t_max) = P_goal is FSDP's θ(e) with τ = 1/D = 8. It reaches its target at the last update
+that still has training after it (``schedule.target_epoch``), not at the very last one.
+``l1`` is Li et al.'s criterion (ICLR 2017) in this harness: the pruned filters stay zero, so
+from pretrained weights (``--use_pretrain``) it is their prune-once-then-fine-tune.
+
+``attenuate="bn"`` (``--attenuate bn``, any method): the selected channels' BN γ and β get the
+filters' factor too, and their gradients the filters' gradient factor (SPEC §4, end).
+"""
+from dataclasses import dataclass, field, replace
+
+from ..errors import UserError
+from .criteria import criterion, registry
+from .schedule import Schedule, asymptotic_schedule, constant_schedule, target_epoch
+
+ATTENUATE = ("weights", "bn")  # what the factor of a selected filter multiplies
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    first: str                # criterion of the first share: ranks all filters
+    second: str | None        # criterion of the second share, among the rest of that ranking
+    asymptotic: bool          # asymptotic θ(e), or the final rates from epoch 0
+    tau: float | None         # the asymptotic schedule's default τ
+    fractional: bool          # selected weights × ζ(e) (else × 0)
+    scale_grads: bool         # selected gradients × the weights' factor (else untouched)
+    default_rates: tuple      # (first, second) when none is given
+    early_target: bool = False  # the final count at the last update with training after it
+    attenuate: str = "weights"
+    summary: str = field(default="", compare=False)
+
+    @property
+    def criteria(self) -> tuple[str, ...]:
+        return tuple(c for c in (self.first, self.second) if c)
+
+    @property
+    def uses_data(self) -> bool:
+        """A criterion scores from a pass over data (the CS pass)."""
+        return any(criterion(c).from_data for c in self.criteria)
+
+    def with_attenuate(self, attenuate: str) -> "Method":
+        if attenuate not in ATTENUATE:
+            raise UserError(f"attenuate must be one of {', '.join(ATTENUATE)} (got {attenuate!r})")
+        return replace(self, attenuate=attenuate)
+
+
+METHODS = {m.name: m for m in (
+    Method("fsdp", "cs", "gm", True, 10.0, True, True, (0.1, 0.4),
+           summary="CS + GM, asymptotic rate and weights"),
+    Method("fpgm", "norm", "gm", False, None, False, True, (0.0, 0.5),
+           summary="L2 norm + GM, constant rate, zeroed"),
+    Method("sfp", "norm", None, False, None, False, False, (0.5, 0.0),
+           summary="L2 norm, constant, zeroed, gradients free"),
+    Method("asfp", "norm", None, True, 8.0, False, False, (0.5, 0.0), early_target=True,
+           summary="as sfp with the asymptotic rate (τ = 8)"),
+    Method("l1", "l1", None, False, None, False, True, (0.5, 0.0),
+           summary="L1 norm (Li et al. 2017), constant, zeroed, gradients zeroed"),
+)}
+
+
+@dataclass(frozen=True)
+class Spelling:
+    """How the user wrote each option, for error messages: flags in the scripts, keyword
+    arguments in the API."""
+    rate: str = "--prune_rate_{}"
+    method: str = "--method {}"
+    tau: str = "--tau"
+    zero_scaling: str = "--use_zero_scaling"
+    attenuate: str = "--attenuate bn"
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """A method with its final rates and schedule parameters, checked: what a run prunes."""
+    method: Method
+    rates: dict               # criterion → final share, for the method's criteria
+    epochs: int
+    tau: float | None = None
+    attenuation: float = 1.0  # s: ζ(e) = s·(1 − θ(e)/θ3)
+    zero_scaling: bool = False
+    prune_every: int = 1      # mask updates every N epochs (and after the last)
+
+    @property
+    def total(self) -> float:
+        return sum(self.rates.values())
+
+    def schedule(self) -> Schedule:
+        m = self.method
+        first, second = (self.rates.get(c, 0.0) if c else 0.0 for c in (m.first, m.second))
+        if not m.asymptotic:
+            return constant_schedule(first, second, self.epochs)
+        final = target_epoch(self.epochs, self.prune_every) if m.early_target else None
+        return asymptotic_schedule(first, second, self.epochs, self.tau,
+                                   self.attenuation if m.fractional else 0.0,
+                                   self.zero_scaling or not m.fractional, final)
+
+    def shares(self, at: dict) -> dict:
+        """The per-epoch share of every criterion, for metrics.csv (0 where unused)."""
+        out = {f"theta_{c}": 0.0 for c in registry()}
+        for c, key in ((self.method.first, "first"), (self.method.second, "second")):
+            if c:
+                out[f"theta_{c}"] = at[key]
+        return out
+
+
+def resolve(method: str | Method, rates: dict | None, epochs: int, tau: float | None = None,
+            attenuation: float = 1.0, zero_scaling: bool = False, attenuate: str = "weights",
+            prune_every: int = 1, spell: Spelling = Spelling()) -> Pruning:
+    """Check a method and its options and fill in its defaults; every problem is one line
+    naming the option as the user spelled it. ``rates``: {criterion: share}, None or a
+    missing key for the method's default, 0 for an unused criterion."""
+    if isinstance(method, str):
+        if method not in METHODS:
+            raise UserError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+        method = METHODS[method]
+    method = method.with_attenuate(attenuate)
+    given = dict(rates or {})
+    unknown = sorted(set(given) - set(registry()))
+    if unknown:
+        raise UserError(f"unknown criterion {unknown[0]!r} in the rates; known: "
+                        f"{', '.join(registry())}")
+    negative = [f"{spell.rate.format(c)} {v}" for c, v in given.items() if v is not None and v < 0]
+    if negative:
+        raise UserError(f"pruning rates must be ≥ 0 (got {', '.join(negative)})")
+    name = spell.method.format(method.name)
+    resolved = {}
+    for c in method.criteria:
+        value = given.get(c)
+        resolved[c] = float(method.default_rates[method.criteria.index(c)]
+                            if value is None else value)
+    for c, value in given.items():
+        if c not in method.criteria and value:
+            used = " and ".join(spell.rate.format(u) for u in method.criteria)
+            raise UserError(f"{name} does not use {spell.rate.format(c)} (it prunes by {used}); "
+                            f"drop {spell.rate.format(c)} or choose a method that uses it")
+    total = sum(resolved.values())
+    if total >= 1:
+        used = " + ".join(f"{spell.rate.format(c)} {v:g}" for c, v in resolved.items())
+        raise UserError(f"{used} must be < 1 (got {total:g}); lower one of them")
+    if tau is None:
+        tau = method.tau
+    elif not method.asymptotic:
+        raise UserError(f"{name} prunes at a constant rate from epoch 0, so {spell.tau} has no "
+                        "effect; drop it (or use method fsdp/asfp)")
+    elif not tau > 4 / 3:
+        raise UserError(f"{spell.tau} must be > 4/3 (got {tau}); the paper uses 10")
+    if zero_scaling and not method.fractional:
+        raise UserError(f"{spell.zero_scaling} is FSDP's option; {name} already sets the "
+                        "selected weights to zero; drop it")
+    if attenuate == "bn" and total == 0:
+        raise UserError(f"{spell.attenuate} attenuates the selected channels, and with every "
+                        "pruning rate 0 none is ever selected; drop it or give a rate")
+    if epochs < 1:
+        raise UserError(f"epochs must be ≥ 1 (got {epochs})")
+    return Pruning(method, resolved, epochs, tau, attenuation, zero_scaling, prune_every)

@@ -1,0 +1,179 @@
+"""FSDP (and SFP, ASFP, FPGM, L1) in your own training loop: the public API.
+
+    pruner = Pruner(model, method="fsdp", rates={"cs": 0.1, "gm": 0.4}, epochs=200,
+                    cs_data=cs_loader, optimizer=opt)
+    for epoch in range(200):
+        train_one_epoch(model, opt, ...)   # your code, unchanged
+        pruner.step(epoch)                 # the CS pass when due, then the mask update
+    small = pruner.compact()               # the exact smaller nn.Module
+
+What each call does:
+* ``Pruner(...)`` finds the prunable convs (every conv whose output goes through a
+  BatchNorm2d, via torch.fx), builds the method's schedule and mask, and hooks the gradient
+  scaling onto ``optimizer.step`` (``register_step_pre_hook``), so gradients of the selected
+  filters are scaled after your ``backward()`` (and after a GradScaler's unscale, and after
+  DDP's all-reduce, and once per step under gradient accumulation). It changes nothing yet.
+* the first mask (SFP/FPGM prune before epoch 0) is applied by ``start()``, or on its own at
+  the model's first forward in training mode — so loading your checkpoints first is safe.
+* ``step(epoch)`` after each training epoch, in order: the CS pass when due (summed over DDP
+  ranks), the selection and the attenuation of the selected filters (every ``prune_every``
+  epochs, and always after the last).
+* ``compact()`` after the last step: the physically smaller network, equal in outputs.
+* ``state_dict()`` / ``load_state_dict()`` for your own checkpoints: resuming is bit-exact.
+"""
+from torch import nn
+
+from .compaction import compact_model
+from .errors import UserError
+from .graph import PrunableConv, find_prunable_convs, unwrap
+from .method.criteria.cs_ranker import CSRanker
+from .method.mask import Mask
+from .method.methods import Pruning, Spelling, resolve
+
+API = Spelling(rate="rates['{}']", method="method {!r}", tau="tau", zero_scaling="zero_scaling",
+               attenuate="attenuate='bn'")
+
+
+class Pruner:
+    def __init__(self, model: nn.Module, method: str | Pruning = "fsdp", rates: dict | None = None,
+                 epochs: int | None = None, *, optimizer=None, cs_data=None,
+                 num_classes: int | None = None, tau: float | None = None,
+                 attenuation: float = 1.0, zero_scaling: bool = False, attenuate: str = "weights",
+                 prune_every: int = 1, cs_every: int = 2, round_to: int = 1,
+                 cs_mode: str = "reference", cs_batches: int | None = None,
+                 include: str | None = None, exclude: str | None = None,
+                 convs: list[PrunableConv] | None = None, amp_dtype=None, cs_transform=None,
+                 class_names=None, log=None, auto_start: bool = True):
+        """``method``: a name (``fsdp``, ``fpgm``, ``sfp``, ``asfp``, ``l1``) with ``rates``
+        ({criterion: final share}, the method's defaults where missing) and ``epochs``, or a
+        resolved ``Pruning``. ``cs_data``: a loader of (inputs, labels) for the CS pass
+        (fsdp only); ``num_classes`` defaults to the last Linear's outputs. ``include``/
+        ``exclude``: regexes on conv names; ``convs`` an explicit list instead.
+        ``auto_start=False``: the first mask only when ``start()`` is called."""
+        self.model = unwrap(model)
+        if isinstance(method, Pruning):
+            self.pruning = method
+        else:
+            if epochs is None:
+                raise UserError("Pruner needs epochs=: the schedule runs over the whole training")
+            self.pruning = resolve(method, rates, epochs, tau, attenuation, zero_scaling,
+                                   attenuate, prune_every, API)
+        self.convs = convs if convs is not None else find_prunable_convs(self.model, include,
+                                                                         exclude)
+        if not self.convs:
+            raise UserError(f"no prunable conv in this {type(self.model).__name__}: FSDP prunes "
+                            "the Conv2d layers whose output goes through a BatchNorm2d; check "
+                            "include=/exclude=, or prune a model that has conv→BN pairs")
+        cs_ranker = None
+        if self.pruning.method.uses_data:
+            cs_ranker = self._cs_pass(cs_data, num_classes, cs_mode, cs_batches, amp_dtype,
+                                       cs_transform, class_names, log)
+        self.schedule = self.pruning.schedule()
+        self.mask = Mask(self.convs, self.pruning.method, self.schedule, cs_ranker, cs_every,
+                         round_to)
+        self.epoch, self.started = -1, False  # the last epoch stepped; the first mask applied
+        self._hooks = []
+        if optimizer is not None:
+            self._hooks.append(optimizer.register_step_pre_hook(
+                lambda opt, args, kwargs: self.mask.scale_gradients()))
+        self._start_hook = (self.model.register_forward_pre_hook(self._start_on_training)
+                            if auto_start else None)
+
+    def _cs_pass(self, loader, num_classes, mode, batches, amp_dtype, transform, names, log):
+        if loader is None:
+            raise UserError(f"method {self.pruning.method.name!r} scores filters by class "
+                            "separability: give cs_data=, a loader of (inputs, labels)")
+        if num_classes is None:
+            linears = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
+            if not linears:
+                raise UserError("give num_classes=: this model has no Linear classifier to "
+                                "read the class count from")
+            num_classes = linears[-1].out_features
+        device = next(self.model.parameters()).device
+        return CSRanker(self.convs, loader, num_classes, device, mode=mode, max_batches=batches,
+                      amp_dtype=amp_dtype, transform=transform, class_names=names, log=log)
+
+    # -- the calls of a training loop ---------------------------------------------------------
+    def _start_on_training(self, module, inputs):
+        if module.training:
+            self.start()
+
+    def start(self) -> None:
+        """The mask before training (epoch 0); the CS pass before training, when one is due,
+        runs in eval mode as the reference's did (it followed a validation)."""
+        self._drop_start_hook()
+        if self.started:
+            return
+        self.started = True
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            self.mask.update(self.model, 0)
+        finally:
+            self.model.train(was_training)
+
+    def step(self, epoch: int) -> bool:
+        """After training epoch ``epoch`` (0, 1, 2, … in order); True if the mask was updated."""
+        if epoch != self.epoch + 1:
+            raise UserError(f"Pruner.step({epoch}) after step({self.epoch}): call step(epoch) "
+                            f"once after each training epoch, in order (next: {self.epoch + 1})")
+        if epoch >= self.pruning.epochs:
+            raise UserError(f"Pruner.step({epoch}): the schedule has {self.pruning.epochs} "
+                            f"epochs (0..{self.pruning.epochs - 1}); pass epochs= of the whole run")
+        self.start()
+        self.epoch = epoch
+        if epoch % self.pruning.prune_every == 0 or epoch == self.pruning.epochs - 1:
+            self.mask.update(self.model, epoch)
+            return True
+        return False
+
+    def compact(self, exact: bool = True) -> nn.Module:
+        """The physically smaller network (eval mode), equal in outputs to the soft-pruned one;
+        after ``step(epochs - 1)``, when the selected filters are exactly zero."""
+        if self.epoch != self.pruning.epochs - 1:
+            raise UserError(f"Pruner.compact() needs the final mask: call it after "
+                            f"step({self.pruning.epochs - 1}) (the last step was {self.epoch})")
+        return compact_model(self.model, self.selected(), exact)
+
+    def remove(self) -> None:
+        """Detach the optimizer and model hooks (the mask stays as it is)."""
+        self._drop_start_hook()
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def _drop_start_hook(self) -> None:
+        if self._start_hook is not None:
+            self._start_hook.remove()
+            self._start_hook = None
+
+    # -- what it selected, and checkpoints ----------------------------------------------------
+    @property
+    def active(self) -> bool:
+        return self.mask.active
+
+    def selected(self) -> dict:
+        """{conv name: selected filter indices} of the last update."""
+        return {c.name: self.mask.selected(c.name) for c in self.convs}
+
+    def state_dict(self) -> dict:
+        """Tensors, numbers and strings only (``torch.load(weights_only=True)`` reads it)."""
+        p = self.pruning
+        return {**self.mask.state_dict(), "step_epoch": self.epoch, "started": self.started,
+                "rates": dict(p.rates), "epochs": p.epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        p = self.pruning
+        made = (state.get("method"), state.get("rates", p.rates), state.get("epochs", p.epochs))
+        if made != (p.method.name, p.rates, p.epochs):
+            raise UserError(f"this pruner state was made with method {made[0]!r}, rates "
+                            f"{made[1]} and {made[2]} epochs, not {p.method.name!r}, {p.rates} "
+                            f"and {p.epochs}; build the Pruner as it was built then")
+        try:
+            self.mask.load_state_dict(state)
+        except ValueError as e:
+            raise UserError(f"{e}: load the state of a pruner of this very model") from None
+        self.epoch = int(state.get("step_epoch", self.mask.epoch))
+        self.started = bool(state.get("started", self.mask.epoch >= 0))
+        if self.started:
+            self._drop_start_hook()

@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from utils.comparison import load_run, summary_lines, write_report
+from utils.report.comparison import load_run, summary_lines, write_report
 from utils.errors import UserError
 
 

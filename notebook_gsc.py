@@ -17,9 +17,9 @@ from datasets.audio_features import N_MELS
 from datasets.gsc import CLASSES, load_gsc
 from datasets.gsc_transform import FRAMES, GscTransform
 from utils import distributed as dist
-from utils.cli import build_parser
-from utils.data import Data, weighted_order
-from utils.trainer import main
+from utils.run.cli import build_parser
+from utils.run.data import Data, weighted_order
+from utils.run.trainer import main
 
 DEFAULTS = dict(arch="resnet56", epochs=70, batch_size=96, learning_rate=0.01, schedule=[50],
                 gammas=[0.1], decay=5e-4, attenuation=1.0, max_iter_cs=10000,

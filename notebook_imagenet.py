@@ -17,10 +17,10 @@ import sys
 from datasets.imagenet32 import imagenet32_data
 from datasets.imagenet_folder import imagenet_data
 from models import resolve_imagenet
-from utils.cli import build_parser
+from utils.run.cli import build_parser
 from utils.errors import UserError
-from utils.data import Data
-from utils.trainer import main
+from utils.run.data import Data
+from utils.run.trainer import main
 
 # SPEC §5: the authors' README command for ImageNet32
 IMAGENET32 = dict(arch="resnet56", epochs=40, batch_size=128, learning_rate=0.01,

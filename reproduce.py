@@ -17,14 +17,14 @@ import os
 import shlex
 import sys
 
-from utils.cli import OneLineParser
-from utils.comparison import load_run, summary_lines, write_report
+from utils.run.cli import OneLineParser
+from utils.report.comparison import load_run, summary_lines, write_report
 from utils.errors import UserError
-from utils.grid import (ATTENUATE_DEFAULT, CONFIGS, DEFAULT_RATE, FINISHED, GRIDS, SEEDS,
+from utils.run.grid import (ATTENUATE_DEFAULT, CONFIGS, DEFAULT_RATE, FINISHED, GRIDS, SEEDS,
                         UNFINISHED, GridAsk, check_ask, check_slurm_path, dry_run_lines,
                         folder_state, plan, slurm_script)
-from utils.grid_runner import GridRunner, parse_gpus
-from utils.trainer import check_run_args
+from utils.run.grid_runner import GridRunner, parse_gpus
+from utils.run.trainer import check_run_args
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 

@@ -28,7 +28,7 @@ Summary lines: ``corrections_overhead`` = the worst exact ÷ widths over eager N
 batch 1 and 64 and ONNX Runtime at batch 64, both networks (target ≤ 1.10);
 ``slowest_compact_resnet56`` = the smallest dense ÷ exact of ResNet-56 over all rows (target
 ≥ 1); ``rounded_speedup_vs_flops``: ResNet-56 with the kept filters of every pruned layer
-rounded up to a multiple of N (``utils.schedule.round_selected``, ``--round_to N``), N = 8 and
+rounded up to a multiple of N (``utils.method.schedule.round_selected``, ``--round_to N``), N = 8 and
 16, at batch 64: the better row (target ≥ 0.8).
 """
 import argparse
@@ -48,12 +48,14 @@ from bench.common import interleaved, randomize_bn
 from models import build_model
 from utils.compaction import compact_cost, compact_model, export_onnx, network_cost
 from utils.compaction.layers import FoldedConv
-from utils.graph import find_prunable_convs
+from utils.method.graph import find_prunable_convs
 from utils.method.schedule import round_selected
 
 
-def soft_pruned(arch: str, num_classes: int, pruned_count, seed: int = 0) -> tuple[nn.Module, dict]:
-    """A randomly initialised network with ``pruned_count(F)`` random filters per conv zeroed."""
+def soft_pruned(arch: str, num_classes: int, pruned_count, seed: int = 0,
+                attenuate: str = "weights") -> tuple[nn.Module, dict]:
+    """A randomly initialised network with ``pruned_count(F)`` random filters per conv zeroed
+    (with ``attenuate="bn"`` their BN γ and β too, as ``--attenuate bn`` leaves them)."""
     gen = torch.Generator().manual_seed(seed)
     model = build_model(arch, num_classes)
     randomize_bn(model, gen)
@@ -62,6 +64,9 @@ def soft_pruned(arch: str, num_classes: int, pruned_count, seed: int = 0) -> tup
         for c in find_prunable_convs(model):
             idx = torch.randperm(c.filters, generator=gen)[:pruned_count(c.filters)]
             c.conv.weight[idx] = 0
+            if attenuate == "bn":
+                c.bn.weight[idx] = 0
+                c.bn.bias[idx] = 0
             pruned[c.name] = idx
     return model.eval(), pruned
 
@@ -138,6 +143,9 @@ def time_row(fns: dict, make_input, batch: int, size: int, reps: int, warmup: in
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 repeats each: a smoke test")
+    parser.add_argument("--attenuate", choices=("weights", "bn"), default="weights",
+                        help="bn: the pruned channels' BN γ and β are 0 too (--attenuate bn), "
+                             "so they emit exactly 0 and the exact network needs no constants")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     cap = torch.backends.cpu.get_cpu_capability()
@@ -149,7 +157,7 @@ def main(argv=None) -> None:
     overhead, slowest, rounded = [], [], []
     with tempfile.TemporaryDirectory() as folder:
         for name, arch, classes, size, count, plan in CASES:
-            dense, pruned = soft_pruned(arch, classes, count)
+            dense, pruned = soft_pruned(arch, classes, count, attenuate=args.attenuate)
             shape = (1, 3, size, size)
             nets = {"dense": dense, "exact": compact_model(dense, pruned, input_shape=shape),
                     "widths": compact_model(dense, pruned, exact=False, input_shape=shape)}
@@ -161,6 +169,10 @@ def main(argv=None) -> None:
                   f"(-{1 - ratio:.1%}), params {params_d / 1e6:.3f}M -> {params_c / 1e6:.3f}M "
                   f"(-{1 - params_c / params_d:.1%}); predicted speedup: FLOPs {1 / ratio:.2f}x, "
                   f"lanes {lane_speedup:.2f}x")
+            if args.attenuate == "bn":
+                same = buffers(nets["exact"]) == buffers(nets["widths"])
+                print(f"--attenuate bn: the exact network holds the widths network's tensors "
+                      f"and no constant of its own: {same}")
             print(f"{'model':<13} {'runtime':<11} {'batch':>5} {'reps':>4} {'dense':>9} "
                   f"{'exact':>9} {'widths':>9} {'speedup':>7} {'flops':>6}  speedup_vs_flops  "
                   "exact/widths")
@@ -180,7 +192,8 @@ def main(argv=None) -> None:
                         slowest.append((speedup, f"{runtime} batch {batch}"))
             del fns
             if arch == "resnet56":
-                rounded = rounded_rows(name, arch, classes, size, plan[64], args.quick, folder)
+                rounded = rounded_rows(name, arch, classes, size, plan[64], args.quick, folder,
+                                       args.attenuate)
     cost, where = max(overhead)
     print(f"\ncorrections_overhead: {cost:.3f}  (worst exact/widths: {where}; target <= 1.10)")
     speedup, where = min(slowest)
@@ -189,13 +202,19 @@ def main(argv=None) -> None:
     print(f"rounded_speedup_vs_flops: {best:.2f}  ({where}; target >= 0.8)")
 
 
-def rounded_rows(name, arch, classes, size, plan, quick, folder) -> list:
+def buffers(model: nn.Module) -> list[tuple[str, tuple]]:
+    """Names and shapes of everything a network holds (its constants are buffers)."""
+    return [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+
+
+def rounded_rows(name, arch, classes, size, plan, quick, folder, attenuate) -> list:
     """ResNet-56 with every pruned layer keeping a multiple of N filters (--round_to N)."""
     reps, warmup = (2, 1) if quick else plan
     shape = (1, 3, size, size)
     nets, ratios = {}, {}
     for n in (8, 16):
-        dense, pruned = soft_pruned(arch, classes, lambda f: round_selected(f, paper_count(f), n))
+        dense, pruned = soft_pruned(arch, classes, lambda f: round_selected(f, paper_count(f), n),
+                                    attenuate=attenuate)
         nets[f"round_to {n}"] = compact_model(dense, pruned, input_shape=shape)
         ratios[f"round_to {n}"] = compact_cost(nets[f"round_to {n}"], shape)[0]
     flops_d = network_cost(dense, shape)[0]

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 
 import notebook_cifar
 from datasets.images import ImageDataset
-from utils.data import Data
+from utils.run.data import Data
 from utils.batches import prepare
-from utils.trainer import Trainer
+from utils.run.trainer import Trainer
 
 from .common import sync
 

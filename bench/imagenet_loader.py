@@ -137,7 +137,7 @@ def write_jpegs(root: str, n: int, classes: int = 4) -> float:
 
 def loader_rate(dataset, order, transform, batch: int, images: int, workers: int = 2):
     """A loader built as the driver builds its own; returns a function timing ``images``."""
-    from utils.sampling import EpochSampler, SeededDataset
+    from utils.run.sampling import EpochSampler, SeededDataset
 
     sampler = EpochSampler(len(dataset), 1, 0, order=order)
     loader = DataLoader(SeededDataset(dataset), batch_size=batch, sampler=sampler,

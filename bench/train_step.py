@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from bench.common import interleaved
 from models import build_model
-from utils.graph import find_prunable_convs
+from utils.method.graph import find_prunable_convs
 from utils.method.mask import Mask
 from utils.method.methods import METHODS
 from utils.method.schedule import asymptotic_schedule

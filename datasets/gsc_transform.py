@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from utils.data import sample_generators
+from utils.run.data import sample_generators
 
 from . import audio_features as af
 from .gsc import CLIP
@@ -92,7 +92,7 @@ def _rows(fire: torch.Tensor) -> torch.Tensor:
 
 
 class GscTransform:
-    """``batch_transform(x, seeds, split)`` for the driver (utils/data.py): ``x`` is the
+    """``batch_transform(x, seeds, split)`` for the driver (utils/run/data.py): ``x`` is the
     collated ``{"wave": int16 B×W, "length": B}`` of ``datasets.gsc.GscClips``; returns
     B×1×32×32 (mel × frames), or B×4×1×32×32 for the test split with ``multi_crop``."""
 

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from utils.data import Data
+from utils.run.data import Data
 from utils.errors import DataError
-from utils.sampling import mix
+from utils.run.sampling import mix
 
 from .layouts import other_dataset
 

@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from utils.data import Data
+from utils.run.data import Data
 from utils.errors import DataError
-from utils.sampling import mix
+from utils.run.sampling import mix
 
 from .layouts import other_dataset
 

@@ -3,7 +3,7 @@ import torch
 
 from bench.common import randomize_bn
 from models import build_model
-from utils.graph import find_prunable_convs
+from utils.method.graph import find_prunable_convs
 
 
 def random_model(arch, seed=0, num_classes=10):

@@ -13,14 +13,14 @@ from tests.fakedata import write_cifar
 from tests.snapshots import assert_same_run
 from models import build_model
 from utils.method.attenuation import AttenuationProbe, channel_stds
-from utils.checkpoint import safe_load
+from utils.files import safe_load
 from utils.compaction import compact_model, load_compact
 from utils.errors import UserError
-from utils.graph import find_prunable_convs
+from utils.method.graph import find_prunable_convs
 from utils.method.mask import Mask
 from utils.method.methods import METHODS, resolve
 from utils.method.schedule import Schedule, asymptotic_schedule, count, target_epoch
-from utils.trainer import Trainer, main
+from utils.run.trainer import Trainer, main
 
 EPS = 1e-5  # BatchNorm2d's default
 

@@ -1,6 +1,6 @@
 """The catalogue of bad inputs (README.md's troubleshooting table lists the same cases, in order).
 
-Every case runs the real CLI — mostly in-process through ``utils.trainer.main`` for speed, a
+Every case runs the real CLI — mostly in-process through ``utils.run.trainer.main`` for speed, a
 few through ``python notebook_cifar.py`` — and must fail with exit status ≠ 0, exactly one line
 ``error: …`` on stderr naming the problem, no traceback, and not a byte or mtime changed in a
 previous run's snapshot folder, whether the case aims at that folder or at a fresh one.
@@ -36,9 +36,9 @@ from tests.fake_imagenet import rewrite_npz, truncate_file, write_imagenet32, wr
 from tests.fake_gsc import write_gsc, write_wav
 from tests.snapshots import files_of, write_finished_run
 from tests.fakedata import corrupt_cifar_batch, plant_malicious_batch, write_cifar
-from utils.checkpoint import safe_load
-from utils.snapshot import SNAPSHOT_FILES
-from utils.trainer import main
+from utils.files import safe_load
+from utils.run.save_path import SNAPSHOT_FILES
+from utils.run.trainer import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -159,7 +159,7 @@ def offline(monkeypatch):
 
 
 def disk_full(monkeypatch):
-    """Every checkpoint write fails as on a full disk (utils.checkpoint calls torch.save)."""
+    """Every checkpoint write fails as on a full disk (utils.files calls torch.save)."""
     def full(*_, **__):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     monkeypatch.setattr(torch, "save", full)
@@ -202,7 +202,7 @@ class WithGroupNorm(nn.Module):
         return self.fc(torch.relu(self.bn2(self.conv2(x))).mean((2, 3)))
 
 
-def arch_is(model_class, module_name="utils.trainer"):
+def arch_is(model_class, module_name="utils.run.trainer"):
     """Every --arch builds ``model_class``, as a model added to ``models/`` would."""
     def patch(monkeypatch):
         monkeypatch.setattr(f"{module_name}.build_model",

@@ -10,7 +10,7 @@ import torch
 
 from tests.fakedata import write_cifar
 from tests.snapshots import assert_same_run
-from utils.logger import METRIC_COLUMNS
+from utils.report.logger import METRIC_COLUMNS
 from utils.method.schedule import count
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -21,7 +21,7 @@ from models import build_model
 from utils.compaction import (NetworkCost, compact_cost, compact_model, export_onnx, load_compact,
                               network_cost, save_compact)
 from utils.compaction.converter import RULES
-from utils.graph import find_prunable_convs
+from utils.method.graph import find_prunable_convs
 from tests.soft_pruning import rel_error
 
 FAMILIES = [  # (arch, image side): squeeze-excitation on maps larger than 1×1 scales them

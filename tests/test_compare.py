@@ -9,7 +9,7 @@ import compare
 import notebook_cifar
 from tests.fakedata import write_cifar
 from utils.method.schedule import count
-from utils.trainer import main
+from utils.run.trainer import main
 
 EPOCHS = 3
 RUNS = {  # name: (flags, final selected share per criterion)
@@ -91,7 +91,7 @@ def test_compare_reports_every_finished_run(runs, tmp_path, capsys):
         ("fsdp", "1", ""), ("sfp", "1", ""), ("dense", "1", "")]  # one seed each: no std
     md = open(out / "comparison.md").read()
     assert md.count("\n| ") == 2 * (1 + 3)  # a group table and a per-run table, header + 3
-    assert "| sfp | sfp | weights | resnet20 | cifar10 | 0/0.5/0/0 | 3 | 1 |" in md  # cs/norm/l1/gm
+    assert "| sfp | sfp | weights | resnet20 | cifar10 | norm 0.5 | 3 | 1 |" in md
     assert "Published" not in md  # resnet20 at 50 %: no quoted row has these flags
     assert open(out / "comparison.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 

@@ -12,9 +12,9 @@ import torch.multiprocessing as mp
 
 from models import build_model
 from utils.method.criteria.cs import cs_scores
-from utils.graph import find_prunable_convs
+from utils.method.graph import find_prunable_convs
 from utils.method.mask import Mask
-from utils.sampling import EpochSampler, SeededDataset
+from utils.run.sampling import EpochSampler, SeededDataset
 from utils.method.methods import METHODS
 from utils.method.schedule import asymptotic_schedule
 from tests.fakedata import write_cifar

@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-from utils import grid_runner
+from utils.run import grid_runner
 from utils.errors import UserError
-from utils.grid import Job
-from utils.grid_runner import GridRunner, job_env, parse_gpus
+from utils.run.grid import Job
+from utils.run.grid_runner import GridRunner, job_env, parse_gpus
 
 STAND_IN = """
 import json, os, sys, time

@@ -15,8 +15,8 @@ import notebook_gsc
 from tests.snapshots import assert_same_run
 from tests.fake_gsc import write_gsc
 from utils.method.schedule import count
-from utils.snapshot import SNAPSHOT_FILES
-from utils.trainer import main
+from utils.run.save_path import SNAPSHOT_FILES
+from utils.run.trainer import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 3

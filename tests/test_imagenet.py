@@ -21,9 +21,9 @@ from tests.fake_imagenet import (imagenet32_labels, truncate_file, write_imagene
                                  write_imagenet_folder)
 from tests.snapshots import assert_same_run
 from utils.errors import DataError
-from utils.sampling import SeededDataset
+from utils.run.sampling import SeededDataset
 from utils.method.schedule import count
-from utils.snapshot import SNAPSHOT_FILES
+from utils.run.save_path import SNAPSHOT_FILES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PER_FILE = 11  # 22 items per file with its mirror, 220 an epoch

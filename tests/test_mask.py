@@ -6,7 +6,7 @@ import torchvision
 from torch import nn
 
 from models import build_model
-from utils.graph import find_prunable_convs
+from utils.method.graph import find_prunable_convs
 from utils.method.mask import Mask
 from utils.method.methods import METHODS
 from utils.method.schedule import asymptotic_schedule, count
@@ -146,5 +146,5 @@ def test_mask_of_another_model_is_refused():
 def test_cifar_resnets_trace_with_fx():
     """The final pool must stay traceable: the registration-order fallback loses the
     conv-to-conv links that the effective FLOPs count uses."""
-    from utils.graph import _trace
+    from utils.method.graph import _trace
     assert _trace(build_model("resnet20", 10)) is not None

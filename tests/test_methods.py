@@ -11,11 +11,11 @@ from torch import nn
 import notebook_cifar
 from tests.fakedata import write_cifar
 from utils.errors import UserError
-from utils.graph import find_prunable_convs
+from utils.method.graph import find_prunable_convs
 from utils.method.mask import Mask
 from utils.method.methods import resolve
 from utils.method.schedule import asymptotic_schedule
-from utils.trainer import Trainer
+from utils.run.trainer import Trainer
 
 NORMS = [5.0, 1.0, 7.0, 3.0, 2.0, 8.0, 4.0, 6.0]  # filter i has L2 norm NORMS[i]
 

@@ -11,7 +11,7 @@ from models import build_model
 from tests.fakedata import write_cifar
 from utils.errors import UserError
 from utils.pruner import Pruner
-from utils.trainer import Trainer
+from utils.run.trainer import Trainer
 
 EPOCHS = 4
 

@@ -19,7 +19,7 @@ from torch import nn
 
 import notebook_cifar
 from tests.fakedata import write_cifar
-from utils.trainer import Trainer
+from utils.run.trainer import Trainer
 
 EPOCHS = 8  # the last epoch (7) has no CS pass: the reused list reaches the final mask
 

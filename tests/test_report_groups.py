@@ -7,9 +7,9 @@ import pytest
 
 import compare
 from tests.snapshots import write_finished_run
-from utils.comparison import group_name, load_run, write_report
+from utils.report.comparison import group_name, load_run, write_report
 from utils.compaction import fpgm_flops_reduction
-from utils.published import load_quoted
+from utils.report.published import load_quoted
 
 FPGM40 = dict(method="fpgm", rates=(0.0, 0.0, 0.4), flops=0.526)
 DENSE = dict(method="fsdp", rates=(0.0, 0.0, 0.0), flops=0.0)
@@ -45,7 +45,7 @@ def test_seeds_are_one_row_mean_and_sample_std(tmp_path, capsys):
     assert len(per_run) == 5 and {r["group"] for r in per_run} == set(rows)
     md = open(out / "comparison.md").read()
     mean, std = statistics.mean(fpgm.values()), statistics.stdev(fpgm.values())
-    assert f"| r56-fpgm-s{{1,2,3}} | fpgm | weights | resnet56 | cifar10 | 0/0/0.4 | 3 | 3 | " \
+    assert f"| r56-fpgm-s{{1,2,3}} | fpgm | weights | resnet56 | cifar10 | gm 0.4 | 3 | 3 | " \
            f"{mean:.2f} ± {std:.2f} |" in md
     out_lines = capsys.readouterr().out.splitlines()
     assert out_lines[0].startswith("r56-fpgm-s{1,2,3}") and f"± {std:.2f} (n=3)" in out_lines[0]

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from utils.data import sample_generators, weighted_order
+from utils.run.data import sample_generators, weighted_order
 from utils.errors import UserError
-from utils.sampling import EpochSampler, SeededDataset, check_seeded
+from utils.run.sampling import EpochSampler, SeededDataset, check_seeded
 
 
 class Noisy(Dataset):

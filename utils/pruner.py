@@ -25,8 +25,8 @@ from torch import nn
 
 from .compaction import compact_model
 from .errors import UserError
-from .graph import PrunableConv, find_prunable_convs, unwrap
 from .method.criteria.cs_ranker import CSRanker
+from .method.graph import PrunableConv, find_prunable_convs, unwrap
 from .method.mask import Mask
 from .method.methods import Pruning, Spelling, resolve
 

@@ -10,9 +10,9 @@ import collections
 import torch
 from torch import fx, nn
 
-from ..errors import UserError
-from ..graph import unwrap
 from . import convs, ops, structure
+from ..errors import UserError
+from ..method.graph import unwrap
 from .builder import Builder
 from .liveness import channels_needed
 from .materialise import realise
@@ -73,7 +73,7 @@ class DenseGraph:
 
     def _bn_pairs(self) -> dict:
         """{conv fx node: its BN fx node}: a conv whose only consumer is a BatchNorm2d, the
-        prunable convs of ``utils.graph`` (their BN folds into them)."""
+        prunable convs of ``utils.method.graph`` (their BN folds into them)."""
         pairs, seen = {}, {}
         for op in self.ops:
             if op.kind == "conv":

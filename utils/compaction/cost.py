@@ -12,7 +12,7 @@ conv + BatchNorm (γ and β per filter), so a compact and a dense count compare 
 import torch
 from torch import nn
 
-from ..graph import unwrap
+from ..method.graph import unwrap
 from .converter import DenseGraph, convert
 
 

@@ -6,9 +6,9 @@ from torch import nn
 
 from models import build_model
 
-from ..checkpoint import safe_load
 from ..errors import UserError
-from ..graph import unwrap
+from ..files import safe_load
+from ..method.graph import unwrap
 from .cost import compact_cost, network_cost
 from .fpgm import fpgm_flops_reduction
 from .network import compact_model

@@ -7,7 +7,7 @@ generated Python — no interpreter between the ops, and nothing pickled in the 
 import torch
 from torch import fx, nn
 
-from ..graph import unwrap
+from ..method.graph import unwrap
 from .converter import DenseGraph, convert
 from .joins import Join
 from .layers import FoldedConv, Linear

@@ -6,8 +6,8 @@ snapshot (``python compact.py SNAPSHOT``): the snapshot's checkpoint holds every
 """
 from pathlib import Path
 
-from ..checkpoint import atomic_save, safe_load
 from ..errors import UserError
+from ..files import atomic_save, safe_load
 from .network import CompactNet
 
 FORMAT = "fsdp-compact"

@@ -16,7 +16,7 @@ import contextlib
 import torch
 from torch import nn
 
-from ..graph import PrunableConv
+from .graph import PrunableConv
 
 
 @contextlib.contextmanager

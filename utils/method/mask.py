@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..graph import PrunableConv
 from .criteria import criterion
 from .criteria.cs_ranker import ScorePass
+from .graph import PrunableConv
 from .methods import Method
 from .schedule import Schedule, count, round_selected
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ...faults import crash_point
-from ...graph import PrunableConv
+from ..graph import PrunableConv
 from .cs import cs_scores
 
 

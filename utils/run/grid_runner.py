@@ -7,7 +7,6 @@ too: the jobs then leave at once, keeping their last checkpoint. A job's output 
 ``console.txt`` in its folder.
 """
 import ctypes
-import json
 import os
 import signal
 import subprocess
@@ -18,7 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
+from ..report.logger import read_json
 from .grid import Job
 
 POLL_SECONDS = 0.2
@@ -144,7 +144,7 @@ class GridRunner:
             summary = os.path.join(job.folder, "summary.json")
             if code == 0 and os.path.isfile(summary):
                 self.outcome.done.append(job.name)
-                self.log(f"{prefix}: done in {minutes:.1f} min{_top1(summary)}")
+                self.log(f"{prefix}: done in {minutes:.1f} min{_top1(job.folder)}")
             elif code == 0 or self.outcome.signal is not None:
                 # asked to stop (130/143, or killed by the signal before its handler was set),
                 # or --stop_after: --resume auto continues from the last checkpoint
@@ -169,12 +169,10 @@ class GridRunner:
                  f"{len(self.outcome.not_started)}, which would most likely fail alike")
 
 
-def _top1(summary_path: str) -> str:
-    try:
-        with open(summary_path) as f:
-            return f", final top-1 {json.load(f)['final_top1']:.2f}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return ""
+def _top1(folder: str) -> str:
+    summary = read_json(folder, "summary.json") or {}
+    top1 = summary.get("final_top1")
+    return f", final top-1 {top1:.2f}" if isinstance(top1, (int, float)) else ""
 
 
 def _last_line(folder: str) -> str:

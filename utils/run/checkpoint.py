@@ -1,62 +1,26 @@
-"""The snapshot folder and the checkpoint's layout, written and read here only."""
-import os
+"""checkpoint.pt: its layout (written, read and restored here only) and the RNG states it
+carries, so that a resumed run continues bit for bit."""
+import random
 
-from . import distributed as dist
-from .checkpoint import atomic_save, rng_state, safe_load, set_rng_state
-from .errors import UserError
-from .method.criteria import registry
+import numpy as np
+import torch
 
-SNAPSHOT_FILES = ("checkpoint.pt", "metrics.csv", "summary.json", "args.json", "log.txt",
-                  "curves.png", "schedule.png", "model_compact.pt")
+from ..errors import UserError
+from ..files import atomic_save, safe_load
+from ..method.criteria import registry
+from ..report.logger import ADDED_FLAGS
+
 FORMAT = "fsdp-checkpoint/2"
 # a resumed run must rebuild the same method, schedule, mask layout and data pipeline (and
 # every criterion's --prune_rate_<name>, see resume_must_match)
 RESUME_MUST_MATCH = ("method", "attenuate", "arch", "dataset", "epochs", "tau", "attenuation",
                      "use_zero_scaling", "round_to", "layer_begin", "layer_end", "layer_inter",
                      "prune_include", "prune_exclude")
-# flags added after checkpoints of this format were first written: their value in those
-ADDED_FLAGS = {"attenuate": "weights"}
 
 
 def resume_must_match() -> tuple[str, ...]:
     rates = tuple(f"prune_rate_{c}" for c in registry())
     return RESUME_MUST_MATCH[:5] + rates + RESUME_MUST_MATCH[5:]
-
-
-def check_save_path(args) -> str | None:
-    """The checkpoint to resume from, if any; refuses to mix two runs in one folder."""
-    path = args.save_path
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise UserError(f"--save_path {path} is a file; give a folder")
-    resume = args.resume
-    if resume == "auto":
-        auto = os.path.join(path, "checkpoint.pt")
-        resume = auto if os.path.isfile(auto) else None
-    present = [f for f in SNAPSHOT_FILES if os.path.exists(os.path.join(path, f))]
-    if present and not (args.resume or args.overwrite):
-        raise UserError(f"--save_path {path} already holds a run ({present[0]}); add --resume auto "
-                        "to continue it, --overwrite to replace it, or choose another --save_path")
-    return resume
-
-
-def prepare_save_path(path: str, overwrite: bool) -> None:
-    """Create and probe the folder once every input has been checked, so bad input leaves
-    nothing behind; clear temporaries of a run killed while writing, and with ``overwrite``
-    the files of the run being replaced."""
-    if not dist.is_main():  # only rank 0 writes
-        return
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".write-test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.unlink(probe)
-    except OSError as e:
-        raise UserError(f"cannot write to --save_path {path} ({e.strerror}); choose a writable "
-                        "folder") from None
-    for name in os.listdir(path):
-        if name.startswith(".tmp-") or (overwrite and name in SNAPSHOT_FILES):
-            os.unlink(os.path.join(path, name))
 
 
 def read_checkpoint(path: str, args, seed_given: bool, resume_keys: tuple = ()) -> dict:
@@ -106,3 +70,26 @@ def restore_checkpoint(ckpt: dict, *, model, optimizer, scaler, pruner, probe) -
     return {"epoch": int(ckpt["epoch"]), "batch": int(ckpt.get("batch", 0)),
             "epoch_state": ckpt.get("epoch_state"), "history": list(ckpt["history"]),
             "wall": float(ckpt["wall_seconds"])}
+
+
+def rng_state() -> dict:
+    """Every RNG the training touches, as tensors and numbers (weights_only-loadable)."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {"python_version": py[0], "python": torch.tensor(py[1], dtype=torch.int64),
+             "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+             "numpy_pos": int(np_state[2]), "numpy_gauss": [int(np_state[3]), float(np_state[4])],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate((state["python_version"], tuple(state["python"].tolist()), None))
+    has_gauss, gauss = state["numpy_gauss"]
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32),
+                         state["numpy_pos"], has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

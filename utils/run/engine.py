@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .batches import autocast, prepare
-from .distributed import all_reduce_sum, is_main, world_size
-from .faults import crash_point
+from ..batches import autocast, prepare
+from ..distributed import all_reduce_sum, is_main, world_size
+from ..faults import crash_point
 
 
 class NonFiniteLoss(RuntimeError):

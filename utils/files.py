@@ -1,13 +1,12 @@
-"""Checkpoints that cannot be half-written and never execute pickled code when loaded."""
+"""Files that cannot be half-written, and checkpoints that never execute pickled code when
+loaded: every writer and reader of the project goes through these."""
 import os
 import pickle
-import random
 import re
 import tempfile
 import warnings
 import zipfile
 
-import numpy as np
 import torch
 
 from .errors import UserError
@@ -83,26 +82,3 @@ def _first_sentence(e: BaseException) -> str:
     """torch's errors run to paragraphs; their first sentence names the problem."""
     text = " ".join(str(e).split())
     return text.split(". ")[0] if text else type(e).__name__
-
-
-def rng_state() -> dict:
-    """Every RNG the training touches, as tensors and numbers (weights_only-loadable)."""
-    py = random.getstate()
-    np_state = np.random.get_state()
-    state = {"python_version": py[0], "python": torch.tensor(py[1], dtype=torch.int64),
-             "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
-             "numpy_pos": int(np_state[2]), "numpy_gauss": [int(np_state[3]), float(np_state[4])],
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate((state["python_version"], tuple(state["python"].tolist()), None))
-    has_gauss, gauss = state["numpy_gauss"]
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32),
-                         state["numpy_pos"], has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .batches import to_device
-from .errors import UserError
+from ..batches import to_device
+from ..errors import UserError
 
 _MASK63 = (1 << 63) - 1
 

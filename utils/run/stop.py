@@ -8,7 +8,7 @@ import threading
 
 import torch
 
-from . import distributed as dist
+from .. import distributed as dist
 
 
 class StopRequest:

@@ -5,15 +5,14 @@ variants × seeds. Every job is that script's own command line, saving into its 
 sub-folder of the grid's folder, always with ``--resume auto``: a fresh folder starts, a
 stopped run continues, and a Slurm requeue does the same. ``utils.grid_runner`` runs them.
 """
-import json
 import os
 import shlex
 from dataclasses import dataclass
 
-from .comparison import RUN_CONTROL_FLAGS
-from .errors import UserError
-from .method.criteria import registry
-from .snapshot import ADDED_FLAGS
+from ..errors import UserError
+from ..method.criteria import registry
+from ..report.comparison import RUN_CONTROL_FLAGS
+from ..report.logger import ADDED_FLAGS, read_json
 
 
 @dataclass(frozen=True)
@@ -146,21 +145,12 @@ def plan(ask: GridAsk) -> list[Job]:
 FRESH, UNFINISHED, FINISHED = "fresh", "unfinished", "finished"
 
 
-def _read_json(path: str) -> dict | None:
-    try:
-        with open(path) as f:
-            value = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _recorded_flags(folder: str) -> dict | None:
     """The flags the folder's run was made with: args.json, else what summary.json says."""
-    args = _read_json(os.path.join(folder, "args.json"))
+    args = read_json(folder, "args.json")
     if args is not None:
         return args
-    summary = _read_json(os.path.join(folder, "summary.json"))
+    summary = read_json(folder, "summary.json")
     if summary is None:
         return None
     keys = ("method", "arch", "dataset", "epochs", "round_to", "attenuate",

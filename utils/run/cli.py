@@ -7,9 +7,9 @@ import argparse
 
 from models import MODELS, arch_help, is_arch
 
-from .errors import UserError
-from .method.criteria import registry
-from .method.methods import METHODS, Pruning, resolve
+from ..errors import UserError
+from ..method.criteria import registry
+from ..method.methods import METHODS, Pruning, resolve
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -5,9 +5,13 @@ import json
 import os
 import time
 
-from .checkpoint import atomic_write
-from .distributed import is_main
-from .method.criteria import registry
+from ..distributed import is_main
+from ..files import atomic_write
+from ..method.criteria import registry
+
+# flags added after runs were first written (their args.json and checkpoints lack them): the
+# value those runs had
+ADDED_FLAGS = {"attenuate": "weights"}
 
 _AFTER_SHARES = ["effective_attenuation", "train_loss", "train_top1", "test_loss", "test_top1",
                  "test_top5", "test_loss_refreshed", "test_top1_refreshed", "test_top5_refreshed",
@@ -24,6 +28,23 @@ def __getattr__(name):  # METRIC_COLUMNS, computed when asked for (the registry 
     if name == "METRIC_COLUMNS":
         return metric_columns()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def read_json(folder: str, name: str) -> dict | None:
+    """``args.json`` or ``summary.json`` of a run folder; None when absent or not a JSON object
+    (a run killed before writing it, a foreign file)."""
+    try:
+        with open(os.path.join(folder, name)) as f:
+            value = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_metrics(folder: str) -> list[dict]:
+    """metrics.csv's rows as strings (an empty cell: a column that epoch did not measure)."""
+    with open(os.path.join(folder, "metrics.csv")) as f:
+        return list(csv.DictReader(f))
 
 
 def write_text_atomic(path: str, text: str) -> None:

@@ -5,8 +5,8 @@ the same whatever ``--workers`` is, and a resumed run continues them exactly.
 """
 from torch.utils.data import DataLoader
 
-from . import distributed as dist
-from .batches import prepare
+from .. import distributed as dist
+from ..batches import prepare
 from .data import Data
 from .sampling import EpochSampler, SeededDataset, fixed_batch
 

@@ -1,5 +1,5 @@
 """summary.json's content: what a finished run reports (README: What a run leaves)."""
-from .method.criteria import registry
+from ..method.criteria import registry
 
 
 def zero_filters(convs) -> dict[str, int]:

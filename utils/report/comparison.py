@@ -12,13 +12,13 @@ import os
 import statistics
 from dataclasses import dataclass, field
 
-from .checkpoint import atomic_write
+from ..errors import UserError
+from ..files import atomic_write
+from ..method.criteria import registry
+from ..method.methods import METHODS
 from .comparison_md import markdown
-from .errors import UserError
-from .method.criteria import registry
-from .method.methods import METHODS
+from .logger import ADDED_FLAGS, read_json, read_metrics
 from .published import load_quoted, match_quoted, published_markdown
-from .snapshot import ADDED_FLAGS
 
 # flags that say where and how a run executed, not what it computed
 RUN_CONTROL_FLAGS = frozenset({
@@ -102,28 +102,17 @@ class Run:
 
 def load_run(folder: str) -> Run | None:
     """A finished run (summary.json and metrics.csv written at its end), or None."""
+    summary = read_json(folder, "summary.json")
+    if summary is None or "final_top1" not in summary:
+        return None
     try:
-        with open(os.path.join(folder, "summary.json")) as f:
-            summary = json.load(f)
-        with open(os.path.join(folder, "metrics.csv")) as f:
-            metrics = list(csv.DictReader(f))
+        metrics = read_metrics(folder)
         curve = [(int(r["epoch"]), float(r["test_top1"])) for r in metrics]
         refreshed = [(int(r["epoch"]), float(r["test_top1_refreshed"])) for r in metrics
                      if r.get("test_top1_refreshed")]
     except (OSError, ValueError, KeyError):
         return None
-    if not isinstance(summary, dict) or "final_top1" not in summary:
-        return None
-    return Run(folder, summary, curve, refreshed, _read_args(folder))
-
-
-def _read_args(folder: str) -> dict:
-    try:
-        with open(os.path.join(folder, "args.json")) as f:
-            args = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return args if isinstance(args, dict) else {}
+    return Run(folder, summary, curve, refreshed, read_json(folder, "args.json") or {})
 
 
 @dataclass

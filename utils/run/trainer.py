@@ -15,27 +15,27 @@ import torch
 
 from models import build_model
 
-from . import distributed as dist
 from . import loaders
+from .. import distributed as dist
+from ..compaction import NetworkCost, compact_model, compaction_figures, save_compact
+from ..compaction.tracing import trace
+from ..errors import UserError
+from ..method.attenuation import AttenuationProbe
+from ..method.graph import find_prunable_convs
+from ..method.methods import Pruning
+from ..method.schedule import count
+from ..pruner import Pruner
+from ..report.logger import RunLog
+from ..report.plots import plot_curves, plot_schedule
+from ..report.summary import run_summary
+from .checkpoint import read_checkpoint, restore_checkpoint, write_checkpoint
 from .cli import check_args, pruning_from_args, record_defaults
-from .compaction import NetworkCost, compact_model, compaction_figures, save_compact
-from .compaction.tracing import trace
 from .data import Data
 from .engine import NonFiniteLoss, evaluate, lr_at, refreshed_bn_copy, train_one_epoch
-from .errors import UserError
-from .graph import find_prunable_convs
-from .logger import RunLog
-from .method.attenuation import AttenuationProbe
-from .method.methods import Pruning
-from .method.schedule import count
-from .plots import plot_curves, plot_schedule
 from .pretrained import load_pretrained
-from .pruner import Pruner
 from .sampling import check_seeded
-from .snapshot import (check_save_path, prepare_save_path, read_checkpoint, restore_checkpoint,
-                       write_checkpoint)
+from .save_path import check_save_path, prepare_save_path
 from .stop import StopRequest
-from .summary import run_summary
 
 
 def main(parser, make_data, argv=None, check=None, resume_keys: tuple = ()) -> int:

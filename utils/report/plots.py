@@ -6,7 +6,7 @@ matplotlib.use("Agg")  # no display on training servers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .checkpoint import atomic_write  # noqa: E402
+from ..files import atomic_write  # noqa: E402
 
 
 def _save(fig, path):
@@ -17,17 +17,13 @@ def _save(fig, path):
 def plot_curves(history: list[dict], path: str) -> None:
     epochs = [r["epoch"] for r in history]
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(10, 3.8))
-    acc.plot(epochs, [r["train_top1"] for r in history], label="train top-1")
-    acc.plot(epochs, [r["test_top1"] for r in history], label="test top-1")
-    if history and "test_top1_refreshed" in history[0]:
-        acc.plot(epochs, [r["test_top1_refreshed"] for r in history], "--",
-                 label="test top-1, BN re-estimated")
+    for ax, key, what in ((acc, "top1", " top-1"), (loss, "loss", "")):
+        ax.plot(epochs, [r[f"train_{key}"] for r in history], label="train" + what)
+        ax.plot(epochs, [r[f"test_{key}"] for r in history], label="test" + what)
+        if history and f"test_{key}_refreshed" in history[0]:
+            ax.plot(epochs, [r[f"test_{key}_refreshed"] for r in history], "--",
+                    label=f"test{what}, BN re-estimated")
     acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    loss.plot(epochs, [r["train_loss"] for r in history], label="train")
-    loss.plot(epochs, [r["test_loss"] for r in history], label="test")
-    if history and "test_loss_refreshed" in history[0]:
-        loss.plot(epochs, [r["test_loss_refreshed"] for r in history], "--",
-                  label="test, BN re-estimated")
     loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     for ax in (acc, loss):
         ax.grid(alpha=0.3)

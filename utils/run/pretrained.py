@@ -1,6 +1,6 @@
 """Starting weights for a run: ``--pretrain_path`` (a state dict in any common wrapping)."""
-from .checkpoint import safe_load
-from .errors import UserError
+from ..errors import UserError
+from ..files import safe_load
 
 
 def load_pretrained(model, path: str, arch: str) -> None:

@@ -13,7 +13,7 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 DEMO = notebook_cifar.py --dataset fashion_demo --data_path datasets/fashion_demo --arch resnet20 \
-	--epochs 10 --schedule 1 5 8 --gammas 10 0.2 0.2 --manualSeed 1 --overwrite
+	--epochs 8 --schedule 1 4 6 --gammas 10 0.2 0.2 --manualSeed 1 --overwrite
 
 # FSDP (CS 10% + GM 40%) as the paper has it, FSDP with the BN variant (README: Soft pruning
 # and BatchNorm; its stored-BN test curve needs no refresh) and the dense run of the same recipe

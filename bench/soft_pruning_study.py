@@ -107,22 +107,33 @@ def attenuation_table(planned, out: str) -> str:
         groups.setdefault((budget, method, variant), []).append(
             [float(r["effective_attenuation"]) if r["effective_attenuation"] else None
              for r in rows])
-    lines = []
+    lines, budget_done = [], None
     plt.figure(figsize=(7, 4))
     for (budget, method, variant), curves in sorted(groups.items()):
         mean = [None if any(c[e] is None for c in curves) else sum(c[e] for c in curves)
                 / len(curves) for e in range(min(map(len, curves)))]
+        if budget != budget_done:  # a table per budget: their epochs differ
+            epochs = int(budget[1:])
+            lines += ["", f"| {budget}: method | attenuate | "
+                      + " | ".join(map(str, range(epochs))) + " |", "|---" * (epochs + 2) + "|"]
+            budget_done = budget
         cells = " | ".join("–" if m is None else f"{m:.3f}" for m in mean)
-        lines.append(f"| {budget} | {method} | {variant} | {cells} |")
+        lines.append(f"| {method} | {variant} | {cells} |")
         if budget == "e10":
             plt.plot(range(len(mean)), [float("nan") if m is None else m for m in mean],
                      "-" if variant == "bn" else "--", marker="o", markersize=3,
                      label=f"{method}, --attenuate {variant}")
+    fsdp = os.path.join(out, "e10", "resnet20-fsdp-weights-s1", "metrics.csv")
+    if os.path.isfile(fsdp):  # what FSDP asks for: the weight factor of the selected filters
+        zeta = [float(r["zeta"]) for r in csv.DictReader(open(fsdp))]
+        # row e measures the selection of update e − 1; a filter selected again is
+        # multiplied again, so persisting selections fall below this one-update factor
+        plt.plot(range(1, len(zeta)), zeta[:-1], "k:", label="ζ(e − 1), FSDP's factor per update")
     plt.xlabel("epoch")
     plt.ylabel("effective attenuation (train mode)")
     plt.yscale("symlog", linthresh=1e-3)
     plt.grid(alpha=0.3)
-    plt.legend(fontsize=7)
+    plt.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     plt.savefig(os.path.join(out, "attenuation.png"), dpi=110, bbox_inches="tight")
     return "\n".join(lines)
 

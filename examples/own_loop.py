@@ -17,10 +17,11 @@ from utils.compaction import save_compact
 from utils.pruner import Pruner
 
 
-def loaders(images: int, batch: int):
+def loaders(images: int, test_images: int | None, batch: int):
     d = load_fashion_demo(str(DEMO_DIR))
     train = ImageDataset(d.train_x[:images], d.train_y[:images], d.mean, d.std, train=True)
-    test = ImageDataset(d.test_x, d.test_y, d.mean, d.std, train=False)
+    test = ImageDataset(d.test_x[:test_images], d.test_y[:test_images], d.mean, d.std,
+                        train=False)
     cs = ImageDataset(d.train_x[:images], d.train_y[:images], d.mean, d.std, train=False)
     return (DataLoader(train, batch, shuffle=True), DataLoader(test, 256),
             DataLoader(cs, 256))  # the CS pass reads labelled data in a fixed order
@@ -30,10 +31,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--images", type=int, default=3000, help="training images used")
+    ap.add_argument("--test_images", type=int, default=None, help="test images used (all)")
     ap.add_argument("--out", default="snapshots/own_loop/model_compact.pt")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
-    train, test, cs = loaders(args.images, 64)
+    train, test, cs = loaders(args.images, args.test_images, 64)
     model = torchvision.models.resnet18(num_classes=10)
     model.conv1 = torch.nn.Conv2d(1, 64, 3, 1, 1, bias=False)  # 1×32×32 inputs
     model.maxpool = torch.nn.Identity()

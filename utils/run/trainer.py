@@ -5,6 +5,7 @@ A script supplies its argument parser (the paper's defaults) and ``make_data(arg
 (``utils.pruner``, the public API the scripts are clients of), the log and the summary.
 ``Trainer`` holds one run's objects; ``run`` is the command-line sequence over it.
 """
+import math
 import os
 import random
 import sys
@@ -13,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from models import build_model
+from models import MODELS, build_model
 
 from . import loaders
 from .. import distributed as dist
@@ -36,6 +37,8 @@ from .pretrained import load_pretrained
 from .sampling import check_seeded
 from .save_path import check_save_path, prepare_save_path
 from .stop import StopRequest
+
+PLOT_EVERY_S = 20.0  # while a run trains, its plots lag metrics.csv by at most this (seconds)
 
 
 def main(parser, make_data, argv=None, check=None, resume_keys: tuple = ()) -> int:
@@ -118,11 +121,14 @@ def run(args, make_data, resume_keys: tuple = (), pruning: Pruning | None = None
 def check_architecture(arch: str) -> None:
     """Refuse, before any data is read, a model FSDP can neither prune nor trace (the cost
     of every epoch and the compact network come from its fx graph)."""
-    try:
-        with torch.device("meta"):  # no memory, no initialisation cost
+    if arch in MODELS:  # the 32×32 networks build in milliseconds; meta tensors would cost
+        model = build_model(arch, 10, 3)  # a ~1.5 s first-use set-up in every process
+    else:
+        try:
+            with torch.device("meta"):  # a torchvision model: no memory, no initialisation
+                model = build_model(arch, 10, 3)
+        except Exception:  # a builder that reads tensor values (RegNet's widths)
             model = build_model(arch, 10, 3)
-    except Exception:  # a builder that reads tensor values (RegNet's widths)
-        model = build_model(arch, 10, 3)
     if not find_prunable_convs(model):
         raise UserError(f"--arch {arch} has no Conv2d whose output goes only to a "
                         f"BatchNorm2d ({_why_no_pairs(model)}), so FSDP has no filter to "
@@ -217,6 +223,7 @@ class Trainer:
         self.history, self.wall = [], 0.0
         self.start_epoch, self.start_batch, self.epoch_state = 0, 0, None
         self._refresh_loader = None  # --eval_bn_refresh, built on first use
+        self._drawn = -math.inf  # when curves.png and schedule.png were last drawn
 
     def _pruner(self) -> Pruner:
         args, data = self.args, self.data
@@ -279,9 +286,11 @@ class Trainer:
             if epoch == args.epochs - 1:
                 return None
             if stop.agreed():
+                self._write_tables(draw=True)
                 self.log(f"{stop.name}: stopped after epoch {epoch}; continue with --resume auto")
                 return stop.exit_code
             if args.stop_after is not None and ran >= args.stop_after:
+                self._write_tables(draw=True)
                 self.log(f"stopped after epoch {epoch} (--stop_after {args.stop_after}); continue "
                          "with --resume auto")
                 return 0
@@ -360,7 +369,7 @@ class Trainer:
 
     def finish(self) -> dict:
         """summary.json, the compact network and the final log line."""
-        self._write_tables()
+        self._write_tables(draw=True)
         summary = run_summary(self.args, self.pruning, self.mask, self.history,
                               self.dense_cost, self.wall)
         summary["compact"] = self._compact()
@@ -412,12 +421,17 @@ class Trainer:
             parts.append(f"{c.name} keeps {c.filters - n}/{c.filters} (prunes {n}, not {plain})")
         self.log(f"--round_to {self.args.round_to}: " + "; ".join(parts))
 
-    def _write_tables(self) -> None:
+    def _write_tables(self, draw: bool = False) -> None:
+        """metrics.csv every epoch; the plots when ``draw`` or PLOT_EVERY_S after the last
+        drawing (a figure costs ~0.3 s: at every epoch of a 1-second epoch it would double
+        the run; a run that stops or ends draws them once more)."""
         self.log.metrics(self.history)
-        if dist.is_main():
-            plot_curves(self.history, os.path.join(self.args.save_path, "curves.png"))
-            plot_schedule(self.schedule, os.path.join(self.args.save_path, "schedule.png"),
-                          self.method, self.history)
+        if not dist.is_main() or not (draw or time.monotonic() - self._drawn >= PLOT_EVERY_S):
+            return
+        plot_curves(self.history, os.path.join(self.args.save_path, "curves.png"))
+        plot_schedule(self.schedule, os.path.join(self.args.save_path, "schedule.png"),
+                      self.method, self.history)
+        self._drawn = time.monotonic()
 
     def _compact(self) -> dict | None:
         """The physically smaller network: built, saved and measured (model_compact.pt); the

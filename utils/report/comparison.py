@@ -3,7 +3,7 @@ comparison_groups.csv (one row per configuration: its seeds as mean ± std) and 
 
 Runs that differ only in their seed and in flags that say where and how they ran (folder,
 device, workers …) form one group. The published figures that match a group are shown in a
-block of their own (``utils.published``), never mixed with the measured rows.
+block of their own (``utils.report.published``), never mixed with the measured rows.
 """
 import csv
 import io

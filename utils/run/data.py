@@ -3,7 +3,7 @@
 The driver owns loaders, samplers, seeds and devices; a script only describes its data:
 - ``train``/``cs``/``test`` datasets whose item ``i`` is ``(x, y)``, ``x`` a tensor or a dict of
   tensors (collated by the default collate). Any randomness in ``__getitem__`` must come from
-  torch's global CPU generator, which the driver seeds per sample (``utils.sampling``).
+  torch's global CPU generator, which the driver seeds per sample (``utils.run.sampling``).
 - ``train_order(seed, epoch)``: the epoch's global sequence of training indices (a class-balanced
   draw, file-by-file order, …); default a fresh permutation per epoch. The driver pads it for
   DDP, splits it over ranks and resumes inside it.

@@ -3,7 +3,7 @@
 A grid is a script and a dataset crossed with archs × method configurations × ``--attenuate``
 variants × seeds. Every job is that script's own command line, saving into its own
 sub-folder of the grid's folder, always with ``--resume auto``: a fresh folder starts, a
-stopped run continues, and a Slurm requeue does the same. ``utils.grid_runner`` runs them.
+stopped run continues, and a Slurm requeue does the same. ``utils.run.grid_runner`` runs them.
 """
 import os
 import shlex

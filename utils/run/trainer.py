@@ -1,7 +1,7 @@
 """The driver shared by the dataset scripts: build, restore, train epochs, finish.
 
 A script supplies its argument parser (the paper's defaults) and ``make_data(args) -> Data``
-(utils/data.py); the run is built from named parts — loaders (``utils.loaders``), the pruner
+(utils/run/data.py); the run is built from named parts — loaders (``utils.run.loaders``), the pruner
 (``utils.pruner``, the public API the scripts are clients of), the log and the summary.
 ``Trainer`` holds one run's objects; ``run`` is the command-line sequence over it.
 """
@@ -183,7 +183,7 @@ def _evaluate_only(args, data: Data, device) -> int:
 
 class Trainer:
     """One run, built from named parts: the model and its prunable convs, the loaders
-    (``utils.loaders``), the pruner (``utils.pruner``: method, schedule, mask, CS pass and the
+    (``utils.run.loaders``), the pruner (``utils.pruner``: method, schedule, mask, CS pass and the
     optimizer's gradient hook), the optimizer, the attenuation probe and the run's log; it
     holds where training stands."""
 

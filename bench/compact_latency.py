@@ -28,8 +28,12 @@ Summary lines: ``corrections_overhead`` = the worst exact ÷ widths over eager N
 batch 1 and 64 and ONNX Runtime at batch 64, both networks (target ≤ 1.10);
 ``slowest_compact_resnet56`` = the smallest dense ÷ exact of ResNet-56 over all rows (target
 ≥ 1); ``rounded_speedup_vs_flops``: ResNet-56 with the kept filters of every pruned layer
-rounded up to a multiple of N (``utils.method.schedule.round_selected``, ``--round_to N``), N = 8 and
-16, at batch 64: the better row (target ≥ 0.8).
+rounded up to a multiple of N (``utils.method.schedule.round_selected``, ``--round_to N``),
+N = 8 and 16, at batch 64: the better row (target ≥ 0.8).
+
+``--attenuate bn``: the pruned channels' BN γ and β are 0 as well, as the ``--attenuate bn``
+variant leaves them; the exact network is then the widths-only one (the bench checks it), so
+exact ÷ widths measures the noise between identical networks.
 """
 import argparse
 import contextlib

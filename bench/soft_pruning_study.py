@@ -128,7 +128,8 @@ def attenuation_table(planned, out: str) -> str:
         zeta = [float(r["zeta"]) for r in csv.DictReader(open(fsdp))]
         # row e measures the selection of update e − 1; a filter selected again is
         # multiplied again, so persisting selections fall below this one-update factor
-        plt.plot(range(1, len(zeta)), zeta[:-1], "k:", label="ζ(e − 1), FSDP's factor per update")
+        plt.plot(range(1, len(zeta)), zeta[:-1], "k:",
+                 label="ζ(e − 1), FSDP's factor per update")
     plt.xlabel("epoch")
     plt.ylabel("effective attenuation (train mode)")
     plt.yscale("symlog", linthresh=1e-3)

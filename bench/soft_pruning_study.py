@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from datasets.fashion import CLASSES, FILES, read_idx
+from utils.report.logger import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATES = {"fsdp": ["--prune_rate_cs", "0.1", "--prune_rate_gm", "0.4"],
@@ -91,7 +92,6 @@ def jobs(data: str, out: str) -> list[tuple[str, list[str]]]:
 def attenuation_table(planned, out: str) -> str:
     """The effective attenuation per epoch (metrics.csv), mean over seeds, per budget, method
     and variant, as markdown; also drawn into ``out``/attenuation.png."""
-    import csv
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -103,7 +103,7 @@ def attenuation_table(planned, out: str) -> str:
         path = os.path.join(save, "metrics.csv")
         if method == "dense" or not os.path.isfile(path):
             continue
-        rows = list(csv.DictReader(open(path)))
+        rows = read_metrics(save)
         groups.setdefault((budget, method, variant), []).append(
             [float(r["effective_attenuation"]) if r["effective_attenuation"] else None
              for r in rows])
@@ -123,9 +123,9 @@ def attenuation_table(planned, out: str) -> str:
             plt.plot(range(len(mean)), [float("nan") if m is None else m for m in mean],
                      "-" if variant == "bn" else "--", marker="o", markersize=3,
                      label=f"{method}, --attenuate {variant}")
-    fsdp = os.path.join(out, "e10", "resnet20-fsdp-weights-s1", "metrics.csv")
-    if os.path.isfile(fsdp):  # what FSDP asks for: the weight factor of the selected filters
-        zeta = [float(r["zeta"]) for r in csv.DictReader(open(fsdp))]
+    fsdp = os.path.join(out, "e10", "resnet20-fsdp-weights-s1")
+    if os.path.isfile(os.path.join(fsdp, "metrics.csv")):  # what FSDP asks for: the weight factor of the selected filters
+        zeta = [float(r["zeta"]) for r in read_metrics(fsdp)]
         # row e measures the selection of update e − 1; a filter selected again is
         # multiplied again, so persisting selections fall below this one-update factor
         plt.plot(range(1, len(zeta)), zeta[:-1], "k:",

@@ -37,8 +37,7 @@ def main(argv=None):
     torch.manual_seed(0)
     train, test, cs = loaders(args.images, args.test_images, 64)
     model = torchvision.models.resnet18(num_classes=10)
-    model.conv1 = torch.nn.Conv2d(1, 64, 3, 1, 1, bias=False)  # 1×32×32 inputs
-    model.maxpool = torch.nn.Identity()
+    model.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)  # 1×32×32 inputs
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs)
 

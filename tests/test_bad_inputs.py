@@ -298,6 +298,8 @@ CASES = [
                                  "--prune_rate_gm", "0"], "made with --method fsdp"),
     Case("resume-other-attenuate", [*RESUME, "--attenuate", "bn"],
          "made with --attenuate weights, this run asks for bn"),
+    Case("resume-other-keep-subnormals", [*RESUME, "--keep_subnormals"],
+         "made with --keep_subnormals False, this run asks for True"),
     Case("resume-older-checkpoint-format", RESUME, "by an older version", old_format_checkpoint),
     Case("resume-missing-checkpoint", ["--resume", "{tmp}/nope.pt"], "does not exist"),
     Case("resume-a-state-dict", ["--resume", "{tmp}/weights.pt"],

@@ -37,13 +37,13 @@ def batches():
     return torch.utils.data.DataLoader(data, batch_size=8)
 """
 
-# what the user runs: prune, compact, save, load; the one-line errors of two bad inputs
+# what the user runs: prune, compact, save, load, export; the one-line errors of two bad inputs
 USER_LOOP = CNN + """
 import importlib.util, json, sys
 for name in ("utils", "models", "datasets"):
     assert importlib.util.find_spec(name) is None, f"{name} is importable"
 import fsdp_pruning
-from fsdp_pruning import Pruner, compact_model, load_compact, save_compact, registry
+from fsdp_pruning import Pruner, export_pt2, load_compact, save_compact, registry
 
 model, data = small_cnn(), batches()
 opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -63,6 +63,8 @@ loaded = load_compact("small.pt")
 x = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(2))
 with torch.no_grad():
     ref, out, out_loaded = model.eval()(x), small(x), loaded(x)
+export_pt2(loaded, "small.pt2", (1, 3, 8, 8))
+torch.save({"x": x, "ref": ref}, "reference.pt")
 errors = {}
 try:
     Pruner(small_cnn(), method="fsdpp", rates={"cs": 0.1}, epochs=3)
@@ -77,6 +79,20 @@ print(json.dumps({
     "loaded_equal": torch.equal(out, out_loaded),
     "widths": [m.out_channels for m in small.modules() if isinstance(m, torch.nn.Conv2d)],
     "criteria": list(registry()), "errors": errors, "module": fsdp_pruning.__file__}))
+"""
+
+
+# where the program is deployed: torch alone, neither the package nor the checkout
+RUN_PT2 = """
+import importlib.util, torch
+for name in ("fsdp_pruning", "utils"):
+    assert importlib.util.find_spec(name) is None, f"{name} is importable"
+model = torch.export.load("small.pt2").module()
+reference = torch.load("reference.pt", weights_only=True)
+for batch in (5, 1):
+    x, ref = reference["x"][:batch], reference["ref"][:batch]
+    with torch.no_grad():
+        print(((model(x) - ref).abs().max() / ref.abs().max()).item())
 """
 
 
@@ -123,8 +139,9 @@ def test_the_metadata_says_what_the_package_does(installed):
 
 
 def test_a_plain_loop_with_the_installed_package(installed, tmp_path):
-    """Prune a small CNN with fsdp_pruning.Pruner, compact it, save and load it back, from a
-    folder outside the checkout; the API's one-line errors are those of the checkout."""
+    """Prune a small CNN with fsdp_pruning.Pruner, compact it, save and load it back, export
+    it, from a folder outside the checkout; the API's one-line errors are those of the
+    checkout; the exported program runs with torch alone."""
     done = run_user_code(USER_LOOP, installed, tmp_path)
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout.strip().splitlines()[-1])
@@ -140,6 +157,11 @@ def test_a_plain_loop_with_the_installed_package(installed, tmp_path):
         load_compact("no-such-file.pt")
     assert got["errors"] == {"method": str(method.value), "load": str(load.value)}
     assert "\n" not in got["errors"]["method"] + got["errors"]["load"]
+    # the torch.export program runs where only torch is (-I: no PYTHONPATH, no user site)
+    done = subprocess.run([sys.executable, "-I", "-c", RUN_PT2], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert all(float(e) <= 1e-5 for e in done.stdout.split()) and len(done.stdout.split()) == 2
 
 
 def test_import_does_no_work(installed, tmp_path):

@@ -587,6 +587,14 @@ COMPACT_CASES = [
 ]
 
 
+# the installed package imported with a torch older than it needs: (id, the fake torch's
+# version, the message); Python prints the failed import's traceback, the message last
+PACKAGE_CASES = [
+    ("import-with-old-torch", "2.1.0", "fsdp_pruning.UnsupportedTorch: fsdp_pruning needs torch "
+     ">= 2.6 (tested with 2.14.1), this is torch 2.1.0: pip install 'torch>=2.6'"),
+]
+
+
 # --- fixtures and helpers ----------------------------------------------------------------------
 
 def entry(module, argv) -> int:
@@ -752,6 +760,21 @@ def test_compact_refusal_is_one_line_and_the_run_keeps_its_checkpoint(model_clas
     assert code == 2 and files_of(save) == before
 
 
+@pytest.mark.parametrize("version,expect", [c[1:] for c in PACKAGE_CASES],
+                         ids=[c[0] for c in PACKAGE_CASES])
+def test_import_with_an_unsupported_torch_names_the_versions(version, expect, installed,
+                                                             tmp_path):
+    fake = tmp_path / "old" / "torch"  # found first: what `import torch` would load
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "version.py").write_text(f"__version__ = '{version}'\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "old"), str(installed.site)])
+    done = subprocess.run([sys.executable, "-c", "import fsdp_pruning"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1] == expect
+
+
 def test_debug_shows_the_traceback(paths):
     truncate_checkpoint(paths)
     code, err = run_script(notebook_cifar,
@@ -821,4 +844,4 @@ def test_the_troubleshooting_table_lists_the_catalogue_in_order():
     rows = [line.split("`")[1] for line in doc.splitlines() if line.startswith("| `")]
     assert rows == ([case.id for script in SCRIPTS.values() for case in script.cases]
                     + [c[0] for c in COMPARE_CASES] + [c[0] for c in REPRODUCE_CASES]
-                    + [c[0] for c in COMPACT_CASES])
+                    + [c[0] for c in COMPACT_CASES] + [c[0] for c in PACKAGE_CASES])

@@ -19,11 +19,15 @@ from utils.method.methods import METHODS
 from utils.method.schedule import asymptotic_schedule
 
 
-def main():
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args()
+    return ap
+
+
+def main():
+    args = parser().parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = build_model("resnet56", 10).to(device).train()

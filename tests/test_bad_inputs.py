@@ -36,6 +36,7 @@ from tests.fake_imagenet import rewrite_npz, truncate_file, write_imagenet32, wr
 from tests.fake_gsc import write_gsc, write_wav
 from tests.snapshots import files_of, write_finished_run
 from tests.fakedata import corrupt_cifar_batch, plant_malicious_batch, write_cifar
+from tests.user_code import run_user_code
 from utils.files import safe_load
 from utils.run.save_path import SNAPSHOT_FILES
 from utils.run.trainer import main
@@ -768,10 +769,8 @@ def test_import_with_an_unsupported_torch_names_the_versions(version, expect, in
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("")
     (fake / "version.py").write_text(f"__version__ = '{version}'\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "old"), str(installed.site)])
-    done = subprocess.run([sys.executable, "-c", "import fsdp_pruning"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True)
+    done = run_user_code("import fsdp_pruning",
+                         os.pathsep.join([str(tmp_path / "old"), str(installed.site)]), tmp_path)
     assert done.returncode == 1 and done.stderr.strip().splitlines()[-1] == expect
 
 

@@ -2,7 +2,6 @@
 checkout, installed with ``pip install --target`` outside it, run from another folder where
 the checkout's ``utils``, ``models`` and ``datasets`` cannot be imported."""
 import json
-import os
 import re
 import subprocess
 import sys
@@ -15,27 +14,10 @@ import torch
 import utils
 from utils.pruner import Pruner
 from utils.compaction import load_compact
+from tests.user_code import CNN, run_user_code
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_SHIPPED = ("run",)  # utils/run: the scripts' training driver (needs models/, datasets/)
-
-# a small CNN and the data of a plain training loop, the same in the user's process and here
-CNN = """
-import torch
-from torch import nn
-
-def small_cnn():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
-
-def batches():
-    g = torch.Generator().manual_seed(1)
-    data = torch.utils.data.TensorDataset(torch.randn(32, 3, 8, 8, generator=g),
-                                          torch.arange(32) % 4)
-    return torch.utils.data.DataLoader(data, batch_size=8)
-"""
 
 # what the user runs: prune, compact, save, load, export; the one-line errors of two bad inputs
 USER_LOOP = CNN + """
@@ -96,15 +78,6 @@ for batch in (5, 1):
 """
 
 
-def run_user_code(code: str, installed, cwd: Path, **env) -> subprocess.CompletedProcess:
-    """``code`` in a fresh interpreter whose only path beyond the standard library and the
-    venv's site-packages is the installed package, from a folder outside the checkout."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    environment.update(PYTHONPATH=str(installed.site), **env)
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=environment,
-                          capture_output=True, text=True)
-
-
 def wheel_names(installed) -> list[str]:
     return zipfile.ZipFile(installed.wheel).namelist()
 
@@ -142,7 +115,7 @@ def test_a_plain_loop_with_the_installed_package(installed, tmp_path):
     """Prune a small CNN with fsdp_pruning.Pruner, compact it, save and load it back, export
     it, from a folder outside the checkout; the API's one-line errors are those of the
     checkout; the exported program runs with torch alone."""
-    done = run_user_code(USER_LOOP, installed, tmp_path)
+    done = run_user_code(USER_LOOP, installed.site, tmp_path)
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert Path(got["module"]).is_relative_to(installed.site)
@@ -170,7 +143,7 @@ def test_import_does_no_work(installed, tmp_path):
     code = ("import sys, fsdp_pruning as f\n"
             "print(sorted(m for m in sys.modules if m.startswith(('torch', 'numpy', "
             "'fsdp_pruning.'))), f.__version__, set(f.__all__) <= set(dir(f)))")
-    done = run_user_code(code, installed, tmp_path)
+    done = run_user_code(code, installed.site, tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["['fsdp_pruning.errors']", utils.__version__, "True"]
 

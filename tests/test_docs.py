@@ -100,22 +100,23 @@ def refusal(command) -> str | None:
     module = importlib.import_module(name)
     if not callable(getattr(module, "parser", None)):
         return f"{command.script} has no parser() to check its flags with"
-    argv, extra = list(command.argv), []
+    argv, short_in_jobs = list(command.argv), []
     try:
         if name.startswith("notebook_"):
             reproduce.resolved_args(file.name, argv)  # parser + the checks of the flags
         elif name == "reproduce":
-            if "--" in argv:  # the flags after it go to every job of the grid
+            extra = []  # the flags after "--" go to every job of the grid
+            if "--" in argv:
                 argv, extra = argv[:argv.index("--")], argv[argv.index("--") + 1:]
             args = parsed(module.parser(), argv)
             reproduce.checked_plan(reproduce.ask_from(args, extra))
             job = importlib.import_module(GRIDS[args.grid].script.removesuffix(".py"))
-            extra = abbreviated(job.parser(), extra)
+            short_in_jobs = abbreviated(job.parser(), extra)
         else:
             parsed(module.parser(), argv)
     except UserError as e:
         return str(e)
-    short = abbreviated(module.parser(), argv) + extra
+    short = abbreviated(module.parser(), argv) + short_in_jobs
     return (f"{short[0]} is short for a longer flag (argparse takes a prefix): spell it out"
             if short else None)
 

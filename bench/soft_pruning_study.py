@@ -195,7 +195,7 @@ def _call(save: str, cmd: list[str]) -> int:
     return code
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fashion", default="/tmp/fm/usr/share/datasets/fashion-mnist",
                     help="folder with the full Fashion-MNIST IDX gz files")
@@ -206,7 +206,11 @@ def main() -> int:
     ap.add_argument("--dry_run", action="store_true", help="print the command lines only")
     ap.add_argument("--report_only", action="store_true",
                     help="only the reports of the runs finished so far")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> int:
+    args = parser().parse_args()
     out = os.path.abspath(args.out)
     planned = jobs(os.path.join(out, "data"), out, args.budgets)
     if args.dry_run:

@@ -41,13 +41,17 @@ from utils.run.engine import lr_at
 LATE_CHECKPOINT = "snapshots/bn_study/e30/resnet20-fsdp-ieee-s1/checkpoint-e26.pt"
 
 
-def main():
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--late_checkpoint", default=LATE_CHECKPOINT,
                     help="a run's checkpoint late in FSDP's schedule, made with --keep_subnormals")
-    args = ap.parse_args()
+    return ap
+
+
+def main():
+    args = parser().parse_args()
     device = torch.device(args.device)
     mid_schedule(device, args.steps)
     if not os.path.isfile(args.late_checkpoint):

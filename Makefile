@@ -24,8 +24,10 @@ demo: $(VENV)/.installed
 	$(PY) $(DEMO) --prune_rate_cs 0 --prune_rate_gm 0 --save_path $(DEMO_SAVE)/dense
 	$(PY) compare.py $(DEMO_SAVE)/fsdp $(DEMO_SAVE)/fsdp-bn $(DEMO_SAVE)/dense --out $(DEMO_SAVE)
 
+# one worker process per core, each with one intra-op thread (tests/conftest.py); a test file's
+# tests stay in one worker, so its module fixtures (a trained run shared by its tests) run once
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 bench: $(VENV)/.installed
 	$(PY) -m bench.cs_pass

@@ -1,4 +1,5 @@
-"""Fixtures shared by several test modules."""
+"""Fixtures shared by several test modules, and the parallel workers' threads."""
+import os
 import shutil
 import subprocess
 import sys
@@ -6,6 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker process per core: one intra-op thread each (and in the
+    # scripts they start) keeps the cores from being oversubscribed
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -36,8 +36,7 @@ def common(data_root, save):
     return ["--dataset", "cifar10", "--arch", "resnet20", "--prune_rate_cs", "0.1",
             "--prune_rate_gm", "0.4", "--data_path", data_root, "--save_path", save,
             "--epochs", str(EPOCHS), "--batch_size", "64", "--batch_prune_size", "128",
-            "--schedule", "1", "--gammas", "1", "--workers", "0", "--manualSeed", "7",
-            "--deterministic"]
+            "--schedule", "1", "--gammas", "1", "--workers", "0", "--manualSeed", "7"]
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +114,7 @@ def test_stop_and_resume_gives_the_same_final_weights(data_root, full_run, tmp_p
 
 def test_dense_baseline_prunes_nothing(data_root, tmp_path):
     save = str(tmp_path / "dense")
-    run_cifar(*common(data_root, save)[:-1], "--prune_rate_cs", "0", "--prune_rate_gm", "0",
+    run_cifar(*common(data_root, save), "--prune_rate_cs", "0", "--prune_rate_gm", "0",
               "--epochs", "1")
     summary = json.load(open(os.path.join(save, "summary.json")))
     assert summary["filters_selected"] == 0 and summary["flops_reduction"] == 0

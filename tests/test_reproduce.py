@@ -198,7 +198,8 @@ def test_a_finished_run_of_the_same_flags_is_skipped_by_dry_run_and_slurm(tmp_pa
     argv = ["cifar10", "--archs", "resnet56", "--methods", "fpgm", "--seeds", "1", "--rate",
             "0.4", "--epochs", "5", "--save_path", str(tmp_path / "g")]
     write_finished_run(tmp_path / "g" / "resnet56-fpgm-r40-s1", method="fpgm", epochs=5,
-                       rates=(0.0, 0.0, 0.4), args={"attenuate": "weights"})
+                       rates=(0.0, 0.0, 0.4),
+                       args={"attenuate": "weights", "keep_subnormals": False})
     assert reproduce.main([*argv, "--dry_run"]) == 0
     assert capsys.readouterr().out.splitlines()[0].startswith("# finished, skipped: ")
     assert reproduce.main([*argv, "--slurm", str(tmp_path / "s")]) == 0

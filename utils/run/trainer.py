@@ -5,7 +5,6 @@ A script supplies its argument parser (the paper's defaults) and ``make_data(arg
 (``utils.pruner``, the public API the scripts are clients of), the log and the summary.
 ``Trainer`` holds one run's objects; ``run`` is the command-line sequence over it.
 """
-import math
 import os
 import random
 import sys
@@ -233,7 +232,9 @@ class Trainer:
         self.history, self.wall = [], 0.0
         self.start_epoch, self.start_batch, self.epoch_state = 0, 0, None
         self._refresh_loader = None  # --eval_bn_refresh, built on first use
-        self._drawn = -math.inf  # when curves.png and schedule.png were last drawn
+        # when curves.png and schedule.png were last drawn: the schedule is drawn at the start,
+        # so a run shorter than PLOT_EVERY_S draws its curves once, when it stops or ends
+        self._drawn = time.monotonic()
 
     def _pruner(self) -> Pruner:
         args, data = self.args, self.data

@@ -58,8 +58,10 @@ class DenseGraph:
             propagate_shapes(self.gm, example_input(self.model, input_shape))
         finally:
             self.model.train(was)
-        self.modules = dict(self.gm.named_modules())
+        # the model's own modules: a traced-into BatchNorm subclass is not one of the graph's
+        self.modules = dict(self.model.named_modules())
         self.ops = [self._classify(node) for node in self.gm.graph.nodes]
+        self.op_of = {op.node: op for op in self.ops}
         self.pairs = self._bn_pairs()
 
     def _classify(self, node: fx.Node) -> Op:
@@ -72,15 +74,16 @@ class DenseGraph:
                                        if shape_of(a) is not None])
 
     def _bn_pairs(self) -> dict:
-        """{conv fx node: its BN fx node}: a conv whose only consumer is a BatchNorm2d, the
+        """{conv fx node: its BN fx node}: a conv whose only consumer is a BatchNorm, the
         prunable convs of ``utils.method.graph`` (their BN folds into them)."""
         pairs, seen = {}, {}
         for op in self.ops:
             if op.kind == "conv":
                 seen[op.module] = seen.get(op.module, 0) + 1
-                users = list(op.node.users)
-                if len(users) == 1 and users[0].op == "call_module" and \
-                        isinstance(self.modules[users[0].target], nn.BatchNorm2d):
+                # shape checks (a traced-into BatchNorm subclass asserts the input's rank)
+                # read no values
+                users = [u for u in op.node.users if self.op_of[u].kind != "meta"]
+                if len(users) == 1 and self.op_of[users[0]].kind == "bn":
                     pairs[op.node] = users[0]
         shared = [n.target for n in pairs if seen[self.modules[n.target]] > 1]
         if shared:
@@ -162,7 +165,7 @@ class Converter:
             return opaque(self, op)
 
     def run(self) -> "Converter":
-        self._ops = {op.node: op for op in self.graph.ops}
+        self._ops = self.graph.op_of
         for op in self.graph.ops:
             node = op.node
             if node in self.fused:

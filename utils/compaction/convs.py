@@ -44,7 +44,7 @@ def convert_conv(cv, op) -> T:
                         f"{m.padding!r}/{m.padding_mode}; only numeric zero padding is understood")
     x = cv.state(op.inputs[0])
     bn_node = cv.pairs.get(node)
-    bn = cv.modules[bn_node.target] if bn_node is not None else None
+    bn = cv.graph.op_of[bn_node].module if bn_node is not None else None
     groups, filters = m.groups, m.out_channels
     w, bias = m.weight.detach().double().cpu(), _bias64(m, filters)
     scale, shift = _fold_bn(bn, filters)

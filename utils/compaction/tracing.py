@@ -14,20 +14,18 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import UserError
+from ..method.tracer import is_batchnorm, trace_model
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
-    """fx graph of ``model``'s eval-mode forward; the model is left in its mode."""
-    was_training = model.training
-    model.eval()
+    """fx graph of ``model``'s eval-mode forward, a BatchNorm subclass's ops spelled out
+    (``method.tracer``); the model is left in its mode."""
     try:
-        return fx.symbolic_trace(model)
+        return trace_model(model, expand=True)
     except Exception as e:  # fx raises many types: data-dependent control flow, unsupported calls
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot trace a {type(model).__name__} with torch.fx ({first}); FSDP "
                         "needs a model whose forward has no data-dependent control flow") from e
-    finally:
-        model.train(was_training)
 
 
 def shape_of(node: fx.Node):
@@ -121,7 +119,39 @@ def classify(node: fx.Node, modules: dict) -> Op:
         return _classify_function(node, modules)
     if node.op == "call_method":
         return _classify_method(node, modules)
+    if node.op == "get_attr" and all(_owner(u, modules) is not None for u in node.users):
+        return Op("meta", node)  # a parameter of the module whose op reads it (``_owner``)
     raise refuse(node, modules, " (a parameter used outside its module)")
+
+
+# functions a module subclass's traced forward calls on the module's own tensors (timm's
+# ``BatchNormAct2d`` and ``Linear``): (argument names, the module's tensors among them, its type)
+_OWN_OPS = {
+    F.batch_norm: (("input", "running_mean", "running_var", "weight", "bias", "training",
+                    "momentum", "eps"), ("running_mean", "running_var", "weight", "bias"),
+                   is_batchnorm),
+    F.linear: (("input", "weight", "bias"), ("weight", "bias"),
+               lambda m: isinstance(m, nn.Linear)),
+}
+
+
+def _owner(node: fx.Node, modules: dict):
+    """The module whose own op ``node`` is — ``F.batch_norm`` (in eval mode) or ``F.linear``
+    over that module's own tensors, as a traced-into subclass records it — or None."""
+    if node.op != "call_function" or node.target not in _OWN_OPS:
+        return None
+    names, fields, kind = _OWN_OPS[node.target]
+    a = _bind(node, names, {"weight": None, "bias": None, "training": False})
+    reads = {k: a[k] for k in fields if a[k] is not None}
+    if a.get("training") is not False or not all(
+            isinstance(v, fx.Node) and v.op == "get_attr" for v in reads.values()):
+        return None
+    owners = {v.target.rpartition(".")[0] for v in reads.values()}
+    owner = modules.get(owners.pop()) if len(owners) == 1 else None
+    if owner is None or not kind(owner) or any(v.target.rpartition(".")[2] != k
+                                               for k, v in reads.items()):
+        return None
+    return owner
 
 
 def _tensors(values) -> list:
@@ -133,7 +163,7 @@ def _classify_module(node, modules) -> Op:
     x = node.args[0]
     if isinstance(m, nn.Conv2d):
         return Op("conv", node, [x], module=m)
-    if isinstance(m, nn.BatchNorm2d):
+    if is_batchnorm(m):
         return Op("bn", node, [x], module=m)
     if isinstance(m, nn.Linear):
         return Op("linear", node, [x], module=m)
@@ -167,6 +197,12 @@ def _pool_attrs(m, node, modules) -> dict:
 
 def _classify_function(node, modules) -> Op:
     f, args = node.target, node.args
+    if f in _OWN_OPS:
+        owner = _owner(node, modules)
+        if owner is None:
+            raise refuse(node, modules, " (over other tensors than one module's own parameters"
+                                        " and, in eval mode, statistics)")
+        return Op("bn" if f is F.batch_norm else "linear", node, [args[0]], module=owner)
     if f in _ACT_FUNCTIONS:
         fn = _ACT_FUNCTIONS[f]
         kw = _bind(node, ("input",) + tuple(_ACT_KWARGS.get(fn, {})), _ACT_KWARGS.get(fn, {}))

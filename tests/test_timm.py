@@ -1,22 +1,33 @@
 """timm's CNNs: BatchNorm subclasses are BatchNorms (discovery, the CS pass, ``--attenuate bn``,
-compaction), with the layers of timm itself on tiny networks; the families are in
-tests/test_compact_zoo.py."""
+compaction) and the ops of timm's families, on tiny networks of timm's own layers; the families
+themselves are in tests/test_compact_zoo.py."""
 import copy
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
-from timm.layers import BatchNormAct2d, convert_sync_batchnorm
+from timm.layers import BatchNormAct2d, EcaModule, MixedConv2d, convert_sync_batchnorm
 
 from bench.common import calibrate_bn
 from utils.compaction import compact_model
+from utils.errors import UserError
 from utils.method.criteria.cs import cs_scores
 from utils.method.graph import find_prunable_convs
 from utils.method.mask import Mask
 from utils.method.methods import METHODS
 from utils.method.schedule import Schedule
 from tests.soft_pruning import rel_error
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two threads spin against the other processes of a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class Tiny(nn.Module):
@@ -118,3 +129,107 @@ def test_sync_batchnorm_is_a_batchnorm(convert):
         for c in find_prunable_convs(reference):
             c.conv.weight[pruned[c.name]] = 0
         assert rel_error(reference(x), model(x)) <= 1e-12
+
+
+# -- the ops of timm's families, on one small network of timm's own layers ---------------------
+
+def _conv_bn(cin, cout, act, k=3, **kw):
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False, **kw),
+                         BatchNormAct2d(cout, act_layer=act))
+
+
+class Ops(nn.Module):
+    """Slices and their concatenation (dual-path), MixConv (split → convs of two kernels →
+    concatenation), timm's activations fused into BatchNormAct2d (SiLU, GELU, Mish, hard-swish,
+    hard-sigmoid, ReLU6, PReLU) and a separate per-channel PReLU, hard-sigmoid written
+    ``relu6(x + 3) / 6``, bilinear and nearest upsampling, ECA's 1-D conv across the channels,
+    a split attention's view, sum and softmax across the split, and a partial in-place
+    residual ``x[:, a:b] += y``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = _conv_bn(3, 16, "silu"), _conv_bn(16, 16, "gelu")
+        self.c = _conv_bn(16, 24, "mish")
+        self.mix = MixedConv2d(24, 24, [3, 5], padding="")
+        self.bn_mix = BatchNormAct2d(24, act_layer="hard_swish")
+        self.d, self.prelu = _conv_bn(24, 16, "prelu"), nn.PReLU(16)
+        self.e, self.eca = _conv_bn(16, 16, "relu6"), EcaModule(16)
+        self.f = _conv_bn(16, 16, "hard_sigmoid")
+        self.radix = _conv_bn(16, 32, "relu", groups=2)  # radix 2 of 16 channels
+        self.fc_attn = nn.Conv2d(16, 32, 1)
+        self.g = _conv_bn(16, 8, "relu")
+        self.fc = nn.Linear(8 + 4, 5)
+
+    def forward(self, x):
+        x = self.a(x)
+        x = torch.cat([x[:, :8], self.b(x)[:, 8:]], 1)
+        x = self.bn_mix(self.mix(self.c(x)))
+        x = self.prelu(self.d(x))
+        y = self.e(x)
+        y[:, 4:12] += x[:, :8]
+        x = self.eca(y)
+        x = F.interpolate(F.relu6(self.f(x) + 3.0) / 6.0, scale_factor=2, mode="bilinear")
+        splits = self.radix(x).reshape(x.shape[0], 2, 16, x.shape[2], x.shape[3])
+        attn = self.fc_attn(splits.sum(1).mean((2, 3), keepdim=True))
+        attn = torch.softmax(attn.view(x.shape[0], 2, 16, 1, 1), dim=1)
+        x = self.g((splits * attn).sum(1))
+        z = F.interpolate(x, size=(5, 5), mode="nearest")
+        return self.fc(torch.cat([x.mean((2, 3)), F.adaptive_max_pool2d(z[:, :4], 1).flatten(1)],
+                                 1))
+
+
+def test_the_ops_of_timms_families_compact_exactly():
+    torch.manual_seed(0)
+    model = calibrate_bn(Ops(), (3, 12, 12), torch.Generator().manual_seed(1)).double()
+    gen = torch.Generator().manual_seed(0)
+    pruned = {}
+    with torch.no_grad():
+        for c in find_prunable_convs(model):  # every prunable conv loses 3 random filters
+            pruned[c.name] = torch.randperm(c.filters, generator=gen)[:3]
+            c.conv.weight[pruned[c.name]] = 0
+    assert set(pruned) == {f"{k}.0" for k in "abcdefg"} | {"radix.0"}
+    compact = compact_model(model, pruned, input_shape=(3, 12, 12))
+    x = torch.randn(3, 3, 12, 12, generator=gen, dtype=torch.float64)
+    other = torch.randn(2, 3, 16, 20, generator=gen, dtype=torch.float64)  # another image size
+    with torch.no_grad():
+        ref = model(x)
+        assert rel_error(ref, compact(x)) <= 1e-12
+        assert rel_error(model(other), compact(other)) <= 1e-12
+    assert (ref[0] - ref[1]).abs().max() > 1e-3 * ref.abs().max()
+    assert {"computed at full width", "concatenation", "channel split"} <= set(compact.rules_used)
+    ops = {n["op"] for n in compact.manifest["nodes"]}
+    assert {"tensor", "pool", "act"} <= ops  # the split attention; upsampling; PReLU
+
+
+class Refused(nn.Module):
+    def __init__(self, forward):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8)
+        self.rest = forward
+
+    def forward(self, x):
+        return self.rest(self.bn(self.conv(x)))
+
+
+def _stale_view(x):
+    view = x[:, :4]
+    x[:, :4] = x[:, 4:]
+    return x + torch.cat([view, view], 1)  # the view reads the assigned values
+
+
+@pytest.mark.parametrize("forward,expect", [
+    (lambda x: F.interpolate(x, scale_factor=2, mode="bicubic"),
+     "function interpolate (fx node interpolate) is not an operation the compactor understands "
+     "(resizing in mode 'bicubic'"),
+    (lambda x: x.reshape(x.shape[0], -1, 2, 2), "method reshape (fx node reshape) is not an "
+     "operation the compactor understands (a reshape that mixes the channels with the image"),
+    (_stale_view, "function setitem (fx node setitem) is not an operation the compactor "
+     "understands (fx node getitem views the tensor it changes and is read afterwards)"),
+], ids=["bicubic", "reshape-into-pixels", "stale-view-of-an-assignment"])
+def test_an_op_that_cannot_stay_exact_is_refused_in_one_line(forward, expect):
+    model = Refused(forward).eval()
+    with torch.no_grad():
+        model.conv.weight[1] = 0
+    with pytest.raises(UserError) as e:
+        compact_model(model, {"conv": [1]}, input_shape=(3, 8, 8))
+    assert expect in str(e.value) and "\n" not in str(e.value)

@@ -90,6 +90,20 @@ class ChannelView:
     index: torch.Tensor
 
 
+@dataclass(frozen=True)
+class Full:
+    """A tensor the compact network holds exactly as the dense network does, every channel, in
+    any shape (``fullwidth``: a split attention's 5-D views and its softmax across the split)."""
+    node: str
+    shape: tuple  # the dense shape at the traced size
+
+    def as_t(self) -> T:
+        """As a tensor of computed channels: (N, C, H, W) or (N, F) only."""
+        width = self.shape[1]
+        return T(width, torch.arange(width), self.node, torch.zeros(width, dtype=torch.float64),
+                 Ref(self.node), spatial=len(self.shape) == 4)
+
+
 def empty() -> torch.Tensor:
     return torch.zeros(0, dtype=torch.long)
 

@@ -9,6 +9,7 @@ instead (``expand``): the normalisation as ``F.batch_norm`` over the module's ow
 and affine parameters, then whatever the subclass applies afterwards, each op as it is.
 """
 import functools
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,14 @@ def adds_ops(bn: nn.Module) -> bool:
     return type(bn).forward not in _TORCH_FORWARDS
 
 
+class _Proxy(fx.Proxy):
+    """fx's proxy, which also records an assignment into a tensor: ``x[:, :c] += shortcut``
+    (a partial in-place residual) becomes a slice, an add and an ``operator.setitem`` node."""
+
+    def __setitem__(self, key, value):
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
+
 class BatchNormTracer(fx.Tracer):
     """``expand=False``: every BatchNorm is one ``call_module`` node. ``expand=True``: a
     subclass that adds ops is traced into, its normalisation recorded as ``F.batch_norm``."""
@@ -35,6 +44,9 @@ class BatchNormTracer(fx.Tracer):
         super().__init__()
         self.expand = expand
         self._names: dict[int, str] | None = None
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _Proxy(node, self)
 
     def _name_of(self, t: torch.Tensor) -> str | None:
         """The qualified name of one of the root's parameters or buffers. fx searches them

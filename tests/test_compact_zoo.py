@@ -86,14 +86,24 @@ def timm_selecsls():
     return SelecSls(cfg, num_classes=10)
 
 
+def timm_ghostnet():
+    """GhostNet-0.5× with one block of each kind (with and without squeeze-excitation)."""
+    from timm.models.ghostnet import GhostNet
+
+    cfgs = [[[3, 16, 16, 0, 1]], [[3, 48, 24, 0, 2]], [[3, 72, 24, 0, 1]],
+            [[5, 72, 40, 0.25, 2]], [[3, 240, 80, 0, 2]], [[3, 480, 112, 0.25, 1]],
+            [[5, 672, 160, 0.25, 2]]]
+    return GhostNet(cfgs, num_classes=10, width=0.5)
+
+
 XCEPTION = [dict(in_chs=64, out_chs=128, stride=2), dict(in_chs=128, out_chs=256, stride=2),
             dict(in_chs=256, out_chs=256, stride=1),  # the middle flow, once
             dict(in_chs=256, out_chs=(256, 512, 512), stride=2),
             dict(in_chs=512, out_chs=(512, 512, 1024), stride=1, no_skip=True,
                  start_with_relu=False)]
 # timm's CNN families (issue 21's table, and the five that compacted before it): the ops of
-# each, BatchNormAct2d everywhere (the fused activations), SE/ESE/ECA, split attention, MixConv,
-# ghost modules' slices, multi-resolution fusion with upsampling
+# each, BatchNormAct2d everywhere (the fused activations), SE/ESE, split attention, ghost
+# modules' slices, multi-resolution fusion with upsampling (ECA and MixConv: tests/test_timm.py)
 TIMM_FAMILIES = {
     "timm:tinynet_e (EfficientNet)": (timm_build("tinynet_e"), 32),
     "timm:mobilenetv3_small_050": (timm_build("mobilenetv3_small_050"), 32),
@@ -113,7 +123,7 @@ TIMM_FAMILIES = {
         "resnetv2_18", layers=ONE, channels=(16, 32, 64, 128)), 32),
     "timm:resnest14d (split attention)": (timm_build("resnest14d"), 32),
     "timm:hrnet_w18_small (1 block per branch)": (timm_hrnet, 32),
-    "timm:ghostnet_050": (timm_build("ghostnet_050"), 32),
+    "timm:ghostnet_050 (7 blocks)": (timm_ghostnet, 32),
     "timm:rexnet_100 (half width and depth)": (timm_build("rexnet_100", width_mult=0.5,
                                                           depth_mult=0.5), 32),
     "timm:resnet18d (ResNet-D)": (timm_build("resnet18d", layers=ONE), 32),
@@ -121,8 +131,6 @@ TIMM_FAMILIES = {
     "timm:res2net50_14w_8s": (timm_build("res2net50_14w_8s", layers=ONE), 32),
     "timm:dla46_c (DLA)": (timm_build("dla46_c"), 32),
     "timm:selecsls42b (two stages)": (timm_selecsls, 32),
-    "timm:ecaresnet26t (ECA: a 1-D conv across the channels)": (timm_build(
-        "ecaresnet26t", layers=ONE), 32),
 }
 RULES_SEEN: dict = {}
 

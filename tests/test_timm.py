@@ -2,9 +2,11 @@
 compaction) and the ops of timm's families, on tiny networks of timm's own layers; the families
 themselves are in tests/test_compact_zoo.py."""
 import copy
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,6 +20,7 @@ from utils.method.graph import find_prunable_convs
 from utils.method.mask import Mask
 from utils.method.methods import METHODS
 from utils.method.schedule import Schedule
+from utils.run.pretrained import initial_model
 from tests.soft_pruning import rel_error
 
 
@@ -233,3 +236,30 @@ def test_an_op_that_cannot_stay_exact_is_refused_in_one_line(forward, expect):
     with pytest.raises(UserError) as e:
         compact_model(model, {"conv": [1]}, input_shape=(3, 8, 8))
     assert expect in str(e.value) and "\n" not in str(e.value)
+
+
+# -- --arch timm:NAME ---------------------------------------------------------------------------
+
+def test_use_pretrain_without_a_path_asks_timm_for_the_weights_by_name(monkeypatch):
+    """``--use_pretrain`` with ``--arch timm:NAME`` and no ``--pretrain_path``: timm's weights of
+    NAME (timm downloads them; here its download is replaced by planted weights), with the
+    run's classes; a resumed run builds the model plain (its checkpoint holds the weights)."""
+    asked, create = [], timm.create_model
+
+    def create_model(name, pretrained=False, **kwargs):
+        asked.append((name, pretrained, kwargs["num_classes"], kwargs["in_chans"]))
+        torch.manual_seed(len(asked) if not pretrained else 123)
+        return create(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", create_model)
+    args = SimpleNamespace(arch="timm:resnet18d", use_pretrain=True, pretrain_path="")
+    model = initial_model(args, 7, 1)
+    torch.manual_seed(123)
+    planted = create("resnet18d", num_classes=7, in_chans=1)
+    assert asked == [("resnet18d", True, 7, 1)]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                  planted.state_dict().values()))
+    initial_model(args, 7, 1, resuming=True)
+    args.use_pretrain = False
+    initial_model(args, 7, 1)
+    assert [a[1] for a in asked] == [True, False, False]

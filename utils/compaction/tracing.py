@@ -140,8 +140,9 @@ _OWN_OPS = {
 
 
 def _owner(node: fx.Node, modules: dict):
-    """The module whose own op ``node`` is — ``F.batch_norm`` (in eval mode) or ``F.linear``
-    over that module's own tensors, as a traced-into subclass records it — or None."""
+    """The module whose own op ``node`` is — ``F.batch_norm`` (in eval mode), ``F.linear`` or
+    ``F.prelu`` over that module's own tensors, as a traced-into subclass records it — or
+    None."""
     if node.op != "call_function" or node.target not in _OWN_OPS:
         return None
     names, fields, kind = _OWN_OPS[node.target]
@@ -415,7 +416,7 @@ def _split(node, modules, dim) -> Op:
 
 
 def _channel_run(index, rank: int):
-    """(start, stop, step) of an index that takes channels only (``x[:, a:b]``), else None."""
+    """The channel slice of an index that takes channels only (``x[:, a:b]``), else None."""
     if not isinstance(index, tuple):
         index = (index,)
     if not index or len(index) > rank or index[0] != slice(None) or \

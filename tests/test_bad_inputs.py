@@ -280,8 +280,8 @@ CASES = [
     Case("timm-arch-without-batchnorm", ["--arch", "timm:convnext_atto"],
          "--arch timm:convnext_atto has no Conv2d whose output goes only to a BatchNorm2d (it "
          "normalises with LayerNorm2d)"),
-    Case("timm-pretrained-offline", ["--arch", "timm:resnet18d", "--use_pretrain"],
-         "could not download the pretrained weights of --arch timm:resnet18d (",
+    Case("timm-pretrained-offline", ["--arch", "timm:mobilenetv3_small_050", "--use_pretrain"],
+         "could not download the pretrained weights of --arch timm:mobilenetv3_small_050 (",
          patch=hub_offline),
     Case("untraceable-model", [], "cannot trace a Untraceable with torch.fx",
          patch=arch_is(Untraceable)),

@@ -23,7 +23,7 @@ from utils.compaction import (NetworkCost, compact_cost, compact_model, export_o
                               network_cost, save_compact)
 from utils.compaction.converter import RULES
 from utils.method.graph import find_prunable_convs
-from tests.soft_pruning import rel_error
+from tests.soft_pruning import one_thread, rel_error  # noqa: F401 (autouse)
 
 FAMILIES = [  # (arch, image side): squeeze-excitation on maps larger than 1×1 scales them
     # (MobileNetV3-S at 32: the last blocks' maps are 1×1, an elementwise product)
@@ -133,15 +133,6 @@ TIMM_FAMILIES = {
     "timm:selecsls42b (two stages)": (timm_selecsls, 32),
 }
 RULES_SEEN: dict = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two threads spin against the other processes of a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -21,16 +21,7 @@ from utils.method.mask import Mask
 from utils.method.methods import METHODS
 from utils.method.schedule import Schedule
 from utils.run.pretrained import initial_model
-from tests.soft_pruning import rel_error
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two threads spin against the other processes of a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.soft_pruning import one_thread, rel_error  # noqa: F401 (autouse)
 
 
 class Tiny(nn.Module):
@@ -252,11 +243,11 @@ def test_use_pretrain_without_a_path_asks_timm_for_the_weights_by_name(monkeypat
         return create(name, pretrained=False, **kwargs)
 
     monkeypatch.setattr(timm, "create_model", create_model)
-    args = SimpleNamespace(arch="timm:resnet18d", use_pretrain=True, pretrain_path="")
+    args = SimpleNamespace(arch="timm:mobilenetv3_small_050", use_pretrain=True, pretrain_path="")
     model = initial_model(args, 7, 1)
     torch.manual_seed(123)
-    planted = create("resnet18d", num_classes=7, in_chans=1)
-    assert asked == [("resnet18d", True, 7, 1)]
+    planted = create("mobilenetv3_small_050", num_classes=7, in_chans=1)
+    assert asked == [("mobilenetv3_small_050", True, 7, 1)]
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
                                                   planted.state_dict().values()))
     initial_model(args, 7, 1, resuming=True)

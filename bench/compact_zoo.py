@@ -1,6 +1,6 @@
 """CPU latency of compact networks beyond the ResNets: does compaction pay on every family?
 
-    python -m bench.compact_zoo [--quick]
+    python -m bench.compact_zoo [--quick] [--only timm]
 
 VGG-16-BN (CIFAR, 32×32), torchvision's MobileNetV2, EfficientNet-B0, RegNetX-400MF,
 ResNeXt-50 and DenseNet-121, and timm's EfficientNet-B0, MobileNetV3-L, CSPDarknet-53,
@@ -76,7 +76,11 @@ def soft_pruned_gm(arch: str, size: int, round_to: int = 1, seed: int = 0):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 repeats each: a smoke test")
+    parser.add_argument("--only", nargs="+", metavar="WORD",
+                        help="only the networks whose name contains one of these words "
+                             "(e.g. timm); the summary lines are over their rows")
     args = parser.parse_args(argv)
+    cases = [c for c in CASES if not args.only or any(w in c[0] for w in args.only)]
     torch.set_num_threads(1)
     import onnxruntime
     print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, CPU "
@@ -84,7 +88,7 @@ def main(argv=None) -> None:
           "conv's filters (GM); FLOPs = multiply-accumulates; times are medians of CPU time (ms)")
     rows = {1: [], 16: []}
     with tempfile.TemporaryDirectory() as folder:
-        for case in CASES:
+        for case in cases:
             for round_to in (1, 16):
                 rows[round_to] += measure(case, round_to, args.quick, folder)
     print()

@@ -42,7 +42,8 @@ def arch_problem(name: str) -> str | None:
 
 def _timm_problem(name: str) -> str | None:
     if not timm_models.installed():
-        return f"--arch {TIMM}{name} needs timm, which is not installed: pip install {timm_models.PIN}"
+        return (f"--arch {TIMM}{name} needs timm, which is not installed: "
+                f"pip install {timm_models.PIN}")
     if timm_models.is_name(name):
         return None
     near = ", ".join(TIMM + n for n in timm_models.closest(name)) or "none"

@@ -10,8 +10,8 @@ construction; only the convs before it are narrower.
 
 The ops are plain data (``modules.TensorOp``): reshapes and views that keep the batch dim (and
 the image's height and width, or merge dims of size 1), transposes and permutes that keep the
-batch dim, sums and means, softmax, stacking along a new dim, products and sums with broadcasting, numbers, activations,
-and a 1-D conv across the channels (ECA).
+batch dim, sums and means, softmax, stacking along a new dim, products and sums with
+broadcasting, numbers, activations, and a 1-D conv across the channels (ECA).
 """
 import math
 

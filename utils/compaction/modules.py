@@ -211,8 +211,8 @@ class SpatialSlice(nn.Module):
 class TensorOp(nn.Module):
     """An op on tensors held at full width, as the dense network computes it (``fullwidth``):
     reshape (the batch dim, then ``dims``, then the input's height and width if ``spatial``),
-    permute, sum, mean, softmax, stack, add, mul (of two tensors or by a number), an activation, a 1-D
-    conv across the channels."""
+    permute, sum, mean, softmax, stack, add, mul (of two tensors or by a number), an
+    activation, a 1-D conv across the channels."""
 
     def __init__(self, a: dict, specs: dict):
         super().__init__()

@@ -14,6 +14,8 @@ Every channel of a dense tensor is, in the compact network, one of:
 
 ``pending`` is a data-independent map still to be added to the computed channels (a conv's
 border correction, deferred so that a residual add can take it with its own constants).
+A tensor that ops across channel groups compute at full width (``fullwidth``) is held as it
+is in the dense network (``Full``).
 """
 from dataclasses import dataclass, replace
 

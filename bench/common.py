@@ -5,6 +5,8 @@ import time
 import torch
 from torch import nn
 
+from utils.method.tracer import is_batchnorm
+
 
 def sync(device):
     if device.type == "cuda":
@@ -35,7 +37,7 @@ def randomize_bn(model: nn.Module, gen: torch.Generator) -> nn.Module:
     """Random BN statistics and affine parameters, so a zeroed filter's channel carries a
     non-trivial constant (a freshly initialised BN maps zero to zero)."""
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
+        if is_batchnorm(m):
             n = m.num_features
             m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
             m.bias.copy_(torch.randn(n, generator=gen) * 0.5)
@@ -50,7 +52,7 @@ def calibrate_bn(model: nn.Module, input_shape, gen: torch.Generator) -> nn.Modu
     random network with ``randomize_bn`` saturates (its output hardly depends on the input),
     one calibrated so behaves like a trained one, and every pruned channel still carries its
     own constant."""
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    bns = [m for m in model.modules() if is_batchnorm(m)]
     momenta = [m.momentum for m in bns]
     for m in bns:
         m.momentum = None  # a plain average of the batches seen

@@ -1,24 +1,29 @@
 """CPU latency of compact networks beyond the ResNets: does compaction pay on every family?
 
-    python -m bench.compact_zoo [--quick]
+    python -m bench.compact_zoo [--quick] [--only timm]
 
-VGG-16-BN (CIFAR, 32×32), MobileNetV2, EfficientNet-B0, RegNetX-400MF, ResNeXt-50 and
-DenseNet-121 (torchvision, 224×224), every prunable conv losing ⌊0.4F⌋ filters chosen by the
+VGG-16-BN (CIFAR, 32×32), torchvision's MobileNetV2, EfficientNet-B0, RegNetX-400MF,
+ResNeXt-50 and DenseNet-121, and timm's EfficientNet-B0, MobileNetV3-L, CSPDarknet-53,
+ResNeSt-14d and GhostNet (224×224), every prunable conv losing ⌊0.4F⌋ filters chosen by the
 geometric-median criterion (FPGM-only at 40 %); BN statistics of random images and random
 affine parameters (``bench.common.calibrate_bn``), so the constants are there as in a trained
-network. For each: ``exact`` (max relative output difference, compact vs soft-pruned), FLOPs
+network. For each: ``exact`` (max relative output difference, compact vs soft-pruned; beside
+it the dense network's own float32 error against float64, its rounding scale), FLOPs
 and parameters before and after, and the soft-pruned ``dense`` network against the
 ``compact`` one, timed interleaved (medians of CPU time, one thread) in eager PyTorch, NCHW
-and channels_last (``nhwc``), at batch 1 and a larger batch.
+and channels_last (``nhwc``), and in ONNX Runtime (the ``export_onnx`` files, 1 intra-op
+thread, as ``bench.compact_latency`` times it), at batch 1 and a larger batch.
 
 Columns: ``speedup`` = dense ÷ compact; ``flops`` = compact ÷ dense MACs;
-``speedup_vs_flops`` = speedup × flops (1 = as fast as the FLOPs promise). Summary lines:
-``slowest_compact_vs_dense`` = the smallest speedup of any row (target ≥ 1.0: compaction
-never slows a network down); ``geomean_speedup_vs_flops`` over the larger-batch rows (target ≥
-0.7); the same two for the networks with every pruned layer keeping a multiple of 16 filters
-(``--round_to 16``), beside them.
+``speedup_vs_flops`` = speedup × flops (1 = as fast as the FLOPs promise). Summary lines, for
+eager PyTorch (NCHW and nhwc) and, apart, for ONNX Runtime: ``slowest_compact_vs_dense`` = the
+smallest speedup of any row (target ≥ 1.0: compaction never slows a network down);
+``geomean_speedup_vs_flops`` over the larger-batch rows (target ≥ 0.7 in eager PyTorch; ONNX
+Runtime's is reported, its target is the first line); the same for the networks with every
+pruned layer keeping a multiple of 16 filters (``--round_to 16``), beside them.
 """
 import argparse
+import copy
 import math
 import tempfile
 
@@ -26,7 +31,7 @@ import torch
 
 from bench.common import calibrate_bn
 from bench.compact_latency import runners, time_row
-from models import build_model
+from models import MODELS, build_model
 from utils.compaction import compact_cost, compact_model, max_rel_error, network_cost
 from utils.method.graph import find_prunable_convs
 from utils.method.criteria import criterion
@@ -40,8 +45,14 @@ CASES = [
     ("regnet_x_400mf", "imagenet_regnet_x_400mf", 224, {1: (30, 3), 16: (6, 1)}),
     ("resnext50_32x4d", "imagenet_resnext50_32x4d", 224, {1: (8, 1), 8: (3, 1)}),
     ("densenet121", "imagenet_densenet121", 224, {1: (8, 1), 8: (3, 1)}),
+    ("timm efficientnet_b0", "timm:efficientnet_b0", 224, {1: (30, 3), 16: (6, 1)}),
+    ("timm mobilenetv3_large", "timm:mobilenetv3_large_100", 224, {1: (30, 3), 16: (6, 1)}),
+    ("timm cspdarknet53", "timm:cspdarknet53", 224, {1: (8, 1), 8: (3, 1)}),
+    ("timm resnest14d", "timm:resnest14d", 224, {1: (15, 2), 8: (4, 1)}),
+    ("timm ghostnet_100", "timm:ghostnet_100", 224, {1: (30, 3), 16: (6, 1)}),
 ]
-RUNTIMES = ("nchw", "nhwc")
+RUNTIMES = ("nchw", "nhwc", "onnxruntime")
+EAGER = ("nchw", "nhwc")
 RATE = 0.4
 
 
@@ -51,8 +62,8 @@ def soft_pruned_gm(arch: str, size: int, round_to: int = 1, seed: int = 0):
     closest to their layer's geometric median: FPGM's own choice."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = calibrate_bn(build_model(arch, 1000 if arch.startswith("imagenet_") else 10),
-                         (3, size, size), gen)
+    classes = 10 if arch in MODELS else 1000  # the CIFAR networks, or an ImageNet one
+    model = calibrate_bn(build_model(arch, classes), (3, size, size), gen)
     pruned = {}
     for c in find_prunable_convs(model):
         n = round_selected(c.filters, count(c.filters, RATE), round_to)
@@ -65,32 +76,54 @@ def soft_pruned_gm(arch: str, size: int, round_to: int = 1, seed: int = 0):
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="2 repeats each: a smoke test")
+    p.add_argument("--only", nargs="+", metavar="WORD",
+                   help="only the networks whose name contains one of these words "
+                        "(e.g. timm); the summary lines are over their rows")
     return p
 
 
 def main(argv=None) -> None:
     args = parser().parse_args(argv)
+    cases = [c for c in CASES if not args.only or any(w in c[0] for w in args.only)]
     torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, CPU {torch.backends.cpu.get_cpu_capability()}, 1 thread; "
-          f"{RATE:.0%} of every prunable conv's filters (GM); FLOPs = multiply-accumulates; "
-          "times are medians of CPU time (ms)")
+    import onnxruntime
+    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, CPU "
+          f"{torch.backends.cpu.get_cpu_capability()}, 1 thread; {RATE:.0%} of every prunable "
+          "conv's filters (GM); FLOPs = multiply-accumulates; times are medians of CPU time (ms)")
     rows = {1: [], 16: []}
     with tempfile.TemporaryDirectory() as folder:
-        for case in CASES:
+        for case in cases:
             for round_to in (1, 16):
                 rows[round_to] += measure(case, round_to, args.quick, folder)
-    for round_to, label in ((1, ""), (16, " (round_to 16)")):
-        slowest = min(rows[round_to], key=lambda r: r[0])
-        large = [r[1] for r in rows[round_to] if r[2]]
-        geomean = math.exp(sum(math.log(v) for v in large) / len(large))
-        print(f"slowest_compact_vs_dense{label.replace(' ', '_')}: {slowest[0]:.2f}  "
-              f"({slowest[3]}; target >= 1.0)")
-        print(f"geomean_speedup_vs_flops{label.replace(' ', '_')}: {geomean:.2f}  "
-              f"(the larger-batch rows; target >= 0.7)")
+    print()
+    for runtimes, where, target in ((EAGER, "", "; target >= 0.7"),
+                                    (("onnxruntime",), "_onnxruntime", "")):
+        for round_to, label in ((1, ""), (16, "_round_to_16")):
+            summary(rows[round_to], runtimes, where + label, target)
+
+
+def summary(rows: list, runtimes: tuple, label: str, target: str) -> None:
+    """The two summary lines over the rows of ``runtimes``."""
+    rows = [r for r in rows if r[4] in runtimes]
+    slowest = min(rows, key=lambda r: r[0])
+    large = [r[1] for r in rows if r[2]]
+    geomean = math.exp(sum(math.log(v) for v in large) / len(large))
+    print(f"slowest_compact_vs_dense{label}: {slowest[0]:.2f}  ({slowest[3]}; target >= 1.0)")
+    print(f"geomean_speedup_vs_flops{label}: {geomean:.2f}  (the larger-batch rows{target})")
+
+
+@torch.no_grad()
+def float32_rounding(dense, shape) -> float:
+    """The dense network's own float32 error, max relative to itself in float64 on the inputs
+    ``exact`` uses: compact vs dense differ by rounding when ``exact`` is of its order."""
+    x = torch.randn((4,) + tuple(shape), generator=torch.Generator().manual_seed(0))
+    ref = copy.deepcopy(dense).double()(x.double())
+    return ((dense(x).double() - ref).abs().max() / ref.abs().max()).item()
 
 
 def measure(case, round_to: int, quick: bool, folder: str) -> list:
-    """Time one network and print its rows: [(speedup, speedup_vs_flops, larger batch, where)]."""
+    """Time one network and print its rows: [(speedup, speedup_vs_flops, larger batch, where,
+    runtime)]."""
     name, arch, size, plan = case
     dense, pruned = soft_pruned_gm(arch, size, round_to)
     shape = (3, size, size)
@@ -99,10 +132,11 @@ def measure(case, round_to: int, quick: bool, folder: str) -> list:
     flops_c, params_c = compact_cost(compact, shape)
     ratio = flops_c / flops_d
     label = name + (f" r{round_to}" if round_to > 1 else "")
-    print(f"\n{label}: exact {max_rel_error(dense, compact, shape):.1e}, FLOPs "
+    print(f"\n{label}: exact {max_rel_error(dense, compact, shape):.1e} (dense in float32 vs "
+          f"float64: {float32_rounding(dense, shape):.1e}), FLOPs "
           f"{flops_d / 1e6:.1f}M -> {flops_c / 1e6:.1f}M (-{1 - ratio:.1%}), params "
           f"{params_d / 1e6:.2f}M -> {params_c / 1e6:.2f}M (-{1 - params_c / params_d:.1%})")
-    print(f"{'model':<22} {'runtime':<8} {'batch':>5} {'reps':>4} {'dense':>10} {'compact':>10} "
+    print(f"{'model':<26} {'runtime':<11} {'batch':>5} {'reps':>4} {'dense':>10} {'compact':>10} "
           f"{'speedup':>7} {'flops':>6}  speedup_vs_flops")
     out = []
     largest = max(plan)
@@ -115,11 +149,11 @@ def measure(case, round_to: int, quick: bool, folder: str) -> list:
             reps, warmup = (2, 1) if quick else (reps, warmup)
             t = time_row(fns, make_input, batch, size, reps, warmup)
             speedup = t["dense"] / t["compact"]
-            print(f"{label:<22} {runtime:<8} {batch:>5} {reps:>4} {t['dense'] * 1e3:>10.2f} "
+            print(f"{label:<26} {runtime:<11} {batch:>5} {reps:>4} {t['dense'] * 1e3:>10.2f} "
                   f"{t['compact'] * 1e3:>10.2f} {speedup:>6.2f}x {ratio:>6.3f}  "
                   f"speedup_vs_flops: {speedup * ratio:.2f}", flush=True)
             out.append((speedup, speedup * ratio, batch == largest,
-                        f"{label} {runtime} batch {batch}"))
+                        f"{label} {runtime} batch {batch}", runtime))
     return out
 
 

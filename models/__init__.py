@@ -4,24 +4,51 @@ The 32×32 networks of the pruning papers — CIFAR ResNets (``resnet20`` … ``
 VGG-16/19 with BN (``vgg16_bn``, ``vgg19_bn``) and MobileNetV2 (``mobilenet_v2``) — and, as
 ``imagenet_NAME``, every torchvision classification model NAME (``imagenet_resnet50``,
 ``imagenet_mobilenet_v3_small``, …; randomly initialised, ``in_channels`` replaces the stem
-conv). ``notebook_imagenet.py --dataset imagenet`` also takes the bare torchvision name
+conv), and as ``timm:NAME`` every timm model NAME (``timm:efficientnet_b0``; ``timm_models``).
+``notebook_imagenet.py --dataset imagenet`` also takes the bare torchvision name
 (``resolve_imagenet``): there ``vgg16_bn`` and ``mobilenet_v2`` are torchvision's, while the
 32×32 scripts keep the CIFAR networks under those names.
 """
+import difflib
+
 from torch import nn
 
-from . import mobilenet_cifar, resnet_cifar, torchvision_models, vgg_cifar
+from . import mobilenet_cifar, resnet_cifar, timm_models, torchvision_models, vgg_cifar
 
 MODELS = {f"resnet{d}": getattr(resnet_cifar, f"resnet{d}") for d in (20, 32, 44, 56, 110)}
 MODELS.update(vgg16_bn=vgg_cifar.vgg16_bn, vgg19_bn=vgg_cifar.vgg19_bn,
               mobilenet_v2=mobilenet_cifar.mobilenet_v2)
 PREFIX = "imagenet_"
+TIMM = timm_models.PREFIX
 
 
 def is_arch(name: str) -> bool:
-    if name in MODELS:
-        return True
-    return name.startswith(PREFIX) and name[len(PREFIX):] in torchvision_models.names()
+    return arch_problem(name) is None
+
+
+def arch_problem(name: str) -> str | None:
+    """None for an arch ``build_model`` builds, else one line: what is wrong, the closest few
+    names (never the whole list) or the command that installs timm."""
+    if name in MODELS or (name.startswith(PREFIX) and
+                          name[len(PREFIX):] in torchvision_models.names()):
+        return None
+    if name.startswith(TIMM):
+        return _timm_problem(name[len(TIMM):])
+    known = list(MODELS) + [PREFIX + n for n in torchvision_models.names()]
+    return (f"unknown --arch {name!r}; the closest: "
+            f"{', '.join(difflib.get_close_matches(name, known, 4, 0.6)) or 'none'} "
+            f"(see --help; timm's models are --arch {TIMM}NAME)")
+
+
+def _timm_problem(name: str) -> str | None:
+    if not timm_models.installed():
+        return (f"--arch {TIMM}{name} needs timm, which is not installed: "
+                f"pip install {timm_models.PIN}")
+    if timm_models.is_name(name):
+        return None
+    near = ", ".join(TIMM + n for n in timm_models.closest(name)) or "none"
+    return (f"unknown timm model {name!r} (--arch {TIMM}{name}); the closest: {near} "
+            "(timm.list_models() lists them all)")
 
 
 def resolve_imagenet(name: str) -> str:
@@ -36,13 +63,21 @@ def arch_help() -> str:
     """What ``--arch`` accepts, in one line."""
     tv = torchvision_models.names()
     shown = ", ".join(tv[:3] + ["…"] + tv[-2:])
-    return (f"{', '.join(MODELS)}, or {PREFIX}NAME for a torchvision classification model "
-            f"NAME ({shown}: {len(tv)} in all; --dataset imagenet takes NAME alone)")
+    return (f"{', '.join(MODELS)}, {PREFIX}NAME for a torchvision classification model "
+            f"NAME ({shown}: {len(tv)} in all; --dataset imagenet takes NAME alone), or "
+            f"{TIMM}NAME for a timm model NAME ({TIMM}efficientnet_b0, …)")
 
 
-def build_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
+def build_model(name: str, num_classes: int, in_channels: int = 3,
+                pretrained: bool = False) -> nn.Module:
+    """``pretrained``: timm's published weights (``timm:NAME`` only; downloaded)."""
+    problem = arch_problem(name)
+    if problem is not None:
+        raise KeyError(problem)
+    if pretrained and not name.startswith(TIMM):
+        raise ValueError(f"{name}: weights by name exist for timm's models only")
     if name in MODELS:
         return MODELS[name](num_classes=num_classes, in_channels=in_channels)
-    if is_arch(name):
-        return torchvision_models.build(name[len(PREFIX):], num_classes, in_channels)
-    raise KeyError(f"unknown arch {name!r}; choose one of: {arch_help()}")
+    if name.startswith(TIMM):
+        return timm_models.build(name[len(TIMM):], num_classes, in_channels, pretrained)
+    return torchvision_models.build(name[len(PREFIX):], num_classes, in_channels)

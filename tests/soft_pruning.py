@@ -1,4 +1,5 @@
 """Soft-pruned networks for the compaction tests: random BN statistics, filters zeroed."""
+import pytest
 import torch
 
 from bench.common import randomize_bn
@@ -43,3 +44,13 @@ def soft_pruned(arch, rate, seed=0):
 
 def rel_error(a, b):
     return ((a - b).abs().max() / a.abs().max()).item()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One compute thread for the tests of a module that imports this fixture (autouse there):
+    two threads spin against the other processes of a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -203,12 +203,34 @@ class WithGroupNorm(nn.Module):
         return self.fc(torch.relu(self.bn2(self.conv2(x))).mean((2, 3)))
 
 
-def arch_is(model_class, module_name="utils.run.trainer"):
-    """Every --arch builds ``model_class``, as a model added to ``models/`` would."""
+def blur_resnet(num_classes=10, in_channels=3):
+    """timm's ResNet with blur pooling (narrow, one block per stage): trains and prunes, but its
+    blur pads by reflection, an op the compactor refuses."""
+    import timm
+
+    return timm.create_model("resnetblur18", layers=(1, 1, 1, 1), channels=(16, 32, 64, 128),
+                             stem_width=16, num_classes=num_classes, in_chans=in_channels)
+
+
+def hub_offline(monkeypatch):
+    """The Hugging Face Hub's client refuses every request, as with HF_HUB_OFFLINE=1 (or on a
+    machine without network, after its retries)."""
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+
+
+def timm_missing(monkeypatch):
+    """As on a machine where timm is not installed."""
+    monkeypatch.setattr("models.timm_models.installed", lambda: False)
+
+
+def arch_is(model_class, *modules):
+    """Every --arch builds ``model_class``, as a model added to ``models/`` would (where the
+    run builds its models: ``modules``)."""
     def patch(monkeypatch):
-        monkeypatch.setattr(f"{module_name}.build_model",
-                            lambda name, num_classes, in_channels=3: model_class(num_classes,
-                                                                                 in_channels))
+        for name in modules or ("utils.run.trainer", "utils.run.pretrained"):
+            monkeypatch.setattr(f"{name}.build_model",
+                                lambda arch, num_classes, in_channels=3, **_: model_class(
+                                    num_classes, in_channels))
     return patch
 
 
@@ -245,9 +267,23 @@ CASES = [
                                          "--prune_rate_gm", "0"],
          "--attenuate bn attenuates the selected channels"),
     Case("round-to-0", ["--round_to", "0"], "--round_to must be ≥ 1"),
-    Case("unknown-arch", ["--arch", "resnet21"], "unknown --arch 'resnet21'", subprocess=True),
+    Case("unknown-arch", ["--arch", "resnet21"],
+         "unknown --arch 'resnet21'; the closest: resnet32, resnet20, resnet110, resnet56 (",
+         subprocess=True, check=lambda p, err: len(err) < 160),
+    Case("unknown-timm-arch", ["--arch", "timm:efficientnet_b9"],
+         "unknown timm model 'efficientnet_b9' (--arch timm:efficientnet_b9); the closest: "
+         "timm:efficientnet_b8, "),
+    Case("timm-not-installed", ["--arch", "timm:resnet18d"],
+         "--arch timm:resnet18d needs timm, which is not installed: pip install timm==1.0.31",
+         patch=timm_missing),
     Case("arch-without-prunable-convs", ["--arch", "imagenet_squeezenet1_0"],
          "has no Conv2d whose output goes only to a BatchNorm2d (it has no BatchNorm2d)"),
+    Case("timm-arch-without-batchnorm", ["--arch", "timm:convnext_atto"],
+         "--arch timm:convnext_atto has no Conv2d whose output goes only to a BatchNorm2d (it "
+         "normalises with LayerNorm2d)"),
+    Case("timm-pretrained-offline", ["--arch", "timm:mobilenetv3_small_050", "--use_pretrain"],
+         "could not download the pretrained weights of --arch timm:mobilenetv3_small_050 (",
+         patch=hub_offline),
     Case("untraceable-model", [], "cannot trace a Untraceable with torch.fx",
          patch=arch_is(Untraceable)),
     Case("rate-negative", ["--prune_rate_cs", "-0.1"], "must be ≥ 0"),
@@ -392,7 +428,7 @@ IMAGENET_CASES = [
          "invalid choice: 'cifar10'"),
     Case("imagenet-cs-samples-0", ["--cs_samples", "0"], "--cs_samples must be ≥ 1"),
     Case("imagenet-unknown-arch", [*FULL_SIZE, "--arch", "resnet21"],
-         "unknown --arch 'resnet21'; choose one of: resnet20"),
+         "unknown --arch 'resnet21'; the closest: resnet32, resnet20"),
     Case("imagenet-arch-without-batchnorm", [*FULL_SIZE, "--arch", "convnext_tiny"],
          "--arch imagenet_convnext_tiny has no Conv2d whose output goes only to a BatchNorm2d "
          "(it normalises with LayerNorm"),
@@ -587,6 +623,9 @@ COMPACT_CASES = [
     ("compact-refused-op", WithGroupNorm,
      "cannot compact: GroupNorm (module 'norm', fx node norm) is not an operation the "
      "compactor understands"),
+    ("compact-refused-timm-op", blur_resnet,
+     "cannot compact: function pad (fx node pad) is not an operation the compactor "
+     "understands"),
 ]
 
 

@@ -1,8 +1,9 @@
 """Compaction of every CNN family: exact outputs, costs from the graph, runtimes.
 
-torchvision's classification families and the CIFAR networks, at small inputs, with random
-BN statistics and random masks (each conv loses a random share of up to half its filters,
-so residual-coupled, depthwise, concatenated and squeeze-excitation channels are all hit).
+torchvision's classification families, timm's CNN families and the CIFAR networks, at small
+inputs, with random BN statistics and random masks (each conv loses a random share of up to
+half its filters, so residual-coupled, depthwise, concatenated and squeeze-excitation channels
+are all hit).
 Every model is built once per module; each test deep-copies it.
 """
 import contextlib
@@ -22,7 +23,7 @@ from utils.compaction import (NetworkCost, compact_cost, compact_model, export_o
                               network_cost, save_compact)
 from utils.compaction.converter import RULES
 from utils.method.graph import find_prunable_convs
-from tests.soft_pruning import rel_error
+from tests.soft_pruning import one_thread, rel_error  # noqa: F401 (autouse)
 
 FAMILIES = [  # (arch, image side): squeeze-excitation on maps larger than 1×1 scales them
     # (MobileNetV3-S at 32: the last blocks' maps are 1×1, an elementwise product)
@@ -34,16 +35,104 @@ FAMILIES = [  # (arch, image side): squeeze-excitation on maps larger than 1×1 
     ("imagenet_googlenet", 32), ("imagenet_inception_v3", 75), ("imagenet_densenet121", 32),
     ("imagenet_resnext50_32x4d", 32), ("imagenet_wide_resnet50_2", 32),
     ("vgg16_bn", 32), ("vgg19_bn", 32), ("mobilenet_v2", 32)]
+ONE = (1, 1, 1, 1)
+
+
+def timm_build(name: str, **kwargs):
+    """A timm model, narrowed through timm's own arguments where it takes them (one block per
+    stage, fewer channels: the family's ops, in a fraction of the time)."""
+    def build():
+        import timm
+
+        return timm.create_model(name, num_classes=10, **kwargs)
+    return build
+
+
+def timm_byob(name: str, blocks: str, **kwargs):
+    """RepVGG and MobileOne (timm's ByobNet) with one block per stage."""
+    def build():
+        import timm
+        from timm.models import byobnet
+
+        cfg = getattr(byobnet, blocks)(d=ONE, **kwargs)
+        return timm.create_model(name, num_classes=10, blocks=cfg)
+    return build
+
+
+def timm_vovnet():
+    from timm.models.vovnet import VovNet, model_cfgs
+
+    return VovNet(dict(model_cfgs["ese_vovnet19b_dw"], stage_conv_chs=[32, 40, 48, 56],
+                       stage_out_chs=[64, 128, 192, 256], layer_per_block=2), num_classes=10)
+
+
+def timm_hrnet():
+    from timm.models.hrnet import HighResolutionNet, cfg_cls
+
+    cfg = copy.deepcopy(cfg_cls["hrnet_w18_small"])
+    for stage in ("stage2", "stage3", "stage4"):
+        cfg[stage]["num_blocks"] = (1,) * cfg[stage]["num_branches"]
+    return HighResolutionNet(cfg, num_classes=10)
+
+
+def timm_selecsls():
+    """SelecSLS-42b's first two stages of blocks and a narrower head."""
+    from timm.models.selecsls import SelecSls, SelecSlsBlock
+
+    features = [(32, 0, 64, 64, True, 2), (64, 64, 64, 128, False, 1),
+                (128, 0, 144, 144, True, 2), (144, 144, 144, 288, False, 1)]
+    cfg = dict(block=SelecSlsBlock, features=features, head=[(288, 320, 3, 2), (320, 256, 1, 1)],
+               num_features=256, feature_info=[])
+    return SelecSls(cfg, num_classes=10)
+
+
+def timm_ghostnet():
+    """GhostNet-0.5× with one block of each kind (with and without squeeze-excitation)."""
+    from timm.models.ghostnet import GhostNet
+
+    cfgs = [[[3, 16, 16, 0, 1]], [[3, 48, 24, 0, 2]], [[3, 72, 24, 0, 1]],
+            [[5, 72, 40, 0.25, 2]], [[3, 240, 80, 0, 2]], [[3, 480, 112, 0.25, 1]],
+            [[5, 672, 160, 0.25, 2]]]
+    return GhostNet(cfgs, num_classes=10, width=0.5)
+
+
+XCEPTION = [dict(in_chs=64, out_chs=128, stride=2), dict(in_chs=128, out_chs=256, stride=2),
+            dict(in_chs=256, out_chs=256, stride=1),  # the middle flow, once
+            dict(in_chs=256, out_chs=(256, 512, 512), stride=2),
+            dict(in_chs=512, out_chs=(512, 512, 1024), stride=1, no_skip=True,
+                 start_with_relu=False)]
+# timm's CNN families (issue 21's table, and the five that compacted before it): the ops of
+# each, BatchNormAct2d everywhere (the fused activations), SE/ESE, split attention, ghost
+# modules' slices, multi-resolution fusion with upsampling (ECA and MixConv: tests/test_timm.py)
+TIMM_FAMILIES = {
+    "timm:tinynet_e (EfficientNet)": (timm_build("tinynet_e"), 32),
+    "timm:mobilenetv3_small_050": (timm_build("mobilenetv3_small_050"), 32),
+    "timm:regnety_002": (timm_build("regnety_002"), 32),
+    "timm:cs3darknet_s (CSPDarknet)": (timm_build("cs3darknet_s"), 32),
+    "timm:densenet121 (2 layers per block)": (timm_build("densenet121",
+                                                         block_config=(2, 2, 2, 2)), 32),
+    "timm:ese_vovnet19b_dw (narrow)": (timm_vovnet, 32),
+    "timm:repvgg_a0 (1 block per stage)": (timm_byob("repvgg_a0", "_rep_vgg_bcfg",
+                                                     wf=(0.5, 0.5, 0.5, 1.0)), 32),
+    "timm:mobileone_s0 (1 block per stage)": (timm_byob("mobileone_s0", "_mobileone_bcfg",
+                                                        wf=(0.75, 1.0, 1.0, 2.0),
+                                                        num_conv_branches=2), 32),
+    "timm:inception_v3": (timm_build("inception_v3"), 75),
+    "timm:xception41 (short)": (timm_build("xception41", block_cfg=XCEPTION), 32),
+    "timm:resnetv2_18 (pre-activation, narrow)": (timm_build(
+        "resnetv2_18", layers=ONE, channels=(16, 32, 64, 128)), 32),
+    "timm:resnest14d (split attention)": (timm_build("resnest14d"), 32),
+    "timm:hrnet_w18_small (1 block per branch)": (timm_hrnet, 32),
+    "timm:ghostnet_050 (7 blocks)": (timm_ghostnet, 32),
+    "timm:rexnet_100 (half width and depth)": (timm_build("rexnet_100", width_mult=0.5,
+                                                          depth_mult=0.5), 32),
+    "timm:resnet18d (ResNet-D)": (timm_build("resnet18d", layers=ONE), 32),
+    "timm:seresnext26d_32x4d": (timm_build("seresnext26d_32x4d", layers=ONE), 32),
+    "timm:res2net50_14w_8s": (timm_build("res2net50_14w_8s", layers=ONE), 32),
+    "timm:dla46_c (DLA)": (timm_build("dla46_c"), 32),
+    "timm:selecsls42b (two stages)": (timm_selecsls, 32),
+}
 RULES_SEEN: dict = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two threads spin against the other processes of a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +142,10 @@ def built():
     def get(arch, size):
         if (arch, size) not in cache:
             torch.manual_seed(0)
+            model = TIMM_FAMILIES[arch][0]() if arch in TIMM_FAMILIES else build_model(arch, 10)
             # deep random networks saturate: BN statistics of random images keep the output
             # dependent on the input (else the exactness tests would be vacuous)
-            cache[arch, size] = calibrate_bn(build_model(arch, 10), (3, size, size),
+            cache[arch, size] = calibrate_bn(model, (3, size, size),
                                              torch.Generator().manual_seed(1))
         return copy.deepcopy(cache[arch, size])
 
@@ -84,7 +174,10 @@ def flop_counter_macs(model, shape) -> int:
     return counter.get_total_flops() // 2
 
 
-@pytest.mark.parametrize("arch,size", FAMILIES, ids=[a for a, _ in FAMILIES])
+CASES = FAMILIES + [(k, size) for k, (_, size) in TIMM_FAMILIES.items()]
+
+
+@pytest.mark.parametrize("arch,size", CASES, ids=[a for a, _ in CASES])
 def test_family_compacts_exactly_and_counts_right(arch, size, built):
     """In float64: a deep float32 network is ~1e-5 from itself in float64 (EfficientNet-B0
     here), so only float64 separates a wrong constant from rounding."""

@@ -35,9 +35,9 @@ def _cs_data():
     return torch.utils.data.TensorDataset(x, y)
 
 
-def _selection(rank: int, world: int) -> dict:
+def _selection(rank: int, world: int, arch: str = "resnet20") -> dict:
     torch.manual_seed(0)
-    model = build_model("resnet20", 10).eval()  # the first CS pass runs in eval mode
+    model = build_model(arch, 10).eval()  # the first CS pass runs in eval mode
     convs = find_prunable_convs(model)
     data = _cs_data()
     loader = torch.utils.data.DataLoader(SeededDataset(data), batch_size=32 // world,
@@ -55,18 +55,22 @@ def _worker(rank, world, port, out):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         with open(f"{out}.{rank}", "w") as f:
-            json.dump(_selection(rank, world), f)
+            json.dump({arch: _selection(rank, world, arch) for arch in ARCHS}, f)
     finally:
         dist.destroy_process_group()
 
 
+# a CIFAR ResNet, and timm's MobileNetV3 whose BatchNormAct2d are scored on their normalisation
+ARCHS = ("resnet20", "timm:mobilenetv3_small_050")
+
+
 def test_two_process_masks_equal_the_single_process_masks(tmp_path):
-    single = _selection(0, 1)
+    single = {arch: _selection(0, 1, arch) for arch in ARCHS}
     out = str(tmp_path / "sel")
     mp.start_processes(_worker, args=(2, _free_port(), out), nprocs=2, start_method="spawn")
     for rank in range(2):
         assert json.load(open(f"{out}.{rank}")) == single
-    assert sum(map(len, single.values())) > 0
+    assert all(sum(map(len, masks.values())) > 0 for masks in single.values())
 
 
 def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path):

@@ -344,3 +344,52 @@ def test_full_size_end_to_end_with_a_torchvision_mobilenet(folder_root, tmp_path
     assert c["flops"] == summary["flops_pruned"] and c["params"] == summary["params_pruned"]
     assert c["flops_reduction"] > 0.3 and c["max_rel_error"] <= 1e-5
     assert os.path.exists(os.path.join(save, "model_compact.pt"))
+
+
+def test_full_size_end_to_end_with_a_timm_model_from_a_local_file(folder_root, tmp_path):
+    """``--arch timm:NAME``: timm's MobileNetV3 (BatchNormAct2d with hard-swish everywhere,
+    squeeze-excitation) from weights in a local file — what ``--use_pretrain`` needs offline —
+    through FSDP's 3 epochs (CS passes on the fused BatchNorms), to an exact compact network."""
+    import timm
+
+    from utils.compaction import load_compact
+    from utils.run.trainer import main
+
+    torch.manual_seed(0)
+    arch = "timm:mobilenetv3_small_050"
+    weights = timm.create_model("mobilenetv3_small_050", num_classes=3)
+    torch.save(weights.state_dict(), tmp_path / "w.pt")
+    save = str(tmp_path / "timm")
+    argv = ["--dataset", "imagenet", "--arch", arch, "--crop_size", "32", "--resize_size", "36",
+            "--data_path", folder_root, "--save_path", save, "--epochs", "3", "--batch_size",
+            "4", "--batch_prune_size", "8", "--learning_rate", "0.01", "--workers", "0",
+            "--manualSeed", "3", "--use_pretrain", "--pretrain_path", str(tmp_path / "w.pt")]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(notebook_imagenet.parser(), notebook_imagenet.make_data, argv,
+                    check=notebook_imagenet.check,
+                    resume_keys=notebook_imagenet.RESUME_KEYS) == 0
+    finally:
+        torch.set_num_threads(threads)
+    summary = _check_snapshot(save, arch, 3)
+    assert len(summary["selected_per_layer"]) == 34  # every conv feeding a BatchNormAct2d
+    # the run started from the file's weights: its first evaluation is ours of that model
+    data = imagenet_data(folder_root, 3, 50000, 32, 36)
+    x, y = default_collate([data.test[i] for i in range(len(data.test))])
+    with torch.no_grad():
+        logits = weights.eval()(data.batch_transform(x, None, "test"))
+    loss = torch.nn.functional.cross_entropy(logits, y).item()
+    log = open(os.path.join(save, "log.txt")).read()
+    assert f"before training: test top1 {100 * (logits.argmax(1) == y).double().mean().item():.2f}"\
+        f" loss {loss:.4f}" in log
+    assert summary["compact"]["max_rel_error"] <= 1e-5
+    # the saved compact network computes what the final soft-pruned one does
+    model = timm.create_model("mobilenetv3_small_050", num_classes=3)
+    model.load_state_dict(torch.load(os.path.join(save, "checkpoint.pt"),
+                                     weights_only=True)["model"])
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model.eval()(images)
+        out = load_compact(os.path.join(save, "model_compact.pt"))(images)
+    assert ((ref - out).abs().max() / ref.abs().max()).item() <= 1e-5

@@ -10,10 +10,10 @@ torch.export program, ONNX and TorchScript (``export``), and its cost comes from
 (``cost``).
 
 Modules: ``tracing`` (the fx graph and its ops), ``state``, ``liveness``, ``builder``,
-``converter`` (the walk), ``convs``/``ops``/``structure``/``materialise`` (per-op rules),
-``modules``/``layers``/``joins``/``constmaps`` (what the compact network is made of),
-``network``, ``storage``, ``export``, ``cost``, ``fpgm`` (FPGM's analytic FLOPs formula for
-ResNets), ``figures``.
+``converter`` (the walk), ``convs``/``ops``/``structure``/``fullwidth``/``materialise``
+(per-op rules), ``modules``/``layers``/``joins``/``constmaps`` (what the compact network is
+made of), ``network``, ``storage``, ``export``, ``cost``, ``fpgm`` (FPGM's analytic FLOPs
+formula for ResNets), ``figures``.
 """
 from .cost import NetworkCost, compact_cost, network_cost
 from .export import check_onnx_exporter, export_onnx, export_pt2, export_torchscript

@@ -57,6 +57,8 @@ class Step(nn.Module):
             return F.conv2d(x[0], self.weight, None, a["stride"], a["padding"], a["dilation"])
         if op == "affine":
             return x[0] * self.scale + self.shift
+        if op == "act" and a["fn"] == "prelu":
+            return F.prelu(x[0], self.weight)
         if op == "act":
             return activation(a["fn"], a["kw"])(x[0])
         if op == "pool":

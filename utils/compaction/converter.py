@@ -10,13 +10,13 @@ import collections
 import torch
 from torch import fx, nn
 
-from . import convs, ops, structure
+from . import convs, fullwidth, ops, structure
 from ..errors import UserError
 from ..method.graph import unwrap
 from .builder import Builder
 from .liveness import channels_needed
 from .materialise import realise
-from .state import ChannelView, Ref, T
+from .state import ChannelView, Full, Ref, T
 from .tracing import Op, classify, propagate_shapes, shape_of, trace
 
 # the rules of the walk (``Converter.note``): each way a constant is carried or work is saved
@@ -25,14 +25,15 @@ RULES = ("constant into a bias", "border map", "map through a conv", "constant m
          "unneeded filters skipped", "residual add of narrow tensors",
          "constant times an excitation", "scaled into a per-sample bias", "product of tensors",
          "concatenation", "channel split", "channel shuffle", "padded average of a constant",
-         "BatchNorm on its own", "constant features into a linear bias")
+         "BatchNorm on its own", "constant features into a linear bias",
+         "computed at full width")
 
 HANDLERS = {"conv": convs.convert_conv, "linear": convs.convert_linear, "bn": convs.convert_bn,
             "act": ops.convert_act, "add": ops.convert_add, "mul": ops.convert_mul,
             "cat": structure.convert_cat, "split": structure.convert_split,
             "slice": structure.convert_slice, "pool": structure.convert_pool,
             "flatten": structure.convert_flatten, "reshape": structure.convert_reshape,
-            "zeros": structure.convert_zeros}
+            "zeros": structure.convert_zeros, "conv1d": fullwidth.convert_conv1d}
 
 
 def example_input(model: nn.Module, input_shape) -> torch.Tensor:
@@ -58,8 +59,11 @@ class DenseGraph:
             propagate_shapes(self.gm, example_input(self.model, input_shape))
         finally:
             self.model.train(was)
-        self.modules = dict(self.gm.named_modules())
+        # the model's own modules: a traced-into BatchNorm subclass is not one of the graph's
+        self.modules = dict(self.model.named_modules())
         self.ops = [self._classify(node) for node in self.gm.graph.nodes]
+        self.op_of = {op.node: op for op in self.ops}
+        self.position = {op.node: i for i, op in enumerate(self.ops)}
         self.pairs = self._bn_pairs()
 
     def _classify(self, node: fx.Node) -> Op:
@@ -72,15 +76,16 @@ class DenseGraph:
                                        if shape_of(a) is not None])
 
     def _bn_pairs(self) -> dict:
-        """{conv fx node: its BN fx node}: a conv whose only consumer is a BatchNorm2d, the
+        """{conv fx node: its BN fx node}: a conv whose only consumer is a BatchNorm, the
         prunable convs of ``utils.method.graph`` (their BN folds into them)."""
         pairs, seen = {}, {}
         for op in self.ops:
             if op.kind == "conv":
                 seen[op.module] = seen.get(op.module, 0) + 1
-                users = list(op.node.users)
-                if len(users) == 1 and users[0].op == "call_module" and \
-                        isinstance(self.modules[users[0].target], nn.BatchNorm2d):
+                # shape checks (a traced-into BatchNorm subclass asserts the input's rank)
+                # read no values
+                users = [u for u in op.node.users if self.op_of[u].kind != "meta"]
+                if len(users) == 1 and self.op_of[users[0]].kind == "bn":
                     pairs[op.node] = users[0]
         shared = [n.target for n in pairs if seen[self.modules[n.target]] > 1]
         if shared:
@@ -115,7 +120,9 @@ class Converter:
         self.used[rule] += 1
 
     def state(self, node: fx.Node):
-        return self.states[node]
+        s = self.states[node]
+        # a full-width tensor back in (N, C, H, W) or (N, F): a tensor of computed channels
+        return s.as_t() if isinstance(s, Full) and len(s.shape) in (2, 4) else s
 
     def pruned_mask(self, name: str, filters: int) -> torch.Tensor:
         return self.masks.get(name, torch.zeros(filters, dtype=torch.bool))
@@ -155,6 +162,8 @@ class Converter:
         if op.kind == "opaque":
             return opaque(self, op)
         try:
+            if fullwidth.takes(self, op):
+                return fullwidth.convert(self, op)
             return HANDLERS[op.kind](self, op)
         except UserError:
             if not self.graph.lenient:
@@ -162,7 +171,7 @@ class Converter:
             return opaque(self, op)
 
     def run(self) -> "Converter":
-        self._ops = {op.node: op for op in self.graph.ops}
+        self._ops = self.graph.op_of
         for op in self.graph.ops:
             node = op.node
             if node in self.fused:
@@ -180,6 +189,8 @@ class Converter:
                 self.states[node] = self.state(op.inputs[0])
             elif op.kind == "item":
                 self.states[node] = self.state(op.inputs[0])[op.attrs["index"]]
+            elif op.kind == "setitem":  # changes its target in place: later readers see it
+                self.states[op.inputs[0]] = structure.convert_setitem(self, op)
             elif op.kind == "bn" and any(node is bn for bn in self.pairs.values()):
                 self.states[node] = self.state(op.inputs[0])  # folded into its conv
             else:

@@ -44,7 +44,7 @@ def convert_conv(cv, op) -> T:
                         f"{m.padding!r}/{m.padding_mode}; only numeric zero padding is understood")
     x = cv.state(op.inputs[0])
     bn_node = cv.pairs.get(node)
-    bn = cv.modules[bn_node.target] if bn_node is not None else None
+    bn = cv.graph.op_of[bn_node].module if bn_node is not None else None
     groups, filters = m.groups, m.out_channels
     w, bias = m.weight.detach().double().cpu(), _bias64(m, filters)
     scale, shift = _fold_bn(bn, filters)
@@ -153,7 +153,7 @@ class _Conv:
     def computed_filters(self, computed: torch.Tensor, out: T) -> T:
         cv, x, m = self.cv, self.x, self.m
         slots_in, slots_out, width = self._layout(computed, out.value)
-        ids = torch.cat(slots_out)
+        ids = slots_out.flatten()
         real = computed[ids]  # False at fillers
         scale = self.scale[ids]
         weight = self._weight(slots_in, slots_out, width, real)
@@ -194,43 +194,51 @@ class _Conv:
     def _weight(self, slots_in, slots_out, width, real) -> torch.Tensor:
         """The compact filters over the compact groups' input slots (fillers and padding
         slots zero); only its shape when the conversion just counts."""
-        rows, taps = sum(len(o) for o in slots_out), self.m.kernel_size
+        rows, taps = slots_out.numel(), self.m.kernel_size
         if not self.cv.emit:
             return torch.empty(rows, width, *taps, device="meta")
-        weight = torch.zeros(rows, width, *taps, dtype=torch.float64)
-        row = 0
-        for inputs, outputs in zip(slots_in, slots_out):
-            block = self.w[outputs][:, inputs % self.ig] * real[row:row + len(outputs)].view(
-                -1, 1, 1, 1)
-            weight[row:row + len(outputs), :len(inputs)] = block
-            row += len(outputs)
-        return weight
+        # row r reads the input slots of its compact group, each a channel of the filter's group
+        slots = slots_in.repeat_interleave(slots_out.shape[1], 0)
+        index = (slots.clamp(min=0) % self.ig).view(rows, width, 1, 1).expand(-1, -1, *taps)
+        weight = torch.gather(self.w[slots_out.flatten()], 1, index)
+        return weight * ((slots >= 0) & real.view(-1, 1)).view(rows, width, 1, 1)
 
     def _layout(self, computed: torch.Tensor, values: torch.Tensor):
-        """Per compact group: its input channels (dense ids, in the narrow input's order) and
-        its filters (computed ones, then fillers); the common input width."""
+        """Per compact group (a row): its input channels (dense ids, in the narrow input's
+        order; -1: a padding slot) and its filters (computed ones, then fillers); the common
+        input width."""
         x = self.x
         if self.groups == 1:
-            return [x.ids], [computed.nonzero()[:, 0]], len(x.ids)
-        order = []  # groups with a computed filter, as they first appear in the input
-        for g in (x.ids // self.ig).tolist():
-            if g not in order and bool(computed[g * self.og:(g + 1) * self.og].any()):
-                order.append(g)
-        slots_in = [x.ids[(x.ids // self.ig) == g] for g in order]
-        outs = [computed[g * self.og:(g + 1) * self.og].nonzero()[:, 0] + g * self.og
-                for g in order]
+            return x.ids.view(1, -1), computed.nonzero()[:, 0].view(1, -1), len(x.ids)
+        ig, og = self.ig, self.og
+        # the groups with a computed filter, as they first appear in the input
+        group = x.ids // ig
+        first = torch.full((self.groups,), len(group), dtype=torch.long)
+        first.scatter_reduce_(0, group, torch.arange(len(group)), "amin")
+        order = computed.view(self.groups, og).any(1).nonzero()[:, 0]
+        order = order[torch.argsort(first[order], stable=True)]
+        rank = torch.full((self.groups,), -1, dtype=torch.long)
+        rank[order] = torch.arange(len(order))
+        # inputs: grouped by their group's rank, each group in the input's order
+        r = rank[group]
+        taken = (r >= 0).nonzero()[:, 0]
+        taken = taken[torch.argsort(r[taken], stable=True)]
+        sizes = torch.bincount(r[taken], minlength=len(order))
+        column = torch.arange(len(taken)) - (torch.cumsum(sizes, 0) - sizes)[r[taken]]
+        computed_of = computed.view(self.groups, og)[order]
         # oneDNN's grouped kernels in NCHW want a multiple of 8 channels per group: rounding
         # both widths up made RegNetX-400MF's compact network 1.1× instead of 0.9× its
         # dense one there (channels_last: 1.35× instead of 1.6×); the padding slots have
         # zero weights, the fillers compute their own constants, read by the next conv
-        width = _round8(max(len(s) for s in slots_in), self.ig)
-        count = _round8(max(len(o) for o in outs), self.og)
-        slots_out = []
-        for g, o in zip(order, outs):
-            spare = (~computed[g * self.og:(g + 1) * self.og]).nonzero()[:, 0] + g * self.og
-            slots_out.append(torch.cat([o, spare[:count - len(o)]]))
-            if len(o) < count:
-                self.cv.note("filler filters")
+        width = _round8(int(sizes.max()), ig)
+        count = _round8(int(computed_of.sum(1).max()), og)
+        slots_in = torch.full((len(order), width), -1, dtype=torch.long)
+        slots_in[r[taken], column] = x.ids[taken]
+        # filters: the computed ones in order, then the others (fillers) up to ``count``
+        key = (~computed_of).long() * og + torch.arange(og)
+        slots_out = torch.argsort(key, 1)[:, :count] + order.view(-1, 1) * og
+        if bool((computed_of.sum(1) < count).any()):
+            self.cv.note("filler filters")
         return slots_in, slots_out, width
 
     def _inputs(self, slots_in, width, ids, real, scale):
@@ -238,8 +246,7 @@ class _Conv:
         groups' layout when it is not already so), and the scaled channels' factors."""
         x, cv = self.x, self.cv
         tensors, inputs = {}, [x.node]
-        laid_out = torch.cat([torch.cat([s, torch.full((width - len(s),), -1)])
-                              for s in slots_in])
+        laid_out = slots_in.flatten()
         if not torch.equal(laid_out, x.ids):
             # a padding slot has zero weights: it may read any channel (the first)
             where = torch.zeros(self.m.in_channels, dtype=torch.long)

@@ -49,6 +49,8 @@ def node_cost(node: dict, hw: int | None) -> tuple[int, int]:
         return 0, affine_params(node["tensors"]["scale"]["shape"][1], a["bn"])
     if op == "opaque":
         return 0, a["params"]
+    if op == "tensor":  # a 1-D conv across the channels has MACs and weights; reshapes none
+        return a.get("macs", 0), a.get("params", 0)
     return 0, 0
 
 
@@ -85,7 +87,7 @@ class NetworkCost:
 def compact_cost(compact: nn.Module, input_shape) -> tuple[int, int]:
     """(MACs, parameters) of a compact network's own modules for one image of ``input_shape``."""
     from .layers import FoldedConv, Linear
-    from .modules import Affine
+    from .modules import Affine, TensorOp
 
     total, handles = [0, 0], []
 
@@ -106,7 +108,10 @@ def compact_cost(compact: nn.Module, input_shape) -> tuple[int, int]:
     def on_affine(m, inputs, out):
         add((0, affine_params(out.shape[1], m.bn)))
 
-    hooks = {FoldedConv: on_conv, Linear: on_linear, Affine: on_affine}
+    def on_tensor(m, inputs, out):
+        add((m.a.get("macs", 0), m.a.get("params", 0)))
+
+    hooks = {FoldedConv: on_conv, Linear: on_linear, Affine: on_affine, TensorOp: on_tensor}
     for m in compact.modules():
         if type(m) in hooks:
             handles.append(m.register_forward_hook(hooks[type(m)]))

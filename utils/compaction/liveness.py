@@ -34,6 +34,12 @@ def channels_needed(ops: list, pruned: dict) -> dict:
             for x in op.inputs:
                 add(x, full(x))
             continue
+        if op.kind == "setitem":  # x[:, a:b] = v: what x's later readers need of a…b−1
+            target, value = op.inputs
+            start, stop = op.attrs["start"], op.attrs["stop"]
+            later = need.get(target, torch.zeros(shape_of(target)[1], dtype=torch.bool))
+            add(value, later[start:stop])
+            continue
         out = need.get(node)
         if out is None or op.kind in ("input", "meta", "zeros"):
             continue

@@ -109,13 +109,19 @@ class Cached(nn.Module):
 
 
 class Act(nn.Module):
+    """An activation; PReLU's slopes, one per channel, are its ``weight``."""
+
     def __init__(self, a: dict, specs: dict):
         super().__init__()
         self.fn, self.kw = a["fn"], dict(a.get("kw", {}))
-        self.f = activation(self.fn, self.kw)
+        self.f = activation(self.fn, self.kw) if self.fn != "prelu" else None
+        self.register_buffer("weight", None)
+        register(self, specs)
         self.inplace = False  # set by the network: nobody reads the input afterwards
 
     def forward(self, x):
+        if self.f is None:
+            return F.prelu(x, self.weight)
         if self.inplace and MODE.eager:
             return activate_(self.fn, self.kw, x)
         return self.f(x)
@@ -185,6 +191,9 @@ def pool(x: torch.Tensor, a: dict) -> torch.Tensor:
         return F.adaptive_avg_pool2d(x, a["size"])
     if kind == "adaptive_max":
         return F.adaptive_max_pool2d(x, a["size"])
+    if kind == "resize":
+        return F.interpolate(x, a["size"], a["scale_factor"], a["mode"], a["align_corners"],
+                             a["recompute_scale_factor"])
     if kind == "global_avg":  # the authors' AvgPool2d(8) on 8×8 maps: their summation order
         return F.avg_pool2d(x, x.shape[-2:])
     return x.mean((2, 3), keepdim=bool(a["keepdim"]))  # "mean"
@@ -197,3 +206,38 @@ class SpatialSlice(nn.Module):
 
     def forward(self, x):
         return x[:, :, self.slices[0], self.slices[1]]
+
+
+class TensorOp(nn.Module):
+    """An op on tensors held at full width, as the dense network computes it (``fullwidth``):
+    reshape (the batch dim, then ``dims``, then the input's height and width if ``spatial``),
+    permute, sum, mean, softmax, stack, add, mul (of two tensors or by a number), an
+    activation, a 1-D conv across the channels."""
+
+    def __init__(self, a: dict, specs: dict):
+        super().__init__()
+        self.fn, self.a = a["fn"], dict(a)
+        self.f = activation(a["act"], a["kw"]) if self.fn == "act" else None
+        for key in ("weight", "bias"):  # a 1-D conv's
+            self.register_buffer(key, None)
+        register(self, specs)
+
+    def forward(self, x, *others):
+        fn, a = self.fn, self.a
+        if fn == "stack":
+            return torch.stack((x, *others), a["dims"][0])
+        if fn == "conv1d":
+            return F.conv1d(x, self.weight, self.bias, a["stride"], a["padding"], a["dilation"],
+                            a["groups"])
+        if fn == "reshape":
+            return x.reshape(x.shape[0], *a["dims"], *(x.shape[-2:] if a["spatial"] else ()))
+        if fn == "permute":
+            return x.permute(a["dims"])
+        if fn in ("sum", "mean"):
+            return getattr(x, fn)(a["dims"], keepdim=a["keepdim"])
+        if fn == "softmax":
+            return torch.softmax(x, a["dims"][0])
+        if fn == "act":
+            return self.f(x)
+        other = others[0] if others else a["number"]
+        return x + other if fn == "add" else x * other

@@ -11,11 +11,12 @@ from ..method.graph import unwrap
 from .converter import DenseGraph, convert
 from .joins import Join
 from .layers import FoldedConv, Linear
-from .modules import MODE, Act, Affine, Cached, Mul, Pool, SpatialSlice, Take, graph_mode
+from .modules import (MODE, Act, Affine, Cached, Mul, Pool, SpatialSlice, Take, TensorOp,
+                      graph_mode)
 from .tracing import shape_of
 
 MODULES = {"conv": FoldedConv, "linear": Linear, "act": Act, "affine": Affine, "mul": Mul,
-           "take": Take, "pool": Pool, "slice": SpatialSlice, "join": Join}
+           "take": Take, "pool": Pool, "slice": SpatialSlice, "join": Join, "tensor": TensorOp}
 # results that share their input's storage (an in-place activation does too, but only when
 # nothing reads its input afterwards, so its result can be taken as its own)
 _VIEWS = {"slice", "flatten"}

@@ -20,20 +20,34 @@ def _value_op(fn, value: torch.Tensor, spatial: bool) -> torch.Tensor:
 
 def convert_act(cv, op) -> T:
     x = cv.state(op.inputs[0])
-    conv = cv.conv_to_extend(op.inputs[0], x)
+    slopes = _slopes(op, x.width)
+    conv = cv.conv_to_extend(op.inputs[0], x) if slopes is None else None
     x = fold(cv, x)
-    fn = activation(op.attrs["fn"], op.attrs["kw"])
     uniform = x.uniform_mask()
-    value = torch.where(uniform, _value_op(fn, x.value, x.spatial), torch.zeros_like(x.value))
-    out = x.but(value=value)
+    if slopes is None:
+        values = _value_op(activation(op.attrs["fn"], op.attrs["kw"]), x.value, x.spatial)
+    else:  # PReLU: a slope per channel
+        values = torch.where(x.value >= 0, x.value, slopes * x.value)
+    out = x.but(value=torch.where(uniform, values, torch.zeros_like(x.value)))
     if x.maps is not None:
-        out = out.but(maps=Maps(x.maps.ids, cv.b.const("act", [x.maps.expr], op.attrs)))
+        tensors = {"weight": slopes[x.maps.ids]} if slopes is not None else None
+        out = out.but(maps=Maps(x.maps.ids, cv.b.const("act", [x.maps.expr], op.attrs,
+                                                        tensors)))
     if conv is not None:  # computed inside the conv
         conv["attrs"]["act"] = dict(op.attrs)
     elif len(x.ids):
-        node = cv.b.data("act", [x.node], {**op.attrs, "spatial": x.spatial})
+        tensors = {"weight": slopes[x.ids].float()} if slopes is not None else None
+        node = cv.b.data("act", [x.node], {**op.attrs, "spatial": x.spatial}, tensors)
         out = out.but(node=node, ref=Ref(node) if x.spatial else x.ref)
     return out
+
+
+def _slopes(op, width: int) -> torch.Tensor | None:
+    """PReLU's negative slopes, one per channel (float64), or None for other activations."""
+    if op.attrs["fn"] != "prelu":
+        return None
+    w = op.module.weight.detach().double().cpu().flatten()
+    return w.expand(width).clone() if len(w) == 1 else w
 
 
 def convert_add(cv, op) -> T:

@@ -14,6 +14,8 @@ Every channel of a dense tensor is, in the compact network, one of:
 
 ``pending`` is a data-independent map still to be added to the computed channels (a conv's
 border correction, deferred so that a residual add can take it with its own constants).
+A tensor that ops across channel groups compute at full width (``fullwidth``) is held as it
+is in the dense network (``Full``).
 """
 from dataclasses import dataclass, replace
 
@@ -88,6 +90,20 @@ class ChannelView:
     ``index`` holds, per position of those dims, the channel of ``base``."""
     base: T
     index: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Full:
+    """A tensor the compact network holds exactly as the dense network does, every channel, in
+    any shape (``fullwidth``: a split attention's 5-D views and its softmax across the split)."""
+    node: str
+    shape: tuple  # the dense shape at the traced size
+
+    def as_t(self) -> T:
+        """As a tensor of computed channels: (N, C, H, W) or (N, F) only."""
+        width = self.shape[1]
+        return T(width, torch.arange(width), self.node, torch.zeros(width, dtype=torch.float64),
+                 Ref(self.node), spatial=len(self.shape) == 4)
 
 
 def empty() -> torch.Tensor:

@@ -4,14 +4,20 @@ slices, pools, flatten into a classifier, zeros, and the network's output.
 """
 import torch
 
+from . import fullwidth
 from ..errors import UserError
 from .materialise import fold, gather, realise
 from .state import ChannelView, Maps, Ref, Scaled, T
-from .tracing import refuse, shape_of
+from .tracing import permutation, refuse, shape_of
 
 
 def convert_cat(cv, op) -> T:
-    parts = [fold(cv, cv.state(n)) for n in op.inputs]
+    return concatenate(cv, [cv.state(n) for n in op.inputs])
+
+
+def concatenate(cv, parts: list) -> T:
+    """The tensors ``parts`` one after the other along the channels."""
+    parts = [fold(cv, p) for p in parts]
     spatial = parts[0].spatial
     ids, nodes, values, offset = [], [], [], 0
     map_parts = []
@@ -64,6 +70,27 @@ def channel_range(cv, x: T, start: int, stop: int) -> T:
     ref = Ref(node) if node is not None and x.spatial else x.ref
     return T(stop - start, ids - start, node, x.value[start:stop].clone(), ref, x.spatial, maps,
              scaled, x.pending)
+
+
+def convert_setitem(cv, op) -> T:
+    """``x[:, a:b] = v``: x's new state, channels a…b−1 taken from v (every later reader of x
+    reads it); refused when a view taken of x before is read after it."""
+    target, value = op.inputs
+    order = cv.graph.position
+    for view in target.users:
+        if order[view] < order[op.node] and cv.graph.op_of[view].kind in _VIEWS and \
+                any(order[u] > order[op.node] for u in view.users):
+            raise refuse(op.node, cv.modules, f" (fx node {view.name} views the tensor it "
+                                              "changes and is read afterwards)")
+    x, start, stop = cv.state(target), op.attrs["start"], op.attrs["stop"]
+    parts = [channel_range(cv, x, 0, start)] if start else []
+    parts.append(cv.state(value))
+    if stop < x.width:
+        parts.append(channel_range(cv, x, stop, x.width))
+    return concatenate(cv, parts)
+
+
+_VIEWS = {"slice", "reshape", "flatten", "identity", "split"}
 
 
 def convert_split(cv, op) -> tuple:
@@ -181,12 +208,12 @@ def convert_reshape(cv, op) -> T | ChannelView:
     view = x if isinstance(x, ChannelView) else ChannelView(x, torch.arange(x.width)) \
         if isinstance(x, T) and x.spatial else None
     if view is None or in_shape[0] != out_shape[0] or in_shape[-2:] != out_shape[-2:]:
-        raise refuse(op.node, cv.modules, " (a reshape that mixes channels with other dims)")
+        return fullwidth.convert(cv, op)  # channels regrouped with other dims
     index = view.index
     if name in ("transpose", "permute"):
-        dims = _permutation(op, len(in_shape))
+        dims = permutation(op.node, len(in_shape))
         if dims[0] != 0 or dims[-2:] != [len(in_shape) - 2, len(in_shape) - 1]:
-            raise refuse(op.node, cv.modules, " (a transpose of the batch or spatial dims)")
+            return fullwidth.convert(cv, op)  # the batch or spatial dims move
         index = index.permute([d - 1 for d in dims[1:-2]])
     else:
         index = index.reshape(out_shape[1:-2])
@@ -194,18 +221,6 @@ def convert_reshape(cv, op) -> T | ChannelView:
         return ChannelView(view.base, index)
     cv.note("channel shuffle")
     return _renamed(view.base, index.flatten())
-
-
-def _permutation(op, rank: int) -> list:
-    args = [a for a in op.node.args[1:]]
-    name = op.node.target if isinstance(op.node.target, str) else op.node.target.__name__
-    if name == "transpose":
-        d0, d1 = (a % rank for a in args[:2])
-        dims = list(range(rank))
-        dims[d0], dims[d1] = dims[d1], dims[d0]
-        return dims
-    dims = args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args
-    return [d % rank for d in dims]
 
 
 def _renamed(base: T, index: torch.Tensor) -> T:  # a channel shuffle

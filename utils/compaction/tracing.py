@@ -14,20 +14,18 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import UserError
+from ..method.tracer import is_batchnorm, trace_model
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
-    """fx graph of ``model``'s eval-mode forward; the model is left in its mode."""
-    was_training = model.training
-    model.eval()
+    """fx graph of ``model``'s eval-mode forward, a BatchNorm subclass's ops spelled out
+    (``method.tracer``); the model is left in its mode."""
     try:
-        return fx.symbolic_trace(model)
+        return trace_model(model, expand=True)
     except Exception as e:  # fx raises many types: data-dependent control flow, unsupported calls
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot trace a {type(model).__name__} with torch.fx ({first}); FSDP "
                         "needs a model whose forward has no data-dependent control flow") from e
-    finally:
-        model.train(was_training)
 
 
 def shape_of(node: fx.Node):
@@ -113,6 +111,8 @@ def classify(node: fx.Node, modules: dict) -> Op:
         return Op("input", node)
     if node.op == "output":
         return Op("output", node, [node.args[0]])
+    if node.op == "call_function" and node.target is operator.setitem:
+        return _setitem(node, modules)
     if shape_of(node) is None:
         return Op("meta", node)  # sizes and integer arithmetic on them: read off the shapes
     if node.op == "call_module":
@@ -121,7 +121,55 @@ def classify(node: fx.Node, modules: dict) -> Op:
         return _classify_function(node, modules)
     if node.op == "call_method":
         return _classify_method(node, modules)
+    if node.op == "get_attr" and all(_owner(u, modules) is not None for u in node.users):
+        return Op("meta", node)  # a parameter of the module whose op reads it (``_owner``)
     raise refuse(node, modules, " (a parameter used outside its module)")
+
+
+# functions a module subclass's traced forward calls on the module's own tensors (timm's
+# ``BatchNormAct2d``, ``Linear``, ``PReLU``): (argument names, the module's tensors among them,
+# its type)
+_OWN_OPS = {
+    F.batch_norm: (("input", "running_mean", "running_var", "weight", "bias", "training",
+                    "momentum", "eps"), ("running_mean", "running_var", "weight", "bias"),
+                   is_batchnorm),
+    F.linear: (("input", "weight", "bias"), ("weight", "bias"),
+               lambda m: isinstance(m, nn.Linear)),
+    F.prelu: (("input", "weight"), ("weight",), lambda m: isinstance(m, nn.PReLU)),
+}
+
+
+def _owner(node: fx.Node, modules: dict):
+    """The module whose own op ``node`` is — ``F.batch_norm`` (in eval mode), ``F.linear`` or
+    ``F.prelu`` over that module's own tensors, as a traced-into subclass records it — or
+    None."""
+    if node.op != "call_function" or node.target not in _OWN_OPS:
+        return None
+    names, fields, kind = _OWN_OPS[node.target]
+    a = _bind(node, names, {"weight": None, "bias": None, "training": False})
+    reads = {k: a[k] for k in fields if a[k] is not None}
+    if a.get("training") is not False or not all(
+            isinstance(v, fx.Node) and v.op == "get_attr" for v in reads.values()):
+        return None
+    owners = {v.target.rpartition(".")[0] for v in reads.values()}
+    owner = modules.get(owners.pop()) if len(owners) == 1 else None
+    if owner is None or not kind(owner) or any(v.target.rpartition(".")[2] != k
+                                               for k, v in reads.items()):
+        return None
+    return owner
+
+
+def permutation(node: fx.Node, rank: int) -> list:
+    """The dims of a ``transpose`` or ``permute`` node's result, as positions in its input."""
+    name = node.target if isinstance(node.target, str) else node.target.__name__
+    args = list(node.args[1:])
+    if name == "transpose":
+        d0, d1 = (a % rank for a in args[:2])
+        dims = list(range(rank))
+        dims[d0], dims[d1] = dims[d1], dims[d0]
+        return dims
+    dims = args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args
+    return [d % rank for d in dims]
 
 
 def _tensors(values) -> list:
@@ -133,10 +181,16 @@ def _classify_module(node, modules) -> Op:
     x = node.args[0]
     if isinstance(m, nn.Conv2d):
         return Op("conv", node, [x], module=m)
-    if isinstance(m, nn.BatchNorm2d):
+    if isinstance(m, nn.Conv1d):  # across the channels (ECA): at full width
+        if m.padding_mode != "zeros" or isinstance(m.padding, str):
+            raise refuse(node, modules, " (padding other than numeric zeros)")
+        return Op("conv1d", node, [x], module=m)
+    if is_batchnorm(m):
         return Op("bn", node, [x], module=m)
     if isinstance(m, nn.Linear):
         return Op("linear", node, [x], module=m)
+    if isinstance(m, nn.PReLU):
+        return Op("act", node, [x], {"fn": "prelu", "kw": {}}, module=m)
     if type(m) in ACTIVATIONS:
         fn, keys = ACTIVATIONS[type(m)]
         return Op("act", node, [x], {"fn": fn, "kw": {k: getattr(m, k) for k in keys}})
@@ -146,6 +200,11 @@ def _classify_module(node, modules) -> Op:
         return Op("flatten", node, [x], {"start": m.start_dim, "end": m.end_dim})
     if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
         return Op("pool", node, [x], _pool_attrs(m, node, modules), module=m)
+    if isinstance(m, nn.Upsample):
+        return _resize(node, modules, {**_RESIZE_DEFAULTS, "size": m.size,
+                                       "scale_factor": m.scale_factor, "mode": m.mode,
+                                       "align_corners": m.align_corners,
+                                       "recompute_scale_factor": m.recompute_scale_factor})
     raise refuse(node, modules)
 
 
@@ -167,14 +226,28 @@ def _pool_attrs(m, node, modules) -> dict:
 
 def _classify_function(node, modules) -> Op:
     f, args = node.target, node.args
+    if f in _OWN_OPS:
+        owner = _owner(node, modules)
+        if owner is None:
+            raise refuse(node, modules, " (over other tensors than one module's own parameters"
+                                        " and, in eval mode, statistics)")
+        if f is F.prelu:
+            return Op("act", node, [args[0]], {"fn": "prelu", "kw": {}}, module=owner)
+        return Op("bn" if f is F.batch_norm else "linear", node, [args[0]], module=owner)
     if f in _ACT_FUNCTIONS:
         fn = _ACT_FUNCTIONS[f]
         kw = _bind(node, ("input",) + tuple(_ACT_KWARGS.get(fn, {})), _ACT_KWARGS.get(fn, {}))
         return Op("act", node, [args[0]], {"fn": fn, "kw": {k: kw[k] for k in _ACT_KWARGS.get(
             fn, {})}})
+    if f is operator.truediv and isinstance(args[1], (int, float)) and \
+            not isinstance(args[1], bool) and args[1] != 0:  # timm's hard_sigmoid: relu6(x+3)/6
+        return Op("mul", node, [args[0]], {"number": 1.0 / args[1]})
     if f in (operator.add, operator.iadd, torch.add, operator.mul, operator.imul, torch.mul):
         return _binary("add" if f in (operator.add, operator.iadd, torch.add) else "mul",
                        node, modules, args[:2])
+    if f is torch.stack:  # selective kernels stack their branches: at full width
+        a = _bind(node, ("tensors", "dim"), {"dim": 0})
+        return Op("stack", node, list(a["tensors"]), {"dims": [a["dim"]]})
     if f in (torch.cat, torch.concat):
         a = _bind(node, ("tensors", "dim"), {"dim": 0})
         return _cat(node, modules, list(a["tensors"]), a["dim"])
@@ -192,10 +265,56 @@ def _classify_function(node, modules) -> Op:
                          else ("input", "p", "training"), {"training": True})["training"]
         if training is False:  # traced in eval mode: the identity
             return Op("identity", node, [args[0]])
+    if f in (torch.mean, torch.sum):
+        return _reduce(node, modules, f.__name__, ("input", "dim", "keepdim"))
+    if f in (F.softmax, torch.softmax):
+        return _softmax(node, modules, ("input", "dim"))
+    if f is F.interpolate:
+        a = _bind(node, ("input", "size", "scale_factor", "mode", "align_corners",
+                         "recompute_scale_factor", "antialias"), _RESIZE_DEFAULTS)
+        return _resize(node, modules, a)
     pool = _function_pool(node, modules)
     if pool is not None:
         return pool
     raise refuse(node, modules)
+
+
+def _reduce(node, modules, fn: str, names: tuple) -> Op:
+    """A mean over the spatial dims is a pool; any other sum or mean runs at full width
+    (``fullwidth``: a split attention's sum across the radix dim)."""
+    a = _bind(node, names + ("dtype",), {"dim": None, "keepdim": False, "dtype": None})
+    x = node.args[0]
+    if a["dim"] is None or a["dtype"] is not None:
+        raise refuse(node, modules, f" (a {fn} over every dim, or into another dtype)")
+    dims = list(a["dim"]) if isinstance(a["dim"], (list, tuple)) else [a["dim"]]
+    if fn == "mean" and len(shape_of(x)) == 4 and sorted(d % 4 for d in dims) == [2, 3]:
+        return Op("pool", node, [x], {"type": "mean", "keepdim": bool(a["keepdim"])})
+    return Op("reduce", node, [x], {"fn": fn, "dims": dims, "keepdim": bool(a["keepdim"])})
+
+
+def _softmax(node, modules, names: tuple) -> Op:
+    a = _bind(node, names + ("_stacklevel", "dtype"), {"dim": None, "dtype": None})
+    if a["dim"] is None or a["dtype"] is not None:
+        raise refuse(node, modules, " (a softmax without an explicit dim, or into a dtype)")
+    return Op("softmax", node, [node.args[0]], {"dims": [a["dim"]]})
+
+
+_RESIZE_DEFAULTS = {"size": None, "scale_factor": None, "mode": "nearest",
+                    "align_corners": None, "recompute_scale_factor": None, "antialias": False}
+
+
+def _resize(node, modules, a: dict) -> Op:
+    """Nearest and bilinear upsampling act per channel, and a constant channel stays the same
+    constant (bilinear weights sum to 1): a pool, for the compactor."""
+    if a["mode"] not in ("nearest", "bilinear") or a["antialias"] or \
+            len(shape_of(node.args[0])) != 4:
+        raise refuse(node, modules, f" (resizing in mode {a['mode']!r}; nearest and bilinear "
+                                    "without antialias are understood)")
+    plain = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+    return Op("pool", node, [node.args[0]], {
+        "type": "resize", "size": plain(a["size"]), "scale_factor": plain(a["scale_factor"]),
+        "mode": a["mode"], "align_corners": a["align_corners"],
+        "recompute_scale_factor": a["recompute_scale_factor"]})
 
 
 def _function_pool(node, modules) -> Op | None:
@@ -246,21 +365,35 @@ def _classify_method(node, modules) -> Op:
         return Op("flatten", node, [args[0]], {"start": a["start_dim"], "end": a["end_dim"]})
     if name in ("chunk", "split"):
         return _split(node, modules, _bind(node, ("self", "n", "dim"), {"dim": 0})["dim"])
-    if name == "mean":
-        a = _bind(node, ("self", "dim", "keepdim"), {"dim": None, "keepdim": False})
-        dims = a["dim"] if isinstance(a["dim"], (list, tuple)) else [a["dim"]]
-        if sorted(d % 4 for d in dims if d is not None) == [2, 3] and \
-                len(shape_of(args[0])) == 4:
-            return Op("pool", node, [args[0]], {"type": "mean", "keepdim": bool(a["keepdim"])})
-        raise refuse(node, modules, " (a mean over other dims than the spatial ones)")
+    if name in ("mean", "sum"):
+        return _reduce(node, modules, name, ("self", "dim", "keepdim"))
+    if name == "softmax":
+        return _softmax(node, modules, ("self", "dim"))
     if name in ("add", "add_", "mul", "mul_"):
         return _binary(name.rstrip("_"), node, modules, args[:2])
+    if name in ("expand", "expand_as") and node.users and all(
+            u.op in ("call_function", "call_method") and u.target in _BROADCASTING
+            for u in node.users):
+        return Op("meta", node)  # the product or sum reads its input (``_binary``) and broadcasts
     if name in ("new_zeros", "zero_"):
         return Op("zeros", node)
     raise refuse(node, modules)
 
 
+_BROADCASTING = {operator.add, operator.iadd, torch.add, operator.mul, operator.imul, torch.mul,
+                 "add", "add_", "mul", "mul_"}
+
+
+def _unexpanded(value):
+    """``y.expand_as(x)`` read by a product or a sum: ``y`` itself, which broadcasts alike."""
+    if isinstance(value, fx.Node) and value.op == "call_method" and \
+            value.target in ("expand", "expand_as"):
+        return value.args[0]
+    return value
+
+
 def _binary(kind, node, modules, operands) -> Op:
+    operands = [_unexpanded(v) for v in operands]
     tensors = _tensors(operands)
     numbers = [v for v in operands if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if len(tensors) == 2 or (len(tensors) == 1 and len(numbers) == 1):
@@ -280,6 +413,30 @@ def _split(node, modules, dim) -> Op:
     if dim % rank != 1:
         raise refuse(node, modules, " (a split along another dim than the channels)")
     return Op("split", node, [node.args[0]], {"sizes": [s[1] for s in shape_of(node)]})
+
+
+def _channel_run(index, rank: int):
+    """The channel slice of an index that takes channels only (``x[:, a:b]``), else None."""
+    if not isinstance(index, tuple):
+        index = (index,)
+    if not index or len(index) > rank or index[0] != slice(None) or \
+            not all(isinstance(s, slice) for s in index) or \
+            any(s != slice(None) for s in index[2:]):
+        return None
+    return index[1] if len(index) > 1 else slice(None)
+
+
+def _setitem(node, modules) -> Op:
+    """``x[:, a:b] = v`` (and ``+=``: a partial in-place residual): channels a…b−1 of x become
+    v's, for every later reader of x."""
+    x, index, value = node.args
+    run = _channel_run(index, len(shape_of(x))) if shape_of(x) is not None else None
+    if run is None or not isinstance(value, fx.Node) or shape_of(value) is None:
+        raise refuse(node, modules, " (an assignment other than to a run of channels)")
+    start, stop, step = run.indices(shape_of(x)[1])
+    if step != 1 or list(shape_of(value)) != [shape_of(x)[0], stop - start, *shape_of(x)[2:]]:
+        raise refuse(node, modules, " (an assignment of another shape, or to strided channels)")
+    return Op("setitem", node, [x, value], {"start": start, "stop": stop})
 
 
 def _getitem(node, modules) -> Op:

@@ -1,15 +1,19 @@
 """Which convolutions FSDP can prune, discovered from the module graph (SPEC §1).
 
-A conv is prunable when its only consumer is a ``BatchNorm2d``: the BN output is what the CS
-criterion scores. The reference hard-coded parameter indices per architecture; tracing with
-``torch.fx`` makes any torchvision-style CNN work. Models fx cannot trace fall back to module
+A conv is prunable when its only consumer is a BatchNorm (``BatchNorm2d``, ``SyncBatchNorm`` or a
+subclass such as timm's ``BatchNormAct2d``: ``tracer``): the BN output is what the CS criterion
+scores. The reference hard-coded parameter indices per architecture; tracing with ``torch.fx``
+makes any torchvision- or timm-style CNN work. Models fx cannot trace fall back to module
 registration order (a conv immediately followed by a BN of matching width).
 """
 import re
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
+
+from .tracer import adds_ops, is_batchnorm, trace_model
 
 # Channel-wise ops: channel c of the output depends on channel c of the input only, so a
 # pruned channel stays the same channel through them.
@@ -24,7 +28,7 @@ class PrunableConv:
     name: str             # module path of the conv, e.g. "stage_1.0.conv_a"
     conv: nn.Conv2d
     bn_name: str
-    bn: nn.BatchNorm2d
+    bn: nn.BatchNorm2d    # or SyncBatchNorm, or a subclass of either
     param_index: int      # position of conv.weight in model.parameters() (reference indexing)
     source: str | None    # prunable conv whose BN output feeds this conv channel-wise, if any
 
@@ -35,7 +39,7 @@ class PrunableConv:
 
 def _trace(model: nn.Module) -> fx.GraphModule | None:
     try:
-        return fx.symbolic_trace(model)
+        return trace_model(model)
     except Exception:  # dynamic control flow: use the registration-order fallback
         return None
 
@@ -44,7 +48,7 @@ def _pairs_from_graph(gm: fx.GraphModule, modules: dict) -> tuple[dict, dict]:
     """Return ({conv: bn}, {conv: source conv or None}) from a traced graph."""
     pairs, bn_node_to_conv = {}, {}
     for node in gm.graph.nodes:
-        if node.op == "call_module" and isinstance(modules.get(node.target), nn.BatchNorm2d):
+        if node.op == "call_module" and is_batchnorm(modules.get(node.target)):
             arg = node.args[0]
             if (isinstance(arg, fx.Node) and arg.op == "call_module"
                     and isinstance(modules.get(arg.target), nn.Conv2d) and len(arg.users) == 1):
@@ -74,7 +78,7 @@ def _source_of(node, modules, bn_node_to_conv):
 def _pairs_from_order(model: nn.Module) -> tuple[dict, dict]:
     pairs, prev = {}, None
     for name, module in model.named_modules():
-        if isinstance(module, nn.BatchNorm2d) and prev is not None:
+        if is_batchnorm(module) and prev is not None:
             pname, pmod = prev
             if isinstance(pmod, nn.Conv2d) and pmod.out_channels == module.num_features:
                 pairs[pname] = name
@@ -110,6 +114,20 @@ def find_prunable_convs(model: nn.Module, include: str | None = None, exclude: s
         if p.source not in kept:
             p.source = None
     return found
+
+
+def normalised(bn: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+    """In a forward hook on a prunable conv's BN: the BN's normalised output. For a subclass
+    that applies more afterwards (timm's ``BatchNormAct2d``: drop, then its activation) it is
+    recomputed from the input with the module's own statistics — the running ones in eval
+    mode, the batch's in train mode (this process's batch: a synchronised subclass's
+    all-process statistics are not gathered again) — so every BN is scored alike, as SPEC §3's
+    ReLU(BN(conv)), wherever the activation lives."""
+    if not adds_ops(bn):
+        return output
+    batch_stats = bn.training or bn.running_mean is None
+    stats = (None, None) if batch_stats else (bn.running_mean, bn.running_var)
+    return F.batch_norm(inputs[0], *stats, bn.weight, bn.bias, batch_stats, 0.0, bn.eps)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

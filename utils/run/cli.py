@@ -5,7 +5,7 @@ rejects invalid combinations with one line before any work starts.
 """
 import argparse
 
-from models import MODELS, arch_help, is_arch
+from models import MODELS, TIMM, arch_problem
 
 from ..errors import UserError
 from ..method.criteria import registry
@@ -25,8 +25,8 @@ def build_parser(description: str, datasets: list[str], defaults: dict) -> argpa
     g.add_argument("--dataset", choices=datasets, default=datasets[0])
     g.add_argument("--data_path", default="datasets", help="dataset root (downloaded there if absent)")
     g.add_argument("--arch", default="resnet20",
-                   help=f"one of: {', '.join(MODELS)}, or imagenet_NAME for any torchvision "
-                        "classification model NAME")
+                   help=f"one of: {', '.join(MODELS)}, imagenet_NAME for any torchvision "
+                        f"classification model NAME, or {TIMM}NAME for any timm model NAME")
     g.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
     g = p.add_argument_group("optimisation (the reference's flags)")
     g.add_argument("--epochs", type=int, default=200)
@@ -87,7 +87,9 @@ def build_parser(description: str, datasets: list[str], defaults: dict) -> argpa
                    help="stop (resumably) after N epochs of this invocation")
     g.add_argument("--evaluate", action="store_true", help="only evaluate (with --resume or "
                    "--pretrain_path) and exit")
-    g.add_argument("--use_pretrain", action="store_true", help="start from --pretrain_path")
+    g.add_argument("--use_pretrain", action="store_true",
+                   help=f"start from --pretrain_path; without it, --arch {TIMM}NAME downloads "
+                        "timm's published weights of NAME")
     g.add_argument("--pretrain_path", default="", help="state dict or checkpoint to start from")
     g.add_argument("--use_state_dict", action="store_true", help="accepted for compatibility")
     g.add_argument("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16"], default=None,
@@ -118,8 +120,9 @@ def check_args(args) -> None:
     def bad(msg):
         raise UserError(msg)
 
-    if not is_arch(args.arch):
-        bad(f"unknown --arch {args.arch!r}; choose one of: {arch_help()}")
+    problem = arch_problem(args.arch)
+    if problem is not None:
+        bad(problem)
     if args.tau is not None and not args.tau > 4 / 3:
         bad(f"--tau must be > 4/3 (got {args.tau}); the paper uses 10")
     if len(args.schedule) != len(args.gammas):
@@ -141,8 +144,9 @@ def check_args(args) -> None:
         bad(f"--attenuation must be ≥ 0 (got {args.attenuation})")
     if args.resume and args.overwrite:
         bad("--resume and --overwrite contradict each other; give one of them")
-    if args.use_pretrain and not args.pretrain_path:
-        bad("--use_pretrain needs --pretrain_path PATH")
+    if args.use_pretrain and not args.pretrain_path and not args.arch.startswith(TIMM):
+        bad(f"--use_pretrain needs --pretrain_path PATH (only --arch {TIMM}NAME downloads "
+            "weights by name)")
     if args.evaluate and not (args.resume or args.pretrain_path):
         bad("--evaluate needs --resume PATH or --pretrain_path PATH")
     if args.ngpu == 0:

@@ -1,6 +1,27 @@
-"""Starting weights for a run: ``--pretrain_path`` (a state dict in any common wrapping)."""
+"""Starting weights for a run: ``--pretrain_path`` (a state dict in any common wrapping), or
+for ``--arch timm:NAME`` with ``--use_pretrain`` and no path, timm's published weights."""
+from models import TIMM, build_model
+
 from ..errors import UserError
 from ..files import safe_load
+
+
+def initial_model(args, num_classes: int, in_channels: int, resuming: bool = False):
+    """The run's model before training: randomly initialised (``--pretrain_path`` is loaded
+    later), or with timm's weights of NAME downloaded (``--use_pretrain`` without a path, not
+    when resuming: the checkpoint holds the weights)."""
+    if not (args.use_pretrain and not args.pretrain_path and args.arch.startswith(TIMM)) or \
+            resuming:
+        return build_model(args.arch, num_classes, in_channels)
+    try:
+        return build_model(args.arch, num_classes, in_channels, pretrained=True)
+    except Exception as e:  # hub and network errors come in many types
+        first = str(e).strip().splitlines()[0].split(". ")[0][:160] if str(e).strip() \
+            else type(e).__name__
+        raise UserError(f"could not download the pretrained weights of --arch {args.arch} "
+                        f"({first}); offline, save them on a machine with network "
+                        "(timm.create_model(NAME, pretrained=True).state_dict()) and pass "
+                        "--pretrain_path FILE") from e
 
 
 def load_pretrained(model, path: str, arch: str) -> None:

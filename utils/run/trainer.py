@@ -33,7 +33,7 @@ from .checkpoint import read_checkpoint, restore_checkpoint, write_checkpoint
 from .cli import check_args, pruning_from_args, record_defaults
 from .data import Data
 from .engine import NonFiniteLoss, evaluate, lr_at, refreshed_bn_copy, train_one_epoch
-from .pretrained import load_pretrained
+from .pretrained import initial_model, load_pretrained
 from .sampling import check_seeded
 from .save_path import check_save_path, prepare_save_path
 from .stop import StopRequest
@@ -201,7 +201,7 @@ class Trainer:
         _check_data(args, data, device)
         self.args, self.data, self.device = args, data, device
         self.pruning = pruning or pruning_from_args(args)
-        self.model = build_model(args.arch, data.num_classes, data.in_channels).to(device)
+        self.model = initial_model(args, data.num_classes, data.in_channels, resuming).to(device)
         self.convs = _prunable(self.model, args)
         self.amp_dtype = amp_dtype(args, device)
         self.batch = loaders.per_rank(args.batch_size)

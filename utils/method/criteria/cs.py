@@ -9,6 +9,7 @@ from torch import nn
 
 from ...batches import autocast, prepare
 from ...distributed import all_reduce_sum
+from ..graph import normalised
 from .base import Criterion
 
 
@@ -21,11 +22,12 @@ def _max_response_hooks(bns: list[nn.Module], out: list):
     """Store, per BN, the per-sample spatial max of its output: (N, F).
 
     max is taken before the ReLU: ReLU is monotone, so clamping the (N, F) max afterwards
-    equals the max of the rectified map, without a full-size copy of every activation.
+    equals the max of the rectified map, without a full-size copy of every activation. A BN
+    that applies its own activation is scored on its normalisation (``graph.normalised``).
     """
     def hook(k):
         def fn(module, inputs, output):
-            out[k] = output.amax(dim=(2, 3))
+            out[k] = normalised(module, inputs, output).amax(dim=(2, 3))
         return fn
 
     handles = [bn.register_forward_hook(hook(k)) for k, bn in enumerate(bns)]

@@ -1,0 +1,118 @@
+"""The fx tracer that discovery and compaction share: a BatchNorm subclass is a BatchNorm.
+
+torch.fx records a call to a module of ``torch.nn`` as one node and traces into every other
+module. A BatchNorm subclass from outside ``torch.nn`` — timm's ``BatchNormAct2d``, which
+applies its drop and activation after normalising, used by every ``ConvNormAct`` — would be
+traced into, and its conv → BN pair would vanish from the graph. Here every ``BatchNorm2d`` and
+``SyncBatchNorm``, subclass or not, is one node for discovery; the compactor asks for its ops
+instead (``expand``): the normalisation as ``F.batch_norm`` over the module's own statistics
+and affine parameters, then whatever the subclass applies afterwards, each op as it is.
+"""
+import functools
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+BATCHNORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
+_TORCH_FORWARDS = (nn.BatchNorm2d.forward, nn.SyncBatchNorm.forward)
+
+
+def is_batchnorm(m) -> bool:
+    return isinstance(m, BATCHNORMS)
+
+
+def adds_ops(bn: nn.Module) -> bool:
+    """Does this BatchNorm compute more than the normalisation (a subclass's own forward)?"""
+    return type(bn).forward not in _TORCH_FORWARDS
+
+
+class _Proxy(fx.Proxy):
+    """fx's proxy, which also records an assignment into a tensor: ``x[:, :c] += shortcut``
+    (a partial in-place residual) becomes a slice, an add and an ``operator.setitem`` node."""
+
+    def __setitem__(self, key, value):
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
+
+class BatchNormTracer(fx.Tracer):
+    """``expand=False``: every BatchNorm is one ``call_module`` node. ``expand=True``: a
+    subclass that adds ops is traced into, its normalisation recorded as ``F.batch_norm``."""
+
+    def __init__(self, expand: bool = False):
+        super().__init__()
+        self.expand = expand
+        self._names: dict[int, str] | None = None
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _Proxy(node, self)
+
+    def _name_of(self, t: torch.Tensor) -> str | None:
+        """The qualified name of one of the root's parameters or buffers. fx searches them
+        all at every access: quadratic, seconds for a network of a few hundred layers."""
+        if self._names is None:
+            self._names = {}
+            for name, t_ in (*self.root.named_parameters(), *self.root.named_buffers()):
+                self._names.setdefault(id(t_), name)
+        return self._names.get(id(t))
+
+    def create_arg(self, a):
+        if isinstance(a, torch.Tensor) and self._name_of(a) is not None:
+            return self.create_node("get_attr", self._name_of(a), (), {})
+        return super().create_arg(a)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        name = self._name_of(attr_val) if isinstance(attr_val, nn.Parameter) else None
+        if name is None:
+            return super().getattr(attr, attr_val, parameter_proxy_cache)
+        if name not in parameter_proxy_cache:
+            parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+        return parameter_proxy_cache[name]
+
+    def _traced_into(self, m: nn.Module) -> bool:
+        return self.expand and is_batchnorm(m) and adds_ops(m)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if is_batchnorm(m):
+            return not self._traced_into(m)
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m, forward, args, kwargs):
+        if not self._traced_into(m):
+            return super().call_module(m, forward, args, kwargs)
+        cls = m.__class__
+        m.__class__ = _with_traceable_normalisation(cls)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            m.__class__ = cls
+
+
+@functools.cache
+def _with_traceable_normalisation(cls: type) -> type:
+    """``cls`` with torch's BatchNorm forward, which its own forward may reach through
+    ``super()`` (timm's ``SyncBatchNormAct``), replaced by the eval-mode ``F.batch_norm``:
+    torch's forward checks the input's rank in Python, which fx cannot record."""
+    base = nn.SyncBatchNorm if issubclass(cls, nn.SyncBatchNorm) else nn.BatchNorm2d
+
+    def forward(self, x):
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            False, 0.0, self.eps)
+
+    plain = type(f"Traceable{base.__name__}", (base,), {"forward": forward})
+    return type(cls.__name__, (cls, plain), {})
+
+
+def trace_model(model: nn.Module, expand: bool = False) -> fx.GraphModule:
+    """The fx graph of ``model``'s eval-mode forward (stochastic depth, dropout and BN act as
+    at inference); every module is left in its mode. fx's own errors propagate."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        tracer = BatchNormTracer(expand)
+        graph = tracer.trace(model)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)

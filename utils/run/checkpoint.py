@@ -15,7 +15,8 @@ FORMAT = "fsdp-checkpoint/2"
 # every criterion's --prune_rate_<name>, see resume_must_match)
 RESUME_MUST_MATCH = ("method", "attenuate", "arch", "dataset", "epochs", "tau", "attenuation",
                      "use_zero_scaling", "round_to", "layer_begin", "layer_end", "layer_inter",
-                     "prune_include", "prune_exclude")
+                     "prune_include", "prune_exclude", "target_flops", "target_params",
+                     "allocation")
 
 
 def resume_must_match() -> tuple[str, ...]:

@@ -1,14 +1,10 @@
 """Prune to a budget: the compact network's count meets the target, the allocations' rules
 (every layer keeps a filter, the global one is blind to a layer's scale), the mask moves each
-layer towards its own count, a resumed pruner keeps its plan, and DDP ranks agree on it."""
-import json
-import os
-import socket
+layer towards its own count and a resumed pruner keeps its plan (DDP ranks agreeing on it:
+tests/test_ddp.py, which starts its processes once)."""
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torchvision
 from torch import nn
 
@@ -16,11 +12,10 @@ from models import build_model
 from utils.compaction.cost import compact_cost, network_cost
 from utils.method.allocation import Allocator, normalised
 from utils.method.budget import Target, counted_once
-from utils.method.criteria import criterion
 from utils.method.graph import find_prunable_convs
 from utils.method.mask import Mask
 from utils.method.methods import METHODS
-from utils.method.schedule import asymptotic_schedule
+from utils.method.schedule import asymptotic_schedule, split_counts
 from utils.pruner import Pruner
 
 SHAPE = (3, 16, 16)
@@ -82,8 +77,8 @@ def test_a_depthwise_conv_is_pruned_through_its_producer_under_a_target():
 
 # --- the allocations on a cost that is the sum of per-filter costs (no walk: fast) ----------
 
-WIDTHS = {"a": 8, "b": 16, "c": 32}
-PER_FILTER = {"a": 5.0, "b": 2.0, "c": 1.0}
+WIDTHS = {"a": 16, "b": 32, "c": 32, "d": 64}
+PER_FILTER = {"a": 3.0, "b": 1.5, "c": 1.0, "d": 0.5}
 
 
 class Conv:
@@ -98,20 +93,25 @@ def _allocator(fraction, first_share=0.2, round_to=1, allocation="global"):
                      first_share, round_to)
 
 
-def _scores(spread=(1.0, 1.0, 1.0)):
+def _scores(spread=(1.0, 1.0, 1.0, 1.0)):
+    """Per layer, scores spread uniformly around 1 (± half the layer's ``spread``)."""
     gen = torch.Generator().manual_seed(5)
     return {n: 1 + s * (torch.rand(f, generator=gen) - 0.5) for (n, f), s in
             zip(WIDTHS.items(), spread)}
 
 
 def test_the_global_allocation_is_blind_to_a_layers_scale_and_follows_its_contrast():
-    a = _allocator(0.6)
-    scores = _scores(spread=(0.1, 1.9, 1.0))
+    """Scores divided by their layer's mean: a layer's scores × c change nothing, and short of
+    the mean a layer gives up the more filters, the further its scores spread below it (a's
+    lie within 5 % of their mean, b's down to 5 % of it)."""
+    a = _allocator(0.85)
+    scores = _scores(spread=(0.1, 1.9, 1.0, 1.0))
     plan = a.global_(scores)
     rescaled = a.global_({**scores, "b": scores["b"] * 1e3, "c": scores["c"] * 1e-4})
     assert rescaled == plan
+    assert a.global_({**scores, "b": scores["b"] * 1e3}) == plan
     share = {n: sum(plan[n]) / f for n, f in WIDTHS.items()}
-    assert share["b"] > share["a"]  # b's scores spread far below its mean, a's do not
+    assert share["a"] == 0 < share["c"] < share["b"]
     assert normalised(scores["b"] * 7).mean().item() == pytest.approx(1.0)
 
 
@@ -124,13 +124,29 @@ def test_no_allocation_empties_a_layer_even_at_the_floor():
             assert all((f - sum(plan[n])) % round_to == 0 for n, f in WIDTHS.items())
 
 
-def test_the_uniform_plan_is_one_rate_and_splits_each_count_by_the_given_ratio():
-    a = _allocator(0.45, allocation="uniform")
-    plan = a.uniform()
-    assert a.fraction(plan) == pytest.approx(0.45, abs=0.01)
-    rates = [sum(plan[n]) / f for n, f in WIDTHS.items()]
-    assert max(rates) - min(rates) <= 1 / min(WIDTHS.values())  # one rate, up to a step
-    assert all(abs(first - 0.2 * (first + second)) <= 1 for first, second in plan.values())
+@pytest.mark.parametrize("first_share", [0.2, 0.0])
+def test_the_uniform_plan_is_one_rate_and_splits_each_count_by_the_given_ratio(first_share):
+    for target in (0.3, 0.45, 0.6):
+        a = _allocator(target, first_share, allocation="uniform")
+        plan = a.uniform()
+        assert a.fraction(plan) == pytest.approx(target, abs=0.01)
+        low, high = a.rates  # every layer takes the counts of one of two neighbouring rates
+        assert 0 < low < high < 1
+        for n, f in WIDTHS.items():
+            assert plan[n] in [split_counts(f, first_share * r, (1 - first_share) * r)
+                               for r in (low, high)]
+
+
+def test_a_target_one_rate_cannot_meet_is_refused_in_one_line():
+    from utils.errors import UserError
+
+    def cost(pruned):  # a filter of "a" is 40 % of the network, "b" costs nothing
+        return 2.0 + 4.0 * (2 - len(pruned.get("a", ())))
+    convs = [Conv("a"), Conv("b")]
+    convs[0].filters = 2
+    a = Allocator(convs, cost, Target("flops", 0.8, "uniform"), 0.0)
+    with pytest.raises(UserError, match="cannot be met within 1 %.*nearest plan keeps"):
+        a.uniform()
 
 
 def test_a_target_below_every_layer_at_one_filter_is_refused_with_the_range():
@@ -153,7 +169,7 @@ def test_each_layer_count_follows_the_schedule_to_its_own_count():
         assert all(n[0] == min(plan[c.name][0], sum(n)) for n in counts)  # the first share first
 
 
-# --- resume and DDP --------------------------------------------------------------------------
+# --- resume (DDP ranks agreeing on a plan: tests/test_ddp.py) ---------------------------------
 
 def test_a_resumed_pruner_keeps_the_plan_its_scores_made(tmp_path):
     """ASFP's global plan is made after epoch 0 from the norms then; other weights would make
@@ -174,36 +190,3 @@ def test_a_resumed_pruner_keeps_the_plan_its_scores_made(tmp_path):
     assert resumed.mask.plan == first.mask.plan
     resumed.step(1)
     assert resumed.mask.plan == first.mask.plan
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _plan_worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        torch.manual_seed(rank)  # each rank's own weights: their own plans would differ
-        model = build_model("resnet20", 10)
-        pruner = Pruner(model, "fpgm", epochs=1, target={"flops": 0.5}, allocation="global",
-                        input_shape=(3, 32, 32))
-        pruner.start()
-        gm = criterion("gm")  # fpgm's criterion in use (its norm share is 0)
-        local = pruner.allocator.global_({c.name: gm.scores(c.conv.weight,
-                                                            torch.arange(c.filters))
-                                          for c in pruner.convs})
-        with open(f"{out}.{rank}", "w") as f:
-            json.dump({"plan": pruner.mask.plan, "local": local}, f)
-    finally:
-        dist.destroy_process_group()
-
-
-def test_ddp_ranks_agree_on_the_global_plan(tmp_path):
-    out = str(tmp_path / "plan")
-    mp.start_processes(_plan_worker, args=(2, _free_port(), out), nprocs=2, start_method="spawn")
-    plans = [json.load(open(f"{out}.{rank}")) for rank in range(2)]
-    assert plans[0]["local"] != plans[1]["local"]  # alone, the ranks would disagree
-    assert plans[0]["plan"] == plans[1]["plan"] == plans[0]["local"]

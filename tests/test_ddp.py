@@ -1,22 +1,27 @@
 """Two CPU processes (gloo): the CS statistics are summed over ranks, so every rank selects the
-same filters as one process over the same CS data."""
+same filters as one process over the same CS data; every rank keeps rank 0's plan of a
+budget's global allocation."""
 import json
 import os
 import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch import nn
 
 from models import build_model
+from utils.method.criteria import criterion
 from utils.method.criteria.cs import cs_scores
 from utils.method.graph import find_prunable_convs
 from utils.method.mask import Mask
 from utils.run.sampling import EpochSampler, SeededDataset
 from utils.method.methods import METHODS
 from utils.method.schedule import asymptotic_schedule
+from utils.pruner import Pruner
 from tests.fakedata import write_cifar
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,23 +55,57 @@ def _selection(rank: int, world: int) -> dict:
     return {c.name: mask.selected(c.name).tolist() for c in convs}
 
 
+def _small_cnn() -> nn.Module:
+    layers, width = [], 3
+    for out in (8, 16, 16):
+        layers += [nn.Conv2d(width, out, 3, padding=1, bias=False), nn.BatchNorm2d(out),
+                   nn.ReLU()]
+        width = out
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10))
+
+
+def _global_plan(rank: int) -> dict:
+    """The plan of a global allocation made from each rank's own weights (a rank-dependent
+    seed: alone, the ranks' plans would differ), and the plan this rank alone would make."""
+    torch.manual_seed(rank)
+    pruner = Pruner(_small_cnn(), "fpgm", epochs=1, target={"flops": 0.5}, allocation="global",
+                    input_shape=(3, 8, 8))
+    gm = criterion("gm")  # fpgm's criterion in use (its norm share is 0)
+    local = pruner.allocator.global_({c.name: gm.scores(c.conv.weight, torch.arange(c.filters))
+                                      for c in pruner.convs})
+    pruner.start()  # the plan is made here, from the same weights
+    return {"plan": pruner.mask.plan, "local": local}
+
+
 def _worker(rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         with open(f"{out}.{rank}", "w") as f:
-            json.dump(_selection(rank, world), f)
+            json.dump({"selection": _selection(rank, world), "budget": _global_plan(rank)}, f)
     finally:
         dist.destroy_process_group()
 
 
-def test_two_process_masks_equal_the_single_process_masks(tmp_path):
-    single = _selection(0, 1)
-    out = str(tmp_path / "sel")
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """What each of two gloo processes computed (started once: a start costs seconds)."""
+    out = str(tmp_path_factory.mktemp("ddp") / "rank")
     mp.start_processes(_worker, args=(2, _free_port(), out), nprocs=2, start_method="spawn")
+    return [json.load(open(f"{out}.{rank}")) for rank in range(2)]
+
+
+def test_two_process_masks_equal_the_single_process_masks(two_ranks):
+    single = _selection(0, 1)
     for rank in range(2):
-        assert json.load(open(f"{out}.{rank}")) == single
+        assert two_ranks[rank]["selection"] == single
     assert sum(map(len, single.values())) > 0
+
+
+def test_ranks_keep_rank_0s_plan_of_a_global_allocation(two_ranks):
+    first, second = (r["budget"] for r in two_ranks)
+    assert first["local"] != second["local"]  # alone, the ranks would disagree
+    assert first["plan"] == second["plan"] == first["local"]
 
 
 def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path):

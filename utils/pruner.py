@@ -57,7 +57,8 @@ class Pruner:
                  include: str | None = None, exclude: str | None = None,
                  convs: list[PrunableConv] | None = None, amp_dtype=None, cs_transform=None,
                  class_names=None, log=None, auto_start: bool = True,
-                 target: dict | None = None, allocation: str | None = None, input_shape=None):
+                 target: dict | None = None, allocation: str | None = None, input_shape=None,
+                 spell: Spelling = API):
         """``method``: a name (``fsdp``, ``fpgm``, ``sfp``, ``asfp``, ``l1``) with ``rates``
         ({criterion: final share}, the method's defaults where missing) and ``epochs``, or a
         resolved ``Pruning``. ``cs_data``: a loader of (inputs, labels) for the CS pass
@@ -65,7 +66,8 @@ class Pruner:
         ``exclude``: regexes on conv names; ``convs`` an explicit list instead.
         ``auto_start=False``: the first mask only when ``start()`` is called.
         ``target``: {"flops": F} or {"params": P} instead of rates (``input_shape``, (C, H, W),
-        needed to count them); ``allocation``: "uniform" (default) or "global"."""
+        needed to count them); ``allocation``: "uniform" (default) or "global". ``spell``: how
+        messages name the options (the scripts' flags for them)."""
         self.model = unwrap(model)
         if isinstance(method, Pruning):
             self.pruning = method
@@ -73,7 +75,7 @@ class Pruner:
             if epochs is None:
                 raise UserError("Pruner needs epochs=: the schedule runs over the whole training")
             self.pruning = resolve(method, rates, epochs, tau, attenuation, zero_scaling,
-                                   attenuate, prune_every, API, target, allocation)
+                                   attenuate, prune_every, spell, target, allocation)
         self.convs = convs if convs is not None else find_prunable_convs(self.model, include,
                                                                          exclude)
         if not self.convs:
@@ -81,7 +83,7 @@ class Pruner:
                             "the Conv2d layers whose output goes through a BatchNorm2d; check "
                             "include=/exclude=, or prune a model that has conv→BN pairs")
         self.log = log or (lambda msg, echo=True: None)
-        plan, maker = self._budget(input_shape, round_to, API)
+        plan, maker = self._budget(input_shape, round_to, spell)
         cs_ranker = None
         if self.pruning.method.uses_data:
             cs_ranker = self._cs_pass(cs_data, num_classes, cs_mode, cs_batches, amp_dtype,
@@ -109,9 +111,8 @@ class Pruner:
                             "counted for one image of that size")
         self.convs = counted_once(self.convs)
         cost = NetworkCost(self.model, input_shape)
-        spelled = spell.target.format(kind=target.kind, value=target.fraction)
         self.allocator = Allocator(self.convs, lambda pruned: cost(pruned)[target.index], target,
-                                   self.pruning.first_share, round_to, spelled)
+                                   self.pruning.first_share, round_to, spell)
         if target.allocation == "uniform":
             plan = self.allocator.uniform()
             for line in self.plan_lines(plan):

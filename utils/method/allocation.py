@@ -24,6 +24,7 @@ import torch
 
 from ..errors import UserError
 from .budget import TOLERANCE, Target
+from .methods import Spelling
 from .schedule import count, round_selected, split_counts
 
 Plan = dict[str, tuple[int, int]]
@@ -48,17 +49,19 @@ def normalised(scores: torch.Tensor) -> torch.Tensor:
 
 class Allocator:
     """``convs`` in forward order; ``first_share``: the first criterion's part of a layer's
-    count (the ratio of the given rates); ``spelled``: the target as the user wrote it."""
+    count (the ratio of the given rates); ``spell``: how the user wrote the options."""
 
     def __init__(self, convs, cost: Callable[[dict], float], target: Target, first_share: float,
-                 round_to: int = 1, spelled: str = "the target"):
+                 round_to: int = 1, spell: Spelling = Spelling()):
         self.filters = {c.name: c.filters for c in convs}
         self.cost, self.target, self.first_share = cost, target, first_share
-        self.round_to, self.spelled = round_to, spelled
+        self.round_to, self.spell = round_to, spell
+        self.spelled = spell.target.format(kind=target.kind, value=target.fraction)
         generator = torch.Generator().manual_seed(0)
         self.orders = {n: torch.randperm(f, generator=generator) for n, f in self.filters.items()}
         self.keep = {n: min(round_to, f) for n, f in self.filters.items()}  # never fewer
         self.dense = float(cost({}))
+        self.rates: tuple[float, float] | None = None  # the uniform plan's two rates
         self._memo: dict[tuple, float] = {}
 
     # -- counting ------------------------------------------------------------------------------
@@ -95,20 +98,23 @@ class Allocator:
     # -- the two allocations -------------------------------------------------------------------
     def uniform(self) -> Plan:
         """One rate for every layer; between the two rates around the target, the layers that
-        step take the larger count one at a time (a monotone sequence, bisected)."""
-        steps = [{n: (0, 0) for n in self.filters}]
-        steps += [self._uniform_plan(rate) for rate in self._breakpoints()]
-        sequence = []  # (below, above, k): below with its first k differing layers from above
-        for below, above in zip(steps, steps[1:]):
+        step take the larger count one at a time (a monotone sequence, bisected). The two
+        rates are kept in ``rates`` (every layer's counts are those of one of them)."""
+        rates = [0.0, *self._breakpoints()]
+        steps = [self._uniform_plan(rate) for rate in rates]
+        sequence = []  # (step, k): step's plan with its first k differing layers from the next
+        for i, (below, above) in enumerate(zip(steps, steps[1:])):
             differ = [n for n in self.filters if below[n] != above[n]]
-            sequence += [(below, above, differ[:k]) for k in range(len(differ))]
-        sequence = sequence[1:] + [(steps[-1], steps[-1], [])]  # never the plan of nothing
+            sequence += [(i, differ[:k]) for k in range(len(differ))]
+        sequence = sequence[1:] + [(len(steps) - 1, [])]  # never the plan of nothing
 
-        def plan(i):
-            below, above, switched = sequence[i]
-            return {**below, **{n: above[n] for n in switched}}
+        def plan(j):
+            i, switched = sequence[j]
+            return {**steps[i], **{n: steps[i + 1][n] for n in switched}}
 
-        best, _ = self._closest([lambda i=i: plan(i) for i in range(len(sequence))])
+        best, _ = self._closest([lambda j=j: plan(j) for j in range(len(sequence))])
+        i = sequence[best][0]
+        self.rates = (rates[i], rates[min(i + 1, len(rates) - 1)])
         self._check(plan(best), steps[-1])
         return plan(best)
 
@@ -164,8 +170,8 @@ class Allocator:
             raise UserError(self._range_message(self.fraction(lowest)))
         raise UserError(f"{self.spelled} cannot be met within 1 % of the dense {self.target.unit} "
                         f"with one rate for every layer: the nearest plan keeps "
-                        f"{self.fraction(plan):.3f}; give a target near it, or use --allocation "
-                        "global (counts per layer)")
+                        f"{self.fraction(plan):.3f}; give a target near it, or use "
+                        f"{self.spell.allocation.format('global')} (counts per layer)")
 
     def _range_message(self, lowest: float) -> str:
         kept = "one filter" if self.round_to == 1 else f"{self.round_to} filters"

@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..method.attenuation import AttenuationProbe
 from ..method.budget import TOLERANCE
 from ..method.graph import find_prunable_convs
-from ..method.methods import Pruning
+from ..method.methods import Pruning, Spelling
 from ..method.schedule import count
 from ..pruner import Pruner
 from ..report.logger import RunLog
@@ -238,7 +238,7 @@ class Trainer:
                       cs_mode=args.cs_mode, cs_batches=args.max_iter_cs,
                       amp_dtype=self.amp_dtype, cs_transform=data.batch_transform,
                       class_names=data.classes, auto_start=False,
-                      input_shape=data.input_shape)
+                      input_shape=data.input_shape, spell=Spelling())
 
     # -- the steps of a run ------------------------------------------------------------------
     def start(self) -> None:

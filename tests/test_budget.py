@@ -3,12 +3,17 @@
 layer towards its own count and a resumed pruner keeps its plan (DDP ranks agreeing on it:
 tests/test_ddp.py, which starts its processes once)."""
 
+import json
+
 import pytest
 import torch
 import torchvision
 from torch import nn
 
+import notebook_cifar
 from models import build_model
+from tests.fakedata import write_cifar
+from tests.snapshots import assert_same_run
 from utils.compaction.cost import compact_cost, network_cost
 from utils.method.allocation import Allocator, normalised
 from utils.method.budget import Target, counted_once
@@ -17,6 +22,7 @@ from utils.method.mask import Mask
 from utils.method.methods import METHODS
 from utils.method.schedule import asymptotic_schedule, split_counts
 from utils.pruner import Pruner
+from utils.run.trainer import main
 
 SHAPE = (3, 16, 16)
 
@@ -190,3 +196,31 @@ def test_a_resumed_pruner_keeps_the_plan_its_scores_made(tmp_path):
     assert resumed.mask.plan == first.mask.plan
     resumed.step(1)
     assert resumed.mask.plan == first.mask.plan
+
+
+def test_a_run_stopped_after_its_plan_resumes_with_it(tmp_path):
+    """FSDP's global plan comes from the CS pass after epoch 0 (train mode, as the reference's
+    passes after an epoch): stopped right after it, the run resumes with the saved plan and
+    ends as the uninterrupted one, bit for bit (a plan made anew at epoch 1 would differ)."""
+    data = str(tmp_path / "data")
+    write_cifar(data, "cifar10", n_train=64, n_test=32, seed=2, num_classes=4)
+
+    def run(folder, *more):
+        return main(notebook_cifar.parser(), notebook_cifar.make_data, [
+            "--dataset", "cifar10", "--data_path", data, "--save_path", str(tmp_path / folder),
+            "--arch", "resnet20", "--epochs", "2", "--batch_size", "32", "--batch_prune_size",
+            "32", "--schedule", "1", "--gammas", "1", "--workers", "0", "--manualSeed", "3",
+            "--device", "cpu", "--target_flops", "0.5", "--allocation", "global",
+            "--attenuate", "bn", *more])
+
+    assert run("full") == 0
+    assert run("stopped", "--stop_after", "1") == 0
+    plan = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)["mask"]["plan"]
+    assert run("stopped", "--resume", "auto") == 0
+    assert_same_run(tmp_path / "full", tmp_path / "stopped")
+    summary = json.load(open(tmp_path / "full" / "summary.json"))
+    widths = {c.name: c.filters for c in find_prunable_convs(build_model("resnet20", 4))}
+    assert summary["kept_per_layer"] == {k: widths[k] - int(v.sum()) for k, v in plan.items()}
+    target = summary["target"]
+    assert (target["kind"], target["allocation"]) == ("flops", "global")
+    assert abs(target["reached"] - 0.5) <= 0.01

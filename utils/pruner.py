@@ -44,6 +44,7 @@ from .method.schedule import Schedule
 
 API = Spelling(rate="rates['{}']", method="method {!r}", tau="tau", zero_scaling="zero_scaling",
                attenuate="attenuate='bn'", target="target={{'{kind}': {value:g}}}",
+               any_target="target={'flops': F} or target={'params': P}",
                allocation="allocation={!r}")
 
 

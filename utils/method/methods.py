@@ -86,6 +86,7 @@ class Spelling:
     zero_scaling: str = "--use_zero_scaling"
     attenuate: str = "--attenuate bn"
     target: str = "--target_{kind} {value:g}"
+    any_target: str = "--target_flops F or --target_params P"
     allocation: str = "--allocation {}"
 
 
@@ -200,13 +201,11 @@ def check_target(method: Method, given: dict, resolved: dict, target: dict | Non
     if not target:
         if allocation is not None:
             raise UserError(f"{spell.allocation.format(allocation)} spreads a budget over the "
-                            "layers and there is none; add --target_flops F or --target_params "
-                            "P, or drop it")
+                            f"layers and there is none; add {spell.any_target}, or drop it")
         return None
     kinds = [k for k, v in target.items() if v is not None]
     if len(kinds) != 1 or kinds[0] not in KINDS:
-        raise UserError(f"give one target, {spell.target.format(kind='flops', value=0.5)} or "
-                        f"{spell.target.format(kind='params', value=0.5)} (got "
+        raise UserError(f"give one target, {spell.any_target} (got "
                         f"{', '.join(map(str, kinds)) or 'none'})")
     kind = kinds[0]
     value = float(target[kind])

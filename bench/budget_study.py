@@ -10,14 +10,14 @@ scaled to 10 epochs, seed 1. Every run keeps 50 % of the dense network's FLOPs
 (``--target_flops 0.5``): FSDP with ``--attenuate bn`` (its CS:GM split 1:4, the paper's
 0.1:0.4) and FPGM (GM only). The runs go one at a time, one thread each, ``nice``d; each is
 ``notebook_cifar.py``'s own command line (printed), continued with ``--resume auto`` when
-stopped, skipped when finished. It ends with ``compare.py`` over the four.
+stopped, skipped when finished (``soft_pruning_study.run``). It ends with ``compare.py`` over
+the four; run it without ``nice`` (each run is ``nice``d already).
 """
-import argparse
 import os
 import subprocess
 import sys
 
-from bench.soft_pruning_study import scaled_recipe, write_cifar_format
+from bench.soft_pruning_study import run, scaled_recipe, study_parser, write_cifar_format
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = {"fsdp-bn": ["--method", "fsdp", "--attenuate", "bn"], "fpgm": ["--method", "fpgm"]}
@@ -36,35 +36,16 @@ def jobs(data: str, out: str) -> list[tuple[str, list[str]]]:
                     "cifar10", "--data_path", data, "--arch", "resnet20", *flags,
                     "--target_flops", str(TARGET), "--allocation", allocation,
                     *scaled_recipe(EPOCHS), "--manualSeed", str(seed), "--workers", "0",
-                    "--save_path", save, "--resume", "auto"]))
+                    "--save_path", save]))
     return planned
 
 
-def run(save: str, cmd: list[str]) -> int:
-    if os.path.isfile(os.path.join(save, "summary.json")):
-        print(f"done already: {save}", flush=True)
-        return 0
-    print(" ".join(cmd), flush=True)
-    os.makedirs(save, exist_ok=True)
-    with open(os.path.join(save, "stdout.txt"), "a") as log:
-        code = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
-    print(f"exit {code}: {save}", flush=True)
-    return code
-
-
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--fashion", default="/tmp/fm/usr/share/datasets/fashion-mnist",
-                    help="folder with the full Fashion-MNIST IDX gz files")
-    ap.add_argument("--out", default="snapshots/budget_study")
-    ap.add_argument("--dry_run", action="store_true", help="print the command lines only")
-    args = ap.parse_args()
+    args = study_parser(__doc__, "snapshots/budget_study").parse_args()
     out = os.path.abspath(args.out)
     planned = jobs(os.path.join(out, "data"), out)
     if args.dry_run:
-        for _, cmd in planned:
-            print(" ".join(cmd))
+        print("\n".join(" ".join(cmd) for _, cmd in planned))
         return 0
     write_cifar_format(args.fashion, os.path.join(out, "data"))
     codes = [run(*job) for job in planned]

@@ -154,13 +154,20 @@ def run(save: str, cmd: list[str]) -> int:
     return code
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def study_parser(doc: str, out: str) -> argparse.ArgumentParser:
+    """The flags every study on this data takes: where the data is, where the runs go, and
+    printing the command lines only."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--fashion", default="/tmp/fm/usr/share/datasets/fashion-mnist",
                     help="folder with the full Fashion-MNIST IDX gz files")
-    ap.add_argument("--out", default="snapshots/bn_study")
-    ap.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
+    ap.add_argument("--out", default=out)
     ap.add_argument("--dry_run", action="store_true", help="print the command lines only")
+    return ap
+
+
+def main() -> int:
+    ap = study_parser(__doc__, "snapshots/bn_study")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     ap.add_argument("--report_only", action="store_true",
                     help="only the reports of the runs finished so far")
     args = ap.parse_args()

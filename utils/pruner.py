@@ -273,13 +273,12 @@ class Pruner:
         p = self.pruning
         made = (state.get("method"), state.get("rates", p.rates), state.get("epochs", p.epochs),
                 state.get("target", ""))
-        if made != (p.method.name, p.rates, p.epochs, self._target_text()):
-            target = f" and target {made[3]!r}" if made[3] or self._target_text() else ""
-            raise UserError(f"this pruner state was made with method {made[0]!r}, rates "
-                            f"{made[1]} and {made[2]} epochs{target}, not {p.method.name!r}, "
-                            f"{p.rates} and {p.epochs}"
-                            + (f" and {self._target_text()!r}" if target else "")
-                            + "; build the Pruner as it was built then")
+        now = (p.method.name, p.rates, p.epochs, self._target_text())
+        if made != now:
+            said = [f"method {m!r}, rates {r}, {e} epochs and target {t or 'none'!r}"
+                    for m, r, e, t in (made, now)]
+            raise UserError(f"this pruner state was made with {said[0]}, not {said[1]}; build "
+                            "the Pruner as it was built then")
         try:
             self.mask.load_state_dict(state)
         except ValueError as e:

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .criteria import criterion
 from .budget import PlanMaker
+from .criteria import criterion
 from .criteria.cs_ranker import ScorePass
 from .graph import PrunableConv
 from .methods import Method

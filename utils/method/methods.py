@@ -208,7 +208,11 @@ def check_target(method: Method, given: dict, resolved: dict, target: dict | Non
         raise UserError(f"give one target, {spell.any_target} (got "
                         f"{', '.join(map(str, kinds)) or 'none'})")
     kind = kinds[0]
-    value = float(target[kind])
+    try:
+        value = float(target[kind])
+    except (TypeError, ValueError):
+        raise UserError(f"the {kind} target must be a number in (0, 1) (got "
+                        f"{target[kind]!r})") from None
     spelled = spell.target.format(kind=kind, value=value)
     if not 0 < value < 1:
         raise UserError(f"{spelled} must lie in (0, 1): the fraction of the dense network's "

@@ -172,6 +172,7 @@ def test_each_layer_count_follows_the_schedule_to_its_own_count():
         assert counts[0] == (0, 0) and counts[-1] == plan[c.name]
         totals = [sum(n) for n in counts]
         assert totals == sorted(totals)
+        assert totals[-2] == totals[-1]  # reached before the last update, not cut after it
         assert all(n[0] == min(plan[c.name][0], sum(n)) for n in counts)  # the first share first
 
 

@@ -82,12 +82,19 @@ class Mask:
 
     def layer_counts(self, c: PrunableConv, epoch: int) -> tuple[int, int]:
         """(first, second) counts of layer ``c`` at ``epoch``: the schedule's rates, or the
-        plan's final counts times the schedule's progress (the first criterion's share
-        first, as the rates split it); none while a plan is still to be made."""
+        plan's final count n moved as a rate moves it (the first criterion's share first,
+        as the rates split it); none while a plan is still to be made.
+
+        n stands for any rate in [n/F, (n + 1)/F); the middle one, (n + ½)/F, is taken:
+        ⌊(n + ½)·θ(e)/θ3⌋ reaches n once θ(e)/θ3 ≥ n/(n + ½), before the last update, as a
+        rate whose F·r is not whole does. ⌊n·θ(e)/θ3⌋ would reach it only at the last update
+        (θ approaches θ3 asymptotically) and cut every layer's last filter with no training
+        after it."""
         if self.plan is None:
             return (0, 0) if self.plan_maker is not None else self.counts(c.filters, epoch)
         first, second = self.plan[c.name]
-        total = round_selected(c.filters, count(first + second, self.progress(epoch)),
+        n = first + second
+        total = round_selected(c.filters, min(n, count(n + 0.5, self.progress(epoch))),
                                self.round_to)
         return min(first, total), total - min(first, total)
 

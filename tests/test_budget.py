@@ -14,6 +14,7 @@ import notebook_cifar
 from models import build_model
 from tests.fakedata import write_cifar
 from tests.snapshots import assert_same_run
+from tests.soft_pruning import small_cnn
 from utils.compaction.cost import compact_cost, network_cost
 from utils.method.allocation import Allocator, normalised
 from utils.method.budget import Target, counted_once
@@ -183,8 +184,8 @@ def test_a_resumed_pruner_keeps_the_plan_its_scores_made(tmp_path):
     another plan, the resumed pruner keeps the saved one."""
     def pruner(seed):
         torch.manual_seed(seed)
-        return Pruner(build_model("resnet20", 10), "asfp", epochs=4, target={"flops": 0.5},
-                      allocation="global", input_shape=(3, 32, 32))
+        return Pruner(small_cnn(), "asfp", epochs=4, target={"flops": 0.5},
+                      allocation="global", input_shape=(3, 8, 8))
     first = pruner(0)
     first.step(0)
     assert first.mask.plan is not None

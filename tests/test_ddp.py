@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
 
 from models import build_model
 from utils.method.criteria import criterion
@@ -23,6 +22,7 @@ from utils.method.methods import METHODS
 from utils.method.schedule import asymptotic_schedule
 from utils.pruner import Pruner
 from tests.fakedata import write_cifar
+from tests.soft_pruning import small_cnn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,20 +55,11 @@ def _selection(rank: int, world: int) -> dict:
     return {c.name: mask.selected(c.name).tolist() for c in convs}
 
 
-def _small_cnn() -> nn.Module:
-    layers, width = [], 3
-    for out in (8, 16, 16):
-        layers += [nn.Conv2d(width, out, 3, padding=1, bias=False), nn.BatchNorm2d(out),
-                   nn.ReLU()]
-        width = out
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10))
-
-
 def _global_plan(rank: int) -> dict:
     """The plan of a global allocation made from each rank's own weights (a rank-dependent
     seed: alone, the ranks' plans would differ), and the plan this rank alone would make."""
     torch.manual_seed(rank)
-    pruner = Pruner(_small_cnn(), "fpgm", epochs=1, target={"flops": 0.5}, allocation="global",
+    pruner = Pruner(small_cnn(), "fpgm", epochs=1, target={"flops": 0.5}, allocation="global",
                     input_shape=(3, 8, 8))
     gm = criterion("gm")  # fpgm's criterion in use (its norm share is 0)
     local = pruner.allocator.global_({c.name: gm.scores(c.conv.weight, torch.arange(c.filters))

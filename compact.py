@@ -1,28 +1,31 @@
 """Compact a finished FSDP run: drop the pruned filters for real, and report the savings.
 
     python compact.py SNAPSHOT_DIR_or_checkpoint.pt [--out model_compact.pt]
-        [--onnx model.onnx] [--torchscript model_ts.pt] [--input_size 32]
+        [--pt2 model.pt2] [--onnx model.onnx] [--input_size 32]
 
 Writes ``model_compact.pt`` (next to the checkpoint unless ``--out``), loadable with
-``utils.compaction.load_compact``; optionally a TorchScript file (``torch.jit.load``, no code of
-ours needed) and an ONNX file (torch's exporter, with onnx and onnxscript from requirements.txt;
-it runs in ONNX Runtime, also pinned there).
+``utils.compaction.load_compact``; optionally files that need no code of ours: a torch.export
+program (``torch.export.load``), an ONNX file (torch's exporter, with onnx and onnxscript from
+requirements.txt; it runs in ONNX Runtime, also pinned there) and, deprecated, TorchScript.
 """
 import argparse
 import sys
 
-from utils.compaction import (check_onnx_exporter, compact_checkpoint, export_onnx,
+from utils.compaction import (check_onnx_exporter, compact_checkpoint, export_onnx, export_pt2,
                               export_torchscript, load_compact)
 from utils.errors import UserError
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("snapshot", help="snapshot folder or its checkpoint.pt (after the last epoch)")
     p.add_argument("--out", default=None, help="compact model file (default: "
                    "model_compact.pt next to the checkpoint)")
+    p.add_argument("--pt2", default=None, metavar="PATH",
+                   help="also save a torch.export program (torch.export.load(PATH).module())")
     p.add_argument("--onnx", default=None, metavar="PATH", help="also export to ONNX")
-    p.add_argument("--torchscript", default=None, metavar="PATH", help="also export TorchScript")
+    p.add_argument("--torchscript", default=None, metavar="PATH",
+                   help="also export TorchScript (deprecated by torch: prefer --pt2)")
     p.add_argument("--input_size", type=int, default=None,
                    help="image side for FLOPs and exports (default: the run's input size)")
     p.add_argument("--keep_ratio", type=float, default=None,
@@ -51,21 +54,26 @@ def report(fig: dict) -> str:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     try:
         if args.onnx:
             check_onnx_exporter()  # before the work, not after it
         fig = compact_checkpoint(args.snapshot, args.out, args.input_size, args.keep_ratio)
         print(report(fig))
-        if args.torchscript or args.onnx:
+        if args.pt2 or args.onnx or args.torchscript:
             model = load_compact(fig["compact_path"])
             shape = (1, *fig["input_shape"])
-            if args.torchscript:
-                export_torchscript(model, args.torchscript, shape)
-                print(f"TorchScript: {args.torchscript}")
+            if args.pt2:
+                export_pt2(model, args.pt2, shape)
+                print(f"torch.export program: {args.pt2}")
             if args.onnx:
                 export_onnx(model, args.onnx, shape)
                 print(f"ONNX: {args.onnx}")
+            if args.torchscript:
+                print("note: TorchScript is deprecated by torch (torch.jit warns on every use); "
+                      "--pt2 writes its successor, a torch.export program", file=sys.stderr)
+                export_torchscript(model, args.torchscript, shape)
+                print(f"TorchScript: {args.torchscript}")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -16,11 +16,15 @@ from utils.report.comparison import load_run, summary_lines, write_report
 from utils.errors import UserError
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="snapshot folders (--save_path of finished runs)")
     p.add_argument("--out", default=None, help="report folder (default: the first run's parent)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     runs = []
     for folder in args.runs:
         run = load_run(folder)

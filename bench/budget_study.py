@@ -13,11 +13,12 @@ scaled to 10 epochs, seed 1. Every run keeps 50 % of the dense network's FLOPs
 stopped, skipped when finished (``soft_pruning_study.run``). It ends with ``compare.py`` over
 the four; run it without ``nice`` (each run is ``nice``d already).
 """
+import argparse
 import os
 import subprocess
 import sys
 
-from bench.soft_pruning_study import run, scaled_recipe, study_parser, write_cifar_format
+from bench.soft_pruning_study import run, scaled_recipe, write_cifar_format
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = {"fsdp-bn": ["--method", "fsdp", "--attenuate", "bn"], "fpgm": ["--method", "fpgm"]}
@@ -40,8 +41,17 @@ def jobs(data: str, out: str) -> list[tuple[str, list[str]]]:
     return planned
 
 
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fashion", default="/tmp/fm/usr/share/datasets/fashion-mnist",
+                    help="folder with the full Fashion-MNIST IDX gz files (the study's data)")
+    ap.add_argument("--out", default="snapshots/budget_study")
+    ap.add_argument("--dry_run", action="store_true", help="print the command lines only")
+    return ap
+
+
 def main() -> int:
-    args = study_parser(__doc__, "snapshots/budget_study").parse_args()
+    args = parser().parse_args()
     out = os.path.abspath(args.out)
     planned = jobs(os.path.join(out, "data"), out)
     if args.dry_run:

@@ -144,13 +144,17 @@ def time_row(fns: dict, make_input, batch: int, size: int, reps: int, warmup: in
                            torch.device("cpu"), warmup, clock=time.process_time)
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="2 repeats each: a smoke test")
+    p.add_argument("--attenuate", choices=("weights", "bn"), default="weights",
+                   help="bn: the pruned channels' BN γ and β are 0 too (--attenuate bn), "
+                        "so they emit exactly 0 and the exact network needs no constants")
+    return p
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 repeats each: a smoke test")
-    parser.add_argument("--attenuate", choices=("weights", "bn"), default="weights",
-                        help="bn: the pruned channels' BN γ and β are 0 too (--attenuate bn), "
-                             "so they emit exactly 0 and the exact network needs no constants")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     torch.set_num_threads(1)
     cap = torch.backends.cpu.get_cpu_capability()
     lanes = 16 if cap.startswith("AVX512") else 8

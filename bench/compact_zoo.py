@@ -62,10 +62,14 @@ def soft_pruned_gm(arch: str, size: int, round_to: int = 1, seed: int = 0):
     return model, pruned
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="2 repeats each: a smoke test")
+    return p
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 repeats each: a smoke test")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, CPU {torch.backends.cpu.get_cpu_capability()}, 1 thread; "
           f"{RATE:.0%} of every prunable conv's filters (GM); FLOPs = multiply-accumulates; "

@@ -50,12 +50,16 @@ def reference_per_filter_loop(model, bns, loader, num_classes, device):
     return scores
 
 
-def main():
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args()
+    return ap
+
+
+def main():
+    args = parser().parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = build_model("resnet56", 10).to(device).eval()

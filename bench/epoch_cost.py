@@ -45,12 +45,16 @@ def _data(n: int) -> Data:
                 input_shape=(3, 32, 32))
 
 
-def main():
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args()
+    return ap
+
+
+def main():
+    args = parser().parse_args()
     device = torch.device(args.device)
     data = _data(args.images)
     trainers, tmp = {}, tempfile.mkdtemp(prefix="epoch-cost-")

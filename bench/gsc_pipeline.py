@@ -39,13 +39,17 @@ def make_clips(n: int, seed: int):
     return clips, wave, torch.tensor([len(c) for c in clips]), noise
 
 
-def main():
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=96)
     ap.add_argument("--batches", type=int, default=5, help="repeats of each side (median)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args()
+    return ap
+
+
+def main():
+    args = parser().parse_args()
     from threadpoolctl import threadpool_limits  # comes with librosa (via scikit-learn)
 
     torch.set_num_threads(args.threads)

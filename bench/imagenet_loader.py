@@ -191,15 +191,19 @@ def interleaved_rates(fns: dict, rounds: int) -> dict:
     return {k: statistics.median(v) for k, v in rates.items()}
 
 
-def main():
-    if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        return child(sys.argv[2], sys.argv[3])
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=float, default=0.1, help="of the real ImageNet32 size")
     ap.add_argument("--jpegs", type=int, default=128, help="generated ImageNet-size JPEGs")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tmp", default=None, help="folder for the generated files")
-    args = ap.parse_args()
+    return ap
+
+
+def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        return child(sys.argv[2], sys.argv[3])
+    args = parser().parse_args()
     tmp = tempfile.mkdtemp(prefix="imagenet-bench-", dir=args.tmp)
     try:
         memory(tmp, args.scale)

@@ -9,14 +9,18 @@ Data: a class-balanced subset of the full Fashion-MNIST (Debian's ``dataset-fash
 written as CIFAR-10 python batches so that ``notebook_cifar.py --dataset cifar10`` reads it
 through the CIFAR pipeline. ResNet-20, every method at 50 % total (fsdp CS 10 % + GM 40 %; fpgm
 GM 50 %; sfp/asfp norm 50 %), the recipe scaled to 10 epochs (lr ×10 at epoch 1, ×0.2 at 30 %,
-60 % and 80 % of the epochs), 2 seeds, plus the dense run; then FSDP and FPGM at 30 epochs with
-one seed. Each job is ``notebook_cifar.py``'s own command line (printed), one thread each,
+60 % and 80 % of the epochs), 2 seeds, plus the dense run; then FSDP and FPGM (both variants)
+and the dense run at 30 epochs with one seed, and FSDP as published once more with IEEE
+subnormal floats (``--keep_subnormals``: what flushing them changes; its checkpoint after 26
+epochs, ``checkpoint-e26.pt``, is ``bench.train_step``'s late state). ``--budgets 30`` runs
+only the latter. Each job is ``notebook_cifar.py``'s own command line (printed), one thread each,
 ``--jobs`` at a time; a finished run is skipped and an unfinished one continued (``--resume
 auto``), so the study can be stopped and rerun. It ends with ``compare.py`` over each budget.
 """
 import argparse
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from datasets.fashion import CLASSES, FILES, read_idx
+from utils.files import safe_load
 from utils.report.logger import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,32 +75,38 @@ def scaled_recipe(epochs: int) -> list[str]:
             "--gammas", "10", "0.2", "0.2", "0.2"]
 
 
-def jobs(data: str, out: str) -> list[tuple[str, list[str]]]:
-    """(save folder, command line) of every run of the study."""
+BUDGETS = (10, 30)
+# "ieee": the run as published with IEEE subnormal floats, as the authors' loop computed: the
+# default flushes them (README: Differences from the authors' code); their twin shows what that
+# changes, and its checkpoint after LATE_EPOCH epochs is bench.train_step's late state
+VARIANTS = {"weights": [], "bn": ["--attenuate", "bn"], "ieee": ["--keep_subnormals"]}
+LATE_EPOCH = 26
+LATE_CHECKPOINT = f"checkpoint-e{LATE_EPOCH}.pt"
+
+
+def jobs(data: str, out: str, budgets=BUDGETS) -> list[tuple[str, list[str]]]:
+    """(save folder, command line) of every run of the study with ``budgets`` epochs."""
     plan = [(10, m, v, s) for m in ("fsdp", "fpgm", "sfp", "asfp") for v in ("weights", "bn")
             for s in (1, 2)]
     plan += [(10, "dense", "weights", s) for s in (1, 2)]
     plan += [(30, m, v, 1) for m in ("fsdp", "fpgm") for v in ("weights", "bn")]
-    plan += [(30, "dense", "weights", 1)]
+    plan += [(30, "dense", "weights", 1), (30, "fsdp", "ieee", 1)]
+    plan = [job for job in plan if job[0] in budgets]
     out_jobs = []
     for epochs, method, variant, seed in plan:
         save = os.path.join(out, f"e{epochs}", f"resnet20-{method}-{variant}-s{seed}")
         cmd = [sys.executable, "notebook_cifar.py", "--dataset", "cifar10", "--data_path", data,
                "--arch", "resnet20", *RATES[method], *scaled_recipe(epochs),
                "--manualSeed", str(seed), "--workers", "0", "--save_path", save]
-        if variant == "bn":
-            cmd += ["--attenuate", "bn"]
+        cmd += VARIANTS[variant]
         out_jobs.append((save, cmd))
     return out_jobs
 
 
 def attenuation_table(planned, out: str) -> str:
     """The effective attenuation per epoch (metrics.csv), mean over seeds, per budget, method
-    and variant, as markdown; also drawn into ``out``/attenuation.png."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    and variant, as markdown; also drawn, a figure per budget, into ``out``/attenuation.png
+    (10 epochs) and ``out``/attenuation_e30.png."""
     groups: dict[tuple, list[list]] = {}
     for save, _ in planned:
         budget, name = save.split(os.sep)[-2:]
@@ -107,23 +118,36 @@ def attenuation_table(planned, out: str) -> str:
         groups.setdefault((budget, method, variant), []).append(
             [float(r["effective_attenuation"]) if r["effective_attenuation"] else None
              for r in rows])
-    lines, budget_done = [], None
+    lines = []
+    for budget in sorted({key[0] for key in groups}, key=lambda b: int(b[1:])):
+        epochs = int(budget[1:])  # a table per budget: their epochs differ
+        lines += ["", f"| {budget}: method | attenuate | "
+                  + " | ".join(map(str, range(epochs))) + " |", "|---" * (epochs + 2) + "|"]
+        means = {}
+        for (b, method, variant), curves in sorted(groups.items()):
+            if b == budget:
+                means[method, variant] = [
+                    None if any(c[e] is None for c in curves) else sum(c[e] for c in curves)
+                    / len(curves) for e in range(min(map(len, curves)))]
+                cells = " | ".join("–" if m is None else f"{m:.3f}"
+                                   for m in means[method, variant])
+                lines.append(f"| {method} | {variant} | {cells} |")
+        name = "attenuation.png" if budget == "e10" else f"attenuation_{budget}.png"
+        _draw(means, os.path.join(out, budget, "resnet20-fsdp-weights-s1"),
+              os.path.join(out, name))
+    return "\n".join(lines)
+
+
+def _draw(means: dict, fsdp: str, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     plt.figure(figsize=(7, 4))
-    for (budget, method, variant), curves in sorted(groups.items()):
-        mean = [None if any(c[e] is None for c in curves) else sum(c[e] for c in curves)
-                / len(curves) for e in range(min(map(len, curves)))]
-        if budget != budget_done:  # a table per budget: their epochs differ
-            epochs = int(budget[1:])
-            lines += ["", f"| {budget}: method | attenuate | "
-                      + " | ".join(map(str, range(epochs))) + " |", "|---" * (epochs + 2) + "|"]
-            budget_done = budget
-        cells = " | ".join("–" if m is None else f"{m:.3f}" for m in mean)
-        lines.append(f"| {method} | {variant} | {cells} |")
-        if budget == "e10":
-            plt.plot(range(len(mean)), [float("nan") if m is None else m for m in mean],
-                     "-" if variant == "bn" else "--", marker="o", markersize=3,
-                     label=f"{method}, --attenuate {variant}")
-    fsdp = os.path.join(out, "e10", "resnet20-fsdp-weights-s1")
+    for (method, variant), mean in means.items():
+        plt.plot(range(len(mean)), [float("nan") if m is None else m for m in mean],
+                 "-" if variant == "bn" else "--", marker="o", markersize=3,
+                 label=f"{method}, {' '.join(VARIANTS[variant]) or '--attenuate weights'}")
     if os.path.isfile(os.path.join(fsdp, "metrics.csv")):  # what FSDP asks for: the weight factor of the selected filters
         zeta = [float(r["zeta"]) for r in read_metrics(fsdp)]
         # row e measures the selection of update e − 1; a filter selected again is
@@ -135,14 +159,31 @@ def attenuation_table(planned, out: str) -> str:
     plt.yscale("symlog", linthresh=1e-3)
     plt.grid(alpha=0.3)
     plt.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    plt.savefig(os.path.join(out, "attenuation.png"), dpi=110, bbox_inches="tight")
-    return "\n".join(lines)
+    plt.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close()
 
 
 def run(save: str, cmd: list[str]) -> int:
     if os.path.isfile(os.path.join(save, "summary.json")):
         print(f"done already: {save}", flush=True)
         return 0
+    late = os.path.join(save, LATE_CHECKPOINT)
+    if "--keep_subnormals" in cmd and not os.path.isfile(late):  # stop there, keep a copy
+        done = _epochs_done(save)
+        if done < LATE_EPOCH:
+            code = _call(save, cmd + ["--stop_after", str(LATE_EPOCH - done)])
+            if code or _epochs_done(save) != LATE_EPOCH:
+                return code or 1
+        shutil.copyfile(os.path.join(save, "checkpoint.pt"), late)
+    return _call(save, cmd)
+
+
+def _epochs_done(save: str) -> int:
+    path = os.path.join(save, "checkpoint.pt")
+    return int(safe_load(path)["epoch"]) if os.path.isfile(path) else 0
+
+
+def _call(save: str, cmd: list[str]) -> int:
     if os.path.isfile(os.path.join(save, "checkpoint.pt")):
         cmd = cmd + ["--resume", "auto"]
     print(" ".join(cmd), flush=True)
@@ -154,25 +195,24 @@ def run(save: str, cmd: list[str]) -> int:
     return code
 
 
-def study_parser(doc: str, out: str) -> argparse.ArgumentParser:
-    """The flags every study on this data takes: where the data is, where the runs go, and
-    printing the command lines only."""
-    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fashion", default="/tmp/fm/usr/share/datasets/fashion-mnist",
                     help="folder with the full Fashion-MNIST IDX gz files")
-    ap.add_argument("--out", default=out)
+    ap.add_argument("--out", default="snapshots/bn_study")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
+    ap.add_argument("--budgets", type=int, nargs="+", choices=BUDGETS, default=list(BUDGETS),
+                    help="only the runs of these epoch budgets")
     ap.add_argument("--dry_run", action="store_true", help="print the command lines only")
+    ap.add_argument("--report_only", action="store_true",
+                    help="only the reports of the runs finished so far")
     return ap
 
 
 def main() -> int:
-    ap = study_parser(__doc__, "snapshots/bn_study")
-    ap.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
-    ap.add_argument("--report_only", action="store_true",
-                    help="only the reports of the runs finished so far")
-    args = ap.parse_args()
+    args = parser().parse_args()
     out = os.path.abspath(args.out)
-    planned = jobs(os.path.join(out, "data"), out)
+    planned = jobs(os.path.join(out, "data"), out, args.budgets)
     if args.dry_run:
         for _, cmd in planned:
             print(" ".join(cmd))
@@ -182,7 +222,7 @@ def main() -> int:
         write_cifar_format(args.fashion, os.path.join(out, "data"))
         with ThreadPoolExecutor(args.jobs) as pool:
             codes = list(pool.map(lambda job: run(*job), planned))
-    for budget in ("e10", "e30"):
+    for budget in (f"e{b}" for b in args.budgets):
         folders = [s for s, _ in planned if os.path.basename(os.path.dirname(s)) == budget]
         subprocess.call([sys.executable, "compare.py", *folders, "--out",
                          os.path.join(out, budget)], cwd=ROOT)

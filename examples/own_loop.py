@@ -27,18 +27,21 @@ def loaders(images: int, test_images: int | None, batch: int):
             DataLoader(cs, 256))  # the CS pass reads labelled data in a fixed order
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--images", type=int, default=3000, help="training images used")
     ap.add_argument("--test_images", type=int, default=None, help="test images used (all)")
     ap.add_argument("--out", default="snapshots/own_loop/model_compact.pt")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     torch.manual_seed(0)
     train, test, cs = loaders(args.images, args.test_images, 64)
     model = torchvision.models.resnet18(num_classes=10)
-    model.conv1 = torch.nn.Conv2d(1, 64, 3, 1, 1, bias=False)  # 1×32×32 inputs
-    model.maxpool = torch.nn.Identity()
+    model.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)  # 1×32×32 inputs
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs)
 

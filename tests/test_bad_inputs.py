@@ -36,6 +36,7 @@ from tests.fake_imagenet import rewrite_npz, truncate_file, write_imagenet32, wr
 from tests.fake_gsc import write_gsc, write_wav
 from tests.snapshots import files_of, write_finished_run
 from tests.fakedata import corrupt_cifar_batch, plant_malicious_batch, write_cifar
+from tests.user_code import run_user_code
 from utils.files import safe_load
 from utils.run.save_path import SNAPSHOT_FILES
 from utils.run.trainer import main
@@ -313,6 +314,8 @@ CASES = [
                                  "--prune_rate_gm", "0"], "made with --method fsdp"),
     Case("resume-other-attenuate", [*RESUME, "--attenuate", "bn"],
          "made with --attenuate weights, this run asks for bn"),
+    Case("resume-other-keep-subnormals", [*RESUME, "--keep_subnormals"],
+         "made with --keep_subnormals False, this run asks for True"),
     Case("resume-other-target", [*RESUME, "--target_flops", "0.5"],
          "made with --target_flops None, this run asks for 0.5"),
     Case("resume-older-checkpoint-format", RESUME, "by an older version", old_format_checkpoint),
@@ -606,6 +609,14 @@ COMPACT_CASES = [
 ]
 
 
+# the installed package imported with a torch older than it needs: (id, the fake torch's
+# version, the message); Python prints the failed import's traceback, the message last
+PACKAGE_CASES = [
+    ("import-with-old-torch", "2.1.0", "fsdp_pruning.UnsupportedTorch: fsdp_pruning needs torch "
+     ">= 2.6 (tested with 2.14.1), this is torch 2.1.0: pip install 'torch>=2.6'"),
+]
+
+
 # --- fixtures and helpers ----------------------------------------------------------------------
 
 def entry(module, argv) -> int:
@@ -765,10 +776,23 @@ def test_compact_refusal_is_one_line_and_the_run_keeps_its_checkpoint(model_clas
     assert not os.path.exists(os.path.join(save, "model_compact.pt"))
     before = files_of(save)
     capsys.readouterr()
-    arch_is(model_class, "utils.compaction.figures")(monkeypatch)
+    arch_is(model_class, "models")(monkeypatch)  # compact_checkpoint imports it when called
     code, err = compact_cli.main([save]), capsys.readouterr().err
     assert_one_line_error(code, err, expect)
     assert code == 2 and files_of(save) == before
+
+
+@pytest.mark.parametrize("version,expect", [c[1:] for c in PACKAGE_CASES],
+                         ids=[c[0] for c in PACKAGE_CASES])
+def test_import_with_an_unsupported_torch_names_the_versions(version, expect, installed,
+                                                             tmp_path):
+    fake = tmp_path / "old" / "torch"  # found first: what `import torch` would load
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "version.py").write_text(f"__version__ = '{version}'\n")
+    done = run_user_code("import fsdp_pruning",
+                         os.pathsep.join([str(tmp_path / "old"), str(installed.site)]), tmp_path)
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1] == expect
 
 
 def test_debug_shows_the_traceback(paths):
@@ -840,4 +864,4 @@ def test_the_troubleshooting_table_lists_the_catalogue_in_order():
     rows = [line.split("`")[1] for line in doc.splitlines() if line.startswith("| `")]
     assert rows == ([case.id for script in SCRIPTS.values() for case in script.cases]
                     + [c[0] for c in COMPARE_CASES] + [c[0] for c in REPRODUCE_CASES]
-                    + [c[0] for c in COMPACT_CASES])
+                    + [c[0] for c in COMPACT_CASES] + [c[0] for c in PACKAGE_CASES])

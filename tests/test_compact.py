@@ -208,23 +208,36 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, make_input):
     assert err and "\n" not in err and "Traceback" not in err
 
 
-def test_onnx_and_torchscript_from_the_same_command(tmp_path, capsys):
+def test_every_export_from_the_same_command(tmp_path, capsys):
+    """--pt2, --onnx and --torchscript: each file computes what the soft-pruned network does,
+    at another batch size than the export's (the axis is dynamic)."""
     import onnxruntime
 
     model = fake_checkpoint(tmp_path / "checkpoint.pt")
-    onnx_path, ts_path = tmp_path / "m.onnx", tmp_path / "m_ts.pt"
-    assert compact_cli.main([str(tmp_path / "checkpoint.pt"), "--onnx", str(onnx_path),
-                             "--torchscript", str(ts_path)]) == 0
-    x = torch.randn(3, 3, 32, 32)  # another batch size than the export's: the axis is dynamic
+    pt2_path, onnx_path, ts_path = tmp_path / "m.pt2", tmp_path / "m.onnx", tmp_path / "m_ts.pt"
+    assert compact_cli.main([str(tmp_path / "checkpoint.pt"), "--pt2", str(pt2_path),
+                             "--onnx", str(onnx_path), "--torchscript", str(ts_path)]) == 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("note: TorchScript is deprecated") and "--pt2" in err \
+        and "\n" not in err
+    x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         ref = model(x)
+    program = torch.export.load(str(pt2_path))
+    assert {type(n.target) for n in program.graph.nodes if n.op == "call_function"} \
+        == {torch._ops.OpOverload}  # aten ops only: no function of ours
+    with torch.no_grad():
+        assert rel_error(ref, program.module()(x)) <= 1e-5
+        assert rel_error(ref[:1], program.module()(x[:1])) <= 1e-5
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
     session = onnxruntime.InferenceSession(str(onnx_path), options,
                                            providers=["CPUExecutionProvider"])
     got = session.run(None, {"input": x.numpy()})[0]
     assert rel_error(ref, torch.from_numpy(got)) <= 1e-5
-    assert rel_error(ref, torch.jit.load(str(ts_path))(x)) <= 1e-5
+    with pytest.warns(FutureWarning, match=r"torch\.jit\.load.* is deprecated"):  # torch ≥ 2.9
+        scripted = torch.jit.load(str(ts_path))
+    assert rel_error(ref, scripted(x)) <= 1e-5
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")

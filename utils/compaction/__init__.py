@@ -5,8 +5,9 @@ its BN maps the zero output to the constant ``beta - gamma * mean / sqrt(var + e
 the activation), and that constant flows on. The compactor walks the network's fx graph,
 tracking every channel as computed or constant (``state``), and builds a compact graph that
 computes only what the output depends on and carries every constant exactly. The compact
-network is generated from a plain-data manifest (``network``, ``storage``), exports to
-TorchScript and ONNX (``export``), and its cost comes from the same walk (``cost``).
+network is generated from a plain-data manifest (``network``, ``storage``), exports to a
+torch.export program, ONNX and TorchScript (``export``), and its cost comes from the same walk
+(``cost``).
 
 Modules: ``tracing`` (the fx graph and its ops), ``state``, ``liveness``, ``builder``,
 ``converter`` (the walk), ``convs``/``ops``/``structure``/``materialise`` (per-op rules),
@@ -15,7 +16,7 @@ Modules: ``tracing`` (the fx graph and its ops), ``state``, ``liveness``, ``buil
 ResNets), ``figures``.
 """
 from .cost import NetworkCost, compact_cost, network_cost
-from .export import check_onnx_exporter, export_onnx, export_torchscript
+from .export import check_onnx_exporter, export_onnx, export_pt2, export_torchscript
 from .figures import compact_checkpoint, compaction_figures, kept_fraction, max_rel_error
 from .fpgm import fpgm_flops_reduction
 from .network import CompactNet, compact_model
@@ -23,5 +24,5 @@ from .storage import FORMAT, FORMAT_VERSION, load_compact, save_compact
 
 __all__ = ["CompactNet", "FORMAT", "FORMAT_VERSION", "NetworkCost", "check_onnx_exporter",
            "compact_checkpoint", "compact_cost", "compact_model", "compaction_figures",
-           "export_onnx", "export_torchscript", "fpgm_flops_reduction", "kept_fraction",
-           "load_compact", "max_rel_error", "network_cost", "save_compact"]
+           "export_onnx", "export_pt2", "export_torchscript", "fpgm_flops_reduction",
+           "kept_fraction", "load_compact", "max_rel_error", "network_cost", "save_compact"]

@@ -1,4 +1,5 @@
-"""The compact network as a TorchScript file or an ONNX file, runnable without this code."""
+"""The compact network as a file that runs without this code: a torch.export program (.pt2),
+an ONNX file, or TorchScript (deprecated by torch; kept for existing users)."""
 import importlib.util
 import warnings
 
@@ -13,8 +14,20 @@ def _example(model: nn.Module, input_shape) -> torch.Tensor:
     return torch.randn(tuple(input_shape), dtype=p.dtype, device=p.device)
 
 
+def export_pt2(model: nn.Module, path, input_shape) -> None:
+    """Save ``model`` (eval mode) as a torch.export program: ``torch.export.load(path).module()``
+    runs it with none of our code. The batch size is dynamic, the image size ``input_shape``'s."""
+    # an example batch of 2: torch.export would specialise a batch of 1 to a constant
+    x = _example(model, (2, *tuple(input_shape)[-3:]))
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(model.eval(), (x,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
+
+
 def export_torchscript(model: nn.Module, path, input_shape) -> None:
-    """Trace ``model`` (eval mode) and save it; ``torch.jit.load`` needs none of our code."""
+    """Trace ``model`` (eval mode) and save it; ``torch.jit.load`` needs none of our code.
+    TorchScript is deprecated by torch (``export_pt2`` is its successor); kept for existing
+    users."""
     x = _example(model, input_shape)
     with torch.no_grad(), warnings.catch_warnings():
         # torch ≥ 2.9 flags TorchScript as deprecated on every call; it was asked for explicitly

@@ -4,8 +4,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models import build_model
-
 from ..errors import UserError
 from ..files import safe_load
 from ..method.graph import unwrap
@@ -95,7 +93,7 @@ def compact_checkpoint(ckpt_path, out_path=None, input_size: int | None = None,
     """
     path, ckpt = _load_checkpoint(ckpt_path)
     try:
-        dense = build_model(ckpt["arch"], int(ckpt["num_classes"]), int(ckpt["in_channels"]))
+        dense = _build_model()(ckpt["arch"], int(ckpt["num_classes"]), int(ckpt["in_channels"]))
         dense.load_state_dict(ckpt["model"])
     except (KeyError, RuntimeError) as e:
         raise UserError(f"{path}: its weights do not fit arch {ckpt['arch']!r} "
@@ -110,6 +108,21 @@ def compact_checkpoint(ckpt_path, out_path=None, input_size: int | None = None,
     fig = compaction_figures(dense, compact, shape, ckpt["arch"], p, _nominal(ckpt))
     return {"arch": ckpt["arch"], "checkpoint": str(path), "compact_path": str(out_path),
             "input_shape": list(shape), **fig}
+
+
+def _build_model():
+    """The checkout's ``models.build_model``: a checkpoint names its network by the arch of
+    this repository's model zoo, which the installed package does not ship (imported here, not
+    at the top, so that ``fsdp_pruning.compaction`` needs no file of the checkout)."""
+    try:
+        from models import build_model
+    except ModuleNotFoundError as e:
+        if e.name != "models":
+            raise
+        raise UserError("compact_checkpoint rebuilds the run's network with this repository's "
+                        "models/: run `python compact.py SNAPSHOT` in the checkout, or build the "
+                        "model yourself and call compact_model") from None
+    return build_model
 
 
 def _input_shape(ckpt: dict, input_size: int | None, path) -> tuple:

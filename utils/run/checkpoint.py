@@ -16,7 +16,7 @@ FORMAT = "fsdp-checkpoint/2"
 RESUME_MUST_MATCH = ("method", "attenuate", "arch", "dataset", "epochs", "target_flops",
                      "target_params", "allocation", "tau", "attenuation", "use_zero_scaling",
                      "round_to", "layer_begin", "layer_end", "layer_inter", "prune_include",
-                     "prune_exclude")
+                     "prune_exclude", "keep_subnormals")
 _RATES_AT = RESUME_MUST_MATCH.index("tau")  # a budget replaces the rates: it is named first
 
 

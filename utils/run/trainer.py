@@ -18,6 +18,7 @@ from models import MODELS, build_model
 
 from . import loaders
 from .. import distributed as dist
+from .. import subnormals
 from ..compaction import NetworkCost, compact_model, compaction_figures, save_compact
 from ..compaction.tracing import trace
 from ..errors import UserError
@@ -49,6 +50,15 @@ def main(parser, make_data, argv=None, check=None, resume_keys: tuple = ()) -> i
     its flags that a resumed run must share with the checkpoint, beside RESUME_MUST_MATCH.
     """
     args = parser.parse_args(argv)
+    # before any parallel CPU work, so the intra-op threads inherit the mode (utils/subnormals)
+    with subnormals.flushed(not args.keep_subnormals) as flushing:
+        if not (flushing or args.keep_subnormals):
+            print("warning: this CPU cannot flush subnormal floats to zero (no FTZ/DAZ mode); "
+                  "late FSDP epochs may run slower on it", file=sys.stderr)
+        return _main(args, make_data, check, resume_keys)
+
+
+def _main(args, make_data, check, resume_keys) -> int:
     try:
         pruning = check_run_args(args, check)
         return run(args, make_data, resume_keys, pruning)

@@ -3,6 +3,8 @@
     python reproduce.py cifar10 --gpus 0,1,2,3          # the paper's CIFAR-10 comparison: 45 runs
     python reproduce.py cifar10 --rate 0.4 --methods dense fpgm sfp --archs resnet56 --dry_run
     python reproduce.py gsc --slurm gsc.sbatch           # a Slurm array job script instead
+    python reproduce.py cifar10 --target_flops 0.5 --methods dense fsdp fpgm sfp asfp l1
+                                       # every method at one FLOPs budget (--allocation global)
 
 Every job is the script's own command line with --resume auto, saving into a sub-folder of
 --save_path named from its configuration (resnet56-fsdp-r50-s1): finished runs are skipped,
@@ -34,14 +36,23 @@ def parser() -> argparse.ArgumentParser:
                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                       epilog="methods at a total rate R (--rate): dense (nothing pruned); fsdp "
                              "CS 0.1 + GM R−0.1;\nfpgm GM R (FPGM-only); fpgm-mix norm 0.1 + GM "
-                             "R−0.1; sfp, asfp norm R")
+                             "R−0.1; sfp, asfp norm R; l1 L1 norm R.\nAt a budget "
+                             "(--target_flops F): the same split for fsdp (CS:GM 1:4) and "
+                             "fpgm-mix (norm:GM 1:4), the total found per run")
     p.add_argument("grid", choices=list(GRIDS), help="cifar10: dense/FSDP/FPGM/SFP/ASFP × "
                    "ResNet-20/56/110; imagenet32, gsc: dense/FSDP/FPGM × ResNet-56")
     p.add_argument("--archs", nargs="+", help="cut the grid to these archs")
     p.add_argument("--methods", nargs="+", choices=CONFIGS, metavar="METHOD",
                    help=f"cut (or extend) the grid's methods: {', '.join(CONFIGS)}")
     p.add_argument("--seeds", nargs="+", type=int, help=f"default: {' '.join(map(str, SEEDS))}")
-    p.add_argument("--rate", type=float, default=DEFAULT_RATE, help="total pruning rate (default 0.5)")
+    p.add_argument("--rate", type=float, default=None, help="total pruning rate (default 0.5)")
+    p.add_argument("--target_flops", type=float, metavar="F",
+                   help="every method at one budget instead of a rate: the compact network "
+                        "keeps F of the dense FLOPs (fsdp and fpgm-mix keep their 1:4 split)")
+    p.add_argument("--target_params", type=float, metavar="P", help="the same for parameters")
+    p.add_argument("--allocation", nargs="+", choices=["uniform", "global"],
+                   default=["uniform"], help="with a target, one more axis: the scripts' "
+                   "--allocation")
     p.add_argument("--epochs", type=int, help="default: the script's recipe")
     p.add_argument("--attenuate", nargs="+", choices=["weights", "bn"],
                    default=[ATTENUATE_DEFAULT], help="one more axis: the scripts' --attenuate")
@@ -70,11 +81,19 @@ def resolved_args(script: str, argv) -> dict:
 
 def ask_from(args, extra: list[str]) -> GridAsk:
     spec = GRIDS[args.grid]
+    targets = [(k, v) for k, v in (("flops", args.target_flops), ("params", args.target_params))
+               if v is not None]
+    if len(targets) > 1:
+        raise UserError("--target_flops and --target_params contradict each other; give one")
+    if targets and args.rate is not None:
+        raise UserError(f"--rate and --target_{targets[0][0]} contradict each other: a target "
+                        "sets every method's total rate itself; drop --rate")
     return GridAsk(args.grid, tuple(args.archs or spec.archs),
                    tuple(args.methods or spec.methods), tuple(args.attenuate),
-                   tuple(args.seeds or SEEDS), args.rate, args.epochs,
-                   args.data_path or spec.data_path,
-                   args.save_path or os.path.join("snapshots", f"grid-{args.grid}"), tuple(extra))
+                   tuple(args.seeds or SEEDS), DEFAULT_RATE if args.rate is None else args.rate,
+                   args.epochs, args.data_path or spec.data_path,
+                   args.save_path or os.path.join("snapshots", f"grid-{args.grid}"), tuple(extra),
+                   targets[0] if targets else None, tuple(args.allocation))
 
 
 def checked_plan(ask: GridAsk):

@@ -184,8 +184,9 @@ def _epochs_done(save: str) -> int:
 
 
 def _call(save: str, cmd: list[str]) -> int:
-    if os.path.isfile(os.path.join(save, "checkpoint.pt")):
-        cmd = cmd + ["--resume", "auto"]
+    # continues a stopped run, and starts afresh where one was stopped before its first
+    # checkpoint (the folder holds its args.json and log only)
+    cmd = cmd + ["--resume", "auto"]
     print(" ".join(cmd), flush=True)
     os.makedirs(save, exist_ok=True)
     with open(os.path.join(save, "stdout.txt"), "a") as log:

@@ -38,16 +38,18 @@ def assert_same_run(a_dir, b_dir) -> None:
 
 
 def write_finished_run(folder, *, method="fsdp", arch="resnet56", dataset="cifar10", epochs=3,
-                       rates=(0.0, 0.0, 0.0), top1=90.0, seed=1, flops=0.5, args=None):
+                       rates=(0.0, 0.0, 0.0), top1=90.0, seed=1, flops=0.5, args=None,
+                       summary=None):
     """A finished run's files as the report reads them (no training): summary.json with a
-    compact block, args.json and a metrics.csv ending at ``top1``."""
+    compact block (and the keys of ``summary``), args.json and a metrics.csv ending at
+    ``top1``."""
     os.makedirs(folder, exist_ok=True)
     rate_keys = ("prune_rate_cs", "prune_rate_norm", "prune_rate_gm")
     summary = {"method": method, "arch": arch, "dataset": dataset, "epochs": epochs,
                **dict(zip(rate_keys, rates)), "round_to": 1, "final_top1": top1,
                "final_top5": min(100.0, top1 + 5), "wall_seconds": 60.0 * seed, "seed": seed,
                "compact": {"flops_reduction": flops, "params_reduction": flops / 2,
-                           "fpgm_analytic_flops_reduction": flops}}
+                           "fpgm_analytic_flops_reduction": flops}, **(summary or {})}
     flags = {"method": method, "arch": arch, "dataset": dataset, "epochs": epochs,
              **dict(zip(rate_keys, rates)), "manualSeed": seed, "save_path": str(folder),
              "learning_rate": 0.01, "device": "cpu", **(args or {})}

@@ -1,6 +1,7 @@
 """Soft-pruned networks for the compaction tests: random BN statistics, filters zeroed."""
 import pytest
 import torch
+from torch import nn
 
 from bench.common import randomize_bn
 from models import build_model
@@ -54,3 +55,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def small_cnn(widths=(8, 16, 16), num_classes=10) -> nn.Module:
+    """Three conv → BN → ReLU layers, pooled into a linear classifier: the cheapest network
+    with prunable convs (a graph walk over it takes milliseconds)."""
+    layers, width = [], 3
+    for out in widths:
+        layers += [nn.Conv2d(width, out, 3, padding=1, bias=False), nn.BatchNorm2d(out),
+                   nn.ReLU()]
+        width = out
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(width, num_classes))

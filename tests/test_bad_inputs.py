@@ -298,6 +298,21 @@ CASES = [
     Case("resume-and-overwrite", [*RESUME, "--overwrite"], "contradict each other"),
     Case("evaluate-without-weights", ["--evaluate"], "--evaluate needs"),
     Case("use-pretrain-without-path", ["--use_pretrain"], "--use_pretrain needs --pretrain_path"),
+    # a budget (--target_flops / --target_params)
+    Case("target-outside-0-1", ["--target_flops", "1.5"], "--target_flops 1.5 must lie in (0, 1)"),
+    Case("target-flops-and-params", ["--target_flops", "0.5", "--target_params", "0.5"],
+         "--target_flops and --target_params contradict each other"),
+    Case("target-with-the-methods-rate", ["--method", "sfp", "--prune_rate_cs", "0",
+                                          "--prune_rate_gm", "0", "--prune_rate_norm", "0.5",
+                                          "--target_flops", "0.5"],
+         "--target_flops 0.5 sets the rate of --method sfp itself, so --prune_rate_norm "
+         "contradicts it"),
+    Case("target-with-zero-rates", ["--prune_rate_cs", "0", "--prune_rate_gm", "0",
+                                    "--target_flops", "0.5"], "and both are 0"),
+    Case("allocation-without-target", ["--allocation", "global"],
+         "--allocation global spreads a budget over the layers and there is none"),
+    Case("target-unreachable", ["--round_to", "8", "--target_flops", "0.1"],
+         "--target_flops 0.1 cannot be reached: the uniform allocation keeps 0."),
     # data
     Case("missing-data-path-offline", ["--data_path", "{tmp}/no-such-folder"],
          "could not download CIFAR-10", patch=offline),
@@ -337,6 +352,8 @@ CASES = [
          "made with --attenuate weights, this run asks for bn"),
     Case("resume-other-keep-subnormals", [*RESUME, "--keep_subnormals"],
          "made with --keep_subnormals False, this run asks for True"),
+    Case("resume-other-target", [*RESUME, "--target_flops", "0.5"],
+         "made with --target_flops None, this run asks for 0.5"),
     Case("resume-older-checkpoint-format", RESUME, "by an older version", old_format_checkpoint),
     Case("resume-missing-checkpoint", ["--resume", "{tmp}/nope.pt"], "does not exist"),
     Case("resume-a-state-dict", ["--resume", "{tmp}/weights.pt"],
@@ -615,6 +632,8 @@ REPRODUCE_CASES = [
      "holds a run made with --epochs 200, this grid asks for 2", grid_run_of_other_epochs),
     ("reproduce-flag-of-the-grid", ["cifar10", *GRID, "--", "--arch", "resnet20"],
      "--arch is set by the grid itself", None),
+    ("reproduce-rate-and-target", ["cifar10", *GRID, "--rate", "0.4", "--target_flops", "0.5"],
+     "--rate and --target_flops contradict each other", None),
 ]
 
 

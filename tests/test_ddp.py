@@ -1,23 +1,28 @@
 """Two CPU processes (gloo): the CS statistics are summed over ranks, so every rank selects the
-same filters as one process over the same CS data."""
+same filters as one process over the same CS data; every rank keeps rank 0's plan of a
+budget's global allocation."""
 import json
 import os
 import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from models import build_model
+from utils.method.criteria import criterion
 from utils.method.criteria.cs import cs_scores
 from utils.method.graph import find_prunable_convs
 from utils.method.mask import Mask
 from utils.run.sampling import EpochSampler, SeededDataset
 from utils.method.methods import METHODS
 from utils.method.schedule import asymptotic_schedule
+from utils.pruner import Pruner
 from tests.fakedata import write_cifar
+from tests.soft_pruning import small_cnn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,12 +55,26 @@ def _selection(rank: int, world: int, arch: str = "resnet20") -> dict:
     return {c.name: mask.selected(c.name).tolist() for c in convs}
 
 
+def _global_plan(rank: int) -> dict:
+    """The plan of a global allocation made from each rank's own weights (a rank-dependent
+    seed: alone, the ranks' plans would differ), and the plan this rank alone would make."""
+    torch.manual_seed(rank)
+    pruner = Pruner(small_cnn(), "fpgm", epochs=1, target={"flops": 0.5}, allocation="global",
+                    input_shape=(3, 8, 8))
+    gm = criterion("gm")  # fpgm's criterion in use (its norm share is 0)
+    local = pruner.allocator.global_({c.name: gm.scores(c.conv.weight, torch.arange(c.filters))
+                                      for c in pruner.convs})
+    pruner.start()  # the plan is made here, from the same weights
+    return {"plan": pruner.mask.plan, "local": local}
+
+
 def _worker(rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         with open(f"{out}.{rank}", "w") as f:
-            json.dump({arch: _selection(rank, world, arch) for arch in ARCHS}, f)
+            json.dump({"selection": {arch: _selection(rank, world, arch) for arch in ARCHS},
+                       "budget": _global_plan(rank)}, f)
     finally:
         dist.destroy_process_group()
 
@@ -64,13 +83,25 @@ def _worker(rank, world, port, out):
 ARCHS = ("resnet20", "timm:mobilenetv3_small_050")
 
 
-def test_two_process_masks_equal_the_single_process_masks(tmp_path):
-    single = {arch: _selection(0, 1, arch) for arch in ARCHS}
-    out = str(tmp_path / "sel")
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """What each of two gloo processes computed (started once: a start costs seconds)."""
+    out = str(tmp_path_factory.mktemp("ddp") / "rank")
     mp.start_processes(_worker, args=(2, _free_port(), out), nprocs=2, start_method="spawn")
+    return [json.load(open(f"{out}.{rank}")) for rank in range(2)]
+
+
+def test_two_process_masks_equal_the_single_process_masks(two_ranks):
+    single = {arch: _selection(0, 1, arch) for arch in ARCHS}
     for rank in range(2):
-        assert json.load(open(f"{out}.{rank}")) == single
+        assert two_ranks[rank]["selection"] == single
     assert all(sum(map(len, masks.values())) > 0 for masks in single.values())
+
+
+def test_ranks_keep_rank_0s_plan_of_a_global_allocation(two_ranks):
+    first, second = (r["budget"] for r in two_ranks)
+    assert first["local"] != second["local"]  # alone, the ranks would disagree
+    assert first["plan"] == second["plan"] == first["local"]
 
 
 def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path):

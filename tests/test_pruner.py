@@ -186,6 +186,16 @@ def test_l1_norm_is_a_method_of_the_api():
     (lambda: Pruner(_tiny(), "sfp", {"cs": 0.1}, 3), "method 'sfp' does not use rates\\['cs'\\]"),
     (lambda: Pruner(_tiny(), "fsdp", None, 3), "give cs_data=, a loader of \\(inputs, labels\\)"),
     (lambda: Pruner(_tiny(), "sfp", None), "Pruner needs epochs="),
+    (lambda: Pruner(_tiny(), "sfp", None, 3, target={"flops": 0.5}),
+     "a target needs input_shape=\\(C, H, W\\)"),
+    (lambda: Pruner(_tiny(), "sfp", None, 3, target={"macs": 0.5}),
+     "give one target, target={'flops': F} or target={'params': P} \\(got macs\\)"),
+    (lambda: Pruner(_tiny(), "sfp", {"norm": 0.3}, 3, target={"params": 0.5}),
+     "target={'params': 0.5} sets the rate of method 'sfp' itself, so rates\\['norm'\\]"),
+    (lambda: Pruner(_tiny(), "sfp", None, 3, allocation="global"),
+     "allocation='global' spreads a budget over the layers and there is none"),
+    (lambda: Pruner(_tiny(), "sfp", None, 3, target={"flops": 0.5}, allocation="best"),
+     "allocation='best' is not one of uniform, global"),
 ])
 def test_bad_input_is_one_clear_exception(make, match):
     with pytest.raises(UserError, match=match):

@@ -71,6 +71,36 @@ def test_a_cost_that_differs_between_seeds_is_said(tmp_path):
     assert "(differs between runs; mean)" in open(tmp_path / "r" / "comparison.md").read()
 
 
+def test_rows_are_grouped_by_cost_and_unequal_costs_are_said(tmp_path):
+    """The study's case: FSDP and FPGM at one total rate remove 60.7 % and 64.5 % of the FLOPs;
+    at a budget they remove ~50 %. A global allocation's shares differ between seeds, its runs
+    are still one row."""
+    budget = {"target_flops": 0.5, "allocation": "global", "prune_rate_cs": None,
+              "prune_rate_gm": None}
+    folders = [make(tmp_path, "fsdp-r50", rates=(0.1, 0.0, 0.4), flops=0.607),
+               make(tmp_path, "fpgm-r50", method="fpgm", rates=(0.0, 0.0, 0.5), flops=0.645)]
+    folders += [make(tmp_path, f"fsdp-f50-global-s{s}", rates=(0.06 + s / 100, 0.0, 0.3),
+                     flops=0.5 - s / 1000, seed=s, args=budget,
+                     summary={"target": {"kind": "flops", "fraction": 0.5, "allocation": "global",
+                                         "reached": 0.5 + s / 1000}}) for s in (1, 2)]
+    folders.append(make(tmp_path, "dense", **DENSE))
+    out = tmp_path / "report"
+    assert compare.main([*folders, "--out", str(out)]) == 0
+    rows = groups_csv(out)
+    assert list(rows) == ["fsdp-r50", "fpgm-r50", "fsdp-f50-global-s{1,2}", "dense"]
+    assert [rows[g]["cost_group"] for g in rows] == ["B", "C", "A", ""]
+    budget_row = rows["fsdp-f50-global-s{1,2}"]
+    assert (budget_row["target"], budget_row["allocation"], budget_row["n"]) == (
+        "flops 0.5", "global", "2")
+    md = open(out / "comparison.md").read()
+    assert "cost group A (FLOPs −49.9%): fsdp-f50-global-s{1,2} (fsdp, 90.00 ± 0.00)" in md
+    assert "flops 0.5 global: cs 0.07 + gm 0.3" in md
+    assert "the rows differ in FLOPs reduction by up to 14.7 points" in md
+    same = compare.main([folders[2], folders[3], folders[4], "--out", str(tmp_path / "same")])
+    assert same == 0
+    assert "differ in FLOPs reduction" not in open(tmp_path / "same" / "comparison.md").read()
+
+
 def test_group_names_keep_numbers_whole():
     assert group_name(["r56-s1", "r56-s2", "r56-s3"]) == "r56-s{1,2,3}"
     assert group_name(["r-s1", "r-s10"]) == "r-s{1,10}"

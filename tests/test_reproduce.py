@@ -204,3 +204,22 @@ def test_a_finished_run_of_the_same_flags_is_skipped_by_dry_run_and_slurm(tmp_pa
     assert capsys.readouterr().out.splitlines()[0].startswith("# finished, skipped: ")
     assert reproduce.main([*argv, "--slurm", str(tmp_path / "s")]) == 0
     assert "nothing to submit" in capsys.readouterr().out and not os.path.exists(tmp_path / "s")
+
+
+def test_every_method_at_one_budget_in_one_command(tmp_path, capsys):
+    """--target_flops instead of --rate: fsdp and fpgm-mix keep their 1:4 split, the others
+    take no rate; --allocation is one more axis, the dense run one per seed."""
+    argv = ["cifar10", "--archs", "resnet20", "--methods", "dense", "fsdp", "fpgm-mix", "sfp",
+            "asfp", "l1", "--seeds", "1", "--epochs", "5", "--target_flops", "0.5",
+            "--allocation", "uniform", "global", "--save_path", str(tmp_path / "g"), "--dry_run"]
+    assert reproduce.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [line.split("--save_path ")[1].split()[0].rsplit("/", 1)[1] for line in lines[:-1]]
+    assert names == ["resnet20-dense-s1"] + [f"resnet20-{m}-f50{a}-s1" for m in
+                                             ("fsdp", "fpgm-mix", "sfp", "asfp", "l1")
+                                             for a in ("", "-global")]
+    fsdp, mix, sfp = lines[1], lines[3], lines[5]
+    assert "--method fsdp --target_flops 0.5 --allocation uniform" in fsdp
+    assert "--prune_rate" not in fsdp + sfp and "--target" not in lines[0]
+    assert "--prune_rate_norm 0.1 --prune_rate_gm 0.4 --target_flops 0.5" in mix
+    assert "--allocation global" in lines[6]

@@ -21,23 +21,37 @@ What each call does:
 * ``compact()`` after the last step: the physically smaller network, equal in outputs.
 * ``state_dict()`` / ``load_state_dict()`` for your own checkpoints: resuming is bit-exact.
 
+A budget instead of rates: ``Pruner(model, "fpgm", target={"flops": 0.5}, epochs=…,
+input_shape=(3, 32, 32))`` prunes until the compact network has half the dense FLOPs (within
+1 % of the dense count), one rate for every layer (``allocation="uniform"``) or counts per
+layer from the criterion's scores (``allocation="global"``); see ``method/allocation.py``.
+
 On a CPU, make ``torch.set_flush_denormal(True)`` the first line of your program: the selected
 filters are attenuated towards zero, and late in a run their values (and what they produce)
 can underflow into subnormal floats, which many CPUs compute with 7× more slowly. The mode is
 per thread and the intra-op threads inherit it when the first parallel op starts them, so set
 it before any tensor work (the scripts do it for you; ``--keep_subnormals`` opts out there).
 """
+from dataclasses import replace
+
+import numpy as np
 from torch import nn
 
-from .compaction import compact_model
+from . import distributed as dist
+from .compaction import NetworkCost, compact_model
 from .errors import UserError
+from .method.allocation import Allocator
+from .method.budget import TOLERANCE, PlanMaker, counted_once
 from .method.criteria.cs_ranker import CSRanker
 from .method.graph import PrunableConv, find_prunable_convs, unwrap
 from .method.mask import Mask
 from .method.methods import Pruning, Spelling, resolve
+from .method.schedule import Schedule
 
 API = Spelling(rate="rates['{}']", method="method {!r}", tau="tau", zero_scaling="zero_scaling",
-               attenuate="attenuate='bn'")
+               attenuate="attenuate='bn'", target="target={{'{kind}': {value:g}}}",
+               any_target="target={'flops': F} or target={'params': P}",
+               allocation="allocation={!r}")
 
 
 class Pruner:
@@ -49,13 +63,18 @@ class Pruner:
                  cs_mode: str = "reference", cs_batches: int | None = None,
                  include: str | None = None, exclude: str | None = None,
                  convs: list[PrunableConv] | None = None, amp_dtype=None, cs_transform=None,
-                 class_names=None, log=None, auto_start: bool = True):
+                 class_names=None, log=None, auto_start: bool = True,
+                 target: dict | None = None, allocation: str | None = None, input_shape=None,
+                 spell: Spelling = API):
         """``method``: a name (``fsdp``, ``fpgm``, ``sfp``, ``asfp``, ``l1``) with ``rates``
         ({criterion: final share}, the method's defaults where missing) and ``epochs``, or a
         resolved ``Pruning``. ``cs_data``: a loader of (inputs, labels) for the CS pass
         (fsdp only); ``num_classes`` defaults to the last Linear's outputs. ``include``/
         ``exclude``: regexes on conv names; ``convs`` an explicit list instead.
-        ``auto_start=False``: the first mask only when ``start()`` is called."""
+        ``auto_start=False``: the first mask only when ``start()`` is called.
+        ``target``: {"flops": F} or {"params": P} instead of rates (``input_shape``, (C, H, W),
+        needed to count them); ``allocation``: "uniform" (default) or "global". ``spell``: how
+        messages name the options (the scripts' flags for them)."""
         self.model = unwrap(model)
         if isinstance(method, Pruning):
             self.pruning = method
@@ -63,20 +82,22 @@ class Pruner:
             if epochs is None:
                 raise UserError("Pruner needs epochs=: the schedule runs over the whole training")
             self.pruning = resolve(method, rates, epochs, tau, attenuation, zero_scaling,
-                                   attenuate, prune_every, API)
+                                   attenuate, prune_every, spell, target, allocation)
         self.convs = convs if convs is not None else find_prunable_convs(self.model, include,
                                                                          exclude)
         if not self.convs:
             raise UserError(f"no prunable conv in this {type(self.model).__name__}: FSDP prunes "
                             "the Conv2d layers whose output goes through a BatchNorm2d; check "
                             "include=/exclude=, or prune a model that has conv→BN pairs")
+        self.log = log or (lambda msg, echo=True: None)
+        plan, maker = self._budget(input_shape, round_to, spell)
         cs_ranker = None
         if self.pruning.method.uses_data:
             cs_ranker = self._cs_pass(cs_data, num_classes, cs_mode, cs_batches, amp_dtype,
                                        cs_transform, class_names, log)
         self.schedule = self.pruning.schedule()
         self.mask = Mask(self.convs, self.pruning.method, self.schedule, cs_ranker, cs_every,
-                         round_to)
+                         round_to, plan, maker)
         self.epoch, self.started = -1, False  # the last epoch stepped; the first mask applied
         self._hooks = []
         if optimizer is not None:
@@ -84,6 +105,59 @@ class Pruner:
                 lambda opt, args, kwargs: self.mask.scale_gradients()))
         self._start_hook = (self.model.register_forward_pre_hook(self._start_on_training)
                             if auto_start else None)
+
+    def _budget(self, input_shape, round_to: int, spell: Spelling):
+        """A target's plan (uniform: now) or its maker (global: from the scores during the
+        run); the convs become those the target counts (``budget.counted_once``)."""
+        self.allocator = None
+        target = self.pruning.target
+        if target is None:
+            return None, None
+        if input_shape is None:
+            raise UserError("a target needs input_shape=(C, H, W): the FLOPs and parameters are "
+                            "counted for one image of that size")
+        self.convs = counted_once(self.convs)
+        cost = NetworkCost(self.model, input_shape)
+        self.allocator = Allocator(self.convs, lambda pruned: cost(pruned)[target.index], target,
+                                   self.pruning.first_share, round_to, spell)
+        if target.allocation == "uniform":
+            plan = self.allocator.uniform()
+            for line in self.plan_lines(plan):
+                self.log(line)
+            return plan, None
+        self.allocator.check_reachable()
+        return None, PlanMaker(self.pruning.plan_criterion, self._global_plan)
+
+    def _global_plan(self, scores: dict) -> dict:
+        """Every rank makes the plan from the same scores; rank 0's is the one kept, so no
+        difference in the last bit between devices can split the ranks."""
+        plan = dist.broadcast_object(self.allocator.global_(scores))
+        for line in self.plan_lines(plan):
+            self.log(line)
+        return plan
+
+    def plan_lines(self, plan: dict | None = None) -> list[str]:
+        """The log lines of a target's plan (the mask's, by default): what it keeps."""
+        plan = plan if plan is not None else self.mask.plan
+        a = self.allocator
+        if a is None or plan is None:
+            return []
+        reached = a.fraction(plan)
+        widths = ", ".join(f"{c.filters - sum(plan[c.name])}/{c.filters}" for c in self.convs)
+        lines = [f"target: {a.target.fraction:g} of the dense {a.target.unit}, "
+                 f"{a.target.allocation} allocation; the plan keeps {reached:.4f}; filters kept "
+                 f"per layer: {widths}"]
+        if abs(reached - a.target.fraction) > TOLERANCE:
+            lines.append(f"warning: the plan misses the target by "
+                         f"{reached - a.target.fraction:+.4f} of the dense count (README: Prune "
+                         "to a budget)")
+        return lines
+
+    def set_log(self, log) -> None:
+        """Where the pruner's messages (a target's plan, the CS pass) go from now on."""
+        self.log = log
+        if self.mask.cs_ranker is not None:
+            self.mask.cs_ranker.log = log
 
     def _cs_pass(self, loader, num_classes, mode, batches, amp_dtype, transform, names, log):
         if loader is None:
@@ -162,19 +236,55 @@ class Pruner:
         """{conv name: selected filter indices} of the last update."""
         return {c.name: self.mask.selected(c.name) for c in self.convs}
 
+    def shares(self, epoch: int) -> dict:
+        """``theta`` and each criterion's ``theta_<name>`` at ``epoch`` (metrics.csv): the
+        schedule's rates; under a target, the share of the counted filters that the epoch's
+        counts select (a layer's own count follows the schedule's progress)."""
+        if self.pruning.target is None:
+            at = self.schedule.at(epoch)
+        else:
+            counts = [self.mask.layer_counts(c, epoch) for c in self.convs]
+            total = self.mask.total_filters()
+            first, second = (sum(n[i] for n in counts) / total for i in (0, 1))
+            at = {"theta": first + second, "first": first, "second": second}
+        return {"theta": at["theta"], **self.pruning.shares(at)}
+
+    def display_schedule(self) -> Schedule:
+        """The schedule as the figures draw it: under a target, θ and the shares as
+        ``shares`` gives them (ζ is the schedule's)."""
+        if self.pruning.target is None:
+            return self.schedule
+        rows = [self.shares(e) for e in range(self.schedule.epochs)]
+        m = self.pruning.method
+        arrays = {key: np.array([r[f"theta_{c}"] if c else 0.0 for r in rows])
+                  for key, c in (("theta_first", m.first), ("theta_second", m.second))}
+        return replace(self.schedule, theta=np.array([r["theta"] for r in rows]), **arrays)
+
+    def widths(self) -> list[tuple[str, int, int, int]]:
+        """Per counted layer: (name, filters, filters kept at the end, kept now)."""
+        final = self.mask.final_counts()
+        return [(c.name, c.filters, c.filters - sum(final[c.name]),
+                 c.filters - len(self.mask.selected(c.name))) for c in self.convs]
+
     def state_dict(self) -> dict:
         """Tensors, numbers and strings only (``torch.load(weights_only=True)`` reads it)."""
         p = self.pruning
         return {**self.mask.state_dict(), "step_epoch": self.epoch, "started": self.started,
-                "rates": dict(p.rates), "epochs": p.epochs}
+                "rates": dict(p.rates), "epochs": p.epochs, "target": self._target_text()}
+
+    def _target_text(self) -> str:
+        return str(self.pruning.target) if self.pruning.target else ""
 
     def load_state_dict(self, state: dict) -> None:
         p = self.pruning
-        made = (state.get("method"), state.get("rates", p.rates), state.get("epochs", p.epochs))
-        if made != (p.method.name, p.rates, p.epochs):
-            raise UserError(f"this pruner state was made with method {made[0]!r}, rates "
-                            f"{made[1]} and {made[2]} epochs, not {p.method.name!r}, {p.rates} "
-                            f"and {p.epochs}; build the Pruner as it was built then")
+        made = (state.get("method"), state.get("rates", p.rates), state.get("epochs", p.epochs),
+                state.get("target", ""))
+        now = (p.method.name, p.rates, p.epochs, self._target_text())
+        if made != now:
+            said = [f"method {m!r}, rates {r}, {e} epochs and target {t or 'none'!r}"
+                    for m, r, e, t in (made, now)]
+            raise UserError(f"this pruner state was made with {said[0]}, not {said[1]}; build "
+                            "the Pruner as it was built then")
         try:
             self.mask.load_state_dict(state)
         except ValueError as e:

@@ -21,19 +21,26 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from .budget import PlanMaker
 from .criteria import criterion
 from .criteria.cs_ranker import ScorePass
 from .graph import PrunableConv
 from .methods import Method
-from .schedule import Schedule, count, round_selected
+from .schedule import Schedule, count, round_selected, split_counts
 
 
 class Mask:
     """``cs_ranker``: the pass over data that a ``from_data`` first criterion scores with
-    (``criteria.cs_ranker.CSRanker``), recomputed at epochs divisible by ``cs_every``."""
+    (``criteria.cs_ranker.CSRanker``), recomputed at epochs divisible by ``cs_every``.
+
+    Counts: by default every layer's are the schedule's rates times its width. With a ``plan``
+    ({conv: (first, second)} final counts, a budget's allocation) or a ``plan_maker`` (the
+    plan made from scores at the last update before anything is selected), each layer's count
+    follows the schedule's progress θ(e)/θ3 towards its own final count."""
 
     def __init__(self, convs: list[PrunableConv], method: Method, schedule: Schedule,
-                 cs_ranker: ScorePass | None = None, cs_every: int = 2, round_to: int = 1):
+                 cs_ranker: ScorePass | None = None, cs_every: int = 2, round_to: int = 1,
+                 plan: dict | None = None, plan_maker: PlanMaker | None = None):
         if cs_every < 1:
             raise ValueError(f"epoch_apply_cs must be ≥ 1 (got {cs_every})")
         self.first = criterion(method.first)
@@ -50,6 +57,7 @@ class Mask:
                                 "none (affine=False); use --attenuate weights for this model")
         self.convs, self.method, self.schedule = convs, method, schedule
         self.cs_ranker, self.cs_every, self.round_to = cs_ranker, cs_every, round_to
+        self.plan, self.plan_maker = plan, plan_maker
         empty = torch.zeros(0, dtype=torch.long)
         self.ranking: dict[str, torch.Tensor] = {}     # CS: the last pass's filters, ascending
         self.cs_list = {c.name: empty for c in convs}  # CS: the last pass's selection
@@ -70,13 +78,41 @@ class Mask:
         """(first, second) selection counts of a layer of ``filters`` at ``epoch``; with
         ``round_to`` the second share gives up filters first, then the first share."""
         at = self.schedule.at(epoch)
-        first, second = count(filters, at["first"]), count(filters, at["second"])
-        excess = first + second - round_selected(filters, first + second, self.round_to)
-        cut = min(excess, second)
-        return first - (excess - cut), second - cut
+        return split_counts(filters, at["first"], at["second"], self.round_to)
+
+    def layer_counts(self, c: PrunableConv, epoch: int) -> tuple[int, int]:
+        """(first, second) counts of layer ``c`` at ``epoch``: the schedule's rates, or the
+        plan's final count n moved as a rate moves it (the first criterion's share first,
+        as the rates split it); none while a plan is still to be made.
+
+        n stands for any rate in [n/F, (n + 1)/F); the middle one, (n + ½)/F, is taken:
+        ⌊(n + ½)·θ(e)/θ3⌋ reaches n once θ(e)/θ3 ≥ n/(n + ½), before the last update, as a
+        rate whose F·r is not whole does. ⌊n·θ(e)/θ3⌋ would reach it only at the last update
+        (θ approaches θ3 asymptotically) and cut every layer's last filter with no training
+        after it."""
+        if self.plan is None:
+            return (0, 0) if self.plan_maker is not None else self.counts(c.filters, epoch)
+        first, second = self.plan[c.name]
+        n = first + second
+        total = round_selected(c.filters, min(n, count(n + 0.5, self.progress(epoch))),
+                               self.round_to)
+        return min(first, total), total - min(first, total)
+
+    def progress(self, epoch: int) -> float:
+        """θ(e)/θ3: 0 before anything is selected, 1 from the final count on."""
+        final = float(self.schedule.theta[-1])
+        return float(self.schedule.theta[epoch]) / final if final > 0 else 0.0
 
     def final_counts(self) -> dict[str, tuple[int, int]]:
-        return {c.name: self.counts(c.filters, self.schedule.epochs - 1) for c in self.convs}
+        return {c.name: self.layer_counts(c, self.schedule.epochs - 1) for c in self.convs}
+
+    def _plan_due(self, epoch: int, initial: bool) -> bool:
+        """Is the plan made now? At the last update before anything is selected: this one
+        selects, or (after training) the next epoch's does."""
+        if self.plan is not None or self.plan_maker is None:
+            return False
+        following = min(epoch + (not initial), self.schedule.epochs - 1)
+        return self.progress(epoch) > 0 or self.progress(following) > 0
 
     def _cs_needed(self, epoch: int, initial: bool) -> bool:
         """Is the ranking of a CS pass at ``epoch`` used before the next pass replaces it?
@@ -84,7 +120,7 @@ class Mask:
         multiple of ``cs_every``."""
         last = epoch if initial else min((epoch // self.cs_every + 1) * self.cs_every,
                                          self.schedule.epochs) - 1
-        return any(self.counts(c.filters, e)[0] > 0
+        return any(self.layer_counts(c, e)[0] > 0
                    for e in range(epoch, last + 1) for c in self.convs)
 
     # -- per-epoch update ------------------------------------------------------------------
@@ -93,18 +129,17 @@ class Mask:
         if not self.active:
             return
         initial = self.epoch < 0
-        if self.first.from_data and (initial or epoch % self.cs_every == 0):
-            if self._cs_needed(epoch, initial):
-                scores = self.cs_ranker(model, epoch, initial)
-                self.ranking = {k: torch.argsort(v.double().cpu(), stable=True)
-                                for k, v in scores.items()}
-            else:
-                self.ranking = {}
-            self.cs_list = {c.name: self.ranking[c.name][:self.counts(c.filters, epoch)[0]]
-                            if self.ranking else self.cs_list[c.name][:0] for c in self.convs}
+        due = self._plan_due(epoch, initial)
+        if self.first.from_data:
+            self._rank_from_data(model, epoch, initial, due)
+        if due and self.plan is None:  # from the weights as they are now
+            scorer = criterion(self.plan_maker.criterion)
+            self.plan = self.plan_maker.make({c.name: scorer.scores(c.conv.weight,
+                                                                    torch.arange(c.filters))
+                                              for c in self.convs})
         self.zeta = self.schedule.at(epoch)["zeta"]
         for c in self.convs:
-            n_first, n_second = self.counts(c.filters, epoch)
+            n_first, n_second = self.layer_counts(c, epoch)
             if self.first.from_data:
                 order = self.ranking.get(c.name, torch.arange(c.filters))
                 # the authors' Mask attenuates its stored list only while the count is > 0
@@ -122,6 +157,23 @@ class Mask:
                     p.mul_(s)
         self.epoch = epoch
         self._build_grad_scales()
+
+    def _rank_from_data(self, model: nn.Module, epoch: int, initial: bool, due: bool) -> None:
+        """The CS pass when it is due (and when a plan is made from its scores now): its
+        ranking and its list (SPEC §4 step 1)."""
+        for_plan = due and criterion(self.plan_maker.criterion).from_data
+        if not (initial or epoch % self.cs_every == 0 or for_plan):
+            return
+        if for_plan or self._cs_needed(epoch, initial):
+            scores = self.cs_ranker(model, epoch, initial)
+            self.ranking = {k: torch.argsort(v.double().cpu(), stable=True)
+                            for k, v in scores.items()}
+            if for_plan:
+                self.plan = self.plan_maker.make(scores)
+        else:
+            self.ranking = {}
+        self.cs_list = {c.name: self.ranking[c.name][:self.layer_counts(c, epoch)[0]]
+                        if self.ranking else self.cs_list[c.name][:0] for c in self.convs}
 
     def _build_grad_scales(self) -> None:
         """Full-shape scale tensors, so scaling is one fused ``_foreach_mul_`` per step."""
@@ -177,7 +229,9 @@ class Mask:
                 "ranking": dict(self.ranking), "cs_list": dict(self.cs_list),
                 "selected_first": dict(self.selected_first),
                 "selected_second": dict(self.selected_second),
-                "selected": {c.name: self.selected(c.name) for c in self.convs}}  # for readers
+                "selected": {c.name: self.selected(c.name) for c in self.convs},  # for readers
+                **({"plan": {k: torch.tensor(v) for k, v in self.plan.items()}}
+                   if self.plan is not None else {})}
 
     def load_state_dict(self, state: dict) -> None:
         names = {c.name for c in self.convs}
@@ -189,4 +243,6 @@ class Mask:
         self.cs_list = {k: v.long() for k, v in state["cs_list"].items()}
         self.selected_first = {k: v.long() for k, v in state["selected_first"].items()}
         self.selected_second = {k: v.long() for k, v in state["selected_second"].items()}
+        if "plan" in state:
+            self.plan = {k: tuple(int(n) for n in v) for k, v in state["plan"].items()}
         self._build_grad_scales()

@@ -26,6 +26,7 @@ filters' factor too, and their gradients the filters' gradient factor (SPEC §4,
 from dataclasses import dataclass, field, replace
 
 from ..errors import UserError
+from .budget import ALLOCATIONS, KINDS, Target
 from .criteria import criterion, registry
 from .schedule import Schedule, asymptotic_schedule, constant_schedule, target_epoch
 
@@ -84,6 +85,9 @@ class Spelling:
     tau: str = "--tau"
     zero_scaling: str = "--use_zero_scaling"
     attenuate: str = "--attenuate bn"
+    target: str = "--target_{kind} {value:g}"
+    any_target: str = "--target_flops F or --target_params P"
+    allocation: str = "--allocation {}"
 
 
 @dataclass(frozen=True)
@@ -96,10 +100,23 @@ class Pruning:
     attenuation: float = 1.0  # s: ζ(e) = s·(1 − θ(e)/θ3)
     zero_scaling: bool = False
     prune_every: int = 1      # mask updates every N epochs (and after the last)
+    target: Target | None = None  # a budget: the rates then only split each layer's count
 
     @property
     def total(self) -> float:
         return sum(self.rates.values())
+
+    @property
+    def first_share(self) -> float:
+        """The first criterion's part of a layer's count under a target."""
+        first = self.rates.get(self.method.first, 0.0)
+        return first / self.total if self.total else 0.0
+
+    @property
+    def plan_criterion(self) -> str:
+        """The criterion whose scores make a global allocation: the first one in use."""
+        m = self.method
+        return m.first if self.rates.get(m.first, 0.0) > 0 or not m.second else m.second
 
     def schedule(self) -> Schedule:
         m = self.method
@@ -122,10 +139,13 @@ class Pruning:
 
 def resolve(method: str | Method, rates: dict | None, epochs: int, tau: float | None = None,
             attenuation: float = 1.0, zero_scaling: bool = False, attenuate: str = "weights",
-            prune_every: int = 1, spell: Spelling = Spelling()) -> Pruning:
+            prune_every: int = 1, spell: Spelling = Spelling(), target: dict | None = None,
+            allocation: str | None = None) -> Pruning:
     """Check a method and its options and fill in its defaults; every problem is one line
     naming the option as the user spelled it. ``rates``: {criterion: share}, None or a
-    missing key for the method's default, 0 for an unused criterion."""
+    missing key for the method's default, 0 for an unused criterion. ``target``:
+    {"flops": F} or {"params": P}, a budget (``allocation``: uniform or global); the rates
+    then only split each layer's count between the method's two criteria."""
     if isinstance(method, str):
         if method not in METHODS:
             raise UserError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
@@ -169,4 +189,46 @@ def resolve(method: str | Method, rates: dict | None, epochs: int, tau: float | 
                         "pruning rate 0 none is ever selected; drop it or give a rate")
     if epochs < 1:
         raise UserError(f"epochs must be ≥ 1 (got {epochs})")
-    return Pruning(method, resolved, epochs, tau, attenuation, zero_scaling, prune_every)
+    budget = check_target(method, given, resolved, target, allocation, spell)
+    return Pruning(method, resolved, epochs, tau, attenuation, zero_scaling, prune_every, budget)
+
+
+def check_target(method: Method, given: dict, resolved: dict, target: dict | None,
+                 allocation: str | None, spell: Spelling) -> Target | None:
+    """The budget, checked: one kind, a fraction in (0, 1), and rates that only split a
+    layer's count — a method with one criterion takes no rate of its own beside a target
+    (its rate is what the target sets), a method with two needs a ratio that is not 0:0."""
+    if not target:
+        if allocation is not None:
+            raise UserError(f"{spell.allocation.format(allocation)} spreads a budget over the "
+                            f"layers and there is none; add {spell.any_target}, or drop it")
+        return None
+    kinds = [k for k, v in target.items() if v is not None]
+    if len(kinds) != 1 or kinds[0] not in KINDS:
+        raise UserError(f"give one target, {spell.any_target} (got "
+                        f"{', '.join(map(str, kinds)) or 'none'})")
+    kind = kinds[0]
+    try:
+        value = float(target[kind])
+    except (TypeError, ValueError):
+        raise UserError(f"the {kind} target must be a number in (0, 1) (got "
+                        f"{target[kind]!r})") from None
+    spelled = spell.target.format(kind=kind, value=value)
+    if not 0 < value < 1:
+        raise UserError(f"{spelled} must lie in (0, 1): the fraction of the dense network's "
+                        f"{'FLOPs' if kind == 'flops' else 'parameters'} to keep")
+    allocation = allocation or ALLOCATIONS[0]
+    if allocation not in ALLOCATIONS:
+        raise UserError(f"{spell.allocation.format(allocation)} is not one of "
+                        f"{', '.join(ALLOCATIONS)}")
+    rated = [c for c in method.criteria if given.get(c) is not None]
+    if len(method.criteria) == 1 and rated:
+        flag = spell.rate.format(rated[0])
+        raise UserError(f"{spelled} sets the rate of {spell.method.format(method.name)} itself, "
+                        f"so {flag} contradicts it; drop {flag}")
+    if sum(resolved.values()) == 0:
+        used = " and ".join(spell.rate.format(c) for c in method.criteria)
+        raise UserError(f"with {spelled}, {used} only split each layer's count between the two "
+                        "criteria, and both are 0; give their ratio (e.g. the defaults) or drop "
+                        "them")
+    return Target(kind, value, allocation)

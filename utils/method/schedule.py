@@ -124,3 +124,13 @@ def round_selected(filters: int, selected: int, round_to: int) -> int:
         return max(selected, 0)
     kept = -(-(filters - selected) // round_to) * round_to
     return max(filters - kept, 0)
+
+
+def split_counts(filters: int, first_rate: float, second_rate: float,
+                 round_to: int = 1) -> tuple[int, int]:
+    """(first, second) counts of a layer of ``filters`` at the two shares' rates; with
+    ``round_to`` the second share gives up filters first, then the first share."""
+    first, second = count(filters, first_rate), count(filters, second_rate)
+    excess = first + second - round_selected(filters, first + second, round_to)
+    cut = min(excess, second)
+    return first - (excess - cut), second - cut

@@ -43,16 +43,16 @@ def _shown_flags() -> set:
 def columns() -> list[str]:
     """comparison.csv: one row per run."""
     return ["run", "group", "seed", "method", "attenuate", "arch", "dataset",
-            *(f"rate_{k}" for k in rate_keys()), "rate_total", "epochs", "top1", "top5",
-            "drop_vs_dense", *COST_KEYS, "wall_seconds"]
+            *(f"rate_{k}" for k in rate_keys()), "rate_total", "target", "allocation", "epochs",
+            "top1", "top5", "drop_vs_dense", *COST_KEYS, "wall_seconds"]
 
 
 def group_columns() -> list[str]:
     """comparison_groups.csv: one row per configuration, its seeds as mean ± std."""
     return ["group", "n", "seeds", "method", "attenuate", "arch", "dataset",
-            *(f"rate_{k}" for k in rate_keys()), "rate_total", "epochs", "top1_mean",
-            "top1_std", "top5_mean", "top5_std", "drop_vs_dense", *COST_KEYS, "cost_varies",
-            "wall_seconds_mean", "other_flags", "runs"]
+            *(f"rate_{k}" for k in rate_keys()), "rate_total", "target", "allocation", "epochs",
+            "top1_mean", "top1_std", "top5_mean", "top5_std", "drop_vs_dense", *COST_KEYS,
+            "cost_varies", "cost_group", "wall_seconds_mean", "other_flags", "runs"]
 
 
 @dataclass
@@ -89,14 +89,23 @@ class Run:
     def seed(self):
         return self.summary.get("seed", self.args.get("manualSeed"))
 
+    @property
+    def target(self) -> dict:
+        """A budget run's target (summary.json's ``target``: kind, fraction, allocation,
+        reached); {} for a run pruned at rates."""
+        return self.summary.get("target") or {}
+
     def flags(self) -> dict:
-        """What the run computed: every flag but the seed and the run-control ones."""
-        out = {k: v for k, v in self.args.items()
-               if k not in RUN_CONTROL_FLAGS and k != "manualSeed"}
+        """What the run computed: every flag but the seed and the run-control ones. A budget
+        run's rates are what its seed's selection gave (a global allocation's differ between
+        seeds): the group is its flags, the target and the given split."""
+        out = {**ADDED_FLAGS, **{k: v for k, v in self.args.items()
+                                 if k not in RUN_CONTROL_FLAGS and k != "manualSeed"}}
         s = self.summary
         out.update(method=s.get("method"), arch=s.get("arch"), dataset=s.get("dataset"),
-                   epochs=s.get("epochs"), attenuate=self.attenuate,
-                   **{f"prune_rate_{k}": v for k, v in self.rates.items()})
+                   epochs=s.get("epochs"), attenuate=self.attenuate)
+        if not self.target:
+            out.update({f"prune_rate_{k}": v for k, v in self.rates.items()})
         return out
 
 
@@ -199,10 +208,35 @@ def _hidden_flags(run: Run) -> dict:
 
 
 def _config(run: Run) -> dict:
-    s = run.summary
+    s, t = run.summary, run.target
     return {"method": run.label, "attenuate": run.attenuate, "arch": s.get("arch"),
-            "dataset": s.get("dataset"), **{f"rate_{k}": v for k, v in run.rates.items()},
-            "rate_total": round(sum(run.rates.values()), 6), "epochs": s.get("epochs")}
+            "dataset": s.get("dataset"),
+            **{f"rate_{k}": round(v, 6) for k, v in run.rates.items()},
+            "rate_total": round(sum(run.rates.values()), 6),
+            "target": f"{t['kind']} {t['fraction']:g}" if t else "",
+            "allocation": t.get("allocation", ""), "epochs": s.get("epochs")}
+
+
+COST_POINT = 0.01  # rows closer in FLOPs reduction than this are at one cost
+
+
+def cost_groups(table: list[dict]) -> list[str]:
+    """Per group row, its cost group: the pruned rows of one arch and dataset, ordered by
+    FLOPs reduction, in runs of at most 1 point from the run's first ("A", "B", … from the
+    least reduced); "" for dense rows and rows without a compact network."""
+    labels = [""] * len(table)
+    by_net: dict[tuple, list[int]] = {}
+    for i, r in enumerate(table):
+        if r["method"] != "dense" and r["flops_reduction"] is not None:
+            by_net.setdefault((r["arch"], r["dataset"]), []).append(i)
+    for rows in by_net.values():
+        rows.sort(key=lambda i: table[i]["flops_reduction"])
+        start, letter = None, -1
+        for i in rows:
+            if start is None or table[i]["flops_reduction"] - start > COST_POINT:
+                start, letter = table[i]["flops_reduction"], letter + 1
+            labels[i] = chr(ord("A") + letter % 26) + ("" if letter < 26 else str(letter // 26))
+    return labels
 
 
 def group_rows(groups: list[Group]) -> list[dict]:
@@ -222,6 +256,8 @@ def group_rows(groups: list[Group]) -> list[dict]:
             **costs, "cost_varies": "yes" if varies else "",
             "wall_seconds_mean": group.mean_std("wall_seconds")[0], "other_flags": other,
             "runs": " ".join(r.name for r in group.runs)})
+    for row, label in zip(out, cost_groups(out)):
+        row["cost_group"] = label
     return out
 
 

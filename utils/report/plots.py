@@ -1,5 +1,5 @@
-"""curves.png (accuracy and loss per epoch), schedule.png (θ, θ_cs, θ_gm, ζ) and the
-comparison report's comparison.png."""
+"""curves.png (accuracy and loss per epoch), schedule.png (θ, θ_cs, θ_gm, ζ and every layer's
+width) and the comparison report's comparison.png."""
 import matplotlib
 
 matplotlib.use("Agg")  # no display on training servers
@@ -31,11 +31,18 @@ def plot_curves(history: list[dict], path: str) -> None:
     _save(fig, path)
 
 
-def plot_schedule(schedule, path: str, method, history: list[dict] = ()) -> None:
+def plot_schedule(schedule, path: str, method, history: list[dict] = (),
+                  widths: list[tuple] | None = None) -> None:
     """θ, each criterion's share and ζ over the epochs; with ``history``, the effective
     attenuation measured so far (utils/attenuation.py): what of the selected channels' output
-    still reached the network while it trained."""
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    still reached the network while it trained. With ``widths`` ((layer, filters, kept at the
+    end, kept now) per layer, ``Pruner.widths``) a second panel draws every layer's width."""
+    if widths:
+        fig, (ax, bars) = plt.subplots(1, 2, figsize=(12, 3.8),
+                                       gridspec_kw={"width_ratios": [1, 1.2]})
+        _plot_widths(bars, widths)
+    else:
+        fig, ax = plt.subplots(figsize=(6, 3.8))
     e = range(schedule.epochs)
     ax.plot(e, schedule.theta, label="θ (total rate)")
     for crit, share in ((method.first, schedule.theta_first), (method.second, schedule.theta_second)):
@@ -52,6 +59,20 @@ def plot_schedule(schedule, path: str, method, history: list[dict] = ()) -> None
     ax.grid(alpha=0.3)
     ax.legend()
     _save(fig, path)
+
+
+def _plot_widths(ax, widths: list[tuple]) -> None:
+    """Per prunable layer in forward order: its filters, those kept in the end, kept now."""
+    x = np.arange(len(widths))
+    _, filters, final, now = (list(col) for col in zip(*widths))
+    ax.bar(x, filters, color="0.85", label="filters")
+    ax.bar(x, now, width=0.55, color="tab:blue", label="kept at the last update")
+    ax.plot(x, final, "_", color="k", markersize=9, mew=2, label="kept in the end")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set(xlabel="prunable layer (forward order)", ylabel="filters",
+           title="width of every prunable layer")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
 
 
 def _mean_band(curves: list[list[tuple[int, float]]]):

@@ -31,8 +31,10 @@ def _arch(name: str) -> str:
 
 
 def _matches(quoted: dict, group: dict) -> bool:
+    """Same data, network, method and rates; a budget row pruned to a target, not at those
+    rates (its shares are what its selection gave), matches none."""
     rates = {"cs": 0.0, "norm": float(quoted["rate_norm"]), "gm": float(quoted["rate_gm"])}
-    return (quoted["dataset"] == group["dataset"] and _arch(quoted["arch"]) == _arch(group["arch"])
+    return (not group.get("target") and quoted["dataset"] == group["dataset"] and _arch(quoted["arch"]) == _arch(group["arch"])
             and quoted["method"] == group["method"]
             and all(abs(group[f"rate_{k}"] - v) < _RATE_TOLERANCE for k, v in rates.items()))
 

@@ -7,6 +7,30 @@ def zero_filters(convs) -> dict[str, int]:
             for c in convs}
 
 
+def final_rates(pruning, mask) -> dict[str, float]:
+    """Each criterion's rate: the run's; under a target, the share of the counted filters
+    it selected in the end (a layer's own count is in ``kept_per_layer``)."""
+    if pruning.target is None:
+        return {c: pruning.rates.get(c, 0.0) for c in registry()}
+    total = max(mask.total_filters(), 1)
+    chosen = {c: 0.0 for c in registry()}
+    for crit, selected in ((mask.method.first, mask.selected_first),
+                           (mask.method.second, mask.selected_second)):
+        if crit:
+            chosen[crit] = sum(len(v) for v in selected.values()) / total
+    return chosen
+
+
+def budget(pruning, last: dict, dense_cost) -> dict:
+    """The target and what the final selection's compact network keeps of the dense count."""
+    t = pruning.target
+    if t is None:
+        return {}
+    reached = last[f"{t.kind}_eff"] / dense_cost[t.index]
+    return {"target": {"kind": t.kind, "fraction": t.fraction, "allocation": t.allocation,
+                       "reached": reached}}
+
+
 def run_summary(args, pruning, mask, history: list[dict], dense_cost, wall: float) -> dict:
     """The method and its rates, the final (fully pruned) figures — the numbers to report —,
     the best epoch for reference, costs and per-layer counts."""
@@ -16,7 +40,8 @@ def run_summary(args, pruning, mask, history: list[dict], dense_cost, wall: floa
     return {
         "method": pruning.method.name, "attenuate": pruning.method.attenuate,
         "arch": args.arch, "dataset": args.dataset, "epochs": pruning.epochs,
-        **{f"prune_rate_{c}": pruning.rates.get(c, 0.0) for c in registry()},
+        **{f"prune_rate_{c}": v for c, v in final_rates(pruning, mask).items()},
+        **budget(pruning, last, dense_cost),
         "round_to": args.round_to,
         "final_top1": last["test_top1"], "final_top5": last["test_top5"],
         "final_loss": last["test_loss"],
@@ -30,5 +55,7 @@ def run_summary(args, pruning, mask, history: list[dict], dense_cost, wall: floa
         "filters_selected": mask.total_selected(), "filters_total": mask.total_filters(),
         "selected_per_layer": mask.selected_counts(), "zero_filters_per_layer":
             zero_filters(mask.convs),
+        "kept_per_layer": {c.name: c.filters - n for c, n in
+                           zip(mask.convs, mask.selected_counts().values())},
         "wall_seconds": round(wall, 1), "seed": args.manualSeed,
     }

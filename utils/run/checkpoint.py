@@ -11,16 +11,18 @@ from ..method.criteria import registry
 from ..report.logger import ADDED_FLAGS
 
 FORMAT = "fsdp-checkpoint/2"
-# a resumed run must rebuild the same method, schedule, mask layout and data pipeline (and
-# every criterion's --prune_rate_<name>, see resume_must_match)
-RESUME_MUST_MATCH = ("method", "attenuate", "arch", "dataset", "epochs", "tau", "attenuation",
-                     "use_zero_scaling", "round_to", "layer_begin", "layer_end", "layer_inter",
-                     "prune_include", "prune_exclude", "keep_subnormals")
+# a resumed run must rebuild the same method, budget, schedule, mask layout and data pipeline
+# (and every criterion's --prune_rate_<name> after the budget, see resume_must_match)
+RESUME_MUST_MATCH = ("method", "attenuate", "arch", "dataset", "epochs", "target_flops",
+                     "target_params", "allocation", "tau", "attenuation", "use_zero_scaling",
+                     "round_to", "layer_begin", "layer_end", "layer_inter", "prune_include",
+                     "prune_exclude", "keep_subnormals")
+_RATES_AT = RESUME_MUST_MATCH.index("tau")  # a budget replaces the rates: it is named first
 
 
 def resume_must_match() -> tuple[str, ...]:
     rates = tuple(f"prune_rate_{c}" for c in registry())
-    return RESUME_MUST_MATCH[:5] + rates + RESUME_MUST_MATCH[5:]
+    return RESUME_MUST_MATCH[:_RATES_AT] + rates + RESUME_MUST_MATCH[_RATES_AT:]
 
 
 def read_checkpoint(path: str, args, seed_given: bool, resume_keys: tuple = ()) -> dict:

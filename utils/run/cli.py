@@ -8,6 +8,7 @@ import argparse
 from models import MODELS, TIMM, arch_problem
 
 from ..errors import UserError
+from ..method.budget import ALLOCATIONS
 from ..method.criteria import registry
 from ..method.methods import METHODS, Pruning, resolve
 
@@ -60,6 +61,16 @@ def build_parser(description: str, datasets: list[str], defaults: dict) -> argpa
                         "and BatchNorm)")
     g.add_argument("--use_zero_scaling", action="store_true",
                    help="fsdp with ζ = 0 at every epoch: plain soft pruning, asymptotic rate")
+    g.add_argument("--target_flops", type=float, default=None, metavar="F",
+                   help="prune to a budget instead of rates: the compact network keeps F (in "
+                        "(0, 1)) of the dense network's FLOPs, within 1 %% of the dense count; "
+                        "fsdp's/fpgm's two rates then only set the split of each layer's count")
+    g.add_argument("--target_params", type=float, default=None, metavar="P",
+                   help="the same for the parameters")
+    g.add_argument("--allocation", choices=ALLOCATIONS, default=None,
+                   help="with a target: uniform (one rate for every layer, the default) or "
+                        "global (counts per layer from the criterion's scores, normalised by "
+                        "each layer's mean)")
     g.add_argument("--round_to", type=int, default=1, metavar="N",
                    help="keep a multiple of N filters in every pruned layer (selecting fewer "
                         "where needed): CPU/GPU kernels compute channels in blocks of 8 or 16")
@@ -142,6 +153,8 @@ def check_args(args) -> None:
         bad(f"--learning_rate must be > 0 (got {args.learning_rate})")
     if args.attenuation < 0:
         bad(f"--attenuation must be ≥ 0 (got {args.attenuation})")
+    if args.target_flops is not None and args.target_params is not None:
+        bad("--target_flops and --target_params contradict each other; give one of them")
     if args.resume and args.overwrite:
         bad("--resume and --overwrite contradict each other; give one of them")
     if args.use_pretrain and not args.pretrain_path and not args.arch.startswith(TIMM):
@@ -157,13 +170,21 @@ def pruning_from_args(args) -> Pruning:
     """The run's method, rates and schedule parameters from the flags, checked (one line per
     problem); ``args`` is left as it is."""
     rates = {c: getattr(args, f"prune_rate_{c}") for c in registry()}
+    target = {"flops": args.target_flops, "params": args.target_params}
     return resolve(args.method, rates, args.epochs, args.tau, args.attenuation,
-                   args.use_zero_scaling, args.attenuate, args.epoch_prune)
+                   args.use_zero_scaling, args.attenuate, args.epoch_prune,
+                   target=target if any(v is not None for v in target.values()) else None,
+                   allocation=args.allocation)
 
 
 def record_defaults(args, pruning: Pruning) -> None:
     """Write what the method filled in into ``args`` (once, in ``main``): args.json and the
-    checkpoint then hold every rate and τ the run used, which a resume must match."""
-    for c in registry():
-        setattr(args, f"prune_rate_{c}", pruning.rates.get(c, 0.0))
+    checkpoint then hold every rate and τ the run used, which a resume must match. Under a
+    target the rates split each layer's count (``--prune_rate_*`` as given: a one-criterion
+    method takes none) and the allocation is recorded."""
+    if pruning.target is None:
+        for c in registry():
+            setattr(args, f"prune_rate_{c}", pruning.rates.get(c, 0.0))
+    else:
+        args.allocation = pruning.target.allocation
     args.tau = pruning.tau

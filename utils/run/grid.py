@@ -1,7 +1,8 @@
 """Grids of runs that reproduce a table: the jobs, the state of their folders, Slurm scripts.
 
 A grid is a script and a dataset crossed with archs × method configurations × ``--attenuate``
-variants × seeds. Every job is that script's own command line, saving into its own
+variants × seeds, every method at one total rate or at one budget (``--target_flops``, with
+``--allocation`` variants as one more axis). Every job is that script's own command line, saving into its own
 sub-folder of the grid's folder, always with ``--resume auto``: a fresh folder starts, a
 stopped run continues, and a Slurm requeue does the same. ``utils.run.grid_runner`` runs them.
 """
@@ -35,14 +36,16 @@ GRIDS = {
                     "datasets/gsc"),
 }
 # a method configuration of the grid → the script's flags for a total rate r
-CONFIGS = ("dense", "fsdp", "fpgm", "fpgm-mix", "sfp", "asfp")
+CONFIGS = ("dense", "fsdp", "fpgm", "fpgm-mix", "sfp", "asfp", "l1")
 SEEDS = (1, 2, 3)
 DEFAULT_RATE = 0.5  # the paper's comparison
 FIXED_SHARE = 0.1   # fsdp's CS share and fpgm-mix's norm share, as in the paper and FPGM
 ATTENUATE_DEFAULT = ADDED_FLAGS["attenuate"]
 # flags every job sets itself; given after "--" they would contradict the grid
 _GRID_FLAGS = {"--dataset", "--arch", "--method", "--manualSeed", "--epochs", "--attenuate",
-               "--data_path", "--save_path", "--resume", "--overwrite", "--evaluate"}
+               "--data_path", "--save_path", "--resume", "--overwrite", "--evaluate",
+               "--target_flops", "--target_params", "--allocation"}
+ALLOCATION_DEFAULT = "uniform"
 
 
 def grid_flags() -> set[str]:
@@ -55,10 +58,19 @@ def _share(x: float) -> str:
     return f"{round(x, 6):g}"
 
 
-def method_flags(config: str, rate: float) -> list[str]:
-    """fsdp and fpgm-mix give 0.1 of the total to CS / the norm and the rest to GM."""
+def method_flags(config: str, rate: float, target: tuple | None = None,
+                 allocation: str = ALLOCATION_DEFAULT) -> list[str]:
+    """fsdp and fpgm-mix give 0.1 of the total to CS / the norm and the rest to GM. With a
+    ``target`` ((kind, fraction)) the total is the budget's: fsdp and fpgm-mix keep that
+    split (1:4 at the default 0.5), the one-criterion methods take no rate of their own."""
     if config == "dense":
         return ["--prune_rate_cs", "0", "--prune_rate_gm", "0"]
+    if target is not None:
+        budget = [f"--target_{target[0]}", _share(target[1]), "--allocation", allocation]
+        return {"fsdp": ["--method", "fsdp"], "fpgm-mix": ["--method", "fpgm",
+                                                            "--prune_rate_norm", "0.1",
+                                                            "--prune_rate_gm", "0.4"]
+                }.get(config, ["--method", config]) + budget
     rest = _share(rate - FIXED_SHARE)
     return {"fsdp": ["--method", "fsdp", "--prune_rate_cs", _share(FIXED_SHARE),
                      "--prune_rate_gm", rest],
@@ -66,7 +78,8 @@ def method_flags(config: str, rate: float) -> list[str]:
             "fpgm-mix": ["--method", "fpgm", "--prune_rate_norm", _share(FIXED_SHARE),
                          "--prune_rate_gm", rest],
             "sfp": ["--method", "sfp", "--prune_rate_norm", _share(rate)],
-            "asfp": ["--method", "asfp", "--prune_rate_norm", _share(rate)]}[config]
+            "asfp": ["--method", "asfp", "--prune_rate_norm", _share(rate)],
+            "l1": ["--method", "l1", "--prune_rate_l1", _share(rate)]}[config]
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,8 @@ class GridAsk:
     data_path: str
     save_path: str
     extra: tuple[str, ...] = ()  # flags after "--", passed to every job
+    target: tuple | None = None  # (kind, fraction): every method at one budget, not a rate
+    allocations: tuple[str, ...] = (ALLOCATION_DEFAULT,)
 
 
 def check_ask(ask: GridAsk) -> None:
@@ -101,6 +116,15 @@ def check_ask(ask: GridAsk) -> None:
         if len(set(values)) != len(values):
             raise UserError(f"{flag} lists a value twice ({' '.join(map(str, values))}); "
                             "give each once")
+    if len(set(ask.allocations)) != len(ask.allocations):
+        raise UserError(f"--allocation lists a value twice ({' '.join(ask.allocations)}); "
+                        "give each once")
+    if ask.target is None and ask.allocations != (ALLOCATION_DEFAULT,):
+        raise UserError("--allocation spreads a budget over the layers and the grid has none; "
+                        "add --target_flops F (or --target_params P), or drop it")
+    if ask.target is not None and not 0 < ask.target[1] < 1:
+        raise UserError(f"--target_{ask.target[0]} must lie in (0, 1) (got {ask.target[1]:g}): "
+                        "the fraction of the dense network to keep")
     if not FIXED_SHARE < ask.rate < 1:
         raise UserError(f"--rate must be > {FIXED_SHARE} and < 1 (got {ask.rate:g}); fsdp and "
                         f"fpgm-mix give {FIXED_SHARE} of it to CS / the norm")
@@ -110,10 +134,15 @@ def check_ask(ask: GridAsk) -> None:
                             "reproduce.py --help); drop it from the flags after --")
 
 
-def job_name(arch: str, config: str, attenuate: str, rate: float, seed: int) -> str:
+def job_name(arch: str, config: str, attenuate: str, rate: float, seed: int,
+             target: tuple | None = None, allocation: str = ALLOCATION_DEFAULT) -> str:
+    """``resnet56-fsdp-r50-s1``; at a budget ``resnet56-fsdp-f50-s1`` (f: FLOPs, p:
+    parameters kept, in %), ``-global`` for that allocation."""
     parts = [arch, config]
     if config != "dense":
-        parts += ([attenuate] if attenuate != ATTENUATE_DEFAULT else []) + [f"r{rate * 100:g}"]
+        parts += [attenuate] if attenuate != ATTENUATE_DEFAULT else []
+        parts += [f"{target[0][0]}{target[1] * 100:g}"] if target else [f"r{rate * 100:g}"]
+        parts += [allocation] if allocation != ALLOCATION_DEFAULT else []
     return "-".join(parts + [f"s{seed}"])
 
 
@@ -124,12 +153,12 @@ def plan(ask: GridAsk) -> list[Job]:
     for seed in ask.seeds:
         for arch in ask.archs:
             for config in ask.methods:
-                # a dense run prunes nothing, so it has nothing to attenuate: one per seed
-                for attenuate in (ask.attenuate if config != "dense" else (ATTENUATE_DEFAULT,)):
-                    name = job_name(arch, config, attenuate, ask.rate, seed)
+                for attenuate, allocation in _variants(ask, config):
+                    name = job_name(arch, config, attenuate, ask.rate, seed, ask.target,
+                                    allocation)
                     folder = os.path.join(grid_dir, name)
                     argv = ["--dataset", spec.dataset, "--arch", arch,
-                            *method_flags(config, ask.rate),
+                            *method_flags(config, ask.rate, ask.target, allocation),
                             *(["--attenuate", attenuate] if attenuate != ATTENUATE_DEFAULT
                               else []),
                             "--manualSeed", str(seed),
@@ -138,6 +167,14 @@ def plan(ask: GridAsk) -> list[Job]:
                             "--resume", "auto", *ask.extra]
                     jobs.append(Job(name, folder, spec.script, tuple(argv)))
     return jobs
+
+
+def _variants(ask: GridAsk, config: str) -> list[tuple[str, str]]:
+    """(attenuate, allocation) of a configuration's runs; a dense run prunes nothing, so it
+    has nothing to attenuate or allocate: one per seed."""
+    if config == "dense":
+        return [(ATTENUATE_DEFAULT, ALLOCATION_DEFAULT)]
+    return [(a, b) for a in ask.attenuate for b in ask.allocations]
 
 
 # --- the state of a job's folder ---------------------------------------------------------------

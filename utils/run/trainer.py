@@ -22,8 +22,9 @@ from ..compaction import NetworkCost, compact_model, compaction_figures, save_co
 from ..compaction.tracing import trace
 from ..errors import UserError
 from ..method.attenuation import AttenuationProbe
+from ..method.budget import TOLERANCE
 from ..method.graph import find_prunable_convs
-from ..method.methods import Pruning
+from ..method.methods import Pruning, Spelling
 from ..method.schedule import count
 from ..pruner import Pruner
 from ..report.logger import RunLog
@@ -209,13 +210,15 @@ class Trainer:
         self.test_loader = loaders.test_loader(args, data, device)
         if args.pretrain_path and not resuming:  # before the folder: bad weights leave none
             load_pretrained(self.model, args.pretrain_path, args.arch)
-
-        prepare_save_path(args.save_path, args.overwrite)
-        self.log = RunLog(args.save_path, args.tensorboard)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=args.learning_rate,
                                          momentum=args.momentum, weight_decay=args.decay,
                                          nesterov=bool(args.nesterov))
-        self.pruner = self._pruner()
+        self.pruner = self._pruner()  # before the folder too: an unreachable target leaves none
+        self.convs = self.pruner.convs  # a target counts coupled layers once
+
+        prepare_save_path(args.save_path, args.overwrite)
+        self.log = RunLog(args.save_path, args.tensorboard)
+        self.pruner.set_log(self.log)
         self.mask, self.schedule = self.pruner.mask, self.pruner.schedule
         self.method = self.pruning.method
         # the effective attenuation (utils/method/attenuation.py), if anything is pruned
@@ -245,7 +248,8 @@ class Trainer:
                       cs_every=args.epoch_apply_cs, round_to=args.round_to,
                       cs_mode=args.cs_mode, cs_batches=args.max_iter_cs,
                       amp_dtype=self.amp_dtype, cs_transform=data.batch_transform,
-                      class_names=data.classes, log=self.log, auto_start=False)
+                      class_names=data.classes, auto_start=False,
+                      input_shape=data.input_shape, spell=Spelling())
 
     # -- the steps of a run ------------------------------------------------------------------
     def start(self) -> None:
@@ -261,9 +265,12 @@ class Trainer:
                  f"{self.batch * dist.world_size()}, base lr {args.learning_rate:g}")
         self.log.args(dict(vars(args)))
         self._log_rounding()
+        for line in self.pruner.plan_lines():
+            self.log(line)
         if dist.is_main():
-            plot_schedule(self.schedule, os.path.join(args.save_path, "schedule.png"),
-                          self.method)
+            plot_schedule(self.pruner.display_schedule(),
+                          os.path.join(args.save_path, "schedule.png"), self.method,
+                          widths=self._widths())
         if self.mask.active:
             # the reference validates first, so the first CS pass runs in eval mode
             before = self._evaluate(self.model)
@@ -359,9 +366,8 @@ class Trainer:
                 seconds: float) -> None:
         """The epoch's row of metrics.csv and its log line."""
         flops, params = self.cost(self.pruner.selected())
-        at = self.schedule.at(epoch)
         row = {"epoch": epoch, "method": self.method.name, "lr": train["lr"],
-               "theta": at["theta"], **self.pruning.shares(at), "zeta": at["zeta"],
+               **self.pruner.shares(epoch), "zeta": self.schedule.at(epoch)["zeta"],
                "effective_attenuation": train["attenuation"], "train_loss": train["loss"],
                "train_top1": train["top1"], "test_loss": test["loss"], "test_top1": test["top1"],
                "test_top5": test["top5"], **refreshed,
@@ -384,6 +390,12 @@ class Trainer:
         summary = run_summary(self.args, self.pruning, self.mask, self.history,
                               self.dense_cost, self.wall)
         summary["compact"] = self._compact()
+        budget = summary.get("target")
+        if budget and abs(budget["reached"] - budget["fraction"]) > TOLERANCE:
+            self.log(f"warning: the compact network keeps {budget['reached']:.4f} of the dense "
+                     f"{budget['kind']}, the target was {budget['fraction']:g}: the selections "
+                     "of coupled layers overlapped otherwise than counted (README: Prune to a "
+                     "budget)")
         self.log.summary(summary)
         c = summary["compact"]
         self.log(f"done: final pruned top1 {summary['final_top1']:.2f}"
@@ -421,10 +433,14 @@ class Trainer:
         stats = self._evaluate(copy)
         return {f"test_{k}_refreshed": stats[k] for k in ("loss", "top1", "top5")}
 
+    def _widths(self) -> list | None:
+        """Every prunable layer's width for schedule.png (a pruned run only)."""
+        return self.pruner.widths() if self.mask.active else None
+
     def _log_rounding(self) -> None:
         """--round_to: how many filters every layer keeps, and what it gives up for that."""
-        if self.args.round_to <= 1 or not self.mask.active:
-            return
+        if self.args.round_to <= 1 or not self.mask.active or self.pruning.target:
+            return  # a target's plan is logged with the rounding in it
         rates, final = self.pruning.rates.values(), self.mask.final_counts()
         parts = []
         for c in self.convs:
@@ -440,8 +456,9 @@ class Trainer:
         if not dist.is_main() or not (draw or time.monotonic() - self._drawn >= PLOT_EVERY_S):
             return
         plot_curves(self.history, os.path.join(self.args.save_path, "curves.png"))
-        plot_schedule(self.schedule, os.path.join(self.args.save_path, "schedule.png"),
-                      self.method, self.history)
+        plot_schedule(self.pruner.display_schedule(),
+                      os.path.join(self.args.save_path, "schedule.png"), self.method,
+                      self.history, self._widths())
         self._drawn = time.monotonic()
 
     def _compact(self) -> dict | None:
@@ -458,7 +475,7 @@ class Trainer:
             save_compact(compact, os.path.join(args.save_path, "model_compact.pt"))
         test = self._evaluate(compact)
         keep = 1 - mask.total_selected() / max(mask.total_filters(), 1)
-        nominal = 1 - self.pruning.total
+        nominal = keep if self.pruning.target else 1 - self.pruning.total  # rates: a ratio
         figures = compaction_figures(self.model, compact, self.data.input_shape, args.arch,
                                      keep, nominal)
         return {"path": "model_compact.pt", "top1": test["top1"], "top5": test["top5"],

@@ -176,6 +176,18 @@ def test_l1_norm_is_a_method_of_the_api():
     assert sorted(pruner.selected()["0"].tolist()) == [2, 5]
 
 
+def test_a_list_of_batches_is_cs_data_as_a_loader_is():
+    """Any re-iterable of (inputs, labels) serves; only a DataLoader has a sampler to seed."""
+    batches, selected = _batches(), []
+    for data in (batches, torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(*map(torch.cat, zip(*batches))), batch_size=8)):
+        torch.manual_seed(0)
+        pruner = Pruner(_tiny(), "fsdp", {"cs": 0.25, "gm": 0.25}, 1, cs_data=data)
+        pruner.step(0)  # the last epoch's update: every selected filter
+        selected.append({k: v.tolist() for k, v in pruner.selected().items()})
+    assert selected[0] == selected[1] and any(selected[0].values())
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda: Pruner(nn.Sequential(nn.Flatten(), nn.Linear(3, 2)), "sfp", None, 3),
      "no prunable conv in this Sequential"),
@@ -185,6 +197,8 @@ def test_l1_norm_is_a_method_of_the_api():
      "rates\\['norm'\\] 0.5 \\+ rates\\['gm'\\] 0.5 must be < 1"),
     (lambda: Pruner(_tiny(), "sfp", {"cs": 0.1}, 3), "method 'sfp' does not use rates\\['cs'\\]"),
     (lambda: Pruner(_tiny(), "fsdp", None, 3), "give cs_data=, a loader of \\(inputs, labels\\)"),
+    (lambda: Pruner(_tiny(), "fsdp", None, 3, cs_data=iter(_batches())),
+     "cs_data is an iterator, used up by the first CS pass; give a DataLoader or a list"),
     (lambda: Pruner(_tiny(), "sfp", None), "Pruner needs epochs="),
     (lambda: Pruner(_tiny(), "sfp", None, 3, target={"flops": 0.5}),
      "a target needs input_shape=\\(C, H, W\\)"),

@@ -163,6 +163,9 @@ class Pruner:
         if loader is None:
             raise UserError(f"method {self.pruning.method.name!r} scores filters by class "
                             "separability: give cs_data=, a loader of (inputs, labels)")
+        if iter(loader) is loader:  # a generator: the second pass would see nothing
+            raise UserError("cs_data is an iterator, used up by the first CS pass; give a "
+                            "DataLoader or a list of (inputs, labels) batches")
         if num_classes is None:
             linears = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
             if not linears:

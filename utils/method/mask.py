@@ -142,8 +142,13 @@ class Mask:
             n_first, n_second = self.layer_counts(c, epoch)
             if self.first.from_data:
                 order = self.ranking.get(c.name, torch.arange(c.filters))
-                # the authors' Mask attenuates its stored list only while the count is > 0
-                self.selected_first[c.name] = self.cs_list[c.name] if n_first else order[:0]
+                if self.plan is not None and self.ranking:
+                    # a plan's count grows between two passes: the last pass's ranking cut
+                    # at today's count, so the last update selects the plan's count (the
+                    # stored list keeps its pass's lower count, and the budget would be missed)
+                    self.selected_first[c.name] = order[:n_first]
+                else:  # the authors' Mask attenuates its stored list while the count is > 0
+                    self.selected_first[c.name] = self.cs_list[c.name] if n_first else order[:0]
             else:  # re-ranked among all filters at every update
                 everyone = torch.arange(c.filters)
                 order = torch.argsort(self.first.scores(c.conv.weight, everyone), stable=True)

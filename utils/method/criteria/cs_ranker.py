@@ -43,8 +43,9 @@ class CSRanker:
         if self.mode == "eval":
             model.eval()
         # the pass before training and the one after epoch 0 both have epoch 0: tell them apart
-        if hasattr(self.loader.sampler, "set_epoch"):  # our EpochSampler; a user's may not
-            self.loader.sampler.set_epoch(2 * epoch + (not initial))
+        sampler = getattr(self.loader, "sampler", None)  # a list of batches has none
+        if hasattr(sampler, "set_epoch"):  # our EpochSampler; a user's may not
+            sampler.set_epoch(2 * epoch + (not initial))
         t0 = time.time()
         mode = "train" if model.training else "eval"
         try:

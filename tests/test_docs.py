@@ -364,8 +364,9 @@ def pointers(files: list[Path], root: Path = ROOT) -> list[tuple[str, Path, str 
 
 def names(page: Path) -> set[str]:
     """What a pointer may name in ``page``: its anchors as "#anchor", and the text of each
-    heading as "'Heading'" — whole, or up to its colon ("'Prune to a budget'" for "Prune to a
-    budget: `--target_flops`, `--target_params`") — or of an ``<a name>`` anchor's slug."""
+    heading as "'Heading'", whole or up to its colon ("'Prune to a budget'" for "Prune to a
+    budget: `--target_flops`, `--target_params`"). A quoted name whose slug is an anchor (an
+    ``<a name>`` before a bold paragraph: 'Reading the curves') is accepted by the caller."""
     found = {f"#{a}" for a in anchors(page)}
     for _, line in read(page)[1]:
         heading = re.match(r"^ {0,3}#{1,6}\s+(.*?)\s*#*\s*$", line)

@@ -1,5 +1,5 @@
-"""The study behind README's "Prune to a budget": FSDP and FPGM at one FLOPs budget, with one
-rate for every layer (``--allocation uniform``) and with counts per layer from the
+"""The study behind docs/methods.md, 'Prune to a budget': FSDP and FPGM at one FLOPs budget,
+with one rate for every layer (``--allocation uniform``) and with counts per layer from the
 criterion's scores (``--allocation global``).
 
     python -m bench.budget_study [--fashion DIR] [--out snapshots/budget_study] [--dry_run]

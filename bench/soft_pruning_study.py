@@ -1,4 +1,4 @@
-"""The study behind README's "Soft pruning and BatchNorm": every method with and without
+"""The study of docs/soft-pruning-and-batchnorm.md: every method with and without
 ``--attenuate bn`` on real images the project never trained on.
 
     python -m bench.soft_pruning_study [--fashion DIR] [--out snapshots/bn_study] [--jobs 2]
@@ -77,8 +77,8 @@ def scaled_recipe(epochs: int) -> list[str]:
 
 BUDGETS = (10, 30)
 # "ieee": the run as published with IEEE subnormal floats, as the authors' loop computed: the
-# default flushes them (README: Differences from the authors' code); their twin shows what that
-# changes, and its checkpoint after LATE_EPOCH epochs is bench.train_step's late state
+# default flushes them (docs/method.md, 'Differences from the authors' code'); their twin shows
+# what that changes, and its checkpoint after LATE_EPOCH epochs is bench.train_step's late state
 VARIANTS = {"weights": [], "bn": ["--attenuate", "bn"], "ieee": ["--keep_subnormals"]}
 LATE_EPOCH = 26
 LATE_CHECKPOINT = f"checkpoint-e{LATE_EPOCH}.pt"

@@ -6,7 +6,7 @@ Fashion-MNIST demo through the public API, and save the exact smaller network.
 A short budget on purpose (a couple of minutes on a 2-core CPU), which is why the pruner
 attenuates the selected channels' BatchNorm too (``attenuate="bn"``): with the weights alone,
 train-mode BatchNorm undoes the attenuation until its very end and a run this short ends near
-chance (README: Soft pruning and BatchNorm).
+chance (docs/soft-pruning-and-batchnorm.md).
 """
 import argparse
 import os

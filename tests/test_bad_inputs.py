@@ -1,4 +1,4 @@
-"""The catalogue of bad inputs (README.md's troubleshooting table lists the same cases, in order).
+"""The catalogue of bad inputs (docs/troubleshooting.md lists the same cases, in order).
 
 Every case runs the real CLI — mostly in-process through ``utils.run.trainer.main`` for speed, a
 few through ``python notebook_cifar.py`` — and must fail with exit status ≠ 0, exactly one line
@@ -7,7 +7,7 @@ previous run's snapshot folder, whether the case aims at that folder or at a fre
 
 The table is keyed by script: a new script joins the catalogue with an entry in ``SCRIPTS``
 (its module and its cases; one whose data differ from CIFAR's also needs its own BASE command
-and tiny-data fixture) and its rows in README.md's troubleshooting table.
+and tiny-data fixture) and its rows in docs/troubleshooting.md's table.
 """
 import ast
 import errno
@@ -898,8 +898,7 @@ def test_cs_data_missing_classes_is_a_warning_not_an_error(tmp_path, capsys):
 
 
 def test_the_troubleshooting_table_lists_the_catalogue_in_order():
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    doc = readme.split("## Troubleshooting", 1)[1].split("\n## ", 1)[0]
+    doc = open(os.path.join(ROOT, "docs", "troubleshooting.md"), encoding="utf-8").read()
     rows = [line.split("`")[1] for line in doc.splitlines() if line.startswith("| `")]
     assert rows == ([case.id for script in SCRIPTS.values() for case in script.cases]
                     + [c[0] for c in COMPARE_CASES] + [c[0] for c in REPRODUCE_CASES]

@@ -14,17 +14,22 @@
     with the installed package and nothing of the checkout, each in an empty folder after the
     setup ``NAME`` of ``SETUPS`` below (tiny data and models standing in for the reader's).
     A Python block's info string holds nothing else, so a misspelt marker fails too.
+(d) Every pointer of the code into the docs — ``docs/compaction.md, 'Your own architecture'``
+    in an error message, ``docs/runs.md#flags`` in a docstring — names a page that exists, and
+    the heading or anchor it quotes is one of that page's.
 """
 import contextlib
 import importlib
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 import reproduce
-from tests.docs_reader import Block, anchors, commands, links, read, script_of, slug
+from tests.docs_reader import (Block, anchors, commands, links, plain_text, read, script_of,
+                                slug)
 from tests.user_code import CNN, run_user_code
 from utils.errors import UserError
 from utils.run.grid import GRIDS
@@ -326,3 +331,89 @@ def test_the_block_check_sees_a_failing_block_and_a_misspelt_marker(installed, t
     assert results == ["AssertionError:  (line 3)", None]
     with pytest.raises(ValueError, match="x.md:10: info string 'python runable'"):
         runnable(blocks[2])
+
+
+# --- (d) the code's pointers into the docs -----------------------------------------------------
+
+# docs/PAGE.md, then optionally #anchor or , 'Heading' (the quote closes before ) " : . ; , or
+# the line's end, so a heading may hold an apostrophe: 'Differences from the authors' code')
+POINTER = re.compile(r"docs/([\w-]+\.md)(?:#([\w-]+)|, '(.+?)'(?=[)\":.;,]|$))?")
+
+
+def code_files(root: Path = ROOT) -> list[Path]:
+    """What a user reads the pointers in: the programs, the packages, the Makefile, the tests
+    (not this file, whose examples point nowhere on purpose)."""
+    files = [*root.glob("*.py"), root / "Makefile"]
+    for folder in ("utils", "models", "datasets", "bench", "examples", "tests"):
+        files += sorted((root / folder).rglob("*.py"))
+    return [f for f in files if f.is_file() and f.resolve() != Path(__file__).resolve()]
+
+
+def pointers(files: list[Path], root: Path = ROOT) -> list[tuple[str, Path, str | None]]:
+    """(file:line, the page, what it names there: "#anchor", "'Heading'", or None) of every
+    pointer into docs/."""
+    found = []
+    for file in files:
+        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+            for m in POINTER.finditer(line):
+                named = f"#{m.group(2)}" if m.group(2) else f"'{m.group(3)}'" if m.group(3) else None
+                found.append((f"{file.relative_to(root)}:{number}", root / "docs" / m.group(1),
+                              named))
+    return found
+
+
+def names(page: Path) -> set[str]:
+    """What a pointer may name in ``page``: its anchors as "#anchor", and the text of each
+    heading as "'Heading'", whole or up to its colon ("'Prune to a budget'" for "Prune to a
+    budget: `--target_flops`, `--target_params`"). A quoted name whose slug is an anchor (an
+    ``<a name>`` before a bold paragraph: 'Reading the curves') is accepted by the caller."""
+    found = {f"#{a}" for a in anchors(page)}
+    for _, line in read(page)[1]:
+        heading = re.match(r"^ {0,3}#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if heading:
+            text = plain_text(heading.group(1))
+            found |= {f"'{text}'", f"'{text.split(': ', 1)[0]}'"}
+    return found
+
+
+def broken_pointers(files: list[Path], root: Path = ROOT) -> list[str]:
+    broken = []
+    for where, page, named in pointers(files, root):
+        if not page.is_file():
+            broken.append(f"{where}: docs/{page.name} does not exist")
+        elif named and named not in names(page) \
+                and not (named.startswith("'") and f"#{slug(named[1:-1])}" in names(page)):
+            broken.append(f"{where}: docs/{page.name} has no {named}")
+    return broken
+
+
+def test_every_pointer_from_the_code_into_the_docs_resolves():
+    assert len(pointers(code_files())) >= 10, "no pointer into docs/ found: is the reader broken?"
+    broken = broken_pointers(code_files())
+    assert not broken, "\n".join(broken)
+
+
+def test_the_pointer_check_sees_a_stale_pointer(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text(
+        "# A\n\n## Your own architecture\n\n## Prune to a budget: `--target_flops`\n\n"
+        "## Differences from the authors' code\n\n<a name=\"reading-the-curves\"></a>**R.**\n")
+    code = tmp_path / "x.py"
+    code.write_text("raise UserError(\"see docs/a.md, 'Your own architecture'\")\n"
+                    "# (docs/a.md, 'Differences from the authors' code'); docs/a.md#a\n"
+                    "see docs/a.md, 'Your architecture': it moved; docs/b.md\n"
+                    "(docs/a.md#your-own-architecture, docs/a.md#flags)\n"
+                    "(docs/a.md, 'Prune to a budget') (docs/a.md, 'Reading the curves')\n"
+                    "(docs/a.md, 'Prune to a')\n")
+    assert [(w, p.name, n) for w, p, n in pointers([code], tmp_path)] == [
+        ("x.py:1", "a.md", "'Your own architecture'"),
+        ("x.py:2", "a.md", "'Differences from the authors' code'"), ("x.py:2", "a.md", "#a"),
+        ("x.py:3", "a.md", "'Your architecture'"), ("x.py:3", "b.md", None),
+        ("x.py:4", "a.md", "#your-own-architecture"), ("x.py:4", "a.md", "#flags"),
+        ("x.py:5", "a.md", "'Prune to a budget'"), ("x.py:5", "a.md", "'Reading the curves'"),
+        ("x.py:6", "a.md", "'Prune to a'")]
+    assert broken_pointers([code], tmp_path) == [
+        "x.py:3: docs/a.md has no 'Your architecture'",
+        "x.py:3: docs/b.md does not exist",
+        "x.py:4: docs/a.md has no #flags",
+        "x.py:6: docs/a.md has no 'Prune to a'"]

@@ -1,4 +1,4 @@
-"""Every program under examples/ runs end to end, and does what its README section says."""
+"""Every program under examples/ runs end to end, and does what docs/api.md says of it."""
 import torch
 
 from examples import own_loop

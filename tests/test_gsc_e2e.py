@@ -20,7 +20,7 @@ from utils.run.trainer import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 3
-# one thread: a shared 2-core machine stalls OpenMP's second thread (see README, Benchmarks)
+# one thread: a shared 2-core machine stalls OpenMP's second thread (see docs/benchmarks.md)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 

@@ -1,4 +1,4 @@
-"""The layout README's "Layout" promises, read from the source (nothing imported): no import
+"""What docs/layout.md promises, read from the source (nothing imported): no import
 circle inside utils/, each group importing only downwards, no file name at two places."""
 import ast
 import sys

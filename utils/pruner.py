@@ -149,8 +149,8 @@ class Pruner:
                  f"per layer: {widths}"]
         if abs(reached - a.target.fraction) > TOLERANCE:
             lines.append(f"warning: the plan misses the target by "
-                         f"{reached - a.target.fraction:+.4f} of the dense count (README: Prune "
-                         "to a budget)")
+                         f"{reached - a.target.fraction:+.4f} of the dense count "
+                         "(docs/methods.md, 'Prune to a budget')")
         return lines
 
     def set_log(self, log) -> None:

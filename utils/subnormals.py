@@ -7,8 +7,8 @@ microcode path: a ResNet-20 step was measured 7× slower. Setting the CPU's flus
 denormals-are-zero modes (FTZ/DAZ) makes every such result, and every such operand, exactly 0:
 a value 2^-126 times smaller than the numbers it meets contributes nothing a float32 sum can
 hold, and the step runs at full speed on every CPU. GPUs keep subnormals at full speed and are
-not affected. ``--keep_subnormals`` keeps IEEE arithmetic, as the authors' loop had it (README:
-Differences from the authors' code).
+not affected. ``--keep_subnormals`` keeps IEEE arithmetic, as the authors' loop had it
+(docs/method.md, 'Differences from the authors' code').
 """
 import contextlib
 

@@ -102,7 +102,7 @@ def describe(node: fx.Node, modules: dict) -> str:
 
 def refuse(node: fx.Node, modules: dict, why: str = "") -> UserError:
     return UserError(f"cannot compact: {describe(node, modules)} is not an operation the "
-                     f"compactor understands{why}; see the README's 'Your own architecture'")
+                     f"compactor understands{why}; see docs/compaction.md, 'Your own architecture'")
 
 
 def classify(node: fx.Node, modules: dict) -> Op:

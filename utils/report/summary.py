@@ -1,4 +1,4 @@
-"""summary.json's content: what a finished run reports (README: What a run leaves)."""
+"""summary.json's content: what a finished run reports (docs/runs.md)."""
 from ..method.criteria import registry
 
 

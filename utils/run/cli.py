@@ -57,8 +57,8 @@ def build_parser(description: str, datasets: list[str], defaults: dict) -> argpa
     g.add_argument("--attenuate", choices=["weights", "bn"], default="weights",
                    help="what a selected filter's factor multiplies: weights (the paper, "
                         "bit-exact with the authors' loop) or bn: also its BatchNorm's γ and β, so "
-                        "the attenuation reaches the network in train mode (README: Soft pruning "
-                        "and BatchNorm)")
+                        "the attenuation reaches the network in train mode "
+                        "(docs/soft-pruning-and-batchnorm.md)")
     g.add_argument("--use_zero_scaling", action="store_true",
                    help="fsdp with ζ = 0 at every epoch: plain soft pruning, asymptotic rate")
     g.add_argument("--target_flops", type=float, default=None, metavar="F",
@@ -111,8 +111,8 @@ def build_parser(description: str, datasets: list[str], defaults: dict) -> argpa
     g.add_argument("--keep_subnormals", action="store_true",
                    help="keep IEEE subnormal floats on the CPU, as the authors' loop did (bit for "
                         "bit with it late in an FSDP run, where such steps ran up to 7x slower on "
-                        "some CPUs); by default they are flushed to zero (README: Differences "
-                        "from the authors' code)")
+                        "some CPUs); by default they are flushed to zero "
+                        "(docs/method.md, 'Differences from the authors' code')")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if present)")
     g.add_argument("--ngpu", type=int, default=None, help="reference flag: 0 = CPU")
     g.add_argument("--print_freq", type=int, default=200, help="log every N batches")

@@ -144,7 +144,8 @@ def refreshed_bn_copy(model: nn.Module, loader, device, batches: int, amp_dtype=
     """A copy of ``model`` whose BatchNorm running statistics are re-estimated on the first
     ``batches`` batches of ``loader`` (an equal-weight average, averaged over DDP ranks);
     ``model`` itself is untouched. The mask scales selected filters after the statistics
-    were gathered, so the stored ones describe another network (README: reading the curve)."""
+    were gathered, so the stored ones describe another network
+    (docs/runs.md, 'Reading the curves')."""
     net = copy.deepcopy(model)
     bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for bn in bns:

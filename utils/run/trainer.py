@@ -394,8 +394,8 @@ class Trainer:
         if budget and abs(budget["reached"] - budget["fraction"]) > TOLERANCE:
             self.log(f"warning: the compact network keeps {budget['reached']:.4f} of the dense "
                      f"{budget['kind']}, the target was {budget['fraction']:g}: the selections "
-                     "of coupled layers overlapped otherwise than counted (README: Prune to a "
-                     "budget)")
+                     "of coupled layers overlapped otherwise than counted "
+                     "(docs/methods.md, 'Prune to a budget')")
         self.log.summary(summary)
         c = summary["compact"]
         self.log(f"done: final pruned top1 {summary['final_top1']:.2f}"

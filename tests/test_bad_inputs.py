@@ -32,6 +32,7 @@ import notebook_gsc
 import notebook_imagenet
 import reproduce
 from datasets.imagenet32 import TRAIN_FILES, VAL_FILE
+from tests.cli import entry
 from tests.fake_imagenet import rewrite_npz, truncate_file, write_imagenet32, write_imagenet_folder
 from tests.fake_gsc import write_gsc, write_wav
 from tests.snapshots import files_of, write_finished_run
@@ -39,7 +40,6 @@ from tests.fakedata import corrupt_cifar_batch, plant_malicious_batch, write_cif
 from tests.user_code import run_user_code
 from utils.files import safe_load
 from utils.run.save_path import SNAPSHOT_FILES
-from utils.run.trainer import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -658,12 +658,6 @@ PACKAGE_CASES = [
 
 # --- fixtures and helpers ----------------------------------------------------------------------
 
-def entry(module, argv) -> int:
-    """What ``python <script> argv`` runs, in this process."""
-    return main(module.parser(), module.make_data, argv, check=getattr(module, "check", None),
-                resume_keys=getattr(module, "RESUME_KEYS", ()))
-
-
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
     """Per script: good data and one earlier run (1 real epoch), made once, copied per case."""
@@ -889,7 +883,7 @@ def test_cs_data_missing_classes_is_a_warning_not_an_error(tmp_path, capsys):
     write_cifar(data, n_train=48, n_test=24, num_classes=3)  # labels 0–2 of CIFAR-10's 10
     save = str(tmp_path / "run")
     argv = [a.format(data=data, fresh=save) for a in BASE] + ["--epochs", "1"]
-    assert main(notebook_cifar.parser(), notebook_cifar.make_data, argv) == 0
+    assert entry(notebook_cifar, argv) == 0
     out, err = capsys.readouterr()
     warning = "no samples of classes {}".format([f"class{c}" for c in range(3, 10)])
     assert warning in out and "error" not in err

@@ -1,4 +1,6 @@
-"""notebook_cifar.py end to end on generated CIFAR-format data, through the real CLI."""
+"""notebook_cifar.py end to end on generated CIFAR-format data, through the real CLI: its
+``main`` with the command line, in this process, and a fresh interpreter where a signal or a
+crash must reach it (each new interpreter costs seconds of imports)."""
 import csv
 import json
 import os
@@ -8,6 +10,8 @@ import sys
 import pytest
 import torch
 
+import notebook_cifar
+from tests.cli import run_in_process
 from tests.fakedata import write_cifar
 from tests.snapshots import assert_same_run
 from utils.report.logger import METRIC_COLUMNS
@@ -17,12 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 3
 
 
-def run_cifar(*args, check=True, env=None):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "notebook_cifar.py"), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+def run_cifar(*args, check=True):
+    return run_in_process(notebook_cifar, *args, check=check)
 
 
 @pytest.fixture(scope="module")
@@ -194,8 +194,7 @@ def test_vgg16_end_to_end_gives_its_compact_network(tmp_path):
     write_cifar(data, "cifar10", n_train=32, n_test=16, seed=1)
     run_cifar("--dataset", "cifar10", "--arch", "vgg16_bn", "--data_path", data, "--save_path",
               save, "--epochs", "2", "--batch_size", "16", "--batch_prune_size", "32",
-              "--schedule", "1", "--gammas", "1", "--workers", "0", "--manualSeed", "3",
-              env={**os.environ, "OMP_NUM_THREADS": "1"})  # 2 threads spin on a shared CPU
+              "--schedule", "1", "--gammas", "1", "--workers", "0", "--manualSeed", "3")
     summary = json.load(open(os.path.join(save, "summary.json")))
     c = summary["compact"]
     assert summary["arch"] == "vgg16_bn" and len(summary["selected_per_layer"]) == 13

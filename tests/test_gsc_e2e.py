@@ -12,11 +12,11 @@ import pytest
 import torch
 
 import notebook_gsc
+from tests.cli import entry, run_in_process
 from tests.snapshots import assert_same_run
 from tests.fake_gsc import write_gsc
 from utils.method.schedule import count
 from utils.run.save_path import SNAPSHOT_FILES
-from utils.run.trainer import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 3
@@ -25,8 +25,12 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def run_gsc(*args, env=None, check=True):
+    """The script's command line: in this process, or with ``env`` (a crash point) in a fresh
+    one."""
+    if env is None:
+        return run_in_process(notebook_gsc, *args, check=check)
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "notebook_gsc.py"), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env or ENV)
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n"
                              f"{proc.stderr[-3000:]}")
@@ -114,9 +118,9 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(data_root, f
 def test_multi_crop_evaluation_of_the_final_network(data_root, full_run, capsys):
     base = common(data_root, full_run) + ["--evaluate", "--resume",
                                           os.path.join(full_run, "checkpoint.pt")]
-    assert main(notebook_gsc.parser(), notebook_gsc.make_data, base) == 0
+    assert entry(notebook_gsc, base) == 0
     plain = capsys.readouterr().out
-    assert main(notebook_gsc.parser(), notebook_gsc.make_data, base + ["--multi_crop"]) == 0
+    assert entry(notebook_gsc, base + ["--multi_crop"]) == 0
     multi = capsys.readouterr().out
     n_test = sum(data_root[1]["testing"].values())
     summary = json.load(open(os.path.join(full_run, "summary.json")))

@@ -17,6 +17,7 @@ from torch.utils.data.dataloader import default_collate
 import datasets.imagenet32 as i32
 import notebook_imagenet
 from datasets.imagenet_folder import Normalise as FolderNormalise, imagenet_data
+from tests.cli import entry, run_in_process
 from tests.fake_imagenet import (imagenet32_labels, truncate_file, write_imagenet32,
                                  write_imagenet_folder)
 from tests.snapshots import assert_same_run
@@ -215,9 +216,13 @@ ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def run_script(*args, env=None, check=True):
+    """The script's command line: in this process, or with ``env`` (a crash point) in a fresh
+    one, with one intra-op thread."""
+    if env is None:
+        return run_in_process(notebook_imagenet, *args, check=check)
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "notebook_imagenet.py"), *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**ONE_THREAD, **(env or {})})
+                          env={**ONE_THREAD, **env})
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -353,7 +358,6 @@ def test_full_size_end_to_end_with_a_timm_model_from_a_local_file(folder_root, t
     import timm
 
     from utils.compaction import load_compact
-    from utils.run.trainer import main
 
     torch.manual_seed(0)
     arch = "timm:mobilenetv3_small_050"
@@ -367,9 +371,7 @@ def test_full_size_end_to_end_with_a_timm_model_from_a_local_file(folder_root, t
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert main(notebook_imagenet.parser(), notebook_imagenet.make_data, argv,
-                    check=notebook_imagenet.check,
-                    resume_keys=notebook_imagenet.RESUME_KEYS) == 0
+        assert entry(notebook_imagenet, argv) == 0
     finally:
         torch.set_num_threads(threads)
     summary = _check_snapshot(save, arch, 3)

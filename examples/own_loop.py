@@ -3,7 +3,7 @@ Fashion-MNIST demo through the public API, and save the exact smaller network.
 
     python -m examples.own_loop [--epochs 5] [--images 1000] [--out snapshots/own_loop/model_compact.pt]
 
-A short budget on purpose (a couple of minutes on a 2-core CPU), which is why the pruner
+A short budget on purpose (about 75 s on a 2-core CPU), which is why the pruner
 attenuates the selected channels' BatchNorm too (``attenuate="bn"``): with the weights alone,
 train-mode BatchNorm undoes the attenuation until its very end and a run this short ends near
 chance (docs/soft-pruning-and-batchnorm.md).

@@ -12,7 +12,7 @@ def test_own_loop_prunes_a_torchvision_model_and_saves_the_exact_compact_network
     out = tmp_path / "small.pt"
     # 3 epochs: the CS list is refreshed every cs_every = 2 epochs (the authors' rule), so the
     # last epoch, 2, has a CS pass at the final count; with 2 epochs CS would select nothing
-    model, small = own_loop.main(["--epochs", "3", "--images", "192", "--test_images", "100",
+    model, small = own_loop.main(["--epochs", "3", "--images", "96", "--test_images", "50",
                                   "--out", str(out)])
     printed = capsys.readouterr().out
     assert printed.count("test top-1") == 3 and f"saved {out}" in printed

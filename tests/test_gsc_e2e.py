@@ -5,20 +5,17 @@ and multi-crop evaluation."""
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import notebook_gsc
-from tests.cli import entry, run_in_process
+from tests.cli import entry, run_in_process, run_in_subprocess
 from tests.snapshots import assert_same_run
 from tests.fake_gsc import write_gsc
 from utils.method.schedule import count
 from utils.run.save_path import SNAPSHOT_FILES
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 3
 # one thread: a shared 2-core machine stalls OpenMP's second thread (see docs/benchmarks.md)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -29,12 +26,7 @@ def run_gsc(*args, env=None, check=True):
     one."""
     if env is None:
         return run_in_process(notebook_gsc, *args, check=check)
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "notebook_gsc.py"), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n"
-                             f"{proc.stderr[-3000:]}")
-    return proc
+    return run_in_subprocess("notebook_gsc.py", *args, env=env, check=check)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from torch.utils.data.dataloader import default_collate
 import datasets.imagenet32 as i32
 import notebook_imagenet
 from datasets.imagenet_folder import Normalise as FolderNormalise, imagenet_data
-from tests.cli import entry, run_in_process
+from tests.cli import entry, run_in_process, run_in_subprocess
 from tests.fake_imagenet import (imagenet32_labels, truncate_file, write_imagenet32,
                                  write_imagenet_folder)
 from tests.snapshots import assert_same_run
@@ -220,12 +220,8 @@ def run_script(*args, env=None, check=True):
     one, with one intra-op thread."""
     if env is None:
         return run_in_process(notebook_imagenet, *args, check=check)
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "notebook_imagenet.py"), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**ONE_THREAD, **env})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return run_in_subprocess("notebook_imagenet.py", *args, env={**ONE_THREAD, **env},
+                             check=check)
 
 
 def i32_args(root, save):

@@ -11,6 +11,7 @@ from ..method.graph import unwrap
 from .converter import DenseGraph, convert
 from .joins import Join
 from .layers import FoldedConv, Linear
+from .manifest import check_manifest
 from .modules import (MODE, Act, Affine, Cached, Mul, Pool, SpatialSlice, Take, TensorOp,
                       graph_mode)
 from .tracing import shape_of
@@ -23,11 +24,14 @@ _VIEWS = {"slice", "flatten"}
 
 
 class CompactNet(nn.Module):
-    """The compact network; ``manifest`` is the plain data it was built from. Its tensors are
-    uninitialised until ``load_state_dict`` (``compact_model`` and ``load_compact`` do it)."""
+    """The compact network; ``manifest`` is the plain data it was built from, held to its
+    grammar first (``manifest.check_manifest``: no stored string reaches the generated forward
+    unchecked). Its tensors are uninitialised until ``load_state_dict`` (``compact_model`` and
+    ``load_compact`` do it); ``device="meta"`` builds it without memory (shapes only)."""
 
-    def __init__(self, manifest: dict):
+    def __init__(self, manifest: dict, device="cpu"):
         super().__init__()
+        check_manifest(manifest)
         self.manifest = manifest
         root, graph = nn.Module(), fx.Graph()
         values = {"input": graph.placeholder("x")}
@@ -36,7 +40,8 @@ class CompactNet(nn.Module):
         graph.output(values[manifest["output"]])
         _mark_in_place(manifest, root)
         self.net = fx.GraphModule(root, graph)
-        self.to_empty(device="cpu")
+        if str(device) != "meta":
+            self.to_empty(device=device)
 
     @staticmethod
     def _build(manifest: dict, root: nn.Module, graph: fx.Graph, values: dict) -> None:
@@ -49,6 +54,18 @@ class CompactNet(nn.Module):
             else:
                 root.add_module(spec["name"], MODULES[spec["op"]](spec["attrs"], spec["tensors"]))
                 values[spec["name"]] = graph.call_module(spec["name"], tuple(args))
+
+    def output_shape(self, batch: int = 1) -> tuple:
+        """The output's shape for a batch of the manifest's input size, computed on meta
+        tensors (no memory, no arithmetic) as a recorded graph computes it: what every node
+        would do to the shapes, so a manifest whose parts do not fit together fails here."""
+        before = MODE.recorded, MODE.eager
+        MODE.recorded, MODE.eager = True, False
+        try:
+            x = torch.empty(batch, *self.manifest["input_shape"], device="meta")
+            return tuple(self.net(x).shape)
+        finally:
+            MODE.recorded, MODE.eager = before
 
     def clear_cache(self) -> None:
         """Forget the cached constant maps (after editing buffers in place by hand)."""

@@ -22,9 +22,9 @@ import sys
 from utils.run.cli import OneLineParser
 from utils.report.comparison import load_run, summary_lines, write_report
 from utils.errors import UserError
-from utils.run.grid import (ATTENUATE_DEFAULT, CONFIGS, DEFAULT_RATE, FINISHED, GRIDS, SEEDS,
-                        UNFINISHED, GridAsk, check_ask, check_slurm_path, dry_run_lines,
-                        folder_state, plan, slurm_script)
+from utils.run.grid import (ATTENUATE_DEFAULT, DEFAULT_RATE, FINISHED, FIXED_SHARE, GRIDS,
+                            SEEDS, UNFINISHED, GridAsk, check_ask, check_slurm_path, configs,
+                            describe, dry_run_lines, folder_state, plan, slurm_script)
 from utils.run.grid_runner import GridRunner, parse_gpus
 from utils.run.trainer import check_run_args
 
@@ -34,16 +34,16 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(usage="%(prog)s GRID [options] [-- FLAGS FOR EVERY JOB]",
                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                      epilog="methods at a total rate R (--rate): dense (nothing pruned); fsdp "
-                             "CS 0.1 + GM R−0.1;\nfpgm GM R (FPGM-only); fpgm-mix norm 0.1 + GM "
-                             "R−0.1; sfp, asfp norm R; l1 L1 norm R.\nAt a budget "
-                             "(--target_flops F): the same split for fsdp (CS:GM 1:4) and "
-                             "fpgm-mix (norm:GM 1:4), the total found per run")
+                      epilog="methods at a total rate R (--rate), by criterion: "
+                             + "; ".join(describe(c) for c in configs())
+                             + f".\nAt a budget (--target_flops F): the same split as a ratio "
+                             f"({FIXED_SHARE:g}:{DEFAULT_RATE - FIXED_SHARE:g}), the total found "
+                             "per run")
     p.add_argument("grid", choices=list(GRIDS), help="cifar10: dense/FSDP/FPGM/SFP/ASFP × "
                    "ResNet-20/56/110; imagenet32, gsc: dense/FSDP/FPGM × ResNet-56")
     p.add_argument("--archs", nargs="+", help="cut the grid to these archs")
-    p.add_argument("--methods", nargs="+", choices=CONFIGS, metavar="METHOD",
-                   help=f"cut (or extend) the grid's methods: {', '.join(CONFIGS)}")
+    p.add_argument("--methods", nargs="+", choices=configs(), metavar="METHOD",
+                   help=f"cut (or extend) the grid's methods: {', '.join(configs())}")
     p.add_argument("--seeds", nargs="+", type=int, help=f"default: {' '.join(map(str, SEEDS))}")
     p.add_argument("--rate", type=float, default=None, help="total pruning rate (default 0.5)")
     p.add_argument("--target_flops", type=float, metavar="F",

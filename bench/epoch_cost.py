@@ -97,7 +97,7 @@ def main():
         for e in range(epoch):
             t.pruner.step(e)
     plain_epoch(0)  # warm-up
-    ranker = trainers["fsdp"].mask.cs_ranker
+    ranker = trainers["fsdp"].mask.data_pass
     passes_before = ranker.seconds
     for r in range(args.repeats):
         for e in (epoch + 2 * r, epoch + 2 * r + 1):  # one epoch with a CS pass, one without

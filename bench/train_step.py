@@ -108,7 +108,7 @@ class LateRun:
         if mask:
             pruning = pruning_from_args(run)
             self.mask = Mask(find_prunable_convs(self.model), pruning.method,
-                             pruning.schedule(), cs_ranker=lambda *a: {})
+                             pruning.schedule(), data_pass=lambda *a: {})
             self.mask.load_state_dict(ckpt["mask"])
         if flush_state:
             with torch.no_grad():

@@ -48,7 +48,7 @@ def _mask(net, method, attenuate, zeta):
     sched = Schedule(np.array([0, 0.25]), np.array([0, 0.25]), np.zeros(2), np.array([1, zeta]))
     ranker = lambda *a: {"0": torch.arange(8.0)}  # noqa: E731 (filters 0, 1 score lowest)
     return Mask(find_prunable_convs(net), METHODS[method].with_attenuate(attenuate), sched,
-                ranker, cs_every=1)
+                ranker, pass_every=1)
 
 
 def _weights_factor(zeta, sigma=1.0):

@@ -51,7 +51,7 @@ def test_final_selected_filters_are_exactly_zero_with_floor_counts(arch, epochs)
     torch.manual_seed(0)
     model = build_model(arch, 10)
     convs = find_prunable_convs(model)
-    mask = Mask(convs, FSDP, asymptotic_schedule(0.1, 0.4, epochs), _random_ranker(convs), cs_every=2)
+    mask = Mask(convs, FSDP, asymptotic_schedule(0.1, 0.4, epochs), _random_ranker(convs), pass_every=2)
     mask.update(model, 0)
     assert mask.total_selected() == 0
     for e in range(epochs):
@@ -99,7 +99,7 @@ def test_cs_scores_are_recomputed_every_epoch_apply_cs_epochs():
     calls = []
     ranker = _random_ranker(convs)
     mask = Mask(convs, FSDP, asymptotic_schedule(0.1, 0.4, 10),
-                lambda m, e, i: calls.append(e) or ranker(m, e), cs_every=3)
+                lambda m, e, i: calls.append(e) or ranker(m, e), pass_every=3)
     for e in [0, 0, 1, 2, 3, 4, 5, 6]:
         mask.update(model, e)
     # epochs divisible by 3; the pass before training is skipped: θ(0) = 0 and the pass after

@@ -158,8 +158,8 @@ def test_all_rates_zero_is_bit_identical_to_a_plain_loop(data_root, tmp_path):
         "--manualSeed", "3", "--device", "cpu"])
     ours = Trainer(args, notebook_cifar.make_data(args), torch.device("cpu"))
     calls = []
-    real = ours.mask.cs_ranker
-    ours.mask.cs_ranker = lambda *a: calls.append(a) or real(*a)
+    real = ours.mask.data_pass
+    ours.mask.data_pass = lambda *a: calls.append(a) or real(*a)
     plain = copy.deepcopy(ours.model)
     opt = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4,
                           nesterov=True)

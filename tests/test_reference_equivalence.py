@@ -169,7 +169,7 @@ def test_driver_equals_the_authors_loop_bit_for_bit(shape, data_root, tmp_path):
         "--device", "cpu", "--print_freq", "1000"])
     torch.manual_seed(5)
     ours = Trainer(args, notebook_cifar.make_data(args), torch.device("cpu"))
-    cs_loader = ours.mask.cs_ranker.loader
+    cs_loader = ours.mask.data_pass.loader
     train = [_batches(ours.train_loader, e) for e in range(EPOCHS)]
     cs = {(e, initial): _batches(cs_loader, 2 * e + (not initial))
           for e in range(EPOCHS) for initial in (True, False)}

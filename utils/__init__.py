@@ -30,7 +30,8 @@ _API = {  # name -> module that defines it
     "load_compact": "compaction", "network_cost": "compaction", "compact_cost": "compaction",
     "export_pt2": "compaction", "export_onnx": "compaction", "export_torchscript": "compaction",
     "Criterion": "method.criteria", "criterion": "method.criteria", "registry": "method.criteria",
-    "METHODS": "method.methods", "Method": "method.methods",
+    "register_criterion": "method.criteria", "METHODS": "method.methods",
+    "Method": "method.methods", "register_method": "method.methods",
 }
 _SUBPACKAGES = ("compaction", "method", "report")
 __all__ = sorted([*_API, "UserError", "__version__"])

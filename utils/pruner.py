@@ -42,7 +42,7 @@ from .compaction import NetworkCost, compact_model
 from .errors import UserError
 from .method.allocation import Allocator
 from .method.budget import TOLERANCE, PlanMaker, counted_once
-from .method.criteria.cs_ranker import CSRanker
+from .method.criteria import criterion
 from .method.graph import PrunableConv, find_prunable_convs, unwrap
 from .method.mask import Mask
 from .method.methods import Pruning, Spelling, resolve
@@ -91,12 +91,12 @@ class Pruner:
                             "include=/exclude=, or prune a model that has conv→BN pairs")
         self.log = log or (lambda msg, echo=True: None)
         plan, maker = self._budget(input_shape, round_to, spell)
-        cs_ranker = None
+        data_pass = None
         if self.pruning.method.uses_data:
-            cs_ranker = self._cs_pass(cs_data, num_classes, cs_mode, cs_batches, amp_dtype,
-                                       cs_transform, class_names, log)
+            data_pass = self._data_pass(cs_data, num_classes, cs_mode, cs_batches, amp_dtype,
+                                        cs_transform, class_names, log)
         self.schedule = self.pruning.schedule()
-        self.mask = Mask(self.convs, self.pruning.method, self.schedule, cs_ranker, cs_every,
+        self.mask = Mask(self.convs, self.pruning.method, self.schedule, data_pass, cs_every,
                          round_to, plan, maker)
         self.epoch, self.started = -1, False  # the last epoch stepped; the first mask applied
         self._hooks = []
@@ -156,13 +156,15 @@ class Pruner:
     def set_log(self, log) -> None:
         """Where the pruner's messages (a target's plan, the CS pass) go from now on."""
         self.log = log
-        if self.mask.cs_ranker is not None:
-            self.mask.cs_ranker.log = log
+        if self.mask.data_pass is not None:
+            self.mask.data_pass.log = log
 
-    def _cs_pass(self, loader, num_classes, mode, batches, amp_dtype, transform, names, log):
+    def _data_pass(self, loader, num_classes, mode, batches, amp_dtype, transform, names, log):
+        """The pass over ``cs_data`` of the method's criterion that scores from data."""
+        first = criterion(self.pruning.method.first)
         if loader is None:
-            raise UserError(f"method {self.pruning.method.name!r} scores filters by class "
-                            "separability: give cs_data=, a loader of (inputs, labels)")
+            raise UserError(f"method {self.pruning.method.name!r} scores filters by "
+                            f"{first.title}: give cs_data=, a loader of (inputs, labels)")
         if iter(loader) is loader:  # a generator: the second pass would see nothing
             raise UserError("cs_data is an iterator, used up by the first CS pass; give a "
                             "DataLoader or a list of (inputs, labels) batches")
@@ -173,8 +175,9 @@ class Pruner:
                                 "read the class count from")
             num_classes = linears[-1].out_features
         device = next(self.model.parameters()).device
-        return CSRanker(self.convs, loader, num_classes, device, mode=mode, max_batches=batches,
-                      amp_dtype=amp_dtype, transform=transform, class_names=names, log=log)
+        return first.data_pass(self.convs, loader, num_classes=num_classes, device=device,
+                               mode=mode, max_batches=batches, amp_dtype=amp_dtype,
+                               transform=transform, class_names=names, log=log)
 
     # -- the calls of a training loop ---------------------------------------------------------
     def _start_on_training(self, module, inputs):

@@ -23,15 +23,16 @@ from torch import nn
 from ..errors import UserError
 from .budget import PlanMaker
 from .criteria import criterion
-from .criteria.cs_ranker import ScorePass
+from .criteria import ScorePass
 from .graph import PrunableConv
 from .methods import Method
 from .schedule import Schedule, count, round_selected, split_counts
 
 
 class Mask:
-    """``cs_ranker``: the pass over data that a ``from_data`` first criterion scores with
-    (``criteria.cs_ranker.CSRanker``), recomputed at epochs divisible by ``cs_every``.
+    """``data_pass``: the pass over data that a ``from_data`` first criterion scores with
+    (its ``Criterion.data_pass``: the CS pass), recomputed at epochs divisible by
+    ``pass_every``.
 
     Counts: by default every layer's are the schedule's rates times its width. With a ``plan``
     ({conv: (first, second)} final counts, a budget's allocation) or a ``plan_maker`` (the
@@ -39,15 +40,15 @@ class Mask:
     follows the schedule's progress θ(e)/θ3 towards its own final count."""
 
     def __init__(self, convs: list[PrunableConv], method: Method, schedule: Schedule,
-                 cs_ranker: ScorePass | None = None, cs_every: int = 2, round_to: int = 1,
+                 data_pass: ScorePass | None = None, pass_every: int = 2, round_to: int = 1,
                  plan: dict | None = None, plan_maker: PlanMaker | None = None):
-        if cs_every < 1:
-            raise ValueError(f"epoch_apply_cs must be ≥ 1 (got {cs_every})")
+        if pass_every < 1:
+            raise ValueError(f"pass_every must be ≥ 1 (got {pass_every})")
         self.first = criterion(method.first)
         self.second = criterion(method.second) if method.second else None
         if self.second is not None and self.second.from_data:
             raise ValueError(f"method {method.name}: a criterion from data ranks first only")
-        if self.first.from_data and cs_ranker is None:
+        if self.first.from_data and data_pass is None:
             raise ValueError(f"method {method.name} needs the pass over data of its "
                              f"{self.first.title} criterion")
         if method.attenuate == "bn":
@@ -56,11 +57,11 @@ class Mask:
                 raise UserError(f"--attenuate bn scales the BatchNorm's γ and β, and {plain[0]} has "
                                 "none (affine=False); use --attenuate weights for this model")
         self.convs, self.method, self.schedule = convs, method, schedule
-        self.cs_ranker, self.cs_every, self.round_to = cs_ranker, cs_every, round_to
+        self.data_pass, self.pass_every, self.round_to = data_pass, pass_every, round_to
         self.plan, self.plan_maker = plan, plan_maker
         empty = torch.zeros(0, dtype=torch.long)
-        self.ranking: dict[str, torch.Tensor] = {}     # CS: the last pass's filters, ascending
-        self.cs_list = {c.name: empty for c in convs}  # CS: the last pass's selection
+        self.ranking: dict[str, torch.Tensor] = {}       # from data: the last pass's filters
+        self.data_list = {c.name: empty for c in convs}  # from data: the last pass's selection
         self.selected_first = {c.name: empty for c in convs}
         self.selected_second = {c.name: empty for c in convs}
         self.zeta = 1.0
@@ -114,11 +115,11 @@ class Mask:
         following = min(epoch + (not initial), self.schedule.epochs - 1)
         return self.progress(epoch) > 0 or self.progress(following) > 0
 
-    def _cs_needed(self, epoch: int, initial: bool) -> bool:
-        """Is the ranking of a CS pass at ``epoch`` used before the next pass replaces it?
+    def _pass_needed(self, epoch: int, initial: bool) -> bool:
+        """Is the ranking of a pass over data at ``epoch`` used before the next pass replaces it?
         The pass before training is replaced after epoch 0; the others last until the next
-        multiple of ``cs_every``."""
-        last = epoch if initial else min((epoch // self.cs_every + 1) * self.cs_every,
+        multiple of ``pass_every``."""
+        last = epoch if initial else min((epoch // self.pass_every + 1) * self.pass_every,
                                          self.schedule.epochs) - 1
         return any(self.layer_counts(c, e)[0] > 0
                    for e in range(epoch, last + 1) for c in self.convs)
@@ -148,7 +149,7 @@ class Mask:
                     # stored list keeps its pass's lower count, and the budget would be missed)
                     self.selected_first[c.name] = order[:n_first]
                 else:  # the authors' Mask attenuates its stored list while the count is > 0
-                    self.selected_first[c.name] = self.cs_list[c.name] if n_first else order[:0]
+                    self.selected_first[c.name] = self.data_list[c.name] if n_first else order[:0]
             else:  # re-ranked among all filters at every update
                 everyone = torch.arange(c.filters)
                 order = torch.argsort(self.first.scores(c.conv.weight, everyone), stable=True)
@@ -167,18 +168,18 @@ class Mask:
         """The CS pass when it is due (and when a plan is made from its scores now): its
         ranking and its list (SPEC §4 step 1)."""
         for_plan = due and criterion(self.plan_maker.criterion).from_data
-        if not (initial or epoch % self.cs_every == 0 or for_plan):
+        if not (initial or epoch % self.pass_every == 0 or for_plan):
             return
-        if for_plan or self._cs_needed(epoch, initial):
-            scores = self.cs_ranker(model, epoch, initial)
+        if for_plan or self._pass_needed(epoch, initial):
+            scores = self.data_pass(model, epoch, initial)
             self.ranking = {k: torch.argsort(v.double().cpu(), stable=True)
                             for k, v in scores.items()}
             if for_plan:
                 self.plan = self.plan_maker.make(scores)
         else:
             self.ranking = {}
-        self.cs_list = {c.name: self.ranking[c.name][:self.layer_counts(c, epoch)[0]]
-                        if self.ranking else self.cs_list[c.name][:0] for c in self.convs}
+        self.data_list = {c.name: self.ranking[c.name][:self.layer_counts(c, epoch)[0]]
+                          if self.ranking else self.data_list[c.name][:0] for c in self.convs}
 
     def _build_grad_scales(self) -> None:
         """Full-shape scale tensors, so scaling is one fused ``_foreach_mul_`` per step."""
@@ -231,7 +232,8 @@ class Mask:
         """Tensors, numbers and strings only: loadable with ``torch.load(weights_only=True)``."""
         return {"method": self.method.name, "attenuate": self.method.attenuate, "epoch": self.epoch,
                 "zeta": self.zeta,
-                "ranking": dict(self.ranking), "cs_list": dict(self.cs_list),
+                "ranking": dict(self.ranking),
+                "cs_list": dict(self.data_list),  # its name in checkpoints since the start
                 "selected_first": dict(self.selected_first),
                 "selected_second": dict(self.selected_second),
                 "selected": {c.name: self.selected(c.name) for c in self.convs},  # for readers
@@ -245,7 +247,7 @@ class Mask:
                              "prunable convs (another architecture or layer selection)")
         self.epoch, self.zeta = int(state["epoch"]), float(state["zeta"])
         self.ranking = {k: v.long() for k, v in state["ranking"].items()}
-        self.cs_list = {k: v.long() for k, v in state["cs_list"].items()}
+        self.data_list = {k: v.long() for k, v in state["cs_list"].items()}
         self.selected_first = {k: v.long() for k, v in state["selected_first"].items()}
         self.selected_second = {k: v.long() for k, v in state["selected_second"].items()}
         if "plan" in state:

@@ -1,4 +1,4 @@
-"""FSDP and the methods it grew out of, as presets of one mechanism (SPEC §9).
+"""FSDP and the methods it grew out of, as presets of one mechanism (docs/methods.md).
 
 A method is composed of criteria (``criteria/``: which filters are ranked by what), a rate
 schedule, and what happens to the selected filters' weights and gradients:
@@ -21,8 +21,14 @@ that still has training after it (``schedule.target_epoch``), not at the very la
 from pretrained weights (``--use_pretrain``) it is their prune-once-then-fine-tune.
 
 ``attenuate="bn"`` (``--attenuate bn``, any method): the selected channels' BN γ and β get the
-filters' factor too, and their gradients the filters' gradient factor (SPEC §4, end).
+filters' factor too, and their gradients the filters' gradient factor
+(docs/soft-pruning-and-batchnorm.md).
+
+A method of one's own is a ``Method`` of registered criteria, made known by ``register_method``
+(docs/api.md, 'Your own criterion and method').
 """
+import difflib
+import re
 from dataclasses import dataclass, field, replace
 
 from ..errors import UserError
@@ -33,23 +39,38 @@ from .schedule import Schedule, asymptotic_schedule, constant_schedule, target_e
 ATTENUATE = ("weights", "bn")  # what the factor of a selected filter multiplies
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Method:
+    """A pruning method, built from registered criteria: ``register_method(Method(...))``."""
     name: str
     first: str                # criterion of the first share: ranks all filters
-    second: str | None        # criterion of the second share, among the rest of that ranking
-    asymptotic: bool          # asymptotic θ(e), or the final rates from epoch 0
-    tau: float | None         # the asymptotic schedule's default τ
-    fractional: bool          # selected weights × ζ(e) (else × 0)
-    scale_grads: bool         # selected gradients × the weights' factor (else untouched)
-    default_rates: tuple      # (first, second) when none is given
+    second: str | None = None  # criterion of the second share, among the rest of that ranking
+    asymptotic: bool = False  # asymptotic θ(e), or the final rates from epoch 0
+    tau: float | None = None  # the asymptotic schedule's default τ
+    fractional: bool = False  # selected weights × ζ(e) (else × 0)
+    scale_grads: bool = True  # selected gradients × the weights' factor (else untouched)
+    default_rates: tuple = ()  # (first, second) when none is given, or {criterion: share};
+                               # a criterion left out: 0
     early_target: bool = False  # the final count at the last update with training after it
     attenuate: str = "weights"
     summary: str = field(default="", compare=False)
 
+    def __post_init__(self):
+        rates = self.default_rates or {}
+        if isinstance(rates, dict):  # by criterion: in the order of the method's criteria
+            other = sorted(set(rates) - set(self.criteria))
+            if other:
+                raise UserError(f"method {self.name!r}: default_rates names {other[0]!r}, which "
+                                f"is not one of its criteria ({', '.join(self.criteria)})")
+            rates = tuple(rates.get(c, 0.0) for c in self.criteria)
+        object.__setattr__(self, "default_rates", tuple(float(r) for r in rates))
+
     @property
     def criteria(self) -> tuple[str, ...]:
         return tuple(c for c in (self.first, self.second) if c)
+
+    def default_rate(self, name: str) -> float:
+        return self.default_rates[self.criteria.index(name)] if name in self.criteria else 0.0
 
     @property
     def uses_data(self) -> bool:
@@ -62,18 +83,53 @@ class Method:
         return replace(self, attenuate=attenuate)
 
 
-METHODS = {m.name: m for m in (
-    Method("fsdp", "cs", "gm", True, 10.0, True, True, (0.1, 0.4),
-           summary="CS + GM, asymptotic rate and weights"),
-    Method("fpgm", "norm", "gm", False, None, False, True, (0.0, 0.5),
+# every registered method by name, in registration order; the built-in ones first (written
+# here, so importing this module imports no criterion)
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method(name="fsdp", first="cs", second="gm", asymptotic=True, tau=10.0, fractional=True,
+           default_rates={"cs": 0.1, "gm": 0.4}, summary="CS + GM, asymptotic rate and weights"),
+    Method(name="fpgm", first="norm", second="gm", default_rates={"gm": 0.5},
            summary="L2 norm + GM, constant rate, zeroed"),
-    Method("sfp", "norm", None, False, None, False, False, (0.5, 0.0),
+    Method(name="sfp", first="norm", scale_grads=False, default_rates={"norm": 0.5},
            summary="L2 norm, constant, zeroed, gradients free"),
-    Method("asfp", "norm", None, True, 8.0, False, False, (0.5, 0.0), early_target=True,
+    Method(name="asfp", first="norm", asymptotic=True, tau=8.0, scale_grads=False,
+           default_rates={"norm": 0.5}, early_target=True,
            summary="as sfp with the asymptotic rate (τ = 8)"),
-    Method("l1", "l1", None, False, None, False, True, (0.5, 0.0),
-           summary="L1 norm (Li et al. 2017), constant, zeroed, gradients zeroed"),
-)}
+    Method(name="l1", first="l1", default_rates={"l1": 0.5},
+           summary="L1 norm (Li et al. 2017), constant, zeroed, gradients zeroed"))}
+
+
+def register_method(method: Method) -> Method:
+    """Make ``method`` known by its name (the scripts' ``--method``, the Pruner's ``method=``,
+    reproduce.py's grid and the report): its criteria registered, a second criterion that
+    scores from the weights, default rates that sum below 1, τ > 4/3 for an asymptotic
+    schedule. Registering the same method again changes nothing; another under a taken name
+    is refused."""
+    if not isinstance(method, Method):
+        raise UserError(f"register_method takes a Method, got {type(method).__name__}")
+    known = registry()
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", method.name or ""):
+        raise UserError(f"a method's name must be a lower-case identifier, got {method.name!r}")
+    missing = [c for c in method.criteria if c not in known]
+    if missing:
+        raise UserError(f"method {method.name!r} uses criterion {missing[0]!r}, which is not "
+                        f"registered (known: {', '.join(known)}); register it first")
+    if method.second and (method.second == method.first or known[method.second].from_data):
+        raise UserError(f"method {method.name!r}: the second criterion selects among the first "
+                        "one's ranking from the weights; give another criterion from the weights")
+    rates = method.default_rates
+    if len(rates) != len(method.criteria) or any(not 0 <= r < 1 for r in rates) or \
+            sum(rates) >= 1:
+        raise UserError(f"method {method.name!r}: default_rates must give each of its criteria "
+                        f"a share in [0, 1), summing below 1 (got {rates})")
+    if method.asymptotic and not (method.tau or 0) > 4 / 3:
+        raise UserError(f"method {method.name!r}: an asymptotic schedule needs tau > 4/3 "
+                        f"(got {method.tau})")
+    if METHODS.get(method.name, method) != method:
+        raise UserError(f"a method called {method.name!r} is registered already; give yours "
+                        "another name")
+    METHODS[method.name] = method
+    return method
 
 
 @dataclass(frozen=True)
@@ -148,7 +204,10 @@ def resolve(method: str | Method, rates: dict | None, epochs: int, tau: float | 
     then only split each layer's count between the method's two criteria."""
     if isinstance(method, str):
         if method not in METHODS:
-            raise UserError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+            near = difflib.get_close_matches(method, list(METHODS), 3, 0.5)
+            raise UserError(f"unknown method {method!r}; "
+                            + (f"the closest: {', '.join(near)}" if near else
+                               f"choose one of: {', '.join(METHODS)}"))
         method = METHODS[method]
     method = method.with_attenuate(attenuate)
     given = dict(rates or {})

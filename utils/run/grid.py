@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from ..method.criteria import registry
+from ..method.methods import METHODS, Method
 from ..report.comparison import RUN_CONTROL_FLAGS
 from ..report.logger import ADDED_FLAGS, read_json
 
@@ -35,9 +36,8 @@ GRIDS = {
     "gsc": GridSpec("notebook_gsc.py", "gsc", ("resnet56",), ("dense", "fsdp", "fpgm"),
                     "datasets/gsc"),
 }
-# a method configuration of the grid → the script's flags for a total rate r
-CONFIGS = ("dense", "fsdp", "fpgm", "fpgm-mix", "sfp", "asfp", "l1")
 SEEDS = (1, 2, 3)
+DEFAULT_METHOD = "fsdp"  # the scripts' default: a dense run is it with every rate 0
 DEFAULT_RATE = 0.5  # the paper's comparison
 FIXED_SHARE = 0.1   # fsdp's CS share and fpgm-mix's norm share, as in the paper and FPGM
 ATTENUATE_DEFAULT = ADDED_FLAGS["attenuate"]
@@ -58,28 +58,61 @@ def _share(x: float) -> str:
     return f"{round(x, 6):g}"
 
 
+def configs() -> tuple[str, ...]:
+    """The grid's method configurations, from the method registry: dense (nothing pruned),
+    every method at its default split, and ``NAME-mix`` for a method of two criteria whose
+    default gives the first one nothing (FPGM's mixed variant: norm 0.1 + GM)."""
+    names = ["dense"]
+    for m in METHODS.values():
+        names.append(m.name)
+        if m.second and m.default_rate(m.first) == 0:
+            names.append(f"{m.name}-mix")
+    return tuple(names)
+
+
+def _method_of(config: str) -> tuple[Method, bool]:
+    """The method of a configuration, and whether it is the mixed variant."""
+    mixed = config.endswith("-mix") and config not in METHODS
+    return METHODS[config.removesuffix("-mix") if mixed else config], mixed
+
+
+def _split(m: Method, mixed: bool) -> bool:
+    """Does the first criterion get ``FIXED_SHARE`` of the total (the rest to the second)?"""
+    return bool(m.second) and (mixed or m.default_rate(m.first) > 0)
+
+
+def describe(config: str) -> str:
+    """What a configuration prunes at a total rate R (reproduce.py's help)."""
+    if config == "dense":
+        return "dense (nothing pruned)"
+    m, mixed = _method_of(config)
+    if _split(m, mixed):
+        return f"{config} {m.first} {FIXED_SHARE:g} + {m.second} R−{FIXED_SHARE:g}"
+    return f"{config} {m.second or m.first} R"
+
+
 def method_flags(config: str, rate: float, target: tuple | None = None,
                  allocation: str = ALLOCATION_DEFAULT) -> list[str]:
-    """fsdp and fpgm-mix give 0.1 of the total to CS / the norm and the rest to GM. With a
-    ``target`` ((kind, fraction)) the total is the budget's: fsdp and fpgm-mix keep that
-    split (1:4 at the default 0.5), the one-criterion methods take no rate of their own."""
+    """A method whose default gives both criteria a share, and a ``-mix`` configuration, give
+    ``FIXED_SHARE`` of the total to the first criterion and the rest to the second; any other
+    gives the whole rate to its one criterion in use. With a ``target`` ((kind, fraction)) the
+    total is the budget's: the split is kept as a ratio (1:4 at the default 0.5), a method
+    with one criterion in use takes no rate of its own. Dense: the default method, rates 0."""
     if config == "dense":
-        return ["--prune_rate_cs", "0", "--prune_rate_gm", "0"]
+        return [flag for c in METHODS[DEFAULT_METHOD].criteria
+                for flag in (f"--prune_rate_{c}", "0")]
+    m, mixed = _method_of(config)
+    flags = ["--method", m.name]
     if target is not None:
         budget = [f"--target_{target[0]}", _share(target[1]), "--allocation", allocation]
-        return {"fsdp": ["--method", "fsdp"], "fpgm-mix": ["--method", "fpgm",
-                                                            "--prune_rate_norm", "0.1",
-                                                            "--prune_rate_gm", "0.4"]
-                }.get(config, ["--method", config]) + budget
-    rest = _share(rate - FIXED_SHARE)
-    return {"fsdp": ["--method", "fsdp", "--prune_rate_cs", _share(FIXED_SHARE),
-                     "--prune_rate_gm", rest],
-            "fpgm": ["--method", "fpgm", "--prune_rate_gm", _share(rate)],
-            "fpgm-mix": ["--method", "fpgm", "--prune_rate_norm", _share(FIXED_SHARE),
-                         "--prune_rate_gm", rest],
-            "sfp": ["--method", "sfp", "--prune_rate_norm", _share(rate)],
-            "asfp": ["--method", "asfp", "--prune_rate_norm", _share(rate)],
-            "l1": ["--method", "l1", "--prune_rate_l1", _share(rate)]}[config]
+        if mixed:
+            flags += [f"--prune_rate_{m.first}", _share(FIXED_SHARE),
+                      f"--prune_rate_{m.second}", _share(DEFAULT_RATE - FIXED_SHARE)]
+        return flags + budget
+    if _split(m, mixed):
+        return flags + [f"--prune_rate_{m.first}", _share(FIXED_SHARE),
+                        f"--prune_rate_{m.second}", _share(rate - FIXED_SHARE)]
+    return flags + [f"--prune_rate_{m.second or m.first}", _share(rate)]
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
-"""The class-separability (CS) criterion of FSDP (SPEC §3): the trace of the between-class
-scatter of each filter's max response over labelled data. Low = less discriminant = pruned
-first. Its scores come from a pass over data (``cs_ranker.CSRanker``), not from the weights."""
+"""The class-separability (CS) criterion of FSDP (docs/method.md): the trace of the
+between-class scatter of each filter's max response over labelled data. Low = less
+discriminant = pruned first. Its scores come from a pass over data (``CSRanker``, which the
+criterion supplies as its ``data_pass``), not from the weights."""
 import contextlib
+import time
 
 import torch
 import torch.nn.functional as F
@@ -9,12 +11,18 @@ from torch import nn
 
 from ...batches import autocast, prepare
 from ...distributed import all_reduce_sum
-from ..graph import normalised
+from ...faults import crash_point
+from ..graph import PrunableConv, normalised
+from . import register_criterion
 from .base import Criterion
 
 
+@register_criterion
 class ClassSeparability(Criterion):
     name, title, order, from_data = "cs", "class separability", 0, True
+
+    def data_pass(self, convs, data, **options):
+        return CSRanker(convs, data, **options)
 
 
 @contextlib.contextmanager
@@ -82,3 +90,53 @@ def cs_scores(model, bns, names, loader, num_classes, device, max_batches=None,
                               transform)
     scores = separability_scores(sums, counts).cpu()
     return dict(zip(names, scores.split([bn.num_features for bn in bns]))), counts.cpu()
+
+
+class CSRanker:
+    """Scores every filter of ``convs`` on the CS data.
+
+    mode "reference": the pass runs in the mode the network is in, as the authors' did (eval
+    before training, right after a validation; train after an epoch, so BN normalises with
+    batch statistics and updates its running ones); "eval": always eval mode.
+    The loader's sampler is an ``EpochSampler`` without shuffling: each pass gets its own
+    epoch number, so any per-sample augmentation is a function of the pass.
+    """
+
+    def __init__(self, convs: list[PrunableConv], loader, num_classes: int, device, *,
+                 mode: str = "reference", max_batches: int | None = None, amp_dtype=None,
+                 transform=None, class_names: list[str] | None = None, log=None):
+        self.bns, self.names = [c.bn for c in convs], [c.name for c in convs]
+        self.loader, self.num_classes, self.device = loader, num_classes, device
+        self.mode, self.max_batches, self.amp_dtype = mode, max_batches, amp_dtype
+        self.transform, self.class_names = transform, class_names
+        self.log = log or (lambda msg, echo=True: None)
+        self.warned: set[tuple] = set()  # absent-class sets already reported
+        self.seconds = 0.0  # spent in passes so far (what the CS criterion costs a run)
+
+    def __call__(self, model: nn.Module, epoch: int, initial: bool) -> dict[str, torch.Tensor]:
+        was_training = model.training
+        if self.mode == "eval":
+            model.eval()
+        # the pass before training and the one after epoch 0 both have epoch 0: tell them apart
+        sampler = getattr(self.loader, "sampler", None)  # a list of batches has none
+        if hasattr(sampler, "set_epoch"):  # our EpochSampler; a user's may not
+            sampler.set_epoch(2 * epoch + (not initial))
+        t0 = time.time()
+        mode = "train" if model.training else "eval"
+        try:
+            scores, counts = cs_scores(model, self.bns, self.names, self.loader, self.num_classes,
+                                       self.device, self.max_batches, self.amp_dtype,
+                                       self.transform)
+        finally:
+            model.train(was_training)
+        self.seconds += time.time() - t0
+        crash_point(f"cs:{epoch}")
+        missing = tuple(torch.nonzero(counts == 0).flatten().tolist())
+        if missing and missing not in self.warned:
+            self.warned.add(missing)
+            names = [self.class_names[c] for c in missing] if self.class_names else list(missing)
+            self.log(f"warning: the CS data has no samples of classes {names}; they are left out "
+                     "of the class-separability scores")
+        self.log(f"  CS pass: {int(counts.sum())} samples, {time.time() - t0:.1f}s ({mode} mode)",
+                 echo=False)
+        return scores

@@ -1,9 +1,11 @@
 """The geometric-median criterion of FPGM (He et al., CVPR 2019; SPEC §4 step 2)."""
 import torch
 
+from . import register_criterion
 from .base import Criterion
 
 
+@register_criterion
 class GeometricMedian(Criterion):
     """Each candidate's summed Euclidean distance to the other candidates: the smallest are the
     closest to their geometric median, hence the most replaceable. Distances from the

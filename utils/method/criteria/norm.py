@@ -1,6 +1,7 @@
 """The L2 norm of each filter, smallest first: SFP's and ASFP's criterion, FPGM's norm share."""
 import torch
 
+from . import register_criterion
 from .base import Criterion
 
 
@@ -13,6 +14,7 @@ def filter_norms(weight: torch.Tensor, p: int, candidates: torch.Tensor | None =
     return torch.linalg.vector_norm(w.flatten(1).double(), ord=p, dim=1).cpu()
 
 
+@register_criterion
 class L2Norm(Criterion):
     name, title, order = "norm", "L2 norm", 1
 

@@ -35,7 +35,7 @@ from datasets.imagenet32 import TRAIN_FILES, VAL_FILE
 from tests.cli import entry
 from tests.fake_imagenet import rewrite_npz, truncate_file, write_imagenet32, write_imagenet_folder
 from tests.fake_gsc import write_gsc, write_wav
-from tests.snapshots import files_of, write_finished_run
+from tests.snapshots import files_of, temporaries, write_finished_run
 from tests.fakedata import corrupt_cifar_batch, plant_malicious_batch, write_cifar
 from tests.user_code import run_user_code
 from utils.files import safe_load
@@ -159,17 +159,21 @@ def offline(monkeypatch):
     monkeypatch.setattr(tv_utils, "download_and_extract_archive", fail)
 
 
-def disk_full(monkeypatch):
-    """Every checkpoint write fails as on a full disk (utils.files calls torch.save)."""
-    def full(*_, **__):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(torch, "save", full)
+def write_fails(code):
+    """Every checkpoint write fails with ``code`` (utils.files calls torch.save): ENOSPC as on
+    a full disk, EFBIG past the file-size limit, EROFS on a read-only file system.
+    tests/test_run_folder.py makes the real faults."""
+    def patch(monkeypatch):
+        def fail(*_, **__):
+            raise OSError(code, os.strerror(code))
+        monkeypatch.setattr(torch, "save", fail)
+    return patch
 
 
 def previous_checkpoint_loads(p, err):
     assert "the previous file is intact" in err
     assert safe_load(os.path.join(p.earlier, "checkpoint.pt"))["epoch"] == 1
-    assert not [f for f in os.listdir(p.earlier) if f.startswith(".tmp")]
+    assert not temporaries(p.earlier)
 
 
 class Untraceable(nn.Module):
@@ -339,8 +343,12 @@ CASES = [
     Case("save-path-is-a-file", ["--save_path", "{earlier}/log.txt"], "is a file"),
     Case("unwritable-save-path", ["--save_path", "{unwritable}"], "cannot write to --save_path",
          unwritable),
-    Case("disk-full-while-saving", RESUME, "No space left on device", patch=disk_full,
+    Case("disk-full-while-saving", RESUME, "No space left on device",
+         patch=write_fails(errno.ENOSPC), may_grow=("log.txt",), check=previous_checkpoint_loads),
+    Case("file-too-large-while-saving", RESUME, "File too large", patch=write_fails(errno.EFBIG),
          may_grow=("log.txt",), check=previous_checkpoint_loads),
+    Case("read-only-while-saving", RESUME, "Read-only file system",
+         patch=write_fails(errno.EROFS), may_grow=("log.txt",), check=previous_checkpoint_loads),
     # checkpoints
     Case("resume-other-arch", [*RESUME, "--arch", "resnet32"], "made with --arch resnet20"),
     Case("resume-other-rate", [*RESUME, "--prune_rate_cs", "0.2"],
@@ -779,8 +787,7 @@ def test_reproduce_refuses_before_it_runs_or_writes_anything(argv, expect, setup
                                                              capsys, monkeypatch):
     grid = str(tmp_path / "grid")
     write_finished_run(os.path.join(grid, "resnet56-dense-s1"), epochs=2)
-    if setup:
-        setup(grid)
+    held = setup(grid) if setup else None  # noqa: F841 (a lock stays held until the end)
     before = files_of(grid)
 
     def no_job(*_, **__):
@@ -790,7 +797,7 @@ def test_reproduce_refuses_before_it_runs_or_writes_anything(argv, expect, setup
         code = reproduce.main([a.format(grid=grid) for a in argv])
     except SystemExit as e:  # how argparse rejects a malformed command line
         code = e.code
-    assert_one_line_error(code, capsys.readouterr().err, expect)
+    assert_one_line_error(code, capsys.readouterr().err, expect.format(grid=grid))
     assert code == 2 and files_of(grid) == before and os.listdir(tmp_path) == ["grid"]
 
 

@@ -4,6 +4,7 @@ import os
 
 from .. import distributed as dist
 from ..errors import UserError
+from ..files import create_temporary, remove_stale_temporaries, write_fault
 
 SNAPSHOT_FILES = ("checkpoint.pt", "metrics.csv", "summary.json", "args.json", "log.txt",
                   "curves.png", "schedule.png", "model_compact.pt")
@@ -33,13 +34,39 @@ def prepare_save_path(path: str, overwrite: bool) -> None:
         return
     try:
         os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".write-test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.unlink(probe)
     except OSError as e:
-        raise UserError(f"cannot write to --save_path {path} ({e.strerror}); choose a writable "
-                        "folder") from None
-    for name in os.listdir(path):
-        if name.startswith(".tmp-") or (overwrite and name in SNAPSHOT_FILES):
-            os.unlink(os.path.join(path, name))
+        raise _unwritable(path, e) from None
+    _probe(path)
+    remove_stale_temporaries(path)
+    if overwrite:
+        for name in SNAPSHOT_FILES:
+            _remove_old(os.path.join(path, name))
+
+
+def _probe(path: str) -> None:
+    """Write and remove a file of the temporaries' naming (never a name of the user's)."""
+    try:
+        fd, probe = create_temporary(path, "write-test")
+        try:
+            os.write(fd, b"ok")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise _unwritable(path, e) from None
+
+
+def _remove_old(path: str) -> None:
+    try:
+        os.unlink(path)  # a symbolic link goes, its target stays
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise write_fault(path, e.strerror or str(e), e.errno,
+                          "the earlier run's other files are as they were", doing="remove") \
+            from None
+
+
+def _unwritable(path: str, e: OSError) -> UserError:
+    return UserError(f"cannot write to --save_path {path} ({e.strerror}); choose a writable "
+                     "folder")

@@ -20,7 +20,7 @@ from .. import distributed as dist
 from .. import subnormals
 from ..compaction import NetworkCost, compact_model, compaction_figures, save_compact
 from ..compaction.tracing import trace
-from ..errors import UserError
+from ..errors import UserError, WriteFault
 from ..method.attenuation import AttenuationProbe
 from ..method.budget import TOLERANCE
 from ..method.graph import find_prunable_convs
@@ -64,7 +64,9 @@ def _main(args, make_data, check, resume_keys) -> int:
     except UserError as e:
         if args.debug:
             raise
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        # the last checkpoint on disk is whole: the run goes on from it once the cause is fixed
+        then = ", then continue with --resume auto" if isinstance(e, WriteFault) else ""
+        print(f"error: {_one_line(e)}{then}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C: leave at once, the last checkpoint stays
         print("interrupted; the last checkpoint is kept — continue with --resume auto",

@@ -11,6 +11,7 @@ and tiny-data fixture) and its rows in docs/troubleshooting.md's table.
 """
 import ast
 import errno
+import fcntl
 import os
 import pickle
 import shutil
@@ -168,6 +169,29 @@ def write_fails(code):
             raise OSError(code, os.strerror(code))
         monkeypatch.setattr(torch, "save", fail)
     return patch
+
+
+def hold_lock(folder):
+    """Another process's lock on ``folder``: a descriptor of its own, as a second process has
+    (the file object keeps it held until the test ends)."""
+    held = open(os.path.join(folder, ".lock"), "a+b")
+    fcntl.flock(held, fcntl.LOCK_EX)
+    return held
+
+
+def earlier_in_use(p):
+    p.held = hold_lock(p.earlier)
+
+
+def remove_checkpoint(p):  # deleted to save space, the results kept
+    os.remove(os.path.join(p.earlier, "checkpoint.pt"))
+
+
+def log_elsewhere(p):
+    """log.txt a symbolic link to a file outside the run folder."""
+    p.elsewhere = os.path.join(p.tmp, "elsewhere.txt")
+    shutil.move(os.path.join(p.earlier, "log.txt"), p.elsewhere)
+    os.symlink(p.elsewhere, os.path.join(p.earlier, "log.txt"))
 
 
 def previous_checkpoint_loads(p, err):
@@ -343,6 +367,11 @@ CASES = [
     Case("save-path-is-a-file", ["--save_path", "{earlier}/log.txt"], "is a file"),
     Case("unwritable-save-path", ["--save_path", "{unwritable}"], "cannot write to --save_path",
          unwritable),
+    Case("save-path-in-use", RESUME, "is in use by another process (pid ", earlier_in_use,
+         check=lambda p, err: f"(pid {os.getpid()}); wait for it to finish" in err),
+    Case("resume-auto-without-checkpoint", RESUME,
+         "holds the results of a run (metrics.csv) but no checkpoint.pt", remove_checkpoint),
+    Case("log-is-a-symlink", RESUME, "log.txt is a symbolic link", log_elsewhere),
     Case("disk-full-while-saving", RESUME, "No space left on device",
          patch=write_fails(errno.ENOSPC), may_grow=("log.txt",), check=previous_checkpoint_loads),
     Case("file-too-large-while-saving", RESUME, "File too large", patch=write_fails(errno.EFBIG),
@@ -628,6 +657,14 @@ def grid_run_of_other_epochs(grid):
     write_finished_run(os.path.join(grid, "resnet56-dense-s1"), epochs=200)
 
 
+def grid_job_in_use(grid):
+    """A run of the grid started by hand, still training (the finished run of the fixture,
+    made with older flags, would be refused first)."""
+    shutil.rmtree(os.path.join(grid, "resnet56-dense-s1"))
+    os.makedirs(os.path.join(grid, "resnet56-fsdp-r50-s1"))
+    return hold_lock(os.path.join(grid, "resnet56-fsdp-r50-s1"))
+
+
 REPRODUCE_CASES = [
     ("reproduce-unknown-grid", ["cifar100", *GRID], "argument grid: invalid choice: 'cifar100'",
      None),
@@ -642,6 +679,8 @@ REPRODUCE_CASES = [
      "--arch is set by the grid itself", None),
     ("reproduce-rate-and-target", ["cifar10", *GRID, "--rate", "0.4", "--target_flops", "0.5"],
      "--rate and --target_flops contradict each other", None),
+    ("reproduce-job-folder-in-use", ["cifar10", *GRID], "resnet56-fsdp-r50-s1: "
+     "{grid}/resnet56-fsdp-r50-s1 is in use by another process (pid ", grid_job_in_use),
 ]
 
 

@@ -7,6 +7,8 @@ Writes ``model_compact.pt`` (next to the checkpoint unless ``--out``), loadable 
 ``utils.compaction.load_compact``; optionally files that need no code of ours: a torch.export
 program (``torch.export.load``), an ONNX file (torch's exporter, with onnx and onnxscript from
 requirements.txt; it runs in ONNX Runtime, also pinned there) and, deprecated, TorchScript.
+A run folder another process is using (a run still training) is refused; the one it writes
+model_compact.pt into is locked meanwhile (utils/run/lock.py).
 """
 import argparse
 import contextlib

@@ -7,13 +7,20 @@ Writes ``model_compact.pt`` (next to the checkpoint unless ``--out``), loadable 
 ``utils.compaction.load_compact``; optionally files that need no code of ours: a torch.export
 program (``torch.export.load``), an ONNX file (torch's exporter, with onnx and onnxscript from
 requirements.txt; it runs in ONNX Runtime, also pinned there) and, deprecated, TorchScript.
+A run folder another process is using (a run still training) is refused; the one it writes
+model_compact.pt into is locked meanwhile (utils/run/lock.py).
 """
 import argparse
+import contextlib
+import os
 import sys
 
 from utils.compaction import (check_onnx_exporter, compact_checkpoint, export_onnx, export_pt2,
                               export_torchscript, load_compact)
 from utils.errors import UserError
+from utils.run import lock
+
+BUSY_FIX = "wait for it to finish: compact.py works on a finished run"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -53,30 +60,49 @@ def report(fig: dict) -> str:
     return "\n".join(lines)
 
 
+def run_folder_held(snapshot: str, out: str | None):
+    """The run folder, refused while another process uses it (a run still training, a
+    resume); locked while model_compact.pt is written into it."""
+    folder = snapshot if os.path.isdir(snapshot) else os.path.dirname(os.path.abspath(snapshot))
+    if not os.path.isdir(folder):  # compact_checkpoint says what is missing
+        return contextlib.nullcontext()
+    lock.refuse_if_busy(folder, BUSY_FIX)
+    if out is not None and (os.path.realpath(os.path.dirname(os.path.abspath(out)))
+                            != os.path.realpath(folder)):
+        return contextlib.nullcontext()  # it only reads the run
+    return lock.holding(folder, BUSY_FIX)
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
-        if args.onnx:
-            check_onnx_exporter()  # before the work, not after it
-        fig = compact_checkpoint(args.snapshot, args.out, args.input_size, args.keep_ratio)
-        print(report(fig))
-        if args.pt2 or args.onnx or args.torchscript:
-            model = load_compact(fig["compact_path"])
-            shape = (1, *fig["input_shape"])
-            if args.pt2:
-                export_pt2(model, args.pt2, shape)
-                print(f"torch.export program: {args.pt2}")
-            if args.onnx:
-                export_onnx(model, args.onnx, shape)
-                print(f"ONNX: {args.onnx}")
-            if args.torchscript:
-                print("note: TorchScript is deprecated by torch (torch.jit warns on every use); "
-                      "--pt2 writes its successor, a torch.export program", file=sys.stderr)
-                export_torchscript(model, args.torchscript, shape)
-                print(f"TorchScript: {args.torchscript}")
+        with run_folder_held(args.snapshot, args.out):
+            return _compact(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def _compact(args) -> int:
+    """The compact network, its report and the exports asked for."""
+    if args.onnx:
+        check_onnx_exporter()  # before the work, not after it
+    fig = compact_checkpoint(args.snapshot, args.out, args.input_size, args.keep_ratio)
+    print(report(fig))
+    if args.pt2 or args.onnx or args.torchscript:
+        model = load_compact(fig["compact_path"])
+        shape = (1, *fig["input_shape"])
+        if args.pt2:
+            export_pt2(model, args.pt2, shape)
+            print(f"torch.export program: {args.pt2}")
+        if args.onnx:
+            export_onnx(model, args.onnx, shape)
+            print(f"ONNX: {args.onnx}")
+        if args.torchscript:
+            print("note: TorchScript is deprecated by torch (torch.jit warns on every use); "
+                  "--pt2 writes its successor, a torch.export program", file=sys.stderr)
+            export_torchscript(model, args.torchscript, shape)
+            print(f"TorchScript: {args.torchscript}")
     return 0
 
 

@@ -24,7 +24,8 @@ from utils.report.comparison import load_run, summary_lines, write_report
 from utils.errors import UserError
 from utils.run.grid import (ATTENUATE_DEFAULT, DEFAULT_RATE, FINISHED, FIXED_SHARE, GRIDS,
                             SEEDS, UNFINISHED, GridAsk, check_ask, check_slurm_path, configs,
-                            describe, dry_run_lines, folder_state, plan, slurm_script)
+                            describe, dry_run_lines, folder_state, plan, refuse_busy_folders,
+                            slurm_script)
 from utils.run.grid_runner import GridRunner, parse_gpus
 from utils.run.trainer import check_run_args
 
@@ -161,6 +162,8 @@ def main(argv=None) -> int:
         jobs, states = checked_plan(ask)
         if args.slurm:
             return write_slurm(args.slurm, ask, jobs, states)
+        if not args.dry_run:
+            refuse_busy_folders(jobs, states)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -5,6 +5,8 @@ import os
 
 import torch
 
+from utils.files import TEMPORARY_PREFIX
+
 
 def files_of(folder) -> dict:
     """Every file's bytes and mtime, by path relative to ``folder``."""
@@ -15,6 +17,12 @@ def files_of(folder) -> dict:
             with open(path, "rb") as f:
                 out[os.path.relpath(path, folder)] = (f.read(), os.stat(path).st_mtime_ns)
     return out
+
+
+def temporaries(folder) -> list[str]:
+    """Leftover temporaries of atomic writes in ``folder`` (and of versions that named them
+    ``.tmp-*``)."""
+    return [f for f in os.listdir(folder) if f.startswith((".tmp", TEMPORARY_PREFIX))]
 
 
 def assert_same_run(a_dir, b_dir) -> None:

@@ -11,6 +11,7 @@ and tiny-data fixture) and its rows in docs/troubleshooting.md's table.
 """
 import ast
 import errno
+import fcntl
 import os
 import pickle
 import shutil
@@ -35,7 +36,7 @@ from datasets.imagenet32 import TRAIN_FILES, VAL_FILE
 from tests.cli import entry
 from tests.fake_imagenet import rewrite_npz, truncate_file, write_imagenet32, write_imagenet_folder
 from tests.fake_gsc import write_gsc, write_wav
-from tests.snapshots import files_of, write_finished_run
+from tests.snapshots import files_of, temporaries, write_finished_run
 from tests.fakedata import corrupt_cifar_batch, plant_malicious_batch, write_cifar
 from tests.user_code import run_user_code
 from utils.files import safe_load
@@ -159,17 +160,44 @@ def offline(monkeypatch):
     monkeypatch.setattr(tv_utils, "download_and_extract_archive", fail)
 
 
-def disk_full(monkeypatch):
-    """Every checkpoint write fails as on a full disk (utils.files calls torch.save)."""
-    def full(*_, **__):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(torch, "save", full)
+def write_fails(code):
+    """Every checkpoint write fails with ``code`` (utils.files calls torch.save): ENOSPC as on
+    a full disk, EFBIG past the file-size limit, EROFS on a read-only file system.
+    tests/test_run_folder.py makes the real faults."""
+    def patch(monkeypatch):
+        def fail(*_, **__):
+            raise OSError(code, os.strerror(code))
+        monkeypatch.setattr(torch, "save", fail)
+    return patch
+
+
+def hold_lock(folder):
+    """Another process's lock on ``folder``: a descriptor of its own, as a second process has
+    (the file object keeps it held until the test ends)."""
+    held = open(os.path.join(folder, ".lock"), "a+b")
+    fcntl.flock(held, fcntl.LOCK_EX)
+    return held
+
+
+def earlier_in_use(p):
+    p.held = hold_lock(p.earlier)
+
+
+def remove_checkpoint(p):  # deleted to save space, the results kept
+    os.remove(os.path.join(p.earlier, "checkpoint.pt"))
+
+
+def log_elsewhere(p):
+    """log.txt a symbolic link to a file outside the run folder."""
+    p.elsewhere = os.path.join(p.tmp, "elsewhere.txt")
+    shutil.move(os.path.join(p.earlier, "log.txt"), p.elsewhere)
+    os.symlink(p.elsewhere, os.path.join(p.earlier, "log.txt"))
 
 
 def previous_checkpoint_loads(p, err):
     assert "the previous file is intact" in err
     assert safe_load(os.path.join(p.earlier, "checkpoint.pt"))["epoch"] == 1
-    assert not [f for f in os.listdir(p.earlier) if f.startswith(".tmp")]
+    assert not temporaries(p.earlier)
 
 
 class Untraceable(nn.Module):
@@ -339,8 +367,17 @@ CASES = [
     Case("save-path-is-a-file", ["--save_path", "{earlier}/log.txt"], "is a file"),
     Case("unwritable-save-path", ["--save_path", "{unwritable}"], "cannot write to --save_path",
          unwritable),
-    Case("disk-full-while-saving", RESUME, "No space left on device", patch=disk_full,
+    Case("save-path-in-use", RESUME, "is in use by another process (pid ", earlier_in_use,
+         check=lambda p, err: f"(pid {os.getpid()}); wait for it to finish" in err),
+    Case("resume-auto-without-checkpoint", RESUME,
+         "holds the results of a run (metrics.csv) but no checkpoint.pt", remove_checkpoint),
+    Case("log-is-a-symlink", RESUME, "log.txt is a symbolic link", log_elsewhere),
+    Case("disk-full-while-saving", RESUME, "No space left on device",
+         patch=write_fails(errno.ENOSPC), may_grow=("log.txt",), check=previous_checkpoint_loads),
+    Case("file-too-large-while-saving", RESUME, "File too large", patch=write_fails(errno.EFBIG),
          may_grow=("log.txt",), check=previous_checkpoint_loads),
+    Case("read-only-while-saving", RESUME, "Read-only file system",
+         patch=write_fails(errno.EROFS), may_grow=("log.txt",), check=previous_checkpoint_loads),
     # checkpoints
     Case("resume-other-arch", [*RESUME, "--arch", "resnet32"], "made with --arch resnet20"),
     Case("resume-other-rate", [*RESUME, "--prune_rate_cs", "0.2"],
@@ -620,6 +657,14 @@ def grid_run_of_other_epochs(grid):
     write_finished_run(os.path.join(grid, "resnet56-dense-s1"), epochs=200)
 
 
+def grid_job_in_use(grid):
+    """A run of the grid started by hand, still training (the finished run of the fixture,
+    made with older flags, would be refused first)."""
+    shutil.rmtree(os.path.join(grid, "resnet56-dense-s1"))
+    os.makedirs(os.path.join(grid, "resnet56-fsdp-r50-s1"))
+    return hold_lock(os.path.join(grid, "resnet56-fsdp-r50-s1"))
+
+
 REPRODUCE_CASES = [
     ("reproduce-unknown-grid", ["cifar100", *GRID], "argument grid: invalid choice: 'cifar100'",
      None),
@@ -634,6 +679,8 @@ REPRODUCE_CASES = [
      "--arch is set by the grid itself", None),
     ("reproduce-rate-and-target", ["cifar10", *GRID, "--rate", "0.4", "--target_flops", "0.5"],
      "--rate and --target_flops contradict each other", None),
+    ("reproduce-job-folder-in-use", ["cifar10", *GRID], "resnet56-fsdp-r50-s1: "
+     "{grid}/resnet56-fsdp-r50-s1 is in use by another process (pid ", grid_job_in_use),
 ]
 
 
@@ -779,8 +826,7 @@ def test_reproduce_refuses_before_it_runs_or_writes_anything(argv, expect, setup
                                                              capsys, monkeypatch):
     grid = str(tmp_path / "grid")
     write_finished_run(os.path.join(grid, "resnet56-dense-s1"), epochs=2)
-    if setup:
-        setup(grid)
+    held = setup(grid) if setup else None  # noqa: F841 (a lock stays held until the end)
     before = files_of(grid)
 
     def no_job(*_, **__):
@@ -790,7 +836,7 @@ def test_reproduce_refuses_before_it_runs_or_writes_anything(argv, expect, setup
         code = reproduce.main([a.format(grid=grid) for a in argv])
     except SystemExit as e:  # how argparse rejects a malformed command line
         code = e.code
-    assert_one_line_error(code, capsys.readouterr().err, expect)
+    assert_one_line_error(code, capsys.readouterr().err, expect.format(grid=grid))
     assert code == 2 and files_of(grid) == before and os.listdir(tmp_path) == ["grid"]
 
 

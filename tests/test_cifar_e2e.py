@@ -13,7 +13,7 @@ import torch
 import notebook_cifar
 from tests.cli import run_in_process
 from tests.fakedata import write_cifar
-from tests.snapshots import assert_same_run
+from tests.snapshots import assert_same_run, temporaries
 from utils.report.logger import METRIC_COLUMNS
 from utils.method.schedule import count
 
@@ -50,7 +50,7 @@ def test_snapshot_is_complete(full_run):
     files = set(os.listdir(full_run))
     assert {"log.txt", "args.json", "metrics.csv", "curves.png", "schedule.png",
             "checkpoint.pt", "summary.json", "model_compact.pt"} <= files
-    assert not [f for f in files if f.startswith(".tmp")]  # no leftover temporaries
+    assert not temporaries(full_run)  # no leftover temporaries
     log = open(os.path.join(full_run, "log.txt")).read().splitlines()
     assert "FSDP run" in log[0] and "arguments: " in log[1] and "--prune_rate_cs=0.1" in log[1]
     assert sum(" epoch " in line and "| train loss" in line for line in log) == EPOCHS
@@ -144,7 +144,7 @@ def test_sigkill_anywhere_then_resume_auto_matches_an_uninterrupted_run(data_roo
     assert not os.path.exists(os.path.join(save, "summary.json"))
     run_cifar(*common(data_root, save), "--resume", "auto")
     assert_same_run(full_run, save)
-    assert not [f for f in os.listdir(save) if ".tmp" in f]  # the torn write was cleaned up
+    assert not temporaries(save)  # the torn write was cleaned up
 
 
 def test_sigint_stops_at_a_batch_boundary_with_a_resumable_checkpoint(data_root, full_run,

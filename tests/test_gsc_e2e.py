@@ -11,7 +11,7 @@ import torch
 
 import notebook_gsc
 from tests.cli import entry, run_in_process, run_in_subprocess
-from tests.snapshots import assert_same_run
+from tests.snapshots import assert_same_run, temporaries
 from tests.fake_gsc import write_gsc
 from utils.method.schedule import count
 from utils.run.save_path import SNAPSHOT_FILES
@@ -54,7 +54,7 @@ def full_run(data_root, tmp_path_factory):
 
 def test_snapshot_zero_filters_compact_network_and_cs_data(data_root, full_run):
     files = set(os.listdir(full_run))
-    assert set(SNAPSHOT_FILES) <= files and not [f for f in files if f.startswith(".tmp")]
+    assert set(SNAPSHOT_FILES) <= files and not temporaries(full_run)
     # the cache sits beside the snapshot, outside the data folder
     assert os.path.isdir(os.path.join(os.path.dirname(full_run), "gsc_cache"))
     assert not [f for f in os.listdir(data_root[0]) if "cache" in f or f.startswith(".")]

@@ -20,7 +20,7 @@ from datasets.imagenet_folder import Normalise as FolderNormalise, imagenet_data
 from tests.cli import entry, run_in_process, run_in_subprocess
 from tests.fake_imagenet import (imagenet32_labels, truncate_file, write_imagenet32,
                                  write_imagenet_folder)
-from tests.snapshots import assert_same_run
+from tests.snapshots import assert_same_run, temporaries
 from utils.errors import DataError
 from utils.run.sampling import SeededDataset
 from utils.method.schedule import count
@@ -242,7 +242,7 @@ def _check_snapshot(save, arch, epochs):
     """``epochs`` ≥ 3: with the authors' list-reuse rule the CS list of the final mask is the
     one of the last even epoch, and after epoch 0 (θ = 0) it is empty."""
     files = set(os.listdir(save))
-    assert set(SNAPSHOT_FILES) <= files and not [f for f in files if f.startswith(".tmp")]
+    assert set(SNAPSHOT_FILES) <= files and not temporaries(save)
     rows = list(csv.DictReader(open(os.path.join(save, "metrics.csv"))))
     assert [int(r["epoch"]) for r in rows] == list(range(epochs))
     assert float(rows[-1]["zeta"]) == 0.0 and 0 <= float(rows[-1]["test_top5"]) <= 100

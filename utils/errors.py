@@ -7,3 +7,8 @@ class UserError(Exception):
 
 class DataError(UserError):
     """Missing, malformed or inconsistent dataset files."""
+
+
+class WriteFault(UserError):
+    """A file could not be written (full disk, read-only file system, file-size limit, a
+    symbolic link where a file was expected); its previous version is intact."""

@@ -1,42 +1,165 @@
 """Files that cannot be half-written, and checkpoints that never execute pickled code when
-loaded: every writer and reader of the project goes through these."""
+loaded: every writer and reader of the project goes through these.
+
+A write that fails (a full disk, a read-only file system, the file-size limit) raises
+``WriteFault``: one line naming the file, the reason and the fix, the previous file intact. No
+write follows a symbolic link: a replaced file's link is replaced, an appended one refused.
+(Past the file-size limit, ``ulimit -f``, a write fails with EFBIG: CPython ignores the
+SIGXFSZ that would otherwise kill the process without a word.)"""
+import errno
 import os
 import pickle
 import re
-import tempfile
+import secrets
+import stat
 import warnings
 import zipfile
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, WriteFault
 from .faults import crash_point
+
+# temporaries of an atomic write: a name no user would choose, with the writer's pid, so that a
+# later run clears exactly the ones whose writer is gone (``remove_stale_temporaries``)
+TEMPORARY_PREFIX = ".fsdp-tmp-"
+_TEMPORARY = re.compile(re.escape(TEMPORARY_PREFIX) + r"(\d+)-[0-9a-f]{8}-")
+
+# what to do about a failed write, by errno; the reason itself is the system's own words
+_FIXES = {errno.ENOSPC: "free space on its disk", errno.EDQUOT: "free space within your quota",
+          errno.EROFS: "make its file system writable",
+          errno.EFBIG: "raise the file-size limit (ulimit -f)",
+          errno.EACCES: "fix its permissions", errno.EPERM: "fix its permissions"}
 
 
 def atomic_write(path: str, write) -> None:
     """``write(binary_file)`` into a temporary file in the same folder, fsync, then rename over
     ``path``: a crash at any moment leaves either the old file or the new one, never a torn
-    one. Temporaries are named ``.tmp-*``, so a restarted run can clear them."""
+    one. The file gets the mode a plain ``open`` gives (0666 less the umask)."""
     folder = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+        fd, tmp = create_temporary(folder, os.path.basename(path))
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         crash_point("atomic_save:" + os.path.basename(path))
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # over a symbolic link: replaces the link, never its target
     except BaseException as e:
-        if tmp and os.path.exists(tmp):
-            os.unlink(tmp)
-        # torch.save reports ENOSPC as RuntimeError("... file write failed")
-        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and "write failed" in str(e)):
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
-            raise UserError(f"could not write {path} ({reason}); the previous file is intact — "
-                            "free space or fix permissions, then continue with --resume auto"
-                            ) from None
-        raise
+        left = _remove(tmp)
+        # torch.save reports a failed write as RuntimeError("... file write failed"), the
+        # OSError (if any) in its context
+        cause = _os_error(e) if isinstance(e, (OSError, RuntimeError)) else None
+        if cause is None and not (isinstance(e, RuntimeError) and "write failed" in str(e)):
+            raise
+        reason = cause.strerror if cause is not None and cause.strerror else \
+            str(e).splitlines()[0]
+        kept = ("the previous file is intact" if os.path.lexists(path)
+                else "nothing was half-written")
+        raise write_fault(path, reason, cause.errno if cause is not None else None, kept,
+                          left) from None
+    _fsync_folder(folder)
+
+
+def append_text(path: str, text: str) -> None:
+    """Append ``text`` to ``path`` (created with the umask's mode), refusing a symbolic link: a
+    run's log must not grow a file outside its folder."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o666)
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise WriteFault(f"{path} is a symbolic link ({os.readlink(path)}); files are only "
+                             "appended inside their folder — replace the link by a regular "
+                             "file") from None
+        raise write_fault(path, e.strerror or str(e), e.errno, "its earlier lines are intact") \
+            from None
+
+
+def write_fault(path: str, reason: str, code: int | None, kept: str,
+                leftover: str | None = None, doing: str = "write") -> WriteFault:
+    """The one-line error of a failed write: the file, the system's reason, what is kept and
+    the fix (and a temporary that could not be removed)."""
+    fix = _FIXES.get(code, "free space or fix permissions")
+    left = (f", and its temporary {os.path.basename(leftover)} is left behind" if leftover
+            else "")
+    return WriteFault(f"could not {doing} {path} ({reason}); {kept}{left} — {fix}")
+
+
+def remove_stale_temporaries(folder: str) -> None:
+    """Delete the temporaries of this project's atomic writes whose writer is gone — killed
+    while writing — or is this process (its write failed); a live writer's, and every file of
+    any other name, stay."""
+    for name in os.listdir(folder):
+        found = _TEMPORARY.match(name)
+        if not found or not _writer_gone(int(found[1])):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            if stat.S_ISREG(os.lstat(path).st_mode):  # a folder or link of that name: not ours
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise write_fault(path, e.strerror or str(e), e.errno,
+                              "it is a temporary left by a killed run", doing="remove") from None
+
+
+def create_temporary(folder: str, name: str) -> tuple[int, str]:
+    """A new file ``.fsdp-tmp-<pid>-<random>-<name>`` in ``folder``, with the mode a plain
+    open gives (mkstemp's 0600 would lock other users out of the finished file)."""
+    while True:
+        tmp = os.path.join(folder, f"{TEMPORARY_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-"
+                                   f"{name}")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                           | os.O_CLOEXEC, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def _remove(tmp: str | None) -> str | None:
+    """Remove a failed write's temporary; the path when that fails too (a read-only file
+    system): the error of the write itself is the one to report."""
+    if tmp is None:
+        return None
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return tmp
+    return None
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """The OSError behind ``e``: itself, or one in its cause or context (torch.save raises a
+    RuntimeError during the file's OSError)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _writer_gone(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def _fsync_folder(folder: str) -> None:
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable

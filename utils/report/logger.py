@@ -6,7 +6,7 @@ import os
 import time
 
 from ..distributed import is_main
-from ..files import atomic_write
+from ..files import append_text, atomic_write
 from ..method.criteria import registry
 
 # flags added after runs were first written (their args.json and checkpoints lack them): the
@@ -71,8 +71,8 @@ class RunLog:
             return
         if echo:
             print(msg, flush=True)
-        with open(os.path.join(self.save_path, "log.txt"), "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+        append_text(os.path.join(self.save_path, "log.txt"),
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
 
     def args(self, args: dict) -> None:
         if not self.enabled:

@@ -10,8 +10,10 @@ from ..files import atomic_write  # noqa: E402
 
 
 def _save(fig, path):
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    finally:  # a failed write too: pyplot keeps every open figure
+        plt.close(fig)
 
 
 def plot_curves(history: list[dict], path: str) -> None:

@@ -15,6 +15,7 @@ from ..method.criteria import registry
 from ..method.methods import METHODS, Method
 from ..report.comparison import RUN_CONTROL_FLAGS
 from ..report.logger import ADDED_FLAGS, read_json
+from . import lock
 
 
 @dataclass(frozen=True)
@@ -255,6 +256,18 @@ def folder_state(job: Job, wanted: dict) -> str:
     if os.path.isfile(os.path.join(job.folder, "summary.json")):
         return FINISHED
     return UNFINISHED
+
+
+def refuse_busy_folders(jobs: list[Job], states: dict) -> None:
+    """Before the first job starts: refuse a grid one of whose runs to do is in use by another
+    process (a run started by hand, compact.py, another reproduce.py on the same folder)."""
+    for job in jobs:
+        if states[job.name] != FINISHED and os.path.isdir(job.folder):
+            try:
+                lock.refuse_if_busy(job.folder, "wait for it to finish, or give the grid "
+                                                "another --save_path")
+            except UserError as e:
+                raise UserError(f"{job.name}: {e}") from None
 
 
 # --- what --dry_run prints and --slurm writes --------------------------------------------------

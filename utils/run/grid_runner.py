@@ -119,15 +119,22 @@ class GridRunner:
                 self._start(self.pending.popleft(), slot)
 
     def _start(self, job: Job, slot) -> None:
-        os.makedirs(job.folder, exist_ok=True)
-        with open(os.path.join(job.folder, "console.txt"), "ab") as console:
+        number = self.total - len(self.pending)
+        try:
+            os.makedirs(job.folder, exist_ok=True)
+            console = _open_console(job.folder)
+        except OSError as e:
+            self.outcome.failed.append(job.name)
+            self.log(f"[{number}/{self.total}] {job.name}: not started: cannot write "
+                     f"{os.path.join(job.folder, 'console.txt')} ({e.strerror})")
+            return
+        with console:
             proc = subprocess.Popen(
                 job.command(self.python), cwd=self.root, env=job_env(slot), stdout=console,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         if self.outcome.signal is not None:  # the signal came while it was being started
             proc.send_signal(self.outcome.signal)
-        number = self.total - len(self.pending)
         self.running[slot] = (job, proc, time.time(), number)
         verb = "continued" if job.name in self.resuming else "started"
         where = f" on GPU {slot}" if slot is not None else ""
@@ -167,6 +174,13 @@ class GridRunner:
         self.pending.clear()
         self.log(f"the first {len(self.outcome.failed)} runs failed: not starting the other "
                  f"{len(self.outcome.not_started)}, which would most likely fail alike")
+
+
+def _open_console(folder: str):
+    """console.txt for appending; never through a symbolic link, out of the run folder."""
+    fd = os.open(os.path.join(folder, "console.txt"),
+                 os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    return os.fdopen(fd, "ab")
 
 
 def _top1(folder: str) -> str:

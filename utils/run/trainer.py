@@ -15,12 +15,12 @@ import torch
 
 from models import MODELS, build_model
 
-from . import loaders
+from . import loaders, lock
 from .. import distributed as dist
 from .. import subnormals
 from ..compaction import NetworkCost, compact_model, compaction_figures, save_compact
 from ..compaction.tracing import trace
-from ..errors import UserError
+from ..errors import UserError, WriteFault
 from ..method.attenuation import AttenuationProbe
 from ..method.budget import TOLERANCE
 from ..method.graph import find_prunable_convs
@@ -36,7 +36,7 @@ from .data import Data
 from .engine import NonFiniteLoss, evaluate, lr_at, refreshed_bn_copy, train_one_epoch
 from .pretrained import initial_model, load_pretrained
 from .sampling import check_seeded
-from .save_path import check_save_path, prepare_save_path
+from .save_path import check_save_path, file_identities, prepare_save_path
 from .stop import StopRequest
 
 PLOT_EVERY_S = 20.0  # while a run trains, its plots lag metrics.csv by at most this (seconds)
@@ -64,7 +64,9 @@ def _main(args, make_data, check, resume_keys) -> int:
     except UserError as e:
         if args.debug:
             raise
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        # the last checkpoint on disk is whole: the run goes on from it once the cause is fixed
+        then = ", then continue with --resume auto" if isinstance(e, WriteFault) else ""
+        print(f"error: {_one_line(e)}{then}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C: leave at once, the last checkpoint stays
         print("interrupted; the last checkpoint is kept — continue with --resume auto",
@@ -77,6 +79,7 @@ def _main(args, make_data, check, resume_keys) -> int:
               "--nan_policy skip", file=sys.stderr)
         return 3
     finally:
+        lock.release(args.save_path)
         dist.cleanup()
 
 
@@ -110,12 +113,13 @@ def run(args, make_data, resume_keys: tuple = (), pruning: Pruning | None = None
     if args.evaluate:
         return _evaluate_only(args, make_data(args), device)
     resume = check_save_path(args)
+    checked = file_identities(args.save_path)  # locked later, when the run first writes there
     ckpt = read_checkpoint(resume, args, seed_given, resume_keys) if resume else None
     if ckpt is not None:
         args.manualSeed = ckpt["args"]["manualSeed"]  # the data order depends on it
 
     # the seed is final here
-    trainer = Trainer(args, make_data(args), device, ckpt is not None, pruning)
+    trainer = Trainer(args, make_data(args), device, ckpt is not None, pruning, checked)
     if ckpt is not None:
         trainer.restore(ckpt, resume)
     else:
@@ -198,7 +202,7 @@ class Trainer:
     holds where training stands."""
 
     def __init__(self, args, data: Data, device: torch.device, resuming: bool = False,
-                 pruning: Pruning | None = None):
+                 pruning: Pruning | None = None, checked: dict | None = None):
         _check_data(args, data, device)
         self.args, self.data, self.device = args, data, device
         self.pruning = pruning or pruning_from_args(args)
@@ -216,7 +220,8 @@ class Trainer:
         self.pruner = self._pruner()  # before the folder too: an unreachable target leaves none
         self.convs = self.pruner.convs  # a target counts coupled layers once
 
-        prepare_save_path(args.save_path, args.overwrite)
+        # locked from here to the end of the process (of ``main``: ``lock.release``)
+        prepare_save_path(args.save_path, args.overwrite, checked)
         self.log = RunLog(args.save_path, args.tensorboard)
         self.pruner.set_log(self.log)
         self.mask, self.schedule = self.pruner.mask, self.pruner.schedule

@@ -11,13 +11,29 @@ from ..method.criteria import registry
 from ..report.logger import ADDED_FLAGS
 
 FORMAT = "fsdp-checkpoint/2"
-# a resumed run must rebuild the same method, budget, schedule, mask layout and data pipeline
-# (and every criterion's --prune_rate_<name> after the budget, see resume_must_match)
+# a resumed run must rebuild the same method, budget, schedule, mask layout, optimisation and
+# data pipeline (and every criterion's --prune_rate_<name> after the budget, see
+# resume_must_match): another batch size would also skip or repeat samples of an interrupted
+# epoch, and another --amp computes in other precisions
 RESUME_MUST_MATCH = ("method", "attenuate", "arch", "dataset", "epochs", "target_flops",
                      "target_params", "allocation", "tau", "attenuation", "use_zero_scaling",
                      "round_to", "layer_begin", "layer_end", "layer_inter", "prune_include",
-                     "prune_exclude", "keep_subnormals")
+                     "prune_exclude", "keep_subnormals", "batch_size", "learning_rate",
+                     "momentum", "decay", "nesterov", "schedule", "gammas", "epoch_prune",
+                     "epoch_apply_cs", "batch_prune_size", "max_iter_cs", "cs_mode", "amp",
+                     "use_pretrain", "pretrain_path")
 _RATES_AT = RESUME_MUST_MATCH.index("tau")  # a budget replaces the rates: it is named first
+# where the data and the folder are, how the run executes and what it reports: none changes
+# what it computes (the sampler gives the same batches for any --workers, --eval_bn_refresh
+# evaluates a copy), but another --device or --deterministic may change the last bits, and
+# --nan_policy skip is the way past a non-finite loss. A change is logged and recorded in
+# args.json (a script's own flags beside its resume_keys are treated alike).
+RESUME_MAY_CHANGE = ("data_path", "save_path", "workers", "device", "ngpu", "deterministic",
+                     "print_freq", "eval_bn_refresh", "tensorboard", "nan_policy")
+# this invocation's own controls, and a flag without effect: never compared (--manualSeed
+# must match when given, else the checkpoint's is used)
+RESUME_IGNORED = ("resume", "overwrite", "stop_after", "evaluate", "debug", "use_state_dict",
+                  "manualSeed")
 
 
 def resume_must_match() -> tuple[str, ...]:
@@ -36,12 +52,32 @@ def read_checkpoint(path: str, args, seed_given: bool, resume_keys: tuple = ()) 
                         f"of these scripts (this one reads {FORMAT!r}); finish that run with the "
                         "version that started it, or start again with --overwrite")
     for key in resume_must_match() + tuple(resume_keys) + (("manualSeed",) if seed_given else ()):
-        default = 0.0 if key.startswith("prune_rate_") else ADDED_FLAGS.get(key)  # a new criterion
-        old, new = ckpt["args"].get(key, default), getattr(args, key)
+        old, new = _recorded(ckpt["args"], key), getattr(args, key)
         if old != new:
-            raise UserError(f"checkpoint {path} was made with --{key} {old}, this run asks for "
-                            f"{new}; resume with the same flags or choose another --save_path")
+            raise UserError(f"checkpoint {path} was made with --{key} {_spelled(old)}, this run "
+                            f"asks for {_spelled(new)}; resume with the same flags or choose "
+                            "another --save_path")
     return ckpt
+
+
+def resume_changes(ckpt: dict, args, resume_keys: tuple = ()) -> dict:
+    """The flags that may change on resume and did: {flag: (the checkpoint's, this run's)}."""
+    fixed = set(resume_must_match()) | set(resume_keys) | set(RESUME_IGNORED)
+    recorded = ckpt["args"]
+    return {key: (recorded[key], new) for key, new in sorted(vars(args).items())
+            if key not in fixed and key in recorded and recorded[key] != new}
+
+
+def _recorded(args: dict, key: str):
+    """A flag's value in a checkpoint's args; one added since it was written had its default
+    then (a new criterion's rate: 0)."""
+    default = 0.0 if key.startswith("prune_rate_") else ADDED_FLAGS.get(key)
+    return args.get(key, default)
+
+
+def _spelled(value) -> str:
+    """As on the command line: ``--schedule 1 60``, not ``[1, 60]``."""
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def write_checkpoint(path: str, *, epoch: int, batch: int, epoch_state, args, data, model,

@@ -30,7 +30,7 @@ from ..pruner import Pruner
 from ..report.logger import RunLog
 from ..report.plots import plot_curves, plot_schedule
 from ..report.summary import run_summary
-from .checkpoint import read_checkpoint, restore_checkpoint, write_checkpoint
+from .checkpoint import read_checkpoint, restore_checkpoint, resume_changes, write_checkpoint
 from .cli import check_args, pruning_from_args, record_defaults
 from .data import Data
 from .engine import NonFiniteLoss, evaluate, lr_at, refreshed_bn_copy, train_one_epoch
@@ -73,8 +73,9 @@ def _main(args, make_data, check, resume_keys) -> int:
     except NonFiniteLoss as e:
         if args.debug:
             raise
-        print(f"error: {e}; the last good checkpoint is kept — lower --learning_rate, or pass "
-              "--nan_policy skip", file=sys.stderr)
+        # the learning rate must match on resume: a lower one is a new run
+        print(f"error: {e}; the last good checkpoint is kept — resume it with --nan_policy "
+              "skip, or start again with a lower --learning_rate", file=sys.stderr)
         return 3
     finally:
         dist.cleanup()
@@ -113,11 +114,12 @@ def run(args, make_data, resume_keys: tuple = (), pruning: Pruning | None = None
     ckpt = read_checkpoint(resume, args, seed_given, resume_keys) if resume else None
     if ckpt is not None:
         args.manualSeed = ckpt["args"]["manualSeed"]  # the data order depends on it
+        changes = resume_changes(ckpt, args, resume_keys)
 
     # the seed is final here
     trainer = Trainer(args, make_data(args), device, ckpt is not None, pruning)
     if ckpt is not None:
-        trainer.restore(ckpt, resume)
+        trainer.restore(ckpt, resume, changes)
     else:
         trainer.start()
     with StopRequest() as stop:
@@ -281,7 +283,9 @@ class Trainer:
             if self.probe is not None:
                 self.probe.selected(self.pruner.selected())
 
-    def restore(self, ckpt: dict, path: str) -> None:
+    def restore(self, ckpt: dict, path: str, changes: dict | None = None) -> None:
+        """Continue from ``ckpt``; ``changes``: the flags given other values than the
+        checkpoint's (only those that may change), logged and recorded in args.json."""
         where = restore_checkpoint(ckpt, model=self.model, optimizer=self.optimizer,
                                    scaler=self.scaler, pruner=self.pruner, probe=self.probe)
         self.history, self.wall = where["history"], where["wall"]
@@ -291,6 +295,10 @@ class Trainer:
         at = f"epoch {self.start_epoch}" + (f", batch {self.start_batch}" if self.start_batch
                                             else "")
         self.log(f"resumed from {path} at {at}")
+        for key, (old, new) in (changes or {}).items():
+            self.log(f"--{key} changed on resume at {at}: {old} → {new}")
+        if changes:  # args.json then holds the flags the run goes on with
+            self.log.args(dict(vars(self.args)))
 
     def train_epochs(self, stop) -> int | None:
         """Train until the last epoch; an exit code when stopped early (resumable)."""

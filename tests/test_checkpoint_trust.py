@@ -1,0 +1,75 @@
+"""A checkpoint is good or it is not kept: what a resumed run must share with its checkpoint,
+and what it may change (logged, recorded in args.json).
+
+One tiny run (ResNet-20, 64 images, stopped after 1 of 2 epochs) is made once and copied per
+test; the refusals themselves are cases of the catalogue (tests/test_bad_inputs.py)."""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+import notebook_cifar
+from tests.cli import entry
+from tests.fakedata import write_cifar
+from utils.run.checkpoint import (RESUME_IGNORED, RESUME_MAY_CHANGE, RESUME_MUST_MATCH,
+                                  resume_must_match)
+from utils.run.cli import build_parser
+
+BASE = ["--dataset", "cifar10", "--arch", "resnet20", "--prune_rate_cs", "0.1",
+        "--prune_rate_gm", "0.4", "--epochs", "2", "--batch_size", "32", "--batch_prune_size",
+        "32", "--schedule", "1", "--gammas", "1", "--workers", "0", "--manualSeed", "1",
+        "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """The data and a run stopped after its first epoch (made once)."""
+    root = tmp_path_factory.mktemp("trust")
+    data, save = str(root / "data"), str(root / "run")
+    write_cifar(data, n_train=64, n_test=32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 threads spin against other processes on a shared CPU
+    try:
+        assert entry(notebook_cifar, [*BASE, "--data_path", data, "--save_path", save,
+                                      "--stop_after", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return data, save
+
+
+@pytest.fixture
+def run(stopped_run, tmp_path):
+    """A copy of the stopped run, and the command that continues it."""
+    data, save = stopped_run
+    copy = str(tmp_path / "run")
+    shutil.copytree(save, copy)
+    return copy, [*BASE, "--data_path", data, "--save_path", copy, "--resume", "auto"]
+
+
+def test_every_shared_flag_either_must_match_may_change_or_is_ignored_on_resume():
+    """A new flag must be placed in one of the three lists (utils/run/checkpoint.py)."""
+    flags = {a.dest for a in build_parser("", ["cifar10"], {})._actions if a.dest != "help"}
+    lists = [set(resume_must_match()), set(RESUME_MAY_CHANGE), set(RESUME_IGNORED)]
+    assert flags == set().union(*lists)
+    assert sum(len(s) for s in lists) == len(flags), "a flag in two lists"
+    for key in ("batch_size", "learning_rate", "momentum", "decay", "nesterov", "schedule",
+                "gammas", "amp", "epoch_prune", "epoch_apply_cs", "batch_prune_size",
+                "max_iter_cs", "cs_mode"):
+        assert key in RESUME_MUST_MATCH
+
+
+def test_a_flag_that_may_change_is_logged_and_recorded_in_args_json(run):
+    save, argv = run  # a copy: its --save_path changed too
+    before = json.load(open(os.path.join(save, "args.json")))
+    assert entry(notebook_cifar, [*argv, "--print_freq", "7", "--nan_policy", "skip"]) == 0
+    log = open(os.path.join(save, "log.txt")).read()
+    assert "--nan_policy changed on resume at epoch 1: stop → skip" in log
+    assert "--print_freq changed on resume at epoch 1: 200 → 7" in log
+    assert f"--save_path changed on resume at epoch 1: {before['save_path']} → {save}" in log
+    after = json.load(open(os.path.join(save, "args.json")))
+    assert (after["print_freq"], after["nan_policy"], after["save_path"]) == (7, "skip", save)
+    changed = {"print_freq", "nan_policy", "save_path", "resume", "stop_after"}  # and --resume…
+    assert {k: v for k, v in after.items() if k not in changed} == \
+        {k: v for k, v in before.items() if k not in changed}

@@ -35,7 +35,7 @@ from datasets.imagenet32 import TRAIN_FILES, VAL_FILE
 from tests.cli import entry
 from tests.fake_imagenet import rewrite_npz, truncate_file, write_imagenet32, write_imagenet_folder
 from tests.fake_gsc import write_gsc, write_wav
-from tests.snapshots import files_of, write_finished_run
+from tests.snapshots import files_of, flip_exponent_bit, write_finished_run
 from tests.fakedata import corrupt_cifar_batch, plant_malicious_batch, write_cifar
 from tests.user_code import run_user_code
 from utils.files import safe_load
@@ -120,6 +120,10 @@ def truncate_checkpoint(p):
     path = os.path.join(p.earlier, "checkpoint.pt")
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
+
+
+def damaged_checkpoint(p):  # one bit flipped on disk: it still loads, with a weight of 1e37
+    flip_exponent_bit(os.path.join(p.earlier, "checkpoint.pt"))
 
 
 def empty_checkpoint(p):  # what some tools leave when the disk fills
@@ -374,6 +378,8 @@ CASES = [
     Case("corrupt-checkpoint", RESUME, "is corrupt or truncated", truncate_checkpoint,
          subprocess=True),
     Case("empty-checkpoint", RESUME, "is corrupt or truncated", empty_checkpoint),
+    Case("damaged-checkpoint", RESUME, "/earlier/checkpoint.pt is damaged: its contents do not "
+         "match the digest written with them", damaged_checkpoint),
     Case("malicious-checkpoint", RESUME, "refusing to load", malicious_checkpoint,
          subprocess=True),
     Case("malicious-pretrain", ["--pretrain_path", "{tmp}/weights.pt"], "refusing to load",

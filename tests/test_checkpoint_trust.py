@@ -1,5 +1,6 @@
-"""A checkpoint is good or it is not kept: what a resumed run must share with its checkpoint,
-and what it may change (logged, recorded in args.json).
+"""A checkpoint is good or it is not kept: every reader checks the digest written with it,
+and a resumed run shares with its checkpoint the flags that decide what it computes (the others
+may change, logged and recorded in args.json).
 
 One tiny run (ResNet-20, 64 images, stopped after 1 of 2 epochs) is made once and copied per
 test; the refusals themselves are cases of the catalogue (tests/test_bad_inputs.py)."""
@@ -10,9 +11,12 @@ import shutil
 import pytest
 import torch
 
+import compact as compact_cli
 import notebook_cifar
-from tests.cli import entry
+from tests.cli import entry, run_in_process
 from tests.fakedata import write_cifar
+from tests.snapshots import files_of, flip_exponent_bit
+from utils.files import DIGEST_KEY, safe_load
 from utils.run.checkpoint import (RESUME_IGNORED, RESUME_MAY_CHANGE, RESUME_MUST_MATCH,
                                   resume_must_match)
 from utils.run.cli import build_parser
@@ -73,3 +77,33 @@ def test_a_flag_that_may_change_is_logged_and_recorded_in_args_json(run):
     changed = {"print_freq", "nan_policy", "save_path", "resume", "stop_after"}  # and --resume…
     assert {k: v for k, v in after.items() if k not in changed} == \
         {k: v for k, v in before.items() if k not in changed}
+
+
+# --- the digest -----------------------------------------------------------------------------
+
+def test_a_flipped_bit_is_refused_by_every_reader_naming_the_file(run, tmp_path, capsys):
+    save, argv = run
+    path = os.path.join(save, "checkpoint.pt")
+    flip_exponent_bit(path)
+    before = files_of(save)
+    damaged = f"checkpoint {path} is damaged: its contents do not match the digest"
+    fresh = [a if a != save else str(tmp_path / "fresh") for a in argv[:-2]]
+    for command in (argv, [*argv, "--evaluate"], [*fresh, "--pretrain_path", path]):
+        done = run_in_process(notebook_cifar, *command, check=False)
+        assert done.returncode == 2 and done.stderr.startswith(f"error: {damaged}"), done.stderr
+        assert done.stderr.count("\n") == 1
+    assert compact_cli.main([save]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {damaged}")
+    assert files_of(save) == before and not os.path.exists(tmp_path / "fresh")
+
+
+def test_a_checkpoint_from_before_digests_still_resumes_and_says_so(run):
+    save, argv = run
+    path = os.path.join(save, "checkpoint.pt")
+    ckpt = safe_load(path)
+    assert ckpt[DIGEST_KEY].startswith("sha256:")
+    del ckpt[DIGEST_KEY]
+    torch.save(ckpt, path)
+    assert entry(notebook_cifar, argv) == 0
+    assert f"note: {path} carries no digest" in open(os.path.join(save, "log.txt")).read()
+    assert safe_load(path)[DIGEST_KEY].startswith("sha256:")  # the next one has one

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..files import atomic_save, safe_load
+from ..files import DIGEST_KEY, atomic_save, check_seal, safe_load, sealed
 from ..method.criteria import registry
 from ..report.logger import ADDED_FLAGS
 
@@ -51,6 +51,7 @@ def read_checkpoint(path: str, args, seed_given: bool, resume_keys: tuple = ()) 
         raise UserError(f"{path} was written in format {ckpt.get('format')!r} by an older version "
                         f"of these scripts (this one reads {FORMAT!r}); finish that run with the "
                         "version that started it, or start again with --overwrite")
+    check_seal(ckpt, path)  # before its flags are read: they are part of what it covers
     for key in resume_must_match() + tuple(resume_keys) + (("manualSeed",) if seed_given else ()):
         old, new = _recorded(ckpt["args"], key), getattr(args, key)
         if old != new:
@@ -82,21 +83,23 @@ def _spelled(value) -> str:
 
 def write_checkpoint(path: str, *, epoch: int, batch: int, epoch_state, args, data, model,
                      optimizer, scaler, pruner, probe, history: list, wall: float) -> None:
-    """At an epoch boundary (``epoch`` = the next epoch, ``batch`` 0) or inside one."""
-    atomic_save({"format": FORMAT, "epoch": epoch, "batch": batch, "epoch_state": epoch_state,
-                 "arch": args.arch, "method": args.method, "num_classes": data.num_classes,
-                 "in_channels": data.in_channels, "input_shape": list(data.input_shape),
-                 "args": vars(args), "model": model.state_dict(),
-                 "optimizer": optimizer.state_dict(),
-                 "scaler": scaler.state_dict() if scaler else None, "mask": pruner.state_dict(),
-                 "probe": probe.state_dict() if probe else None,
-                 "history": history, "wall_seconds": wall, "rng": rng_state()}, path)
+    """At an epoch boundary (``epoch`` = the next epoch, ``batch`` 0) or inside one; with the
+    digest of its contents (format 2 without one: written before digests, still read)."""
+    state = {"format": FORMAT, "epoch": epoch, "batch": batch, "epoch_state": epoch_state,
+             "arch": args.arch, "method": args.method, "num_classes": data.num_classes,
+             "in_channels": data.in_channels, "input_shape": list(data.input_shape),
+             "args": vars(args), "model": model.state_dict(),
+             "optimizer": optimizer.state_dict(),
+             "scaler": scaler.state_dict() if scaler else None, "mask": pruner.state_dict(),
+             "probe": probe.state_dict() if probe else None,
+             "history": history, "wall_seconds": wall, "rng": rng_state()}
+    atomic_save(sealed(state), path)
 
 
 def restore_checkpoint(ckpt: dict, *, model, optimizer, scaler, pruner, probe) -> dict:
     """Load the checkpoint's states into the run's objects; returns where the run stands:
     ``epoch``, ``batch``, ``epoch_state`` (partial sums of an interrupted epoch), ``history``,
-    ``wall``."""
+    ``wall``, and ``digest``: whether it carried one (read_checkpoint checked it)."""
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     pruner.load_state_dict(ckpt["mask"])
@@ -107,7 +110,7 @@ def restore_checkpoint(ckpt: dict, *, model, optimizer, scaler, pruner, probe) -
     set_rng_state(ckpt["rng"])
     return {"epoch": int(ckpt["epoch"]), "batch": int(ckpt.get("batch", 0)),
             "epoch_state": ckpt.get("epoch_state"), "history": list(ckpt["history"]),
-            "wall": float(ckpt["wall_seconds"])}
+            "wall": float(ckpt["wall_seconds"]), "digest": DIGEST_KEY in ckpt}
 
 
 def rng_state() -> dict:

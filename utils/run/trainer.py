@@ -295,6 +295,9 @@ class Trainer:
         at = f"epoch {self.start_epoch}" + (f", batch {self.start_batch}" if self.start_batch
                                             else "")
         self.log(f"resumed from {path} at {at}")
+        if not where["digest"]:
+            self.log(f"note: {path} carries no digest (written before checkpoints had one), so "
+                     "its contents could not be checked")
         for key, (old, new) in (changes or {}).items():
             self.log(f"--{key} changed on resume at {at}: {old} → {new}")
         if changes:  # args.json then holds the flags the run goes on with

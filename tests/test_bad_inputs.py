@@ -126,6 +126,14 @@ def damaged_checkpoint(p):  # one bit flipped on disk: it still loads, with a we
     flip_exponent_bit(os.path.join(p.earlier, "checkpoint.pt"))
 
 
+def diverged_checkpoint(p):  # as versions before the check wrote it: NaN weights, no digest
+    path = os.path.join(p.earlier, "checkpoint.pt")
+    ckpt = safe_load(path)
+    ckpt["model"]["conv_1_3x3.weight"][0, 0, 0, 0] = float("nan")
+    del ckpt["digest"]
+    torch.save(ckpt, path)
+
+
 def empty_checkpoint(p):  # what some tools leave when the disk fills
     open(os.path.join(p.earlier, "checkpoint.pt"), "wb").close()
 
@@ -380,6 +388,8 @@ CASES = [
     Case("empty-checkpoint", RESUME, "is corrupt or truncated", empty_checkpoint),
     Case("damaged-checkpoint", RESUME, "/earlier/checkpoint.pt is damaged: its contents do not "
          "match the digest written with them", damaged_checkpoint),
+    Case("diverged-checkpoint", RESUME, "holds NaN or inf in 1 of its tensors (first: "
+         "model.conv_1_3x3.weight): training had diverged", diverged_checkpoint),
     Case("malicious-checkpoint", RESUME, "refusing to load", malicious_checkpoint,
          subprocess=True),
     Case("malicious-pretrain", ["--pretrain_path", "{tmp}/weights.pt"], "refusing to load",

@@ -16,10 +16,12 @@ import notebook_cifar
 from tests.cli import entry, run_in_process
 from tests.fakedata import write_cifar
 from tests.snapshots import files_of, flip_exponent_bit
-from utils.files import DIGEST_KEY, safe_load
+from utils.files import DIGEST_KEY, check_seal, safe_load
 from utils.run.checkpoint import (RESUME_IGNORED, RESUME_MAY_CHANGE, RESUME_MUST_MATCH,
-                                  resume_must_match)
+                                  non_finite, refuse_non_finite, resume_must_match)
 from utils.run.cli import build_parser
+from utils.run.engine import NonFiniteState
+from utils.run.trainer import Trainer
 
 BASE = ["--dataset", "cifar10", "--arch", "resnet20", "--prune_rate_cs", "0.1",
         "--prune_rate_gm", "0.4", "--epochs", "2", "--batch_size", "32", "--batch_prune_size",
@@ -107,3 +109,44 @@ def test_a_checkpoint_from_before_digests_still_resumes_and_says_so(run):
     assert entry(notebook_cifar, argv) == 0
     assert f"note: {path} carries no digest" in open(os.path.join(save, "log.txt")).read()
     assert safe_load(path)[DIGEST_KEY].startswith("sha256:")  # the next one has one
+
+
+# --- NaN and inf --------------------------------------------------------------------------------
+
+def test_a_state_turned_non_finite_is_not_written_and_the_last_good_checkpoint_stays(
+        run, monkeypatch):
+    """As --attenuation nan did: the pruner's factor turns the weights into NaN after an
+    epoch. The run stops where that epoch's checkpoint was due; the previous one is kept, good."""
+    save, argv = run
+    path = os.path.join(save, "checkpoint.pt")
+    before = open(path, "rb").read()
+    train_and_prune = Trainer.train_and_prune
+
+    def poisoned(self, epoch, stop=None):
+        out = train_and_prune(self, epoch, stop)
+        with torch.no_grad():
+            self.model.conv_1_3x3.weight[0].fill_(float("nan"))
+        return out
+    monkeypatch.setattr(Trainer, "train_and_prune", poisoned)
+    done = run_in_process(notebook_cifar, *argv, check=False)
+    assert done.returncode == 3 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: the state after epoch 1 holds NaN or inf in 1 of its "
+                                  "tensors (first: model.conv_1_3x3.weight), so it was not "
+                                  "written; the last good checkpoint is kept — resume it with ")
+    assert open(path, "rb").read() == before
+    kept = safe_load(path)
+    assert check_seal(kept, path) and kept["epoch"] == 1 and not non_finite(kept)
+    assert not os.path.exists(os.path.join(save, "summary.json"))
+
+
+def test_a_stop_inside_an_epoch_refuses_a_non_finite_state_alike():
+    """The checkpoint written on a stop signal goes through the same check."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    optimizer.state[model.bias]["momentum_buffer"][0] = float("inf")
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+    with pytest.raises(NonFiniteState, match=r"the state in epoch 4 after batch 7 holds NaN or "
+                       r"inf in 1 of its tensors \(first: optimizer\.state\.1\.momentum_buffer\)"):
+        refuse_non_finite(state, 4, 7)

@@ -1,5 +1,7 @@
-"""checkpoint.pt: its layout (written, read and restored here only) and the RNG states it
-carries, so that a resumed run continues bit for bit."""
+"""checkpoint.pt: its layout (written, read and restored here only), the RNG states it
+carries, so that a resumed run continues bit for bit, and what makes one good: the digest of
+its contents (utils/files.py), weights and optimizer state without NaN or inf, and the flags a
+resumed run must share with it."""
 import random
 
 import numpy as np
@@ -9,6 +11,7 @@ from ..errors import UserError
 from ..files import DIGEST_KEY, atomic_save, check_seal, safe_load, sealed
 from ..method.criteria import registry
 from ..report.logger import ADDED_FLAGS
+from .engine import NonFiniteState
 
 FORMAT = "fsdp-checkpoint/2"
 # a resumed run must rebuild the same method, budget, schedule, mask layout, optimisation and
@@ -52,6 +55,11 @@ def read_checkpoint(path: str, args, seed_given: bool, resume_keys: tuple = ()) 
                         f"of these scripts (this one reads {FORMAT!r}); finish that run with the "
                         "version that started it, or start again with --overwrite")
     check_seal(ckpt, path)  # before its flags are read: they are part of what it covers
+    bad = non_finite(ckpt)  # kept by versions that wrote a diverged state
+    if bad:
+        raise UserError(f"checkpoint {path} holds NaN or inf in {len(bad)} of its tensors "
+                        f"(first: {bad[0]}): training had diverged when it was written; use an "
+                        "earlier copy or start again with --overwrite")
     for key in resume_must_match() + tuple(resume_keys) + (("manualSeed",) if seed_given else ()):
         old, new = _recorded(ckpt["args"], key), getattr(args, key)
         if old != new:
@@ -85,15 +93,49 @@ def write_checkpoint(path: str, *, epoch: int, batch: int, epoch_state, args, da
                      optimizer, scaler, pruner, probe, history: list, wall: float) -> None:
     """At an epoch boundary (``epoch`` = the next epoch, ``batch`` 0) or inside one; with the
     digest of its contents (format 2 without one: written before digests, still read)."""
+    trained = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+    refuse_non_finite(trained, epoch, batch)  # the previous checkpoint stays the last good one
     state = {"format": FORMAT, "epoch": epoch, "batch": batch, "epoch_state": epoch_state,
              "arch": args.arch, "method": args.method, "num_classes": data.num_classes,
              "in_channels": data.in_channels, "input_shape": list(data.input_shape),
-             "args": vars(args), "model": model.state_dict(),
-             "optimizer": optimizer.state_dict(),
+             "args": vars(args), **trained,
              "scaler": scaler.state_dict() if scaler else None, "mask": pruner.state_dict(),
              "probe": probe.state_dict() if probe else None,
              "history": history, "wall_seconds": wall, "rng": rng_state()}
     atomic_save(sealed(state), path)
+
+
+def refuse_non_finite(trained: dict, epoch: int, batch: int) -> None:
+    """NonFiniteState when the weights or the optimizer's state (``trained``: their state
+    dicts under "model" and "optimizer") hold NaN or inf; ``epoch``, ``batch``: where the run
+    stands, as write_checkpoint takes them."""
+    bad = non_finite(trained)
+    if bad:
+        where = f"in epoch {epoch} after batch {batch}" if batch else f"after epoch {epoch - 1}"
+        raise NonFiniteState(where, bad)
+
+
+def non_finite(ckpt: dict) -> list[str]:
+    """The key paths of the floating tensors of the weights and the optimizer's state that
+    hold NaN or inf (the other parts hold counts, scores and RNG states)."""
+    named = [(name, t) for part in ("model", "optimizer")
+             for name, t in _tensors(ckpt.get(part), part) if t.is_floating_point()]
+    if not named:
+        return []
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist()  # one sync
+    return [name for (name, _), ok in zip(named, finite) if not ok]
+
+
+def _tensors(value, path: str):
+    """(key path, tensor) of every tensor in nested dicts and lists."""
+    if isinstance(value, torch.Tensor):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _tensors(item, f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _tensors(item, f"{path}.{i}")
 
 
 def restore_checkpoint(ckpt: dict, *, model, optimizer, scaler, pruner, probe) -> dict:

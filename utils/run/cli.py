@@ -107,7 +107,8 @@ def build_parser(description: str, datasets: list[str], defaults: dict) -> argpa
     g.add_argument("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16"], default=None,
                    help="mixed precision: bf16 on CPU, fp16 on CUDA unless bf16 is asked")
     g.add_argument("--nan_policy", choices=["stop", "skip"], default="stop",
-                   help="on a NaN/Inf loss: stop (keeping the last checkpoint) or skip the batch")
+                   help="on a NaN/Inf loss: stop (keeping the last checkpoint) or skip the batch "
+                        "(and undo its updates of the BN statistics)")
     g.add_argument("--deterministic", action="store_true", help="deterministic kernels")
     g.add_argument("--keep_subnormals", action="store_true",
                    help="keep IEEE subnormal floats on the CPU, as the authors' loop did (bit for "

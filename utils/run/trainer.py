@@ -30,10 +30,11 @@ from ..pruner import Pruner
 from ..report.logger import RunLog
 from ..report.plots import plot_curves, plot_schedule
 from ..report.summary import run_summary
-from .checkpoint import read_checkpoint, restore_checkpoint, resume_changes, write_checkpoint
+from .checkpoint import (read_checkpoint, refuse_non_finite, restore_checkpoint, resume_changes,
+                         write_checkpoint)
 from .cli import check_args, pruning_from_args, record_defaults
 from .data import Data
-from .engine import NonFiniteLoss, evaluate, lr_at, refreshed_bn_copy, train_one_epoch
+from .engine import NonFinite, evaluate, lr_at, refreshed_bn_copy, train_one_epoch
 from .pretrained import initial_model, load_pretrained
 from .sampling import check_seeded
 from .save_path import check_save_path, prepare_save_path
@@ -70,12 +71,10 @@ def _main(args, make_data, check, resume_keys) -> int:
         print("interrupted; the last checkpoint is kept — continue with --resume auto",
               file=sys.stderr)
         return 130
-    except NonFiniteLoss as e:
+    except NonFinite as e:
         if args.debug:
             raise
-        # the learning rate must match on resume: a lower one is a new run
-        print(f"error: {e}; the last good checkpoint is kept — resume it with --nan_policy "
-              "skip, or start again with a lower --learning_rate", file=sys.stderr)
+        print(f"error: {e}; {_after_non_finite(args.save_path)}", file=sys.stderr)
         return 3
     finally:
         dist.cleanup()
@@ -90,6 +89,16 @@ def check_run_args(args, check=None) -> Pruning:
     if check is not None:
         check(args)
     return pruning
+
+
+def _after_non_finite(save_path: str) -> str:
+    """What stays and what to do after a non-finite loss or state: the learning rate must
+    match on resume, so a lower one is a new run."""
+    if not os.path.isfile(os.path.join(save_path, "checkpoint.pt")):
+        return ("no checkpoint was written yet — start again with a lower --learning_rate, or "
+                "pass --nan_policy skip")
+    return ("the last good checkpoint is kept — resume it with --nan_policy skip, or start "
+            "again with a lower --learning_rate")
 
 
 def _one_line(e: UserError) -> str:
@@ -418,12 +427,16 @@ class Trainer:
 
     # -- helpers -----------------------------------------------------------------------------
     def save(self, epoch: int, batch: int = 0, state=None) -> None:
+        """checkpoint.pt; a state with NaN or inf is not written (NonFiniteState)."""
         if dist.is_main():
             write_checkpoint(os.path.join(self.args.save_path, "checkpoint.pt"), epoch=epoch,
                              batch=batch, epoch_state=state, args=self.args, data=self.data,
                              model=self.model, optimizer=self.optimizer, scaler=self.scaler,
                              pruner=self.pruner, probe=self.probe, history=self.history,
                              wall=self.wall)
+        else:  # the same refusal on every rank (the replicas are equal): none waits for rank 0
+            refuse_non_finite({"model": self.model.state_dict(),
+                               "optimizer": self.optimizer.state_dict()}, epoch, batch)
         dist.barrier()
 
     def _evaluate(self, model) -> dict:

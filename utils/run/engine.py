@@ -105,8 +105,8 @@ def train_one_epoch(model, loader, optimizer, device, epoch: int, scaler=None,
             if nan_policy != "skip":
                 raise NonFiniteLoss(epoch, i)
             skipped += 1
-            if statistics:
-                torch._foreach_copy_(statistics, before)
+            for statistic, saved in zip(statistics or (), before or ()):
+                statistic.copy_(saved)
         else:
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:

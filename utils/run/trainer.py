@@ -123,12 +123,11 @@ def run(args, make_data, resume_keys: tuple = (), pruning: Pruning | None = None
     ckpt = read_checkpoint(resume, args, seed_given, resume_keys) if resume else None
     if ckpt is not None:
         args.manualSeed = ckpt["args"]["manualSeed"]  # the data order depends on it
-        changes = resume_changes(ckpt, args, resume_keys)
 
     # the seed is final here
     trainer = Trainer(args, make_data(args), device, ckpt is not None, pruning)
     if ckpt is not None:
-        trainer.restore(ckpt, resume, changes)
+        trainer.restore(ckpt, resume, resume_changes(ckpt, args, resume_keys))
     else:
         trainer.start()
     with StopRequest() as stop:

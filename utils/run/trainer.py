@@ -245,6 +245,7 @@ class Trainer:
         self.history, self.wall = [], 0.0
         self.start_epoch, self.start_batch, self.epoch_state = 0, 0, None
         self._refresh_loader = None  # --eval_bn_refresh, built on first use
+        self._args_changed = False  # flags changed on resume, for args.json at the next save
         # when curves.png and schedule.png were last drawn: the schedule is drawn at the start,
         # so a run shorter than PLOT_EVERY_S draws its curves once, when it stops or ends
         self._drawn = time.monotonic()
@@ -293,7 +294,8 @@ class Trainer:
 
     def restore(self, ckpt: dict, path: str, changes: dict | None = None) -> None:
         """Continue from ``ckpt``; ``changes``: the flags given other values than the
-        checkpoint's (only those that may change), logged and recorded in args.json."""
+        checkpoint's (only those that may change), logged now and recorded in args.json with
+        the next checkpoint."""
         where = restore_checkpoint(ckpt, model=self.model, optimizer=self.optimizer,
                                    scaler=self.scaler, pruner=self.pruner, probe=self.probe)
         self.history, self.wall = where["history"], where["wall"]
@@ -308,8 +310,7 @@ class Trainer:
                      "its contents could not be checked")
         for key, (old, new) in (changes or {}).items():
             self.log(f"--{key} changed on resume at {at}: {old} → {new}")
-        if changes:  # args.json then holds the flags the run goes on with
-            self.log.args(dict(vars(self.args)))
+        self._args_changed = bool(changes)
 
     def train_epochs(self, stop) -> int | None:
         """Train until the last epoch; an exit code when stopped early (resumable)."""
@@ -426,16 +427,21 @@ class Trainer:
 
     # -- helpers -----------------------------------------------------------------------------
     def save(self, epoch: int, batch: int = 0, state=None) -> None:
-        """checkpoint.pt; a state with NaN or inf is not written (NonFiniteState)."""
+        """checkpoint.pt; a state with NaN or inf is not written (NonFiniteState). After the
+        first one of a resume that changed flags, args.json holds them too: the folder changes
+        only once the run with them has a checkpoint (a full disk before leaves it as it was)."""
         if dist.is_main():
             write_checkpoint(os.path.join(self.args.save_path, "checkpoint.pt"), epoch=epoch,
                              batch=batch, epoch_state=state, args=self.args, data=self.data,
                              model=self.model, optimizer=self.optimizer, scaler=self.scaler,
                              pruner=self.pruner, probe=self.probe, history=self.history,
                              wall=self.wall)
+            if self._args_changed:
+                self.log.args(dict(vars(self.args)))
         else:  # the same refusal on every rank (the replicas are equal): none waits for rank 0
             refuse_non_finite({"model": self.model.state_dict(),
                                "optimizer": self.optimizer.state_dict()}, epoch, batch)
+        self._args_changed = False
         dist.barrier()
 
     def _evaluate(self, model) -> dict:

@@ -36,7 +36,7 @@ from datasets.imagenet32 import TRAIN_FILES, VAL_FILE
 from tests.cli import entry
 from tests.fake_imagenet import rewrite_npz, truncate_file, write_imagenet32, write_imagenet_folder
 from tests.fake_gsc import write_gsc, write_wav
-from tests.snapshots import files_of, temporaries, write_finished_run
+from tests.snapshots import files_of, flip_exponent_bit, temporaries, write_finished_run
 from tests.fakedata import corrupt_cifar_batch, plant_malicious_batch, write_cifar
 from tests.user_code import run_user_code
 from utils.files import safe_load
@@ -121,6 +121,18 @@ def truncate_checkpoint(p):
     path = os.path.join(p.earlier, "checkpoint.pt")
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
+
+
+def damaged_checkpoint(p):  # one bit flipped on disk: it still loads, with a weight of 1e37
+    flip_exponent_bit(os.path.join(p.earlier, "checkpoint.pt"))
+
+
+def diverged_checkpoint(p):  # as versions before the check wrote it: NaN weights, no digest
+    path = os.path.join(p.earlier, "checkpoint.pt")
+    ckpt = safe_load(path)
+    ckpt["model"]["conv_1_3x3.weight"][0, 0, 0, 0] = float("nan")
+    del ckpt["digest"]
+    torch.save(ckpt, path)
 
 
 def empty_checkpoint(p):  # what some tools leave when the disk fills
@@ -323,6 +335,13 @@ CASES = [
     Case("epochs-0", ["--epochs", "0"], "--epochs must be ≥ 1"),
     Case("workers-negative", ["--workers", "-1"], "--workers must be ≥ 0"),
     Case("learning-rate-0", ["--learning_rate", "0"], "--learning_rate must be > 0"),
+    Case("learning-rate-infinite", ["--learning_rate", "inf"],
+         "--learning_rate must be a finite number (got inf)"),
+    Case("attenuation-not-a-number", ["--attenuation", "nan"],
+         "--attenuation must be a finite number (got nan)"),
+    Case("rate-not-a-number", ["--prune_rate_gm", "nan"],
+         "--prune_rate_gm must be a finite number (got nan)"),
+    Case("momentum-negative", ["--momentum", "-0.9"], "--momentum must be ≥ 0 (got -0.9)"),
     Case("resume-and-overwrite", [*RESUME, "--overwrite"], "contradict each other"),
     Case("evaluate-without-weights", ["--evaluate"], "--evaluate needs"),
     Case("use-pretrain-without-path", ["--use_pretrain"], "--use_pretrain needs --pretrain_path"),
@@ -391,6 +410,12 @@ CASES = [
          "made with --keep_subnormals False, this run asks for True"),
     Case("resume-other-target", [*RESUME, "--target_flops", "0.5"],
          "made with --target_flops None, this run asks for 0.5"),
+    Case("resume-other-batch-size", [*RESUME, "--batch_size", "16"],
+         "made with --batch_size 32, this run asks for 16"),
+    Case("resume-other-learning-rate", [*RESUME, "--learning_rate", "0.1"],
+         "made with --learning_rate 0.01, this run asks for 0.1"),
+    Case("resume-other-schedule", [*RESUME, "--schedule", "1", "2", "--gammas", "1", "0.1"],
+         "made with --schedule 1, this run asks for 1 2"),
     Case("resume-older-checkpoint-format", RESUME, "by an older version", old_format_checkpoint),
     Case("resume-missing-checkpoint", ["--resume", "{tmp}/nope.pt"], "does not exist"),
     Case("resume-a-state-dict", ["--resume", "{tmp}/weights.pt"],
@@ -398,6 +423,10 @@ CASES = [
     Case("corrupt-checkpoint", RESUME, "is corrupt or truncated", truncate_checkpoint,
          subprocess=True),
     Case("empty-checkpoint", RESUME, "is corrupt or truncated", empty_checkpoint),
+    Case("damaged-checkpoint", RESUME, "/earlier/checkpoint.pt is damaged: its contents do not "
+         "match the digest written with them", damaged_checkpoint),
+    Case("diverged-checkpoint", RESUME, "holds NaN or inf in 1 of its tensors (first: "
+         "model.conv_1_3x3.weight): training had diverged", diverged_checkpoint),
     Case("malicious-checkpoint", RESUME, "refusing to load", malicious_checkpoint,
          subprocess=True),
     Case("malicious-pretrain", ["--pretrain_path", "{tmp}/weights.pt"], "refusing to load",

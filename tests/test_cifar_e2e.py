@@ -171,20 +171,40 @@ def test_sigint_stops_at_a_batch_boundary_with_a_resumable_checkpoint(data_root,
     assert_same_run(full_run, save)
 
 
+def corrupt_third_batch(monkeypatch):
+    """The third training batch of the next invocation holds a NaN pixel, as a corrupt sample
+    would: its loss is NaN, while the network stays healthy (a real divergence leaves weights
+    or BN statistics of 1e38, which no checkpoint may keep: tests/test_checkpoint_trust.py)."""
+    import utils.run.engine as engine
+    prepare, seen = engine.prepare, []
+
+    def corrupting(batch, device, transform=None, split="train"):
+        x, y = prepare(batch, device, transform, split)
+        seen.append(split)
+        if split == "train" and seen.count("train") == 3:
+            x = x.clone()
+            x[0, 0, 0, 0] = float("nan")
+        return x, y
+    monkeypatch.setattr(engine, "prepare", corrupting)
+
+
 def test_nonfinite_loss_stops_naming_epoch_and_batch_and_keeps_the_checkpoint(data_root,
-                                                                               tmp_path):
+                                                                               tmp_path,
+                                                                               monkeypatch):
     save = str(tmp_path / "nan")
     run_cifar(*common(data_root, save), "--stop_after", "1")
     ckpt = os.path.join(save, "checkpoint.pt")
     before = open(ckpt, "rb").read()
-    proc = run_cifar(*common(data_root, save), "--resume", "auto", "--learning_rate", "1e30",
-                     check=False)
+    corrupt_third_batch(monkeypatch)
+    proc = run_cifar(*common(data_root, save), "--resume", "auto", check=False)
     assert proc.returncode == 3
     assert proc.stderr.startswith("error: non-finite loss at epoch 1, batch ")
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert open(ckpt, "rb").read() == before
-    skip = run_cifar(*common(data_root, save), "--resume", "auto", "--learning_rate", "1e30",
-                     "--nan_policy", "skip", "--epochs", "3")
+    monkeypatch.undo()
+    corrupt_third_batch(monkeypatch)
+    skip = run_cifar(*common(data_root, save), "--resume", "auto", "--nan_policy", "skip",
+                     "--epochs", "3")
     assert "batches with a non-finite loss (--nan_policy skip)" in skip.stdout
 
 

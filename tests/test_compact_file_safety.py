@@ -18,7 +18,8 @@ import torch
 from tests.soft_pruning import soft_pruned
 from tests.test_compact_zoo import prune_some, timm_build
 from utils.compaction import compact_model, load_compact, save_compact
-from utils.compaction.storage import compact_from_blob, digest
+from utils.compaction.storage import compact_from_blob
+from utils.files import DIGEST_KEY, sealed
 from utils.errors import UserError
 
 SHAPE = (3, 32, 32)
@@ -99,8 +100,8 @@ def mutated(blob: dict, path: tuple, kind: str, new) -> dict:
         parent[new] = value
     else:
         parent[last] = new
-    if {"manifest", "state_dict", "digest"} <= set(blob):  # signed again, as an attacker can
-        blob["digest"] = digest(blob["manifest"], blob["state_dict"])
+    if DIGEST_KEY in blob:  # signed again, as an attacker can
+        blob = sealed({k: v for k, v in blob.items() if k != DIGEST_KEY})
     return blob
 
 
@@ -115,7 +116,8 @@ def renamed(blob: dict, old: str, new: str) -> dict:
     prefix = f"net.{old}."
     state = {f"net.{new}.{k[len(prefix):]}" if k.startswith(prefix) else k: v
              for k, v in blob["state_dict"].items()}
-    return {**blob, "manifest": manifest, "state_dict": state, "digest": digest(manifest, state)}
+    return sealed({**{k: v for k, v in blob.items() if k != DIGEST_KEY}, "manifest": manifest,
+                   "state_dict": state})
 
 
 def load_or_refuse(source, sentinel, x) -> str:

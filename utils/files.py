@@ -1,5 +1,6 @@
-"""Files that cannot be half-written, and checkpoints that never execute pickled code when
-loaded: every writer and reader of the project goes through these.
+"""Files that cannot be half-written, checkpoints that never execute pickled code when
+loaded, and a digest that tells a damaged checkpoint from a good one: every writer and reader
+of the project goes through these.
 
 A write that fails (a full disk, a read-only file system, the file-size limit) raises
 ``WriteFault``: one line naming the file, the reason and the fix, the previous file intact. No
@@ -7,6 +8,7 @@ write follows a symbolic link: a replaced file's link is replaced, an appended o
 (Past the file-size limit, ``ulimit -f``, a write fails with EFBIG: CPython ignores the
 SIGXFSZ that would otherwise kill the process without a word.)"""
 import errno
+import hashlib
 import os
 import pickle
 import re
@@ -205,3 +207,64 @@ def _first_sentence(e: BaseException) -> str:
     """torch's errors run to paragraphs; their first sentence names the problem."""
     text = " ".join(str(e).split())
     return text.split(". ")[0] if text else type(e).__name__
+
+
+# --- the digest written inside a checkpoint ----------------------------------------------------
+# torch's zip reader checks no checksum: a bit flipped on disk or in a copy loads as a plausible
+# number (an exponent bit turns 0.05 into 1e37). A digest of the contents, written with them and
+# checked on every load for use, turns that into one line naming the file. It detects damage,
+# not tampering: anyone can recompute it.
+
+DIGEST_KEY = "digest"
+_ALGORITHM = "sha256"
+
+
+def sealed(obj: dict) -> dict:
+    """``obj`` with the digest of its contents under DIGEST_KEY, for ``atomic_save``."""
+    return {**obj, DIGEST_KEY: f"{_ALGORITHM}:{content_digest(obj)}"}
+
+
+def seal_matches(obj) -> bool | None:
+    """None when ``obj`` carries no digest, else whether its contents match it."""
+    digest = obj.get(DIGEST_KEY) if isinstance(obj, dict) else None
+    if not (isinstance(digest, str) and digest.startswith(_ALGORITHM + ":")):
+        return None
+    return digest == f"{_ALGORITHM}:{content_digest(obj)}"
+
+
+def check_seal(obj, path: str) -> bool:
+    """True when ``obj`` (as loaded from ``path``) carries a digest and its contents match it,
+    False when it carries none (written before digests, or not by these scripts); a mismatch
+    is a UserError naming the file."""
+    matches = seal_matches(obj)
+    if matches is False:
+        raise UserError(f"checkpoint {path} is damaged: its contents do not match the digest "
+                        "written with them; use an earlier copy or start again with --overwrite")
+    return bool(matches)
+
+
+def content_digest(obj) -> str:
+    """SHA-256 over ``obj`` (DIGEST_KEY of its top level left out) in a canonical order: each
+    tensor's key path, dtype, shape and bytes, each other value's key path, type and repr
+    (Python's float repr round-trips), mappings in the order of their keys' repr."""
+    h = hashlib.sha256()
+    items = obj.items() if isinstance(obj, dict) else ()
+    _feed(h, "", {k: v for k, v in items if k != DIGEST_KEY} if isinstance(obj, dict) else obj)
+    return h.hexdigest()
+
+
+def _feed(h, path: str, value) -> None:
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"{path}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # any dtype, bfloat16 included
+    elif isinstance(value, dict):
+        h.update(f"{path}|map|{len(value)}\n".encode())
+        for key in sorted(value, key=repr):
+            _feed(h, f"{path}/{key!r}", value[key])
+    elif isinstance(value, (list, tuple)):
+        h.update(f"{path}|seq|{len(value)}\n".encode())
+        for i, item in enumerate(value):
+            _feed(h, f"{path}/{i}", item)
+    else:
+        h.update(f"{path}|{type(value).__name__}|{value!r}\n".encode())

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..files import safe_load
+from ..files import check_seal, safe_load
 from ..method.graph import unwrap
 from .cost import compact_cost, network_cost
 from .fpgm import fpgm_flops_reduction
@@ -69,6 +69,7 @@ def _load_checkpoint(path) -> tuple[Path, dict]:
     if missing or "selected" not in ckpt["mask"]:
         raise UserError(f"{path} lacks {missing or ['mask.selected']}: it is not an FSDP training "
                         "checkpoint; pass the checkpoint.pt of a finished run")
+    check_seal(ckpt, str(path))
     return path, ckpt
 
 

@@ -11,14 +11,12 @@ fit together, and only then allocates memory and loads the weights. Any failure 
 Format 4 adds the digest; files of format 3 (no digest) still load, with every other check.
 Files of the ResNet-only formats 1 and 2 are refused: their run's checkpoint rebuilds them.
 """
-import hashlib
-import json
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
-from ..files import atomic_save, safe_load
+from ..files import DIGEST_KEY, atomic_save, safe_load, seal_matches, sealed
 from .manifest import ManifestError
 from .network import CompactNet
 
@@ -36,19 +34,8 @@ def save_compact(model: CompactNet, path) -> None:
         raise UserError(f"save_compact needs the output of compact_model, got "
                         f"{type(model).__name__}")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_save({"format": FORMAT, "version": FORMAT_VERSION, "manifest": model.manifest,
-                 "state_dict": state, "digest": digest(model.manifest, state)}, str(path))
-
-
-def digest(manifest: dict, state: dict) -> str:
-    """SHA-256 of the manifest (canonical JSON) and of every tensor (name, dtype, shape and
-    bytes, in name order)."""
-    h = hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode())
-    for key in sorted(state):
-        t = state[key].detach().cpu().contiguous()
-        h.update(f"\0{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    atomic_save(sealed({"format": FORMAT, "version": FORMAT_VERSION,
+                        "manifest": model.manifest, "state_dict": state}), str(path))
 
 
 def load_compact(path, map_location="cpu") -> CompactNet:
@@ -98,7 +85,7 @@ def _parts(blob, path: Path) -> tuple[dict, dict]:
         raise UserError(f"{path} has compact format version {_short(version)}, this code reads "
                         f"{', '.join(map(str, READABLE))}; re-run the compaction of its run's "
                         "checkpoint (compact_checkpoint)")
-    keys = {"format", "version", "manifest", "state_dict"} | ({"digest"} if version >= 4 else set())
+    keys = {"format", "version", "manifest", "state_dict"} | ({DIGEST_KEY} if version >= 4 else set())
     if set(blob) != keys:
         raise UserError(f"{path} is damaged (its parts are {sorted(map(_short, blob))}, "
                         f"expected {sorted(keys)}); {_AGAIN}")
@@ -110,8 +97,8 @@ def _parts(blob, path: Path) -> tuple[dict, dict]:
                         f"float and index tensors); {_AGAIN}")
     if version >= 4:
         try:
-            same = blob["digest"] == digest(blob["manifest"], state)
-        except (TypeError, ValueError):  # a manifest JSON cannot hold
+            same = seal_matches(blob)
+        except RecursionError:  # nested deeper than any manifest
             same = False
         if not same:
             raise UserError(f"{path} is damaged: its contents do not match the digest written "

@@ -4,6 +4,7 @@ Each script passes its own defaults (the paper's recipe) and dataset choices; ``
 rejects invalid combinations with one line before any work starts.
 """
 import argparse
+import math
 
 from models import MODELS, TIMM, arch_problem
 
@@ -106,7 +107,8 @@ def build_parser(description: str, datasets: list[str], defaults: dict) -> argpa
     g.add_argument("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16"], default=None,
                    help="mixed precision: bf16 on CPU, fp16 on CUDA unless bf16 is asked")
     g.add_argument("--nan_policy", choices=["stop", "skip"], default="stop",
-                   help="on a NaN/Inf loss: stop (keeping the last checkpoint) or skip the batch")
+                   help="on a NaN/Inf loss: stop (keeping the last checkpoint) or skip the batch "
+                        "(and undo its updates of the BN statistics)")
     g.add_argument("--deterministic", action="store_true", help="deterministic kernels")
     g.add_argument("--keep_subnormals", action="store_true",
                    help="keep IEEE subnormal floats on the CPU, as the authors' loop did (bit for "
@@ -134,6 +136,7 @@ def check_args(args) -> None:
     problem = arch_problem(args.arch)
     if problem is not None:
         bad(problem)
+    check_finite_flags(args)
     if args.tau is not None and not args.tau > 4 / 3:
         bad(f"--tau must be > 4/3 (got {args.tau}); the paper uses 10")
     if len(args.schedule) != len(args.gammas):
@@ -153,6 +156,9 @@ def check_args(args) -> None:
         bad(f"--learning_rate must be > 0 (got {args.learning_rate})")
     if args.attenuation < 0:
         bad(f"--attenuation must be ≥ 0 (got {args.attenuation})")
+    for flag in ("momentum", "decay"):
+        if getattr(args, flag) < 0:
+            bad(f"--{flag} must be ≥ 0 (got {getattr(args, flag)})")
     if args.target_flops is not None and args.target_params is not None:
         bad("--target_flops and --target_params contradict each other; give one of them")
     if args.resume and args.overwrite:
@@ -164,6 +170,19 @@ def check_args(args) -> None:
         bad("--evaluate needs --resume PATH or --pretrain_path PATH")
     if args.ngpu == 0:
         args.device = "cpu"
+
+
+def check_finite_flags(args) -> None:
+    """NaN and inf pass every comparison test (``nan < 0`` is False): refused by name before
+    they reach the weights, where a NaN factor would poison every checkpoint after it."""
+    flags = (*(f"prune_rate_{c}" for c in registry()), "tau", "attenuation", "learning_rate",
+             "momentum", "decay", "target_flops", "target_params")
+    for flag in flags:
+        value = getattr(args, flag)
+        if value is not None and not math.isfinite(value):
+            raise UserError(f"--{flag} must be a finite number (got {value})")
+    if not all(math.isfinite(g) for g in args.gammas):
+        raise UserError(f"--gammas must be finite numbers (got {' '.join(map(str, args.gammas))})")
 
 
 def pruning_from_args(args) -> Pruning:

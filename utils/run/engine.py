@@ -13,10 +13,25 @@ from ..distributed import all_reduce_sum, is_main, world_size
 from ..faults import crash_point
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFinite(RuntimeError):
+    """Training produced NaN or inf: the run stops, and its last checkpoint (which holds
+    none) stays as it was."""
+
+
+class NonFiniteLoss(NonFinite):
     def __init__(self, epoch: int, batch: int):
         super().__init__(f"non-finite loss at epoch {epoch}, batch {batch}")
         self.epoch, self.batch = epoch, batch
+
+
+class NonFiniteState(NonFinite):
+    """The weights or the optimizer's state hold NaN or inf where a checkpoint was due, so it
+    was not written: ``names`` are their key paths (``model.conv1.weight``)."""
+
+    def __init__(self, where: str, names: list[str]):
+        super().__init__(f"the state {where} holds NaN or inf in {len(names)} of its tensors "
+                         f"(first: {names[0]}), so it was not written")
+        self.names = names
 
 
 def lr_at(epoch: int, base_lr: float, schedule: list[int], gammas: list[float]) -> float:
@@ -76,8 +91,12 @@ def train_one_epoch(model, loader, optimizer, device, epoch: int, scaler=None,
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if is_main() else True,
                dynamic_ncols=True, initial=start_batch, total=total)
     interrupted = False
+    # a skipped batch leaves no trace: its forward pass would still have folded its overflow
+    # into the BatchNorm running statistics, which the next checkpoint then refuses
+    statistics = _running_statistics(model) if nan_policy == "skip" else None
     for i, batch in enumerate(bar, start=start_batch):
         x, y = prepare(batch, device, transform, "train")
+        before = [s.clone() for s in statistics] if statistics else None
         with autocast(device, amp_dtype):
             logits = model(x)
             loss = F.cross_entropy(logits, y)
@@ -86,6 +105,8 @@ def train_one_epoch(model, loader, optimizer, device, epoch: int, scaler=None,
             if nan_policy != "skip":
                 raise NonFiniteLoss(epoch, i)
             skipped += 1
+            for statistic, saved in zip(statistics or (), before or ()):
+                statistic.copy_(saved)
         else:
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -115,6 +136,12 @@ def train_one_epoch(model, loader, optimizer, device, epoch: int, scaler=None,
     out.update(skipped=skipped, seconds=time.time() - start, interrupted=interrupted,
                batches=done, state=state)
     return out
+
+
+def _running_statistics(model: nn.Module) -> list[torch.Tensor]:
+    """The buffers a forward pass in train mode updates: BatchNorm's running statistics."""
+    return [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
 
 
 @torch.no_grad()

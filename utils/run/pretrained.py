@@ -3,7 +3,7 @@ for ``--arch timm:NAME`` with ``--use_pretrain`` and no path, timm's published w
 from models import TIMM, build_model
 
 from ..errors import UserError
-from ..files import safe_load
+from ..files import check_seal, safe_load
 
 
 def initial_model(args, num_classes: int, in_channels: int, resuming: bool = False):
@@ -27,6 +27,7 @@ def initial_model(args, num_classes: int, in_channels: int, resuming: bool = Fal
 def load_pretrained(model, path: str, arch: str) -> None:
     """Plain state dicts, DataParallel/DDP ``module.``-prefixed ones, and our checkpoints."""
     obj = safe_load(path)
+    check_seal(obj, path)  # one of our checkpoints (--evaluate --resume, a run's weights)
     made_with = ""
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         made_with = f" (it was made with --arch {obj['arch']})" if obj.get("arch") else ""

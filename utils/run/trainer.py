@@ -30,10 +30,11 @@ from ..pruner import Pruner
 from ..report.logger import RunLog
 from ..report.plots import plot_curves, plot_schedule
 from ..report.summary import run_summary
-from .checkpoint import read_checkpoint, restore_checkpoint, write_checkpoint
+from .checkpoint import (read_checkpoint, refuse_non_finite, restore_checkpoint, resume_changes,
+                         write_checkpoint)
 from .cli import check_args, pruning_from_args, record_defaults
 from .data import Data
-from .engine import NonFiniteLoss, evaluate, lr_at, refreshed_bn_copy, train_one_epoch
+from .engine import NonFinite, evaluate, lr_at, refreshed_bn_copy, train_one_epoch
 from .pretrained import initial_model, load_pretrained
 from .sampling import check_seeded
 from .save_path import check_save_path, file_identities, prepare_save_path
@@ -72,11 +73,10 @@ def _main(args, make_data, check, resume_keys) -> int:
         print("interrupted; the last checkpoint is kept — continue with --resume auto",
               file=sys.stderr)
         return 130
-    except NonFiniteLoss as e:
+    except NonFinite as e:
         if args.debug:
             raise
-        print(f"error: {e}; the last good checkpoint is kept — lower --learning_rate, or pass "
-              "--nan_policy skip", file=sys.stderr)
+        print(f"error: {e}; {_after_non_finite(args.save_path)}", file=sys.stderr)
         return 3
     finally:
         lock.release(args.save_path)
@@ -92,6 +92,16 @@ def check_run_args(args, check=None) -> Pruning:
     if check is not None:
         check(args)
     return pruning
+
+
+def _after_non_finite(save_path: str) -> str:
+    """What stays and what to do after a non-finite loss or state: the learning rate must
+    match on resume, so a lower one is a new run."""
+    if not os.path.isfile(os.path.join(save_path, "checkpoint.pt")):
+        return ("no checkpoint was written yet — start again with a lower --learning_rate, or "
+                "pass --nan_policy skip")
+    return ("the last good checkpoint is kept — resume it with --nan_policy skip, or start "
+            "again with a lower --learning_rate")
 
 
 def _one_line(e: UserError) -> str:
@@ -121,7 +131,7 @@ def run(args, make_data, resume_keys: tuple = (), pruning: Pruning | None = None
     # the seed is final here
     trainer = Trainer(args, make_data(args), device, ckpt is not None, pruning, checked)
     if ckpt is not None:
-        trainer.restore(ckpt, resume)
+        trainer.restore(ckpt, resume, resume_changes(ckpt, args, resume_keys))
     else:
         trainer.start()
     with StopRequest() as stop:
@@ -240,6 +250,7 @@ class Trainer:
         self.history, self.wall = [], 0.0
         self.start_epoch, self.start_batch, self.epoch_state = 0, 0, None
         self._refresh_loader = None  # --eval_bn_refresh, built on first use
+        self._args_changed = False  # flags changed on resume, for args.json at the next save
         # when curves.png and schedule.png were last drawn: the schedule is drawn at the start,
         # so a run shorter than PLOT_EVERY_S draws its curves once, when it stops or ends
         self._drawn = time.monotonic()
@@ -286,7 +297,10 @@ class Trainer:
             if self.probe is not None:
                 self.probe.selected(self.pruner.selected())
 
-    def restore(self, ckpt: dict, path: str) -> None:
+    def restore(self, ckpt: dict, path: str, changes: dict | None = None) -> None:
+        """Continue from ``ckpt``; ``changes``: the flags given other values than the
+        checkpoint's (only those that may change), logged now and recorded in args.json with
+        the next checkpoint."""
         where = restore_checkpoint(ckpt, model=self.model, optimizer=self.optimizer,
                                    scaler=self.scaler, pruner=self.pruner, probe=self.probe)
         self.history, self.wall = where["history"], where["wall"]
@@ -296,6 +310,12 @@ class Trainer:
         at = f"epoch {self.start_epoch}" + (f", batch {self.start_batch}" if self.start_batch
                                             else "")
         self.log(f"resumed from {path} at {at}")
+        if not where["digest"]:
+            self.log(f"note: {path} carries no digest (written before checkpoints had one), so "
+                     "its contents could not be checked")
+        for key, (old, new) in (changes or {}).items():
+            self.log(f"--{key} changed on resume at {at}: {old} → {new}")
+        self._args_changed = bool(changes)
 
     def train_epochs(self, stop) -> int | None:
         """Train until the last epoch; an exit code when stopped early (resumable)."""
@@ -412,12 +432,21 @@ class Trainer:
 
     # -- helpers -----------------------------------------------------------------------------
     def save(self, epoch: int, batch: int = 0, state=None) -> None:
+        """checkpoint.pt; a state with NaN or inf is not written (NonFiniteState). After the
+        first one of a resume that changed flags, args.json holds them too: the folder changes
+        only once the run with them has a checkpoint (a full disk before leaves it as it was)."""
         if dist.is_main():
             write_checkpoint(os.path.join(self.args.save_path, "checkpoint.pt"), epoch=epoch,
                              batch=batch, epoch_state=state, args=self.args, data=self.data,
                              model=self.model, optimizer=self.optimizer, scaler=self.scaler,
                              pruner=self.pruner, probe=self.probe, history=self.history,
                              wall=self.wall)
+            if self._args_changed:
+                self.log.args(dict(vars(self.args)))
+        else:  # the same refusal on every rank (the replicas are equal): none waits for rank 0
+            refuse_non_finite({"model": self.model.state_dict(),
+                               "optimizer": self.optimizer.state_dict()}, epoch, batch)
+        self._args_changed = False
         dist.barrier()
 
     def _evaluate(self, model) -> dict:

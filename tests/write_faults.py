@@ -1,8 +1,9 @@
 """The write faults of tests/test_run_folder.py, made real in one interpreter of their own (its
 imports paid once): the file-size limit (RLIMIT_FSIZE), a tiny file system (tmpfs) and a run
-folder remounted read-only in the middle of a run. The mounts need root and a mount namespace
-of this process's own (``unshare -m``), so that nothing outside it sees them; without them
-those scenarios say why they were skipped.
+folder remounted read-only in the middle of a run. The mounts need a mount namespace of this
+process's own (``unshare -m``, or ``unshare -rm`` for a user other than root), so that nothing
+outside it sees them; where the machine gives none, those scenarios say why they could not run
+(and their tests fail).
 
     python -m tests.write_faults WORKDIR      # writes WORKDIR/results.json
 
@@ -125,8 +126,9 @@ def disk_full(w: Work) -> dict:
 
 
 def read_only_mid_run(w: Work) -> dict:
-    """The folder turns read-only right after the resumed epoch's checkpoint: metrics.csv,
-    written next, fails (and the new checkpoint is the one that loads)."""
+    """The folder turns read-only right after the resumed epoch's checkpoint: args.json,
+    written next (the copy's --save_path changed on resume, so it is recorded with the first
+    checkpoint after it), fails, and the new checkpoint is the one that loads."""
     save = w.copy_of_earlier("read-only-mid-run", ["--bind"])
     log = _log(save)
     real = utils.run.trainer.write_checkpoint
@@ -181,7 +183,8 @@ def mounts_work(root: str) -> str | None:
         _mount("--make-private", probe)
         subprocess.run(["umount", probe], check=True, capture_output=True)
     except (OSError, subprocess.CalledProcessError) as e:
-        return f"cannot mount here ({getattr(e, 'stderr', b'') or e}); needs root and unshare -m"
+        return (f"cannot mount here ({getattr(e, 'stderr', b'') or e}); needs a mount "
+                "namespace (unshare -m, or unshare -rm)")
     return None
 
 

@@ -33,7 +33,7 @@ def make_data(args) -> Data:
 
 def parser():
     return build_parser("Fractional Step Discriminant Pruning on CIFAR",
-                        ["cifar10", "cifar100", "fashion_demo"], DEFAULTS)
+                        ["cifar10", "cifar100", "fashion_demo"], DEFAULTS, script="cifar")
 
 
 if __name__ == "__main__":

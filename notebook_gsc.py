@@ -48,20 +48,9 @@ def make_data(args) -> Data:
 
 def parser():
     p = build_parser("Fractional Step Discriminant Pruning on Google Speech Commands",
-                     ["gsc", "gsc_v2"], DEFAULTS)
-    g = p.add_argument_group("Speech Commands")
-    g.add_argument("--cache_dir", default=None,
-                   help="where the decoded clips are cached; none given: gsc_cache beside "
-                        "--save_path")
-    g.add_argument("--multi_crop", action="store_true",
-                   help="evaluate the test split as the average softmax of 4 views per clip")
-    g.add_argument("--input", choices=["mel32"], default="mel32",
-                   help="accepted for compatibility: 32 mel bands × 32 frames")
+                     ["gsc", "gsc_v2"], DEFAULTS, script="gsc")
     return p
 
 
-# a resumed run must evaluate as it started: --multi_crop changes the test metric
-RESUME_KEYS = ("multi_crop",)
-
 if __name__ == "__main__":
-    sys.exit(main(parser(), make_data, resume_keys=RESUME_KEYS))
+    sys.exit(main(parser(), make_data))

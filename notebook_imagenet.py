@@ -18,7 +18,6 @@ from datasets.imagenet32 import imagenet32_data
 from datasets.imagenet_folder import imagenet_data
 from models import resolve_imagenet
 from utils.run.cli import build_parser
-from utils.errors import UserError
 from utils.run.data import Data
 from utils.run.trainer import main
 
@@ -31,8 +30,6 @@ IMAGENET = dict(IMAGENET32, arch="imagenet_resnet50", epochs=100, batch_size=256
                 learning_rate=0.1, schedule=[30, 60, 90], gammas=[0.1, 0.1, 0.1], decay=1e-4,
                 nesterov=0, data_path="datasets/ILSVRC2012")  # FPGM's SGD: plain momentum
 RECIPES = {"imagenet32": IMAGENET32, "imagenet": IMAGENET}
-# the script's own flags that shape the data: a resumed run must keep them
-RESUME_KEYS = ("cs_samples", "crop_size", "resize_size")
 
 
 def recipe(dataset: str) -> dict:
@@ -48,12 +45,6 @@ def make_data(args) -> Data:
         return imagenet32_data(args.data_path, args.manualSeed)
     return imagenet_data(args.data_path, args.manualSeed, args.cs_samples, args.crop_size,
                          args.resize_size)
-
-
-def check(args) -> None:
-    for flag in ("cs_samples", "crop_size", "resize_size"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag} must be ≥ 1 (got {getattr(args, flag)})")
 
 
 class RecipeParser:
@@ -79,16 +70,9 @@ def parser() -> RecipeParser:
     p = build_parser("Fractional Step Discriminant Pruning on ImageNet32 and ImageNet "
                      "(--dataset imagenet switches the defaults to FPGM's ImageNet recipe: "
                      "imagenet_resnet50, 100 epochs, batch 256, lr 0.1 ×0.1 at 30/60/90, "
-                     "wd 1e-4)", list(RECIPES), IMAGENET32)
-    g = p.add_argument_group("ImageNet")
-    g.add_argument("--cs_samples", type=int, default=50000,
-                   help="--dataset imagenet: size of the fixed random training subset the CS "
-                        "pass reads (ImageNet32 uses the first training file and its mirror)")
-    g.add_argument("--crop_size", type=int, default=224, help="--dataset imagenet: input size")
-    g.add_argument("--resize_size", type=int, default=256,
-                   help="--dataset imagenet: shorter side before the evaluation centre crop")
+                     "wd 1e-4)", list(RECIPES), IMAGENET32, script="imagenet")
     return RecipeParser(p)
 
 
 if __name__ == "__main__":
-    sys.exit(main(parser(), make_data, check=check, resume_keys=RESUME_KEYS))
+    sys.exit(main(parser(), make_data))

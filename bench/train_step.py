@@ -35,7 +35,7 @@ from utils.method.graph import find_prunable_convs
 from utils.method.mask import Mask
 from utils.method.methods import METHODS
 from utils.method.schedule import asymptotic_schedule
-from utils.report.logger import ADDED_FLAGS
+from utils.report import config
 from utils.run.cli import pruning_from_args
 from utils.run.engine import lr_at
 
@@ -95,7 +95,7 @@ class LateRun:
     training step of the run (its mask scales the selected filters' gradients)."""
 
     def __init__(self, ckpt: dict, device, flush_state: bool = False, mask: bool = True):
-        run = argparse.Namespace(**{**ADDED_FLAGS, **ckpt["args"]})  # flags added since the run
+        run = argparse.Namespace(**{**config.added_defaults(), **ckpt["args"]})  # flags added since the run
         self.model = build_model(run.arch, ckpt["num_classes"], ckpt["in_channels"]).to(device)
         self.model.load_state_dict(ckpt["model"])
         self.opt = torch.optim.SGD(self.model.parameters(), lr=run.learning_rate,

@@ -12,8 +12,7 @@ from utils.run.trainer import main
 
 def entry(module, argv) -> int:
     """What ``python <script> argv`` runs, in this process."""
-    return main(module.parser(), module.make_data, argv, check=getattr(module, "check", None),
-                resume_keys=getattr(module, "RESUME_KEYS", ()))
+    return main(module.parser(), module.make_data, argv, check=getattr(module, "check", None))
 
 
 def run_in_process(module, *args, check=True) -> subprocess.CompletedProcess:

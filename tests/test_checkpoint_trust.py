@@ -17,8 +17,8 @@ from tests.cli import entry, run_in_process
 from tests.fakedata import write_cifar
 from tests.snapshots import files_of, flip_exponent_bit
 from utils.files import DIGEST_KEY, check_seal, safe_load
-from utils.run.checkpoint import (RESUME_IGNORED, RESUME_MAY_CHANGE, RESUME_MUST_MATCH,
-                                  non_finite, refuse_non_finite, resume_must_match)
+from utils.report import config
+from utils.run.checkpoint import non_finite, refuse_non_finite
 from utils.run.cli import build_parser
 from utils.run.engine import NonFiniteState
 from utils.run.trainer import Trainer
@@ -54,16 +54,20 @@ def run(stopped_run, tmp_path):
     return copy, [*BASE, "--data_path", data, "--save_path", copy, "--resume", "auto"]
 
 
-def test_every_shared_flag_either_must_match_may_change_or_is_ignored_on_resume():
-    """A new flag must be placed in one of the three lists (utils/run/checkpoint.py)."""
-    flags = {a.dest for a in build_parser("", ["cifar10"], {})._actions if a.dest != "help"}
-    lists = [set(resume_must_match()), set(RESUME_MAY_CHANGE), set(RESUME_IGNORED)]
+@pytest.mark.parametrize("script", ["cifar", "imagenet", "gsc"])
+def test_every_flag_either_must_match_may_change_or_is_ignored_on_resume(script):
+    """Every flag of a script's parser has one resume role in the run configuration
+    (utils/report/config.py)."""
+    flags = {a.dest for a in build_parser("", ["cifar10"], {}, script)._actions
+             if a.dest != "help"}
+    lists = [set(config.must_match(script)), set(config.may_change(script)),
+             set(config.ignored_on_resume(script))]
     assert flags == set().union(*lists)
     assert sum(len(s) for s in lists) == len(flags), "a flag in two lists"
     for key in ("batch_size", "learning_rate", "momentum", "decay", "nesterov", "schedule",
                 "gammas", "amp", "epoch_prune", "epoch_apply_cs", "batch_prune_size",
                 "max_iter_cs", "cs_mode"):
-        assert key in RESUME_MUST_MATCH
+        assert key in lists[0]
 
 
 def test_a_flag_that_may_change_is_logged_and_recorded_in_args_json(run):

@@ -11,7 +11,8 @@ from torch import nn
 import notebook_cifar
 from tests.fakedata import write_cifar
 from utils import subnormals
-from utils.errors import UserError
+from utils.errors import OptionError, UserError
+from utils.run.cli import cli_words
 from utils.method.graph import find_prunable_convs
 from utils.method.mask import Mask
 from utils.method.methods import resolve
@@ -125,8 +126,12 @@ def test_schedules_of_the_presets():
     ("fpgm", dict(norm=0.6, gm=0.5), "must be < 1"),
 ])
 def test_a_method_refuses_a_rate_it_does_not_use(method, flag, match):
+    """(Worded as the scripts word the core's option errors: with their flags.)"""
     with pytest.raises(UserError, match=match):
-        resolve(method, flag, 4)
+        try:
+            resolve(method, flag, 4)
+        except OptionError as e:
+            raise UserError(e.render(cli_words)) from None
     resolve(method, {k: 0.0 for k in flag}, 4)  # zero is fine
 
 

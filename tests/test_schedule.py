@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from utils.method.schedule import asymptotic_schedule, count, solve_xi
+from utils.method.schedule import asymptotic_schedule, constant_schedule, count, solve_xi
 
 
 def test_known_values_of_the_paper_setting():
@@ -70,3 +70,26 @@ def test_count_floors_with_tolerance():
     assert count(10, 0.7 - 0.1) == 6          # 5.999999999999999 without the tolerance
     assert count(16, 0.1) + count(16, 0.5 - 0.1) == 7  # the reference's 7 of 16
     assert count(16, 0.0) == 0 and count(15, 0.0666) == 0
+
+
+def test_a_schedule_holds_no_array_over_its_epochs():
+    """A run of 10⁹ epochs stopped after one took 22 GB when the schedule held its rates for
+    every epoch: now what a schedule holds, and what its figure draws, does not grow with the
+    epochs; an epoch's values are those of the schedule computed over every epoch."""
+    import tracemalloc
+
+    small = asymptotic_schedule(0.1, 0.4, 200, attenuation=0.2)
+    for e in (0, 1, 5, 50, 198, 199):
+        assert small.at(e) == {"theta": small.theta[e], "first": small.theta_first[e],
+                               "second": small.theta_second[e], "zeta": small.zeta[e]}
+    tracemalloc.start()
+    try:
+        for sched in (asymptotic_schedule(0.1, 0.4, 10 ** 9), constant_schedule(0.5, 0, 10 ** 9)):
+            first, last = sched.at(1), sched.at(10 ** 9 - 1)
+            curves = sched.curves()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2 ** 20, f"{peak} bytes"  # one array over the epochs: 8 GB
+    assert 0 < first["theta"] < last["theta"] == pytest.approx(0.5) and last["zeta"] == 0
+    assert len(curves.epochs) == 2001 and curves.epochs[-1] == 10 ** 9 - 1

@@ -45,13 +45,8 @@ from .method.budget import TOLERANCE, PlanMaker, counted_once
 from .method.criteria import criterion
 from .method.graph import PrunableConv, find_prunable_convs, unwrap
 from .method.mask import Mask
-from .method.methods import Pruning, Spelling, resolve
-from .method.schedule import Schedule
-
-API = Spelling(rate="rates['{}']", method="method {!r}", tau="tau", zero_scaling="zero_scaling",
-               attenuate="attenuate='bn'", target="target={{'{kind}': {value:g}}}",
-               any_target="target={'flops': F} or target={'params': P}",
-               allocation="allocation={!r}")
+from .method.methods import Pruning, resolve
+from .method.schedule import Curves
 
 
 class Pruner:
@@ -64,8 +59,7 @@ class Pruner:
                  include: str | None = None, exclude: str | None = None,
                  convs: list[PrunableConv] | None = None, amp_dtype=None, cs_transform=None,
                  class_names=None, log=None, auto_start: bool = True,
-                 target: dict | None = None, allocation: str | None = None, input_shape=None,
-                 spell: Spelling = API):
+                 target: dict | None = None, allocation: str | None = None, input_shape=None):
         """``method``: a name (``fsdp``, ``fpgm``, ``sfp``, ``asfp``, ``l1``) with ``rates``
         ({criterion: final share}, the method's defaults where missing) and ``epochs``, or a
         resolved ``Pruning``. ``cs_data``: a loader of (inputs, labels) for the CS pass
@@ -73,8 +67,7 @@ class Pruner:
         ``exclude``: regexes on conv names; ``convs`` an explicit list instead.
         ``auto_start=False``: the first mask only when ``start()`` is called.
         ``target``: {"flops": F} or {"params": P} instead of rates (``input_shape``, (C, H, W),
-        needed to count them); ``allocation``: "uniform" (default) or "global". ``spell``: how
-        messages name the options (the scripts' flags for them)."""
+        needed to count them); ``allocation``: "uniform" (default) or "global"."""
         self.model = unwrap(model)
         if isinstance(method, Pruning):
             self.pruning = method
@@ -82,7 +75,7 @@ class Pruner:
             if epochs is None:
                 raise UserError("Pruner needs epochs=: the schedule runs over the whole training")
             self.pruning = resolve(method, rates, epochs, tau, attenuation, zero_scaling,
-                                   attenuate, prune_every, spell, target, allocation)
+                                   attenuate, prune_every, target, allocation)
         self.convs = convs if convs is not None else find_prunable_convs(self.model, include,
                                                                          exclude)
         if not self.convs:
@@ -90,7 +83,7 @@ class Pruner:
                             "the Conv2d layers whose output goes through a BatchNorm2d; check "
                             "include=/exclude=, or prune a model that has conv→BN pairs")
         self.log = log or (lambda msg, echo=True: None)
-        plan, maker = self._budget(input_shape, round_to, spell)
+        plan, maker = self._budget(input_shape, round_to)
         data_pass = None
         if self.pruning.method.uses_data:
             data_pass = self._data_pass(cs_data, num_classes, cs_mode, cs_batches, amp_dtype,
@@ -106,7 +99,7 @@ class Pruner:
         self._start_hook = (self.model.register_forward_pre_hook(self._start_on_training)
                             if auto_start else None)
 
-    def _budget(self, input_shape, round_to: int, spell: Spelling):
+    def _budget(self, input_shape, round_to: int):
         """A target's plan (uniform: now) or its maker (global: from the scores during the
         run); the convs become those the target counts (``budget.counted_once``)."""
         self.allocator = None
@@ -119,7 +112,7 @@ class Pruner:
         self.convs = counted_once(self.convs)
         cost = NetworkCost(self.model, input_shape)
         self.allocator = Allocator(self.convs, lambda pruned: cost(pruned)[target.index], target,
-                                   self.pruning.first_share, round_to, spell)
+                                   self.pruning.first_share, round_to)
         if target.allocation == "uniform":
             plan = self.allocator.uniform()
             for line in self.plan_lines(plan):
@@ -255,16 +248,17 @@ class Pruner:
             at = {"theta": first + second, "first": first, "second": second}
         return {"theta": at["theta"], **self.pruning.shares(at)}
 
-    def display_schedule(self) -> Schedule:
-        """The schedule as the figures draw it: under a target, θ and the shares as
-        ``shares`` gives them (ζ is the schedule's)."""
+    def display_schedule(self, points: int = 2001) -> Curves:
+        """The schedule as the figures draw it, at most ``points`` epochs of it: under a
+        target, θ and the shares as ``shares`` gives them (ζ is the schedule's)."""
+        curves = self.schedule.curves(points)
         if self.pruning.target is None:
-            return self.schedule
-        rows = [self.shares(e) for e in range(self.schedule.epochs)]
+            return curves
+        rows = [self.shares(int(e)) for e in curves.epochs]
         m = self.pruning.method
         arrays = {key: np.array([r[f"theta_{c}"] if c else 0.0 for r in rows])
                   for key, c in (("theta_first", m.first), ("theta_second", m.second))}
-        return replace(self.schedule, theta=np.array([r["theta"] for r in rows]), **arrays)
+        return replace(curves, theta=np.array([r["theta"] for r in rows]), **arrays)
 
     def widths(self) -> list[tuple[str, int, int, int]]:
         """Per counted layer: (name, filters, filters kept at the end, kept now)."""

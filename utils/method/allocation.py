@@ -22,9 +22,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..errors import UserError
+from ..errors import OptionError
 from .budget import TOLERANCE, Target
-from .methods import Spelling
 from .schedule import count, round_selected, split_counts
 
 Plan = dict[str, tuple[int, int]]
@@ -49,14 +48,14 @@ def normalised(scores: torch.Tensor) -> torch.Tensor:
 
 class Allocator:
     """``convs`` in forward order; ``first_share``: the first criterion's part of a layer's
-    count (the ratio of the given rates); ``spell``: how the user wrote the options."""
+    count (the ratio of the given rates)."""
 
     def __init__(self, convs, cost: Callable[[dict], float], target: Target, first_share: float,
-                 round_to: int = 1, spell: Spelling = Spelling()):
+                 round_to: int = 1):
         self.filters = {c.name: c.filters for c in convs}
         self.cost, self.target, self.first_share = cost, target, first_share
-        self.round_to, self.spell = round_to, spell
-        self.spelled = spell.target.format(kind=target.kind, value=target.fraction)
+        self.round_to = round_to
+        self.spelled = f"⟨target.{target.kind}={target.fraction:g}⟩"
         generator = torch.Generator().manual_seed(0)
         self.orders = {n: torch.randperm(f, generator=generator) for n, f in self.filters.items()}
         self.keep = {n: min(round_to, f) for n, f in self.filters.items()}  # never fewer
@@ -145,7 +144,7 @@ class Allocator:
         """Refuse a target below the floor (every layer at one filter, or ``round_to``)."""
         floor = self.floor()
         if self.target.fraction < floor - TOLERANCE:
-            raise UserError(self._range_message(floor))
+            raise OptionError(self._range_message(floor))
 
     # -- helpers ---------------------------------------------------------------------------------
     def _uniform_plan(self, rate: float) -> Plan:
@@ -167,11 +166,11 @@ class Allocator:
         if self._distance(plan) <= TOLERANCE:
             return
         if self.target.fraction < self.fraction(lowest):
-            raise UserError(self._range_message(self.fraction(lowest)))
-        raise UserError(f"{self.spelled} cannot be met within 1 % of the dense {self.target.unit} "
-                        f"with one rate for every layer: the nearest plan keeps "
-                        f"{self.fraction(plan):.3f}; give a target near it, or use "
-                        f"{self.spell.allocation.format('global')} (counts per layer)")
+            raise OptionError(self._range_message(self.fraction(lowest)))
+        raise OptionError(f"{self.spelled} cannot be met within 1 % of the dense "
+                          f"{self.target.unit} with one rate for every layer: the nearest plan "
+                          f"keeps {self.fraction(plan):.3f}; give a target near it, or use "
+                          "⟨allocation=global⟩ (counts per layer)")
 
     def _range_message(self, lowest: float) -> str:
         kept = "one filter" if self.round_to == 1 else f"{self.round_to} filters"

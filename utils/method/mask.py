@@ -20,7 +20,7 @@ count of the stored ranking; filters ranked in between are neither selected nor 
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import OptionError
 from .budget import PlanMaker
 from .criteria import criterion
 from .criteria import ScorePass
@@ -42,8 +42,8 @@ class Mask:
     def __init__(self, convs: list[PrunableConv], method: Method, schedule: Schedule,
                  data_pass: ScorePass | None = None, pass_every: int = 2, round_to: int = 1,
                  plan: dict | None = None, plan_maker: PlanMaker | None = None):
-        if pass_every < 1:
-            raise ValueError(f"pass_every must be ≥ 1 (got {pass_every})")
+        if isinstance(pass_every, bool) or not isinstance(pass_every, int) or pass_every < 1:
+            raise OptionError(f"⟨cs_every⟩ must be a whole number ≥ 1 (got {pass_every!r})")
         self.first = criterion(method.first)
         self.second = criterion(method.second) if method.second else None
         if self.second is not None and self.second.from_data:
@@ -54,8 +54,9 @@ class Mask:
         if method.attenuate == "bn":
             plain = [c.bn_name for c in convs if not c.bn.affine]
             if plain:
-                raise UserError(f"--attenuate bn scales the BatchNorm's γ and β, and {plain[0]} has "
-                                "none (affine=False); use --attenuate weights for this model")
+                raise OptionError(f"⟨attenuate=bn⟩ scales the BatchNorm's γ and β, and {plain[0]} "
+                                  "has none (affine=False); use ⟨attenuate=weights⟩ for this "
+                                  "model")
         self.convs, self.method, self.schedule = convs, method, schedule
         self.data_pass, self.pass_every, self.round_to = data_pass, pass_every, round_to
         self.plan, self.plan_maker = plan, plan_maker
@@ -72,7 +73,7 @@ class Mask:
     def active(self) -> bool:
         """False when nothing is ever selected (all rates 0): no CS pass, no GM, no mask work,
         so the run is a plain training loop."""
-        return bool(self.convs) and bool(self.schedule.theta.max() > 0)
+        return bool(self.convs) and self.schedule.peak > 0
 
     # -- counts ----------------------------------------------------------------------------
     def counts(self, filters: int, epoch: int) -> tuple[int, int]:
@@ -101,8 +102,8 @@ class Mask:
 
     def progress(self, epoch: int) -> float:
         """θ(e)/θ3: 0 before anything is selected, 1 from the final count on."""
-        final = float(self.schedule.theta[-1])
-        return float(self.schedule.theta[epoch]) / final if final > 0 else 0.0
+        final = self.schedule.final
+        return self.schedule.at(epoch)["theta"] / final if final > 0 else 0.0
 
     def final_counts(self) -> dict[str, tuple[int, int]]:
         return {c.name: self.layer_counts(c, self.schedule.epochs - 1) for c in self.convs}

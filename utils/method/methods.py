@@ -28,10 +28,11 @@ A method of one's own is a ``Method`` of registered criteria, made known by ``re
 (docs/api.md, 'Your own criterion and method').
 """
 import difflib
+import math
 import re
 from dataclasses import dataclass, field, replace
 
-from ..errors import UserError
+from ..errors import OptionError, UserError
 from .budget import ALLOCATIONS, KINDS, Target
 from .criteria import criterion, registry
 from .schedule import Schedule, asymptotic_schedule, constant_schedule, target_epoch
@@ -133,20 +134,6 @@ def register_method(method: Method) -> Method:
 
 
 @dataclass(frozen=True)
-class Spelling:
-    """How the user wrote each option, for error messages: flags in the scripts, keyword
-    arguments in the API."""
-    rate: str = "--prune_rate_{}"
-    method: str = "--method {}"
-    tau: str = "--tau"
-    zero_scaling: str = "--use_zero_scaling"
-    attenuate: str = "--attenuate bn"
-    target: str = "--target_{kind} {value:g}"
-    any_target: str = "--target_flops F or --target_params P"
-    allocation: str = "--allocation {}"
-
-
-@dataclass(frozen=True)
 class Pruning:
     """A method with its final rates and schedule parameters, checked: what a run prunes."""
     method: Method
@@ -195,99 +182,147 @@ class Pruning:
 
 def resolve(method: str | Method, rates: dict | None, epochs: int, tau: float | None = None,
             attenuation: float = 1.0, zero_scaling: bool = False, attenuate: str = "weights",
-            prune_every: int = 1, spell: Spelling = Spelling(), target: dict | None = None,
+            prune_every: int = 1, target: dict | None = None,
             allocation: str | None = None) -> Pruning:
     """Check a method and its options and fill in its defaults; every problem is one line
-    naming the option as the user spelled it. ``rates``: {criterion: share}, None or a
-    missing key for the method's default, 0 for an unused criterion. ``target``:
-    {"flops": F} or {"params": P}, a budget (``allocation``: uniform or global); the rates
-    then only split each layer's count between the method's two criteria."""
-    if isinstance(method, str):
-        if method not in METHODS:
-            near = difflib.get_close_matches(method, list(METHODS), 3, 0.5)
-            raise UserError(f"unknown method {method!r}; "
-                            + (f"the closest: {', '.join(near)}" if near else
-                               f"choose one of: {', '.join(METHODS)}"))
-        method = METHODS[method]
+    naming the option (``OptionError``: the API's keyword, or the scripts' flag). ``rates``:
+    {criterion: share}, None or a missing key for the method's default, 0 for an unused
+    criterion. ``target``: {"flops": F} or {"params": P}, a budget (``allocation``: uniform or
+    global); the rates then only split each layer's count between the method's two criteria."""
+    method = _method(method)
+    if attenuate not in ATTENUATE:
+        raise OptionError(f"⟨attenuate⟩ must be one of {', '.join(ATTENUATE)} (got "
+                          f"{attenuate!r})")
     method = method.with_attenuate(attenuate)
-    given = dict(rates or {})
-    unknown = sorted(set(given) - set(registry()))
-    if unknown:
-        raise UserError(f"unknown criterion {unknown[0]!r} in the rates; known: "
-                        f"{', '.join(registry())}")
-    negative = [f"{spell.rate.format(c)} {v}" for c, v in given.items() if v is not None and v < 0]
-    if negative:
-        raise UserError(f"pruning rates must be ≥ 0 (got {', '.join(negative)})")
-    name = spell.method.format(method.name)
-    resolved = {}
-    for c in method.criteria:
-        value = given.get(c)
-        resolved[c] = float(method.default_rates[method.criteria.index(c)]
-                            if value is None else value)
+    given = _rates(rates)
+    m = f"⟨method={method.name}⟩"
+    resolved = {c: float(method.default_rate(c) if given.get(c) is None else given[c])
+                for c in method.criteria}
     for c, value in given.items():
         if c not in method.criteria and value:
-            used = " and ".join(spell.rate.format(u) for u in method.criteria)
-            raise UserError(f"{name} does not use {spell.rate.format(c)} (it prunes by {used}); "
-                            f"drop {spell.rate.format(c)} or choose a method that uses it")
+            used = " and ".join(f"⟨rates.{u}⟩" for u in method.criteria)
+            raise OptionError(f"{m} does not use ⟨rates.{c}⟩ (it prunes by {used}); drop "
+                              f"⟨rates.{c}⟩ or choose a method that uses it")
     total = sum(resolved.values())
     if total >= 1:
-        used = " + ".join(f"{spell.rate.format(c)} {v:g}" for c, v in resolved.items())
-        raise UserError(f"{used} must be < 1 (got {total:g}); lower one of them")
-    if tau is None:
-        tau = method.tau
-    elif not method.asymptotic:
-        raise UserError(f"{name} prunes at a constant rate from epoch 0, so {spell.tau} has no "
-                        "effect; drop it (or use method fsdp/asfp)")
-    elif not tau > 4 / 3:
-        raise UserError(f"{spell.tau} must be > 4/3 (got {tau}); the paper uses 10")
+        used = " + ".join(f"⟨rates.{c}⟩ {v:g}" for c, v in resolved.items())
+        raise OptionError(f"{used} must be < 1 (got {total:g}); lower one of them")
+    tau = _tau(method, tau, m)
+    _number(attenuation, "attenuation", lo=0)
+    if not isinstance(zero_scaling, bool):
+        raise OptionError(f"⟨zero_scaling⟩ must be True or False (got {zero_scaling!r})")
     if zero_scaling and not method.fractional:
-        raise UserError(f"{spell.zero_scaling} is FSDP's option; {name} already sets the "
-                        "selected weights to zero; drop it")
+        raise OptionError(f"⟨zero_scaling⟩ is FSDP's option; {m} already sets the selected "
+                          "weights to zero; drop it")
     if attenuate == "bn" and total == 0:
-        raise UserError(f"{spell.attenuate} attenuates the selected channels, and with every "
-                        "pruning rate 0 none is ever selected; drop it or give a rate")
-    if epochs < 1:
-        raise UserError(f"epochs must be ≥ 1 (got {epochs})")
-    budget = check_target(method, given, resolved, target, allocation, spell)
-    return Pruning(method, resolved, epochs, tau, attenuation, zero_scaling, prune_every, budget)
+        raise OptionError("⟨attenuate=bn⟩ attenuates the selected channels, and with every "
+                          "pruning rate 0 none is ever selected; drop it or give a rate")
+    _count(epochs, "epochs")
+    _count(prune_every, "prune_every")
+    budget = check_target(method, given, resolved, target, allocation)
+    return Pruning(method, resolved, epochs, tau, float(attenuation), zero_scaling, prune_every,
+                   budget)
+
+
+def _method(method) -> Method:
+    if isinstance(method, Method):
+        return method
+    if not isinstance(method, str) or method not in METHODS:
+        near = difflib.get_close_matches(str(method), list(METHODS), 3, 0.5)
+        raise OptionError(f"unknown ⟨method⟩ {method!r}; "
+                          + (f"the closest: {', '.join(near)}" if near else
+                             f"choose one of: {', '.join(METHODS)}"))
+    return METHODS[method]
+
+
+def _rates(rates) -> dict:
+    """``rates`` checked: a mapping of registered criteria to finite shares ≥ 0 (or None)."""
+    if rates is None:
+        return {}
+    if not isinstance(rates, dict):
+        raise OptionError(f"⟨rates⟩ maps each criterion to its final share, e.g. "
+                          f"{{'cs': 0.1, 'gm': 0.4}} (got {type(rates).__name__} {rates!r})")
+    known = registry()
+    for c, v in rates.items():
+        if c not in known:
+            near = difflib.get_close_matches(str(c), list(known), 3, 0.5)
+            raise OptionError(f"unknown criterion {c!r} in the ⟨rates⟩; "
+                              + (f"the closest: {', '.join(near)}" if near else
+                                 f"known: {', '.join(known)}"))
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise OptionError(f"⟨rates.{c}⟩ must be a number (got {v!r})")
+        if v is not None and not math.isfinite(v):
+            raise OptionError(f"⟨rates.{c}⟩ must be a finite number (got {v})")
+    negative = [f"⟨rates.{c}⟩ {v}" for c, v in rates.items() if v is not None and v < 0]
+    if negative:
+        raise OptionError(f"pruning rates must be ≥ 0 (got {', '.join(negative)})")
+    return dict(rates)
+
+
+def _tau(method: Method, tau, m: str):
+    if tau is None:
+        return method.tau
+    if not method.asymptotic:
+        raise OptionError(f"{m} prunes at a constant rate from epoch 0, so ⟨tau⟩ has no "
+                          "effect; drop it (or use method fsdp/asfp)")
+    _number(tau, "tau")
+    if not tau > 4 / 3:
+        raise OptionError(f"⟨tau⟩ must be > 4/3 (got {tau}); the paper uses 10")
+    return float(tau)
+
+
+def _number(value, key: str, lo: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value):
+        raise OptionError(f"⟨{key}⟩ must be a finite number (got {value!r})")
+    if lo is not None and value < lo:
+        raise OptionError(f"⟨{key}⟩ must be ≥ {lo:g} (got {value})")
+
+
+def _count(value, key: str) -> None:
+    """A whole number ≥ 1 (a float like 2.5 or 2.0 is refused: it counts epochs)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OptionError(f"⟨{key}⟩ must be a whole number ≥ 1 (got {value!r})")
+    if value < 1:
+        raise OptionError(f"⟨{key}⟩ must be ≥ 1 (got {value})")
 
 
 def check_target(method: Method, given: dict, resolved: dict, target: dict | None,
-                 allocation: str | None, spell: Spelling) -> Target | None:
+                 allocation: str | None) -> Target | None:
     """The budget, checked: one kind, a fraction in (0, 1), and rates that only split a
     layer's count — a method with one criterion takes no rate of its own beside a target
     (its rate is what the target sets), a method with two needs a ratio that is not 0:0."""
     if not target:
         if allocation is not None:
-            raise UserError(f"{spell.allocation.format(allocation)} spreads a budget over the "
-                            f"layers and there is none; add {spell.any_target}, or drop it")
+            raise OptionError(f"⟨allocation={allocation}⟩ spreads a budget over the layers "
+                              "and there is none; add ⟨target⟩, or drop it")
         return None
+    if not isinstance(target, dict):
+        raise OptionError(f"give one target, ⟨target⟩ (got {target!r})")
     kinds = [k for k, v in target.items() if v is not None]
     if len(kinds) != 1 or kinds[0] not in KINDS:
-        raise UserError(f"give one target, {spell.any_target} (got "
-                        f"{', '.join(map(str, kinds)) or 'none'})")
+        raise OptionError(f"give one target, ⟨target⟩ (got "
+                          f"{', '.join(map(str, kinds)) or 'none'})")
     kind = kinds[0]
-    try:
-        value = float(target[kind])
-    except (TypeError, ValueError):
-        raise UserError(f"the {kind} target must be a number in (0, 1) (got "
-                        f"{target[kind]!r})") from None
-    spelled = spell.target.format(kind=kind, value=value)
+    value = target[kind]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value):
+        raise OptionError(f"the {kind} target must be a number in (0, 1) (got {value!r})")
+    value = float(value)
+    spelled = f"⟨target.{kind}={value:g}⟩"
     if not 0 < value < 1:
-        raise UserError(f"{spelled} must lie in (0, 1): the fraction of the dense network's "
-                        f"{'FLOPs' if kind == 'flops' else 'parameters'} to keep")
+        raise OptionError(f"{spelled} must lie in (0, 1): the fraction of the dense network's "
+                          f"{'FLOPs' if kind == 'flops' else 'parameters'} to keep")
     allocation = allocation or ALLOCATIONS[0]
     if allocation not in ALLOCATIONS:
-        raise UserError(f"{spell.allocation.format(allocation)} is not one of "
-                        f"{', '.join(ALLOCATIONS)}")
+        raise OptionError(f"⟨allocation={allocation}⟩ is not one of {', '.join(ALLOCATIONS)}")
     rated = [c for c in method.criteria if given.get(c) is not None]
     if len(method.criteria) == 1 and rated:
-        flag = spell.rate.format(rated[0])
-        raise UserError(f"{spelled} sets the rate of {spell.method.format(method.name)} itself, "
-                        f"so {flag} contradicts it; drop {flag}")
+        raise OptionError(f"{spelled} sets the rate of ⟨method={method.name}⟩ itself, so "
+                          f"⟨rates.{rated[0]}⟩ contradicts it; drop ⟨rates.{rated[0]}⟩")
     if sum(resolved.values()) == 0:
-        used = " and ".join(spell.rate.format(c) for c in method.criteria)
-        raise UserError(f"with {spelled}, {used} only split each layer's count between the two "
-                        "criteria, and both are 0; give their ratio (e.g. the defaults) or drop "
-                        "them")
+        used = " and ".join(f"⟨rates.{c}⟩" for c in method.criteria)
+        raise OptionError(f"with {spelled}, {used} only split each layer's count between the "
+                          "two criteria, and both are 0; give their ratio (e.g. the defaults) "
+                          "or drop them")
     return Target(kind, value, allocation)

@@ -17,14 +17,11 @@ from ..files import atomic_write
 from ..method.criteria import registry
 from ..method.methods import METHODS
 from .comparison_md import markdown
-from .logger import ADDED_FLAGS, read_json, read_metrics
+from . import config
+from .logger import read_json, read_metrics
 from .published import load_quoted, match_quoted, published_markdown
 
 # flags that say where and how a run executed, not what it computed
-RUN_CONTROL_FLAGS = frozenset({
-    "save_path", "resume", "overwrite", "stop_after", "evaluate", "device", "ngpu", "workers",
-    "print_freq", "tensorboard", "debug", "data_path", "cache_dir", "use_state_dict",
-    "eval_bn_refresh"})  # the last: diagnostics of a copy, the run itself is unchanged
 COST_KEYS = ("flops_reduction", "params_reduction", "fpgm_analytic_flops_reduction")
 
 
@@ -36,8 +33,7 @@ def rate_keys() -> tuple[str, ...]:
 def _shown_flags() -> set:
     """Flags shown in columns of their own (the rest appear under "other flags" when they
     differ)."""
-    return {"method", "arch", "dataset", "epochs", "attenuate",
-            *(f"prune_rate_{k}" for k in rate_keys())}
+    return set(config.shown())
 
 
 def columns() -> list[str]:
@@ -83,7 +79,7 @@ class Run:
     def attenuate(self) -> str:
         """--attenuate; runs made before the flag had its default (weights)."""
         return (self.summary.get("attenuate") or self.args.get("attenuate")
-                or ADDED_FLAGS["attenuate"])
+                or config.added_defaults()["attenuate"])
 
     @property
     def seed(self):
@@ -99,8 +95,9 @@ class Run:
         """What the run computed: every flag but the seed and the run-control ones. A budget
         run's rates are what its seed's selection gave (a global allocation's differ between
         seeds): the group is its flags, the target and the given split."""
-        out = {**ADDED_FLAGS, **{k: v for k, v in self.args.items()
-                                 if k not in RUN_CONTROL_FLAGS and k != "manualSeed"}}
+        control = config.run_control()
+        out = {**config.added_defaults(), **{k: v for k, v in self.args.items()
+                                             if k not in control and k != "manualSeed"}}
         s = self.summary
         out.update(method=s.get("method"), arch=s.get("arch"), dataset=s.get("dataset"),
                    epochs=s.get("epochs"), attenuate=self.attenuate)

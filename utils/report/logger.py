@@ -9,11 +9,6 @@ from ..distributed import is_main
 from ..files import append_text, atomic_write
 from ..method.criteria import registry
 
-# flags added after runs were first written (their args.json and checkpoints lack them): the
-# value those runs had
-ADDED_FLAGS = {"attenuate": "weights", "keep_subnormals": True, "target_flops": None,
-               "target_params": None, "allocation": None, "nesterov": 1}
-
 _AFTER_SHARES = ["effective_attenuation", "train_loss", "train_top1", "test_loss", "test_top1",
                  "test_top5", "test_loss_refreshed", "test_top1_refreshed", "test_top5_refreshed",
                  "filters_selected", "filters_total", "flops_eff", "params_eff", "epoch_seconds"]

@@ -35,7 +35,8 @@ def plot_curves(history: list[dict], path: str) -> None:
 
 def plot_schedule(schedule, path: str, method, history: list[dict] = (),
                   widths: list[tuple] | None = None) -> None:
-    """θ, each criterion's share and ζ over the epochs; with ``history``, the effective
+    """θ, each criterion's share and ζ over the epochs (``schedule``: ``Curves``, the schedule
+    at some of its epochs); with ``history``, the effective
     attenuation measured so far (utils/attenuation.py): what of the selected channels' output
     still reached the network while it trained. With ``widths`` ((layer, filters, kept at the
     end, kept now) per layer, ``Pruner.widths``) a second panel draws every layer's width."""
@@ -45,7 +46,7 @@ def plot_schedule(schedule, path: str, method, history: list[dict] = (),
         _plot_widths(bars, widths)
     else:
         fig, ax = plt.subplots(figsize=(6, 3.8))
-    e = range(schedule.epochs)
+    e = schedule.epochs
     ax.plot(e, schedule.theta, label="θ (total rate)")
     for crit, share in ((method.first, schedule.theta_first), (method.second, schedule.theta_second)):
         if crit:
@@ -108,7 +109,7 @@ def plot_comparison(groups, table: list[dict], path: str) -> None:
         x = 100 * (row["flops_reduction"] or 0)
         trade.errorbar([x], [row["top1_mean"]], yerr=[row["top1_std"] or 0], fmt="o",
                        color=line.get_color(), capsize=3)
-        trade.annotate(row["method"], (x, row["top1_mean"]), textcoords="offset points",
+        trade.annotate(row["group"], (x, row["top1_mean"]), textcoords="offset points",
                        xytext=(4, 4), fontsize=8)
     curves.set(xlabel="epoch", ylabel="test top-1 (%)",
                title="test top-1 per epoch (mean, band ± std over seeds)")

@@ -9,43 +9,16 @@ import torch
 
 from ..errors import UserError
 from ..files import DIGEST_KEY, atomic_save, check_seal, safe_load, sealed
-from ..method.criteria import registry
-from ..report.logger import ADDED_FLAGS
+from ..report import config
 from .engine import NonFiniteState
 
 FORMAT = "fsdp-checkpoint/2"
-# a resumed run must rebuild the same method, budget, schedule, mask layout, optimisation and
-# data pipeline (and every criterion's --prune_rate_<name> after the budget, see
-# resume_must_match): another batch size would also skip or repeat samples of an interrupted
-# epoch, and another --amp computes in other precisions
-RESUME_MUST_MATCH = ("method", "attenuate", "arch", "dataset", "epochs", "target_flops",
-                     "target_params", "allocation", "tau", "attenuation", "use_zero_scaling",
-                     "round_to", "layer_begin", "layer_end", "layer_inter", "prune_include",
-                     "prune_exclude", "keep_subnormals", "batch_size", "learning_rate",
-                     "momentum", "decay", "nesterov", "schedule", "gammas", "epoch_prune",
-                     "epoch_apply_cs", "batch_prune_size", "max_iter_cs", "cs_mode", "amp",
-                     "use_pretrain", "pretrain_path")
-_RATES_AT = RESUME_MUST_MATCH.index("tau")  # a budget replaces the rates: it is named first
-# where the data and the folder are, how the run executes and what it reports: none changes
-# what it computes (the sampler gives the same batches for any --workers, --eval_bn_refresh
-# evaluates a copy), but another --device or --deterministic may change the last bits, and
-# --nan_policy skip is the way past a non-finite loss. A change is logged and recorded in
-# args.json (a script's own flags beside its resume_keys are treated alike).
-RESUME_MAY_CHANGE = ("data_path", "save_path", "workers", "device", "ngpu", "deterministic",
-                     "print_freq", "eval_bn_refresh", "tensorboard", "nan_policy")
-# this invocation's own controls, and a flag without effect: never compared (--manualSeed
-# must match when given, else the checkpoint's is used)
-RESUME_IGNORED = ("resume", "overwrite", "stop_after", "evaluate", "debug", "use_state_dict",
-                  "manualSeed")
 
 
-def resume_must_match() -> tuple[str, ...]:
-    rates = tuple(f"prune_rate_{c}" for c in registry())
-    return RESUME_MUST_MATCH[:_RATES_AT] + rates + RESUME_MUST_MATCH[_RATES_AT:]
-
-
-def read_checkpoint(path: str, args, seed_given: bool, resume_keys: tuple = ()) -> dict:
-    """Load a checkpoint to resume, refusing other formats and runs made with other flags."""
+def read_checkpoint(path: str, args, seed_given: bool) -> dict:
+    """Load a checkpoint to resume, refusing other formats and runs made with other flags:
+    every flag of this run that the run configuration says must match on resume (and the
+    seed when given)."""
     ckpt = safe_load(path)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "args" not in ckpt:
         raise UserError(f"{path} is not a checkpoint of this project; give a checkpoint.pt "
@@ -60,8 +33,8 @@ def read_checkpoint(path: str, args, seed_given: bool, resume_keys: tuple = ()) 
         raise UserError(f"checkpoint {path} holds NaN or inf in {len(bad)} of its tensors "
                         f"(first: {bad[0]}): training had diverged when it was written; use an "
                         "earlier copy or start again with --overwrite")
-    for key in resume_must_match() + tuple(resume_keys) + (("manualSeed",) if seed_given else ()):
-        old, new = _recorded(ckpt["args"], key), getattr(args, key)
+    for key in must_match(args) + (("manualSeed",) if seed_given else ()):
+        old, new = config.value_of(ckpt["args"], key), getattr(args, key)
         if old != new:
             raise UserError(f"checkpoint {path} was made with --{key} {_spelled(old)}, this run "
                             f"asks for {_spelled(new)}; resume with the same flags or choose "
@@ -69,19 +42,17 @@ def read_checkpoint(path: str, args, seed_given: bool, resume_keys: tuple = ()) 
     return ckpt
 
 
-def resume_changes(ckpt: dict, args, resume_keys: tuple = ()) -> dict:
+def must_match(args) -> tuple[str, ...]:
+    """The flags of this run (its script's) that a resume must share with the checkpoint."""
+    return tuple(k for k in config.must_match() if hasattr(args, k))
+
+
+def resume_changes(ckpt: dict, args) -> dict:
     """The flags that may change on resume and did: {flag: (the checkpoint's, this run's)}."""
-    fixed = set(resume_must_match()) | set(resume_keys) | set(RESUME_IGNORED)
+    fixed = set(config.must_match()) | set(config.ignored_on_resume())
     recorded = ckpt["args"]
     return {key: (recorded[key], new) for key, new in sorted(vars(args).items())
             if key not in fixed and key in recorded and recorded[key] != new}
-
-
-def _recorded(args: dict, key: str):
-    """A flag's value in a checkpoint's args; one added since it was written had its default
-    then (a new criterion's rate: 0)."""
-    default = 0.0 if key.startswith("prune_rate_") else ADDED_FLAGS.get(key)
-    return args.get(key, default)
 
 
 def _spelled(value) -> str:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from ..errors import UserError
 from ..method.criteria import registry
 from ..method.methods import METHODS, Method
-from ..report.comparison import RUN_CONTROL_FLAGS
-from ..report.logger import ADDED_FLAGS, read_json
+from ..report import config
+from ..report.logger import read_json
 from . import lock
 
 
@@ -41,18 +41,13 @@ SEEDS = (1, 2, 3)
 DEFAULT_METHOD = "fsdp"  # the scripts' default: a dense run is it with every rate 0
 DEFAULT_RATE = 0.5  # the paper's comparison
 FIXED_SHARE = 0.1   # fsdp's CS share and fpgm-mix's norm share, as in the paper and FPGM
-ATTENUATE_DEFAULT = ADDED_FLAGS["attenuate"]
-# flags every job sets itself; given after "--" they would contradict the grid
-_GRID_FLAGS = {"--dataset", "--arch", "--method", "--manualSeed", "--epochs", "--attenuate",
-               "--data_path", "--save_path", "--resume", "--overwrite", "--evaluate",
-               "--target_flops", "--target_params", "--allocation"}
+ATTENUATE_DEFAULT = config.added_defaults()["attenuate"]
 ALLOCATION_DEFAULT = "uniform"
 
 
 def grid_flags() -> set[str]:
-    """The flags the grid sets itself (a user's extra flags may not repeat them): those above
-    and every criterion's rate."""
-    return _GRID_FLAGS | {f"--prune_rate_{c}" for c in registry()}
+    """The flags the grid sets itself (a user's extra flags may not repeat them)."""
+    return set(config.set_by_grid())
 
 
 def _share(x: float) -> str:
@@ -231,9 +226,10 @@ def _recorded_flags(folder: str) -> dict | None:
 
 def first_difference(recorded: dict, wanted: dict) -> tuple[str, object, object] | None:
     """The first flag that changes what a run computes and differs: (flag, recorded, wanted)."""
-    recorded = {**ADDED_FLAGS, **recorded}  # a run from before a flag ran with its default
-    wanted = {**ADDED_FLAGS, **wanted}
-    for key in sorted((set(recorded) & set(wanted)) - RUN_CONTROL_FLAGS):
+    added = config.added_defaults()
+    recorded = {**added, **recorded}  # a run from before a flag ran with its default
+    wanted = {**added, **wanted}
+    for key in sorted((set(recorded) & set(wanted)) - config.run_control()):
         if recorded[key] != wanted[key]:
             return key, recorded[key], wanted[key]
     return None

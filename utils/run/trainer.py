@@ -20,11 +20,11 @@ from .. import distributed as dist
 from .. import subnormals
 from ..compaction import NetworkCost, compact_model, compaction_figures, save_compact
 from ..compaction.tracing import trace
-from ..errors import UserError, WriteFault
+from ..errors import OptionError, UserError, WriteFault
 from ..method.attenuation import AttenuationProbe
 from ..method.budget import TOLERANCE
 from ..method.graph import find_prunable_convs
-from ..method.methods import Pruning, Spelling
+from ..method.methods import Pruning
 from ..method.schedule import count
 from ..pruner import Pruner
 from ..report.logger import RunLog
@@ -32,7 +32,7 @@ from ..report.plots import plot_curves, plot_schedule
 from ..report.summary import run_summary
 from .checkpoint import (read_checkpoint, refuse_non_finite, restore_checkpoint, resume_changes,
                          write_checkpoint)
-from .cli import check_args, pruning_from_args, record_defaults
+from .cli import check_args, cli_words, pruning_from_args, record_defaults
 from .data import Data
 from .engine import NonFinite, evaluate, lr_at, refreshed_bn_copy, train_one_epoch
 from .pretrained import initial_model, load_pretrained
@@ -43,11 +43,11 @@ from .stop import StopRequest
 PLOT_EVERY_S = 20.0  # while a run trains, its plots lag metrics.csv by at most this (seconds)
 
 
-def main(parser, make_data, argv=None, check=None, resume_keys: tuple = ()) -> int:
+def main(parser, make_data, argv=None, check=None) -> int:
     """Parse, run, and turn user errors into one line on stderr with exit status 2.
 
-    ``check(args)``: the script's own argument checks (raise ``UserError``); ``resume_keys``:
-    its flags that a resumed run must share with the checkpoint, beside RESUME_MUST_MATCH.
+    ``check(args)``: the script's own argument checks across flags (raise ``UserError``;
+    each flag's own check is in the run configuration, ``utils.report.config``).
     """
     args = parser.parse_args(argv)
     # before any parallel CPU work, so the intra-op threads inherit the mode (utils/subnormals)
@@ -55,13 +55,13 @@ def main(parser, make_data, argv=None, check=None, resume_keys: tuple = ()) -> i
         if not (flushing or args.keep_subnormals):
             print("warning: this CPU cannot flush subnormal floats to zero (no FTZ/DAZ mode); "
                   "late FSDP epochs may run slower on it", file=sys.stderr)
-        return _main(args, make_data, check, resume_keys)
+        return _main(args, make_data, check)
 
 
-def _main(args, make_data, check, resume_keys) -> int:
+def _main(args, make_data, check) -> int:
     try:
         pruning = check_run_args(args, check)
-        return run(args, make_data, resume_keys, pruning)
+        return run(args, make_data, pruning)
     except UserError as e:
         if args.debug:
             raise
@@ -105,15 +105,16 @@ def _after_non_finite(save_path: str) -> str:
 
 
 def _one_line(e: UserError) -> str:
-    """A UserError raised in a DataLoader worker comes back with the worker's traceback in
-    its message; its own message is the last line, after the class name."""
-    text = str(e)
+    """The error as the command line words it (an option of the core by its flag). A
+    UserError raised in a DataLoader worker comes back with the worker's traceback in its
+    message; its own message is the last line, after the class name."""
+    text = e.render(cli_words) if isinstance(e, OptionError) else str(e)
     if "Original Traceback" in text:
         text = text.strip().splitlines()[-1].split(": ", 1)[-1]
     return text
 
 
-def run(args, make_data, resume_keys: tuple = (), pruning: Pruning | None = None) -> int:
+def run(args, make_data, pruning: Pruning | None = None) -> int:
     check_architecture(args.arch)
     device = dist.init_from_env(args.device)
     seed_given = args.manualSeed is not None
@@ -124,14 +125,14 @@ def run(args, make_data, resume_keys: tuple = (), pruning: Pruning | None = None
         return _evaluate_only(args, make_data(args), device)
     resume = check_save_path(args)
     checked = file_identities(args.save_path)  # locked later, when the run first writes there
-    ckpt = read_checkpoint(resume, args, seed_given, resume_keys) if resume else None
+    ckpt = read_checkpoint(resume, args, seed_given) if resume else None
     if ckpt is not None:
         args.manualSeed = ckpt["args"]["manualSeed"]  # the data order depends on it
 
     # the seed is final here
     trainer = Trainer(args, make_data(args), device, ckpt is not None, pruning, checked)
     if ckpt is not None:
-        trainer.restore(ckpt, resume, resume_changes(ckpt, args, resume_keys))
+        trainer.restore(ckpt, resume, resume_changes(ckpt, args))
     else:
         trainer.start()
     with StopRequest() as stop:
@@ -265,7 +266,7 @@ class Trainer:
                       cs_mode=args.cs_mode, cs_batches=args.max_iter_cs,
                       amp_dtype=self.amp_dtype, cs_transform=data.batch_transform,
                       class_names=data.classes, auto_start=False,
-                      input_shape=data.input_shape, spell=Spelling())
+                      input_shape=data.input_shape)
 
     # -- the steps of a run ------------------------------------------------------------------
     def start(self) -> None:

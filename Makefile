@@ -7,9 +7,12 @@ DEMO_SAVE ?= snapshots/demo
 
 .PHONY: demo test bench
 
-$(VENV)/.installed: requirements.txt
+# the checkout itself too, in development mode: the package fsdp_pruning (utils/ under its
+# installed name), as the examples and a user's code import it
+$(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 DEMO = notebook_cifar.py --dataset fashion_demo --data_path datasets/fashion_demo --arch resnet20 \

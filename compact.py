@@ -15,10 +15,11 @@ import contextlib
 import os
 import sys
 
-from utils.compaction import (check_onnx_exporter, compact_checkpoint, export_onnx, export_pt2,
-                              export_torchscript, load_compact)
+from utils.compaction import (check_onnx_exporter, export_onnx, export_pt2, export_torchscript,
+                              load_compact)
 from utils.errors import UserError
 from utils.run import lock
+from utils.run.compact_run import compact_checkpoint
 
 BUSY_FIX = "wait for it to finish: compact.py works on a finished run"
 
@@ -35,6 +36,9 @@ def parser() -> argparse.ArgumentParser:
                    help="also export TorchScript (deprecated by torch: prefer --pt2)")
     p.add_argument("--input_size", type=int, default=None,
                    help="image side for FLOPs and exports (default: the run's input size)")
+    p.add_argument("--allow_unfinished", action="store_true",
+                   help="compact a run that has not finished (its selected filters are not "
+                        "zero yet: the compact network differs from the soft-pruned one)")
     p.add_argument("--keep_ratio", type=float, default=None,
                    help="p for FPGM's analytic FLOPs reduction (default: kept fraction of filters)")
     return p
@@ -87,7 +91,8 @@ def _compact(args) -> int:
     """The compact network, its report and the exports asked for."""
     if args.onnx:
         check_onnx_exporter()  # before the work, not after it
-    fig = compact_checkpoint(args.snapshot, args.out, args.input_size, args.keep_ratio)
+    fig = compact_checkpoint(args.snapshot, args.out, args.input_size, args.keep_ratio,
+                             args.allow_unfinished)
     print(report(fig))
     if args.pt2 or args.onnx or args.torchscript:
         model = load_compact(fig["compact_path"])

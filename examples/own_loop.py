@@ -18,8 +18,7 @@ from torch.utils.data import DataLoader
 
 from datasets.fashion import DEMO_DIR, load_fashion_demo
 from datasets.images import ImageDataset
-from utils.compaction import save_compact
-from utils.pruner import Pruner
+from fsdp_pruning import Pruner, save_compact
 
 
 def loaders(images: int, test_images: int | None, batch: int):
@@ -70,7 +69,7 @@ def main(argv=None):
           f"{count(model) / 1e6:.2f}M -> {count(small) / 1e6:.2f}M")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     save_compact(small, args.out)
-    print(f"saved {args.out} (utils.compaction.load_compact reads it back)")
+    print(f"saved {args.out} (fsdp_pruning.load_compact reads it back)")
     return model, small
 
 

@@ -884,7 +884,7 @@ def test_compact_refusal_is_one_line_and_the_run_keeps_its_checkpoint(model_clas
     assert not os.path.exists(os.path.join(save, "model_compact.pt"))
     before = files_of(save)
     capsys.readouterr()
-    arch_is(model_class, "models")(monkeypatch)  # compact_checkpoint imports it when called
+    arch_is(model_class, "utils.run.compact_run")(monkeypatch)  # where compact.py builds it
     code, err = compact_cli.main([save]), capsys.readouterr().err
     assert_one_line_error(code, err, expect)
     assert code == 2 and files_of(save) == before

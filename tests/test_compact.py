@@ -9,9 +9,11 @@ import torch
 from torch import nn
 
 import compact as compact_cli
-from utils.compaction import (FORMAT, FORMAT_VERSION, compact_checkpoint, compact_cost,
-                              compact_model, compaction_figures, export_onnx,
-                              fpgm_flops_reduction, load_compact, network_cost, save_compact)
+from utils.compaction import (FORMAT, FORMAT_VERSION, compact_cost, compact_model, export_onnx,
+                              load_compact, network_cost, save_compact)
+from utils.report.figures import compaction_figures
+from utils.report.fpgm import fpgm_flops_reduction
+from utils.run.compact_run import compact_checkpoint
 from utils.compaction.layers import FoldedConv
 from utils.errors import UserError
 from tests.soft_pruning import prune, random_model, rel_error, soft_pruned
@@ -367,3 +369,35 @@ def test_load_compact_refuses_other_files_in_one_line(tmp_path, blob, match):
     with pytest.raises(UserError, match=match) as e:
         load_compact(tmp_path / "x.pt")
     assert "\n" not in str(e.value)
+
+
+def test_the_nominal_keep_ratio_of_any_method(tmp_path):
+    """1 − the run's rates, whichever criteria its method uses (an L1 run's own rate; a budget
+    run's: what its plan keeps)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    fake_checkpoint(run / "checkpoint.pt")
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    ckpt["args"] = {"prune_rate_cs": 0.0, "prune_rate_norm": 0.0, "prune_rate_l1": 0.5,
+                    "prune_rate_gm": 0.0}
+    torch.save(ckpt, run / "checkpoint.pt")
+    assert compact_checkpoint(run)["keep_ratio_nominal"] == pytest.approx(0.5)
+    ckpt["args"].update(prune_rate_l1=None, target_flops=0.5)
+    torch.save(ckpt, run / "checkpoint.pt")
+    fig = compact_checkpoint(run)
+    assert fig["keep_ratio_nominal"] == fig["keep_ratio"]
+
+
+def test_an_unfinished_run_is_not_compacted_unless_asked(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    fake_checkpoint(run / "checkpoint.pt")
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    ckpt["args"]["epochs"] = 5  # stopped after 3 of 5 epochs
+    torch.save(ckpt, run / "checkpoint.pt")
+    assert compact_cli.main([str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "unfinished run (after 3 of 5 epochs)" in err and "--allow_unfinished" in err
+    assert len(err.strip().splitlines()) == 1 and not (run / "model_compact.pt").exists()
+    assert compact_cli.main([str(run), "--allow_unfinished"]) == 0
+    assert (run / "model_compact.pt").exists()

@@ -1,6 +1,7 @@
 """What docs/layout.md promises, read from the source (nothing imported): no import
 circle inside utils/, each group importing only downwards, no file name at two places."""
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -71,9 +72,20 @@ def test_groups_import_only_downwards():
             assert all(n.rpartition(".")[2] in ROOT_MODULES for n in targets), (m, targets)
 
 
+def source_files() -> list[Path]:
+    """The checkout's Python files: tracked or new, not what .gitignore leaves out (a
+    ``pip install`` of the checkout copies utils/ into build/)."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "*.py"],
+                                cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout
+        return [p for p in ROOT.rglob("*.py") if p.relative_to(ROOT).parts[0] != "build"]
+    return [ROOT / line for line in listed.splitlines() if (ROOT / line).is_file()]
+
+
 def test_no_file_name_at_two_places():
     seen = {}
-    for p in ROOT.rglob("*.py"):
+    for p in source_files():
         rel = p.relative_to(ROOT)
         if rel.parts[0] in ("tests", "snapshots") or rel.parts[0].startswith(".") \
                 or p.name == "__init__.py":
@@ -97,3 +109,24 @@ def test_the_checker_sees_a_circle(tmp_path, monkeypatch):
                                                "utils.b -> utils.a -> utils.b"))
     else:
         raise AssertionError("the circle went unnoticed")
+
+
+def test_a_build_folder_is_not_the_source(tmp_path, monkeypatch):
+    """What ``pip install .`` leaves in build/ (ignored by git) is no second copy; a new file
+    not yet committed is counted."""
+    (tmp_path / "utils").mkdir()
+    (tmp_path / "build" / "lib" / "fsdp_pruning").mkdir(parents=True)
+    (tmp_path / ".gitignore").write_text("build/\n")
+    (tmp_path / "utils" / "pruner.py").write_text("")
+    (tmp_path / "build" / "lib" / "fsdp_pruning" / "pruner.py").write_text("")
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in source_files()] == ["utils/pruner.py"]
+    test_no_file_name_at_two_places()
+    (tmp_path / "utils" / "more").mkdir()
+    (tmp_path / "utils" / "more" / "pruner.py").write_text("")  # a real second copy
+    try:
+        test_no_file_name_at_two_places()
+    except AssertionError:
+        return
+    raise AssertionError("the second pruner.py went unnoticed")

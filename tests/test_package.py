@@ -130,9 +130,12 @@ def test_a_plain_loop_with_the_installed_package(installed, tmp_path):
         load_compact("no-such-file.pt")
     assert got["errors"] == {"method": str(method.value), "load": str(load.value)}
     assert "\n" not in got["errors"]["method"] + got["errors"]["load"]
-    # the torch.export program runs where only torch is (-I: no PYTHONPATH, no user site)
-    done = subprocess.run([sys.executable, "-I", "-c", RUN_PT2], cwd=tmp_path,
-                          capture_output=True, text=True)
+    # the torch.export program runs where only torch is: -I (no PYTHONPATH, no user site) and
+    # -S (no site: the .pth files of site-packages, such as the checkout's own development
+    # install, are not read), with torch's site-packages as a plain path entry
+    torch_only = f"import sys; sys.path.append({str(Path(torch.__file__).parents[1])!r})\n"
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", torch_only + RUN_PT2],
+                          cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert all(float(e) <= 1e-5 for e in done.stdout.split()) and len(done.stdout.split()) == 2
 

@@ -8,7 +8,7 @@ import pytest
 import compare
 from tests.snapshots import write_finished_run
 from utils.report.comparison import group_name, load_run, write_report
-from utils.compaction import fpgm_flops_reduction
+from utils.report.fpgm import fpgm_flops_reduction
 from utils.report.published import load_quoted
 
 FPGM40 = dict(method="fpgm", rates=(0.0, 0.0, 0.4), flops=0.526)

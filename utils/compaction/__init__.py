@@ -5,24 +5,23 @@ its BN maps the zero output to the constant ``beta - gamma * mean / sqrt(var + e
 the activation), and that constant flows on. The compactor walks the network's fx graph,
 tracking every channel as computed or constant (``state``), and builds a compact graph that
 computes only what the output depends on and carries every constant exactly. The compact
-network is generated from a plain-data manifest (``network``, ``storage``), exports to a
-torch.export program, ONNX and TorchScript (``export``), and its cost comes from the same walk
-(``cost``).
+network is generated from a plain-data manifest (``network``, ``storage``; its grammar in
+``manifest``), exports to a torch.export program, ONNX and TorchScript (``export``), and its
+cost comes from the same walk (``cost``).
 
 Modules: ``tracing`` (the fx graph and its ops), ``state``, ``liveness``, ``builder``,
 ``converter`` (the walk), ``convs``/``ops``/``structure``/``fullwidth``/``materialise``
 (per-op rules), ``modules``/``layers``/``joins``/``constmaps`` (what the compact network is
-made of), ``network``, ``storage``, ``export``, ``cost``, ``fpgm`` (FPGM's analytic FLOPs
-formula for ResNets), ``figures``.
+made of), ``network``, ``manifest``, ``storage``, ``export``, ``cost``, ``exactness``
+(the compact network against the soft-pruned one). What a run reports of a compaction is
+``utils.report.figures``; compacting a run's checkpoint, ``utils.run.compact_run``.
 """
 from .cost import NetworkCost, compact_cost, network_cost
 from .export import check_onnx_exporter, export_onnx, export_pt2, export_torchscript
-from .figures import compact_checkpoint, compaction_figures, kept_fraction, max_rel_error
-from .fpgm import fpgm_flops_reduction
+from .exactness import max_rel_error
 from .network import CompactNet, compact_model
 from .storage import FORMAT, FORMAT_VERSION, load_compact, save_compact
 
 __all__ = ["CompactNet", "FORMAT", "FORMAT_VERSION", "NetworkCost", "check_onnx_exporter",
-           "compact_checkpoint", "compact_cost", "compact_model", "compaction_figures",
-           "export_onnx", "export_pt2", "export_torchscript", "fpgm_flops_reduction",
-           "kept_fraction", "load_compact", "max_rel_error", "network_cost", "save_compact"]
+           "compact_cost", "compact_model", "export_onnx", "export_pt2", "export_torchscript",
+           "load_compact", "max_rel_error", "network_cost", "save_compact"]

@@ -84,7 +84,7 @@ def _parts(blob, path: Path) -> tuple[dict, dict]:
     if version not in READABLE:
         raise UserError(f"{path} has compact format version {_short(version)}, this code reads "
                         f"{', '.join(map(str, READABLE))}; re-run the compaction of its run's "
-                        "checkpoint (compact_checkpoint)")
+                        "checkpoint")
     keys = {"format", "version", "manifest", "state_dict"} | ({DIGEST_KEY} if version >= 4 else set())
     if set(blob) != keys:
         raise UserError(f"{path} is damaged (its parts are {sorted(map(_short, blob))}, "

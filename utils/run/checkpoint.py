@@ -3,6 +3,7 @@ carries, so that a resumed run continues bit for bit, and what makes one good: t
 its contents (utils/files.py), weights and optimizer state without NaN or inf, and the flags a
 resumed run must share with it."""
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -147,3 +148,65 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def read_for_compaction(path, allow_unfinished: bool = False) -> tuple:
+    """(the checkpoint's path, the checkpoint) of a run folder or its checkpoint.pt, for
+    compaction: its digest checked, and every field compaction reads checked for type and
+    size, since a checkpoint may come from anyone (an arch by a name the model zoo knows, the
+    mask's selection as filter indices by conv name, an input of at most 65 536 pixels a
+    side). A run that has not finished is refused unless ``allow_unfinished``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; pass a snapshot directory or its checkpoint.pt")
+    ckpt = safe_load(str(path))
+    missing = [k for k in ("arch", "num_classes", "in_channels", "model", "mask")
+               if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing or not isinstance(ckpt["mask"], dict) or "selected" not in ckpt["mask"]:
+        raise UserError(f"{path} lacks {missing or ['mask.selected']}: it is not an FSDP training "
+                        "checkpoint; pass the checkpoint.pt of a finished run")
+    check_seal(ckpt, str(path))
+    _check_fields(ckpt, path)
+    if not allow_unfinished:
+        _refuse_unfinished(ckpt, path)
+    return path, ckpt
+
+
+def _check_fields(ckpt: dict, path) -> None:
+    def bad(what):
+        raise UserError(f"{path} is damaged or not a checkpoint of these scripts ({what}); pass "
+                        "the checkpoint.pt of a finished run")
+
+    arch = ckpt["arch"]
+    if not isinstance(arch, str) or not arch.isprintable() or len(arch) > 200:
+        bad("its arch is not a model name")
+    for key in ("num_classes", "in_channels"):
+        if type(ckpt[key]) is not int or not 0 < ckpt[key] < 2 ** 20:
+            bad(f"its {key} is not a positive integer")
+    shape = ckpt.get("input_shape")
+    if shape is not None and (not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(
+            type(s) is int and 0 < s <= 2 ** 16 for s in shape)):
+        bad("its input_shape is not three sizes")
+    if shape is not None:
+        ckpt["input_shape"] = tuple(shape)
+    selected = ckpt["mask"]["selected"]
+    if not isinstance(selected, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) and not v.is_floating_point()
+            and v.dim() == 1 for k, v in selected.items()):
+        bad("its mask is not filter indices by conv name")
+    if not isinstance(ckpt["model"], dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt["model"].items()):
+        bad("its model is not a state dict")
+
+
+def _refuse_unfinished(ckpt: dict, path) -> None:
+    """A checkpoint of these scripts records where its run stands: before the last epoch's
+    mask update its selected filters are not zero, and the compact network would differ."""
+    epochs = (ckpt.get("args") or {}).get("epochs") if isinstance(ckpt.get("args"), dict) else None
+    done, batch = ckpt.get("epoch"), ckpt.get("batch", 0)
+    if type(epochs) is int and type(done) is int and (done < epochs or batch):
+        raise UserError(f"{path} is the checkpoint of an unfinished run (after {done} of "
+                        f"{epochs} epochs): its selected filters are not zero yet; finish it with "
+                        "--resume auto, or pass --allow_unfinished to compact it as it is")

@@ -18,7 +18,7 @@ from models import MODELS, build_model
 from . import loaders, lock
 from .. import distributed as dist
 from .. import subnormals
-from ..compaction import NetworkCost, compact_model, compaction_figures, save_compact
+from ..compaction import NetworkCost, compact_model, save_compact
 from ..compaction.tracing import trace
 from ..errors import OptionError, UserError, WriteFault
 from ..method.attenuation import AttenuationProbe
@@ -27,6 +27,7 @@ from ..method.graph import find_prunable_convs
 from ..method.methods import Pruning
 from ..method.schedule import count
 from ..pruner import Pruner
+from ..report.figures import asked_keep_ratio, compaction_figures
 from ..report.logger import RunLog
 from ..report.plots import plot_curves, plot_schedule
 from ..report.summary import run_summary
@@ -85,9 +86,13 @@ def _main(args, make_data, check) -> int:
 
 def check_run_args(args, check=None) -> Pruning:
     """Every check of the parsed flags that ``main`` makes before any work; fills in the
-    method's defaults (once) and returns the run's method with its rates. Raises UserError."""
+    method's defaults (once) and returns the run's method with its rates. Raises UserError,
+    worded with the flags (reproduce.py checks its jobs' flags with it too)."""
     check_args(args)
-    pruning = pruning_from_args(args)
+    try:
+        pruning = pruning_from_args(args)
+    except OptionError as e:
+        raise UserError(e.render(cli_words)) from None
     record_defaults(args, pruning)
     if check is not None:
         check(args)
@@ -498,7 +503,7 @@ class Trainer:
 
     def _compact(self) -> dict | None:
         """The physically smaller network: built, saved and measured (model_compact.pt); the
-        figures are compact.py's, from one function (``compaction.compaction_figures``)."""
+        figures are compact.py's, from one function (``report.figures.compaction_figures``)."""
         args, mask = self.args, self.mask
         try:
             compact = compact_model(self.model, self.pruner.selected(),
@@ -510,7 +515,7 @@ class Trainer:
             save_compact(compact, os.path.join(args.save_path, "model_compact.pt"))
         test = self._evaluate(compact)
         keep = 1 - mask.total_selected() / max(mask.total_filters(), 1)
-        nominal = keep if self.pruning.target else 1 - self.pruning.total  # rates: a ratio
+        nominal = asked_keep_ratio(self.pruning.rates, keep, self.pruning.target is not None)
         figures = compaction_figures(self.model, compact, self.data.input_shape, args.arch,
                                      keep, nominal)
         return {"path": "model_compact.pt", "top1": test["top1"], "top5": test["top5"],

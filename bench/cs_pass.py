@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from bench.common import interleaved
 from models import build_model
 from utils.method.criteria.cs import cs_scores
-from utils.method.graph import find_prunable_convs
+from utils.compaction import find_prunable_convs
 
 
 def reference_per_filter_loop(model, bns, loader, num_classes, device):

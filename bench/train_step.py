@@ -31,7 +31,7 @@ from bench.common import interleaved
 from models import build_model
 from utils import subnormals
 from utils.files import safe_load
-from utils.method.graph import find_prunable_convs
+from utils.compaction import find_prunable_convs
 from utils.method.mask import Mask
 from utils.method.methods import METHODS
 from utils.method.schedule import asymptotic_schedule

@@ -8,7 +8,7 @@ from bench.common import randomize_bn
 from models import build_model
 from utils.method.criteria import criterion, registry
 from utils.method.criteria.cs import cs_scores
-from utils.method.graph import find_prunable_convs
+from utils.compaction import find_prunable_convs
 
 
 def _brute_force(model, bns, xs, ys, num_classes):

@@ -6,7 +6,7 @@ import torchvision
 from torch import nn
 
 from models import build_model
-from utils.method.graph import find_prunable_convs
+from utils.compaction import find_prunable_convs
 from utils.method.mask import Mask
 from utils.method.methods import METHODS
 from utils.method.schedule import asymptotic_schedule, count
@@ -145,7 +145,7 @@ def test_mask_of_another_model_is_refused():
 
 
 def test_cifar_resnets_trace_with_fx():
-    """The final pool must stay traceable: the registration-order fallback loses the
-    conv-to-conv links that the effective FLOPs count uses."""
-    from utils.method.graph import _trace
+    """The final pool must stay traceable: the prunable convs, the effective FLOPs and the
+    compact network all come from the fx graph (a model fx cannot trace is refused)."""
+    from utils.compaction.tracing import trace as _trace
     assert _trace(build_model("resnet20", 10)) is not None

@@ -12,7 +12,7 @@ import notebook_cifar
 from tests.fakedata import write_cifar
 from utils import subnormals
 from utils.errors import UserError
-from utils.method.graph import find_prunable_convs
+from utils.compaction import find_prunable_convs
 from utils.method.mask import Mask
 from utils.method.methods import resolve
 from utils.method.schedule import asymptotic_schedule

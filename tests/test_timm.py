@@ -13,10 +13,9 @@ from torch import nn
 from timm.layers import BatchNormAct2d, EcaModule, MixedConv2d, convert_sync_batchnorm
 
 from bench.common import calibrate_bn
-from utils.compaction import compact_model
+from utils.compaction import compact_model, find_prunable_convs
 from utils.errors import UserError
 from utils.method.criteria.cs import cs_scores
-from utils.method.graph import find_prunable_convs
 from utils.method.mask import Mask
 from utils.method.methods import METHODS
 from utils.method.schedule import Schedule

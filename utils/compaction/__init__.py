@@ -9,11 +9,12 @@ network is generated from a plain-data manifest (``network``, ``storage``), expo
 torch.export program, ONNX and TorchScript (``export``), and its cost comes from the same walk
 (``cost``).
 
-Modules: ``tracing`` (the fx graph and its ops), ``state``, ``liveness``, ``builder``,
-``converter`` (the walk), ``convs``/``ops``/``structure``/``fullwidth``/``materialise``
-(per-op rules), ``modules``/``layers``/``joins``/``constmaps`` (what the compact network is
-made of), ``network``, ``storage``, ``export``, ``cost``, ``fpgm`` (FPGM's analytic FLOPs
-formula for ResNets), ``figures``.
+Modules: ``tracing`` (the model's one fx graph: the prunable convs, and every node's shape
+and op; ``find_prunable_convs``), ``nodes`` (what is read off an fx node), ``rules`` (one
+rule per op kind, in one registry), ``state``, ``liveness``, ``builder``, ``converter`` (the
+walk), ``fullwidth`` and ``materialise`` (what the rules share), ``modules``/``layers``/
+``joins``/``constmaps`` (what the compact network is made of), ``network``, ``storage``,
+``export``, ``cost``, ``fpgm`` (FPGM's analytic FLOPs formula for ResNets), ``figures``.
 """
 from .cost import NetworkCost, compact_cost, network_cost
 from .export import check_onnx_exporter, export_onnx, export_pt2, export_torchscript
@@ -21,8 +22,10 @@ from .figures import compact_checkpoint, compaction_figures, kept_fraction, max_
 from .fpgm import fpgm_flops_reduction
 from .network import CompactNet, compact_model
 from .storage import FORMAT, FORMAT_VERSION, load_compact, save_compact
+from .tracing import ModelGraph, find_prunable_convs
 
-__all__ = ["CompactNet", "FORMAT", "FORMAT_VERSION", "NetworkCost", "check_onnx_exporter",
-           "compact_checkpoint", "compact_cost", "compact_model", "compaction_figures",
-           "export_onnx", "export_pt2", "export_torchscript", "fpgm_flops_reduction",
-           "kept_fraction", "load_compact", "max_rel_error", "network_cost", "save_compact"]
+__all__ = ["CompactNet", "FORMAT", "FORMAT_VERSION", "ModelGraph", "NetworkCost",
+           "check_onnx_exporter", "compact_checkpoint", "compact_cost", "compact_model",
+           "compaction_figures", "export_onnx", "export_pt2", "export_torchscript",
+           "find_prunable_convs", "fpgm_flops_reduction", "kept_fraction", "load_compact",
+           "max_rel_error", "network_cost", "save_compact"]

@@ -25,10 +25,19 @@ class _View(Rule):
 
 @register_rule
 class Reshape(_View):
-    """``reshape``: a view, reshape, transpose or permute."""
+    """``reshape``: a view, reshape, transpose or permute, or an ``unsqueeze`` (GCNet's: a
+    reshape that inserts a dim of size 1)."""
     kind = "reshape"
-    functions = (torch.transpose, torch.permute, torch.reshape)
-    methods = ("view", "reshape", "transpose", "permute")
+    functions = (torch.transpose, torch.permute, torch.reshape, torch.unsqueeze)
+    methods = ("view", "reshape", "transpose", "permute", "unsqueeze")
+
+    def classify(self, node, modules):
+        if target_name(node) == "unsqueeze":
+            # traced at batch 1, a new first dim would look like a new second one
+            dim = bind(node, ("input", "dim"), {})["dim"]
+            if dim % (len(shape_of(node.args[0])) + 1) == 0:
+                raise refuse(node, modules, " (a new dim before the batch dim)")
+        return super().classify(node, modules)
 
     def convert(self, cv, op):
         return convert_reshape(cv, op)

@@ -35,6 +35,18 @@ def test_discovers_every_conv_followed_by_bn_in_torchvision_resnet18():
     assert {c.name: c.source for c in convs}["layer1.1.conv1"] is None  # after a residual add
 
 
+@pytest.mark.parametrize("make,block", [
+    (torchvision.models.mobilenet_v3_small, "features.1.block.0.0"),  # BN, Hardswish
+    (torchvision.models.efficientnet_b0, "features.2.0.block.1.0")])  # BN, SiLU
+def test_a_depthwise_conv_is_fed_through_any_activation(make, block):
+    """One table of channel-wise ops (the compactor's rules): the liveness pass and discovery
+    pass a channel through every activation alike, so a target counts the pair once."""
+    convs = {c.name: c for c in find_prunable_convs(make(num_classes=4))}
+    assert convs[block].conv.groups == convs[block].filters
+    assert convs[block].source == {"features.1.block.0.0": "features.0.0",
+                                   "features.2.0.block.1.0": "features.2.0.block.0.0"}[block]
+
+
 def test_reference_layer_indices_select_the_cifar_resnet_convs():
     model = build_model("resnet56", 10)
     convs = find_prunable_convs(model, layer_begin=0, layer_end=162, layer_inter=3)

@@ -11,6 +11,7 @@ from .cost import compact_cost, network_cost
 from .fpgm import fpgm_flops_reduction
 from .network import compact_model
 from .storage import save_compact
+from .tracing import ModelGraph
 
 
 @torch.no_grad()
@@ -28,16 +29,19 @@ def max_rel_error(reference: nn.Module, model: nn.Module, input_shape, batch: in
         reference.train(was[0]), model.train(was[1])
 
 
-def compaction_figures(model: nn.Module, compact: nn.Module, input_shape, arch: str,
+def compaction_figures(model, compact: nn.Module, input_shape, arch: str,
                        keep_ratio: float, nominal_keep_ratio: float | None = None) -> dict:
     """The figures of a compaction, under the keys of summary.json's ``compact`` block.
 
     ``input_shape``: (N, C, H, W) or (C, H, W) for counting; ``keep_ratio``: the fraction of
     filters kept, ``nominal_keep_ratio``: the one asked for (1 − the run's pruning rates), for
     FPGM's analytic FLOPs reduction at each (None where FPGM has no formula for ``arch``).
+    ``model``: the soft-pruned network, or its ``ModelGraph`` (the dense count walks it).
     """
     shape = tuple(input_shape)[-3:]
-    flops_d, params_d = network_cost(unwrap(model), shape)
+    flops_d, params_d = network_cost(model if isinstance(model, ModelGraph) else unwrap(model),
+                                     shape)
+    model = model.model if isinstance(model, ModelGraph) else unwrap(model)
     flops_c, params_c = compact_cost(compact, shape)
 
     def analytic(p):
@@ -53,7 +57,7 @@ def compaction_figures(model: nn.Module, compact: nn.Module, input_shape, arch: 
     if nominal_keep_ratio is not None:
         fig["keep_ratio_nominal"] = nominal_keep_ratio
         fig["fpgm_analytic_flops_reduction_nominal"] = analytic(nominal_keep_ratio)
-    fig["max_rel_error"] = max_rel_error(unwrap(model), compact, shape)
+    fig["max_rel_error"] = max_rel_error(model, compact, shape)
     return fig
 
 

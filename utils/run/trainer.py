@@ -475,7 +475,7 @@ class Trainer:
         test = self._evaluate(compact)
         keep = 1 - mask.total_selected() / max(mask.total_filters(), 1)
         nominal = keep if self.pruning.target else 1 - self.pruning.total  # rates: a ratio
-        figures = compaction_figures(self.model, compact, self.data.input_shape, args.arch,
+        figures = compaction_figures(self.graph, compact, self.data.input_shape, args.arch,
                                      keep, nominal)
         return {"path": "model_compact.pt", "top1": test["top1"], "top5": test["top5"],
                 "loss": test["loss"], **figures}

@@ -25,7 +25,7 @@ def trace(model: nn.Module) -> fx.GraphModule:
     """fx graph of ``model``'s eval-mode forward, a BatchNorm subclass's ops spelled out
     (``method.tracer``); the model is left in its mode."""
     try:
-        return trace_model(model, expand=True)
+        return trace_model(model)
     except Exception as e:  # fx raises many types: data-dependent control flow, unsupported calls
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot trace a {type(model).__name__} with torch.fx ({first}); FSDP "

@@ -19,7 +19,8 @@ from utils.compaction import find_prunable_convs
 
 
 def reference_per_filter_loop(model, bns, loader, num_classes, device):
-    """The reference's CS algorithm (SPEC §3), rewritten here for timing only."""
+    """The reference's CS algorithm (the class-separability score of README.md), rewritten
+    here for timing only."""
     feats, handles = [], []
     for bn in bns:
         def hook(m, i, out):

@@ -1,5 +1,6 @@
-"""FSDP training-step cost: the gradient scaling of the selected filters (SPEC §4), and a
-network late in an FSDP run, whose selected filters have been attenuated towards zero.
+"""FSDP training-step cost: the gradient scaling of the selected filters
+(docs/soft-pruning-and-batchnorm.md), and a network late in an FSDP run, whose selected
+filters have been attenuated towards zero.
 
     python -m bench.train_step [--steps 10] [--device cpu] [--late_checkpoint PATH]
 

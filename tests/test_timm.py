@@ -62,9 +62,9 @@ def test_a_batchnorm_subclass_pairs_with_its_conv():
 
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_cs_scores_a_fused_activation_as_the_paper_scores_any_bn(mode):
-    """SPEC §3 scores max ReLU(BN(conv)): a BatchNorm that applies its own SiLU is scored on its
-    normalisation, as the plain BN before a separate SiLU — in train mode with the batch's
-    statistics (and both update their running ones alike)."""
+    """The CS criterion (README.md) scores max ReLU(BN(conv)): a BatchNorm that applies its own
+    SiLU is scored on its normalisation, as the plain BN before a separate SiLU — in train mode
+    with the batch's statistics (and both update their running ones alike)."""
     fused, plain = _twins()
     gen = torch.Generator().manual_seed(2)
     batches = [(torch.randn(6, 3, 8, 8, generator=gen), torch.randint(0, 4, (6,), generator=gen))

@@ -19,6 +19,7 @@ from utils.method.criteria.cs import cs_scores
 from utils.method.mask import Mask
 from utils.method.methods import METHODS
 from utils.method.schedule import Schedule
+from utils.pruner import Pruner
 from utils.run.pretrained import initial_model
 from tests.soft_pruning import one_thread, rel_error  # noqa: F401 (autouse)
 
@@ -99,6 +100,19 @@ def test_attenuate_bn_scales_the_subclass_and_leaves_no_constant():
     x = torch.randn(5, 3, 8, 8)
     with torch.no_grad():
         assert rel_error(fused(x), compact(x)) <= 1e-6
+
+
+def test_a_graph_traced_before_the_model_was_cast_still_compacts_it():
+    """The Pruner traces at construction; the model may be cast or moved before ``compact()``
+    (``.to`` gives a module new buffers: the shapes are taken with the model's own)."""
+    fused, _ = _twins()
+    pruner = Pruner(fused, "sfp", {"norm": 0.5}, 1)
+    fused.double()
+    pruner.step(0)
+    compact = pruner.compact()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel_error(fused.eval()(x), compact(x)) <= 1e-12
 
 
 @pytest.mark.parametrize("convert", ["torch", "timm"])

@@ -50,9 +50,9 @@ from torch import nn
 
 from bench.common import interleaved, randomize_bn
 from models import build_model
-from utils.compaction import compact_cost, compact_model, export_onnx, network_cost
+from utils.compaction import (compact_cost, compact_model, export_onnx, find_prunable_convs,
+                              network_cost)
 from utils.compaction.layers import FoldedConv
-from utils.method.graph import find_prunable_convs
 from utils.method.schedule import round_selected
 
 

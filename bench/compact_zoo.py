@@ -32,8 +32,8 @@ import torch
 from bench.common import calibrate_bn
 from bench.compact_latency import runners, time_row
 from models import MODELS, build_model
-from utils.compaction import compact_cost, compact_model, max_rel_error, network_cost
-from utils.method.graph import find_prunable_convs
+from utils.compaction import (compact_cost, compact_model, find_prunable_convs, max_rel_error,
+                              network_cost)
 from utils.method.criteria import criterion
 from utils.method.schedule import count, round_selected
 

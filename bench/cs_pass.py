@@ -15,11 +15,12 @@ import torch.nn.functional as F
 from bench.common import interleaved
 from models import build_model
 from utils.method.criteria.cs import cs_scores
-from utils.method.graph import find_prunable_convs
+from utils.compaction import find_prunable_convs
 
 
 def reference_per_filter_loop(model, bns, loader, num_classes, device):
-    """The reference's CS algorithm (SPEC §3), rewritten here for timing only."""
+    """The reference's CS algorithm (the class-separability score of README.md), rewritten
+    here for timing only."""
     feats, handles = [], []
     for bn in bns:
         def hook(m, i, out):

@@ -1,5 +1,6 @@
-"""FSDP training-step cost: the gradient scaling of the selected filters (SPEC §4), and a
-network late in an FSDP run, whose selected filters have been attenuated towards zero.
+"""FSDP training-step cost: the gradient scaling of the selected filters
+(docs/soft-pruning-and-batchnorm.md), and a network late in an FSDP run, whose selected
+filters have been attenuated towards zero.
 
     python -m bench.train_step [--steps 10] [--device cpu] [--late_checkpoint PATH]
 
@@ -31,7 +32,7 @@ from bench.common import interleaved
 from models import build_model
 from utils import subnormals
 from utils.files import safe_load
-from utils.method.graph import find_prunable_convs
+from utils.compaction import find_prunable_convs
 from utils.method.mask import Mask
 from utils.method.methods import METHODS
 from utils.method.schedule import asymptotic_schedule

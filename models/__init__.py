@@ -22,10 +22,6 @@ PREFIX = "imagenet_"
 TIMM = timm_models.PREFIX
 
 
-def is_arch(name: str) -> bool:
-    return arch_problem(name) is None
-
-
 def arch_problem(name: str) -> str | None:
     """None for an arch ``build_model`` builds, else one line: what is wrong, the closest few
     names (never the whole list) or the command that installs timm."""
@@ -57,15 +53,6 @@ def resolve_imagenet(name: str) -> str:
     if not name.startswith(PREFIX) and name in torchvision_models.names():
         return PREFIX + name
     return name
-
-
-def arch_help() -> str:
-    """What ``--arch`` accepts, in one line."""
-    tv = torchvision_models.names()
-    shown = ", ".join(tv[:3] + ["…"] + tv[-2:])
-    return (f"{', '.join(MODELS)}, {PREFIX}NAME for a torchvision classification model "
-            f"NAME ({shown}: {len(tv)} in all; --dataset imagenet takes NAME alone), or "
-            f"{TIMM}NAME for a timm model NAME ({TIMM}efficientnet_b0, …)")
 
 
 def build_model(name: str, num_classes: int, in_channels: int = 3,

@@ -5,7 +5,7 @@ from torch import nn
 
 from bench.common import randomize_bn
 from models import build_model
-from utils.method.graph import find_prunable_convs
+from utils.compaction import find_prunable_convs
 
 
 def random_model(arch, seed=0, num_classes=10):

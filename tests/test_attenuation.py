@@ -14,9 +14,8 @@ from tests.snapshots import assert_same_run
 from models import build_model
 from utils.method.attenuation import AttenuationProbe, channel_stds
 from utils.files import safe_load
-from utils.compaction import compact_model, load_compact
+from utils.compaction import compact_model, find_prunable_convs, load_compact
 from utils.errors import UserError
-from utils.method.graph import find_prunable_convs
 from utils.method.mask import Mask
 from utils.method.methods import METHODS, resolve
 from utils.method.schedule import Schedule, asymptotic_schedule, count, target_epoch

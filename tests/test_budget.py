@@ -18,7 +18,7 @@ from tests.soft_pruning import small_cnn
 from utils.compaction.cost import compact_cost, network_cost
 from utils.method.allocation import Allocator, normalised
 from utils.method.budget import Target, counted_once
-from utils.method.graph import find_prunable_convs
+from utils.compaction import find_prunable_convs
 from utils.method.mask import Mask
 from utils.method.methods import METHODS
 from utils.method.schedule import asymptotic_schedule, split_counts

@@ -16,6 +16,7 @@ from utils.report.fpgm import fpgm_flops_reduction
 from utils.run.compact_run import compact_checkpoint
 from utils.compaction.layers import FoldedConv
 from utils.errors import UserError
+from bench.common import randomize_bn
 from tests.soft_pruning import prune, random_model, rel_error, soft_pruned
 
 SHAPE = (3, 32, 32)
@@ -296,6 +297,57 @@ def test_an_op_it_does_not_understand_is_named_in_one_line():
     message = str(e.value)
     assert "\n" not in message and "GroupNorm (module '2', fx node _2)" in message
     assert "not an operation the compactor understands" in message
+
+
+class Unsqueezed(nn.Module):
+    """``unsqueeze`` (GCNet's op) both ways the compactor reads it: an excitation's factors
+    brought back to (N, C, 1, 1) by ``unsqueeze(-1)`` twice, and two maps given a new dim 2,
+    multiplied and summed over it (at full width)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.fc1, self.fc2 = nn.Linear(8, 4), nn.Linear(4, 8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.conv3, self.bn3 = nn.Conv2d(8, 6, 1, bias=False), nn.BatchNorm2d(6)
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        s = torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3))))))
+        x = x * s.unsqueeze(-1).unsqueeze(-1)
+        y = torch.relu(self.bn2(self.conv2(x)))
+        z = (x.unsqueeze(2) * torch.unsqueeze(y, 2)).sum(2)
+        return self.head(self.bn3(self.conv3(z)).mean((2, 3)))
+
+
+def test_unsqueeze_compacts_exactly_at_any_size():
+    torch.manual_seed(0)
+    model = Unsqueezed().double().eval()
+    randomize_bn(model, torch.Generator().manual_seed(1))
+    pruned = prune(model, 0.4)
+    compact = compact_model(model, pruned, input_shape=(3, 8, 8))
+    assert compact.rules_used["computed at full width"] > 0
+    for size in (8, 13):  # traced at 8×8; the maps and views follow the size
+        x = torch.randn(3, 3, size, size, dtype=torch.float64)
+        with torch.no_grad():
+            assert rel_error(model(x), compact(x)) <= 1e-12
+    assert compact_cost(compact, (3, 8, 8)) == network_cost(model, (3, 8, 8), pruned)
+
+
+def test_a_new_dim_before_the_batch_is_refused_in_one_line():
+    class First(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)).unsqueeze(0).sum(0)
+
+    with pytest.raises(UserError, match=r"^cannot compact: method unsqueeze \(fx node unsqueeze"
+                                        r"\) is not an operation the compactor understands \(a "
+                                        r"new dim before the batch dim\)"):
+        compact_model(First().eval(), {}, input_shape=(3, 8, 8))
 
 
 RUNTIME_ARCHS = [("resnet20", 32), ("tiny_bottleneck", 32)]  # option A; bottleneck + downsample

@@ -19,10 +19,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import calibrate_bn
 from models import build_model
-from utils.compaction import (NetworkCost, compact_cost, compact_model, export_onnx, load_compact,
-                              network_cost, save_compact)
+from utils.compaction import (NetworkCost, compact_cost, compact_model, export_onnx,
+                              find_prunable_convs, load_compact, network_cost, save_compact)
 from utils.compaction.converter import RULES
-from utils.method.graph import find_prunable_convs
 from tests.soft_pruning import one_thread, rel_error  # noqa: F401 (autouse)
 
 FAMILIES = [  # (arch, image side): squeeze-excitation on maps larger than 1×1 scales them

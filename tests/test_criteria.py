@@ -8,12 +8,12 @@ from bench.common import randomize_bn
 from models import build_model
 from utils.method.criteria import criterion, registry
 from utils.method.criteria.cs import cs_scores
-from utils.method.graph import find_prunable_convs
+from utils.compaction import find_prunable_convs
 
 
 def _brute_force(model, bns, xs, ys, num_classes):
-    """SPEC §3 literally, in float64: per sample, ReLU(BN(conv)) then the spatial max; class
-    means; Σ over class pairs of squared differences."""
+    """The class-separability score of README.md literally, in float64: per sample,
+    ReLU(BN(conv)) then the spatial max; class means; Σ over class pairs of squared differences."""
     model = copy.deepcopy(model).double().eval()
     bns = [dict(model.named_modules())[n] for n in bns]
     feats = {k: [] for k in range(len(bns))}

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from models import build_model
 from utils.method.criteria import criterion
 from utils.method.criteria.cs import cs_scores
-from utils.method.graph import find_prunable_convs
+from utils.compaction import find_prunable_convs
 from utils.method.mask import Mask
 from utils.run.sampling import EpochSampler, SeededDataset
 from utils.method.methods import METHODS

@@ -2,8 +2,7 @@
 import torch
 
 from examples import own_loop
-from utils.compaction import load_compact
-from utils.method.graph import find_prunable_convs
+from utils.compaction import find_prunable_convs, load_compact
 from utils.method.schedule import count
 
 

@@ -6,7 +6,7 @@ import torchvision
 from torch import nn
 
 from models import build_model
-from utils.method.graph import find_prunable_convs
+from utils.compaction import find_prunable_convs
 from utils.method.mask import Mask
 from utils.method.methods import METHODS
 from utils.method.schedule import asymptotic_schedule, count
@@ -33,6 +33,18 @@ def test_discovers_every_conv_followed_by_bn_in_torchvision_resnet18():
     assert all(isinstance(c.bn, nn.BatchNorm2d) and c.bn.num_features == c.filters for c in convs)
     assert {c.name: c.source for c in convs}["layer1.0.conv1"] == "conv1"  # via relu + maxpool
     assert {c.name: c.source for c in convs}["layer1.1.conv1"] is None  # after a residual add
+
+
+@pytest.mark.parametrize("make,block", [
+    (torchvision.models.mobilenet_v3_small, "features.1.block.0.0"),  # BN, Hardswish
+    (torchvision.models.efficientnet_b0, "features.2.0.block.1.0")])  # BN, SiLU
+def test_a_depthwise_conv_is_fed_through_any_activation(make, block):
+    """One table of channel-wise ops (the compactor's rules): the liveness pass and discovery
+    pass a channel through every activation alike, so a target counts the pair once."""
+    convs = {c.name: c for c in find_prunable_convs(make(num_classes=4))}
+    assert convs[block].conv.groups == convs[block].filters
+    assert convs[block].source == {"features.1.block.0.0": "features.0.0",
+                                   "features.2.0.block.1.0": "features.2.0.block.0.0"}[block]
 
 
 def test_reference_layer_indices_select_the_cifar_resnet_convs():
@@ -145,7 +157,7 @@ def test_mask_of_another_model_is_refused():
 
 
 def test_cifar_resnets_trace_with_fx():
-    """The final pool must stay traceable: the registration-order fallback loses the
-    conv-to-conv links that the effective FLOPs count uses."""
-    from utils.method.graph import _trace
+    """The final pool must stay traceable: the prunable convs, the effective FLOPs and the
+    compact network all come from the fx graph (a model fx cannot trace is refused)."""
+    from utils.compaction.tracing import trace as _trace
     assert _trace(build_model("resnet20", 10)) is not None

@@ -1,4 +1,4 @@
-"""The four methods as presets of one Mask (SPEC §9): selections, weights and gradients on
+"""The four methods as presets of one Mask (docs/methods.md): selections, weights and gradients on
 hand-built filters, the schedules, the flags, and a dense run that is a plain training loop."""
 import copy
 
@@ -11,9 +11,9 @@ from torch import nn
 import notebook_cifar
 from tests.fakedata import write_cifar
 from utils import subnormals
+from utils.compaction import find_prunable_convs
 from utils.errors import OptionError, UserError
 from utils.run.cli import cli_words
-from utils.method.graph import find_prunable_convs
 from utils.method.mask import Mask
 from utils.method.methods import resolve
 from utils.method.schedule import asymptotic_schedule
@@ -116,7 +116,7 @@ def test_schedules_of_the_presets():
     fsdp = resolve("fsdp", None, 200)
     sched = fsdp.schedule()
     assert (fsdp.rates, fsdp.tau) == ({"cs": 0.1, "gm": 0.4}, 10.0)
-    assert sched.theta[1] == pytest.approx(0.033646, abs=1e-6)  # SPEC §2's known value
+    assert sched.theta[1] == pytest.approx(0.033646, abs=1e-6)  # the schedule's known value
 
 
 @pytest.mark.parametrize("method,flag,match", [

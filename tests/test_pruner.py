@@ -216,6 +216,59 @@ def test_bad_input_is_one_clear_exception(make, match):
         make()
 
 
+class _Branching(nn.Module):
+    """A forward that branches on the data: fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        x = self.bn(self.conv(x))
+        return x.relu() if x.mean() > 0 else x
+
+
+class _Shared(nn.Module):
+    """One conv called twice, each call into its own BatchNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn1, self.bn2 = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), \
+            nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        return self.bn2(self.conv(self.bn1(self.conv(x))))
+
+
+@pytest.mark.parametrize("model,match", [
+    (_Branching, r"^cannot trace a _Branching with torch.fx \(.*\); FSDP needs a model whose "
+                 "forward has no data-dependent control flow$"),
+    (_Shared, r"^cannot compact: conv 'conv' is called more than once$")])
+def test_what_compaction_refuses_structurally_is_refused_before_training(model, match):
+    """One traced graph for the prunable convs and the compact network: no fallback to the
+    modules' order for a model fx cannot trace, no prunable conv the compactor cannot drop."""
+    with pytest.raises(UserError, match=match):
+        Pruner(model(), "sfp", {"norm": 0.5}, 3)
+
+
+def test_the_driver_traces_its_model_once(data_root, tmp_path, monkeypatch):
+    """The prunable convs, every epoch's cost and the compact network: one fx graph."""
+    import utils.compaction.tracing as tracing
+    traced = []
+    real = tracing.trace_model
+    monkeypatch.setattr(tracing, "trace_model", lambda *a, **k: traced.append(1) or real(*a, **k))
+    args = notebook_cifar.parser().parse_args([
+        "--dataset", "cifar10", "--data_path", data_root, "--save_path", str(tmp_path / "run"),
+        "--arch", "resnet20", "--epochs", "1", "--batch_size", "16", "--workers", "0",
+        "--method", "fpgm", "--device", "cpu", "--target_flops", "0.7", "--manualSeed", "4"])
+    trainer = Trainer(args, notebook_cifar.make_data(args), torch.device("cpu"))
+    assert trainer.pruner.graph is trainer.graph is trainer.cost.graph
+    trainer.start()
+    assert trainer.run_epoch(0)
+    assert trainer._compact() is not None
+    assert len(traced) == 1
+
+
 def test_out_of_order_steps_other_models_states_and_early_compaction_are_refused():
     pruner = Pruner(_tiny(), "sfp", {"norm": 0.5}, 3)
     pruner.step(0)

@@ -13,13 +13,13 @@ from torch import nn
 from timm.layers import BatchNormAct2d, EcaModule, MixedConv2d, convert_sync_batchnorm
 
 from bench.common import calibrate_bn
-from utils.compaction import compact_model
+from utils.compaction import compact_model, find_prunable_convs
 from utils.errors import UserError
 from utils.method.criteria.cs import cs_scores
-from utils.method.graph import find_prunable_convs
 from utils.method.mask import Mask
 from utils.method.methods import METHODS
 from utils.method.schedule import Schedule
+from utils.pruner import Pruner
 from utils.run.pretrained import initial_model
 from tests.soft_pruning import one_thread, rel_error  # noqa: F401 (autouse)
 
@@ -63,9 +63,9 @@ def test_a_batchnorm_subclass_pairs_with_its_conv():
 
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_cs_scores_a_fused_activation_as_the_paper_scores_any_bn(mode):
-    """SPEC §3 scores max ReLU(BN(conv)): a BatchNorm that applies its own SiLU is scored on its
-    normalisation, as the plain BN before a separate SiLU — in train mode with the batch's
-    statistics (and both update their running ones alike)."""
+    """The CS criterion (README.md) scores max ReLU(BN(conv)): a BatchNorm that applies its own
+    SiLU is scored on its normalisation, as the plain BN before a separate SiLU — in train mode
+    with the batch's statistics (and both update their running ones alike)."""
     fused, plain = _twins()
     gen = torch.Generator().manual_seed(2)
     batches = [(torch.randn(6, 3, 8, 8, generator=gen), torch.randint(0, 4, (6,), generator=gen))
@@ -100,6 +100,19 @@ def test_attenuate_bn_scales_the_subclass_and_leaves_no_constant():
     x = torch.randn(5, 3, 8, 8)
     with torch.no_grad():
         assert rel_error(fused(x), compact(x)) <= 1e-6
+
+
+def test_a_graph_traced_before_the_model_was_cast_still_compacts_it():
+    """The Pruner traces at construction; the model may be cast or moved before ``compact()``
+    (``.to`` gives a module new buffers: the shapes are taken with the model's own)."""
+    fused, _ = _twins()
+    pruner = Pruner(fused, "sfp", {"norm": 0.5}, 1)
+    fused.double()
+    pruner.step(0)
+    compact = pruner.compact()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel_error(fused.eval()(x), compact(x)) <= 1e-12
 
 
 @pytest.mark.parametrize("convert", ["torch", "timm"])

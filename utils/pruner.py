@@ -9,7 +9,8 @@
 
 What each call does:
 * ``Pruner(...)`` finds the prunable convs (every conv whose output goes through a
-  BatchNorm2d, via torch.fx), builds the method's schedule and mask, and hooks the gradient
+  BatchNorm2d, from the model's one fx graph: ``compaction.ModelGraph``, which a target's
+  costs and ``compact()`` walk too; a model fx cannot trace is refused here), builds the method's schedule and mask, and hooks the gradient
   scaling onto ``optimizer.step`` (``register_step_pre_hook``), so gradients of the selected
   filters are scaled after your ``backward()`` (and after a GradScaler's unscale, and after
   DDP's all-reduce, and once per step under gradient accumulation). It changes nothing yet.
@@ -38,12 +39,12 @@ import numpy as np
 from torch import nn
 
 from . import distributed as dist
-from .compaction import NetworkCost, compact_model
+from .compaction import ModelGraph, NetworkCost, compact_model
 from .errors import UserError
 from .method.allocation import Allocator
 from .method.budget import TOLERANCE, PlanMaker, counted_once
 from .method.criteria import criterion
-from .method.graph import PrunableConv, find_prunable_convs, unwrap
+from .method.graph import PrunableConv, unwrap
 from .method.mask import Mask
 from .method.methods import Pruning, resolve
 from .method.schedule import Curves
@@ -59,7 +60,8 @@ class Pruner:
                  include: str | None = None, exclude: str | None = None,
                  convs: list[PrunableConv] | None = None, amp_dtype=None, cs_transform=None,
                  class_names=None, log=None, auto_start: bool = True,
-                 target: dict | None = None, allocation: str | None = None, input_shape=None):
+                 target: dict | None = None, allocation: str | None = None, input_shape=None,
+                 graph: ModelGraph | None = None):
         """``method``: a name (``fsdp``, ``fpgm``, ``sfp``, ``asfp``, ``l1``) with ``rates``
         ({criterion: final share}, the method's defaults where missing) and ``epochs``, or a
         resolved ``Pruning``. ``cs_data``: a loader of (inputs, labels) for the CS pass
@@ -67,8 +69,10 @@ class Pruner:
         ``exclude``: regexes on conv names; ``convs`` an explicit list instead.
         ``auto_start=False``: the first mask only when ``start()`` is called.
         ``target``: {"flops": F} or {"params": P} instead of rates (``input_shape``, (C, H, W),
-        needed to count them); ``allocation``: "uniform" (default) or "global"."""
+        needed to count them); ``allocation``: "uniform" (default) or "global". ``graph``: the
+        model's ``ModelGraph`` when the caller has traced it already (the training driver)."""
         self.model = unwrap(model)
+        self._graph = graph
         if isinstance(method, Pruning):
             self.pruning = method
         else:
@@ -76,8 +80,7 @@ class Pruner:
                 raise UserError("Pruner needs epochs=: the schedule runs over the whole training")
             self.pruning = resolve(method, rates, epochs, tau, attenuation, zero_scaling,
                                    attenuate, prune_every, target, allocation)
-        self.convs = convs if convs is not None else find_prunable_convs(self.model, include,
-                                                                         exclude)
+        self.convs = convs if convs is not None else self.graph.prunable_convs(include, exclude)
         if not self.convs:
             raise UserError(f"no prunable conv in this {type(self.model).__name__}: FSDP prunes "
                             "the Conv2d layers whose output goes through a BatchNorm2d; check "
@@ -99,6 +102,14 @@ class Pruner:
         self._start_hook = (self.model.register_forward_pre_hook(self._start_on_training)
                             if auto_start else None)
 
+    @property
+    def graph(self) -> ModelGraph:
+        """The model's one traced graph: the prunable convs, a target's costs, the compact
+        network (traced when first needed)."""
+        if self._graph is None:
+            self._graph = ModelGraph(self.model)
+        return self._graph
+
     def _budget(self, input_shape, round_to: int):
         """A target's plan (uniform: now) or its maker (global: from the scores during the
         run); the convs become those the target counts (``budget.counted_once``)."""
@@ -110,7 +121,7 @@ class Pruner:
             raise UserError("a target needs input_shape=(C, H, W): the FLOPs and parameters are "
                             "counted for one image of that size")
         self.convs = counted_once(self.convs)
-        cost = NetworkCost(self.model, input_shape)
+        cost = NetworkCost(self.graph, input_shape)
         self.allocator = Allocator(self.convs, lambda pruned: cost(pruned)[target.index], target,
                                    self.pruning.first_share, round_to)
         if target.allocation == "uniform":
@@ -212,7 +223,7 @@ class Pruner:
         if self.epoch != self.pruning.epochs - 1:
             raise UserError(f"Pruner.compact() needs the final mask: call it after "
                             f"step({self.pruning.epochs - 1}) (the last step was {self.epoch})")
-        return compact_model(self.model, self.selected(), exact)
+        return compact_model(self.graph, self.selected(), exact)
 
     def remove(self) -> None:
         """Detach the optimizer and model hooks (the mask stays as it is)."""

@@ -9,19 +9,23 @@ network is generated from a plain-data manifest (``network``, ``storage``; its g
 ``manifest``), exports to a torch.export program, ONNX and TorchScript (``export``), and its
 cost comes from the same walk (``cost``).
 
-Modules: ``tracing`` (the fx graph and its ops), ``state``, ``liveness``, ``builder``,
-``converter`` (the walk), ``convs``/``ops``/``structure``/``fullwidth``/``materialise``
-(per-op rules), ``modules``/``layers``/``joins``/``constmaps`` (what the compact network is
-made of), ``network``, ``manifest``, ``storage``, ``export``, ``cost``, ``exactness``
-(the compact network against the soft-pruned one). What a run reports of a compaction is
-``utils.report.figures``; compacting a run's checkpoint, ``utils.run.compact_run``.
+Modules: ``tracing`` (the model's one fx graph: the prunable convs, and every node's shape
+and op; ``find_prunable_convs``), ``nodes`` (what is read off an fx node), ``rules`` (one
+rule per op kind, in one registry), ``state``, ``liveness``, ``builder``, ``converter`` (the
+walk), ``fullwidth`` and ``materialise`` (what the rules share), ``modules``/``layers``/
+``joins``/``constmaps`` (what the compact network is made of), ``network``, ``manifest``,
+``storage``, ``export``, ``cost``, ``exactness`` (the compact network against the
+soft-pruned one). What a run reports of a compaction is ``utils.report.figures``;
+compacting a run's checkpoint, ``utils.run.compact_run``.
 """
 from .cost import NetworkCost, compact_cost, network_cost
 from .export import check_onnx_exporter, export_onnx, export_pt2, export_torchscript
 from .exactness import max_rel_error
 from .network import CompactNet, compact_model
 from .storage import FORMAT, FORMAT_VERSION, load_compact, save_compact
+from .tracing import ModelGraph, find_prunable_convs
 
-__all__ = ["CompactNet", "FORMAT", "FORMAT_VERSION", "NetworkCost", "check_onnx_exporter",
-           "compact_cost", "compact_model", "export_onnx", "export_pt2", "export_torchscript",
-           "load_compact", "max_rel_error", "network_cost", "save_compact"]
+__all__ = ["CompactNet", "FORMAT", "FORMAT_VERSION", "ModelGraph", "NetworkCost",
+           "check_onnx_exporter", "compact_cost", "compact_model", "export_onnx", "export_pt2",
+           "export_torchscript", "find_prunable_convs", "load_compact", "max_rel_error",
+           "network_cost", "save_compact"]

@@ -1,9 +1,10 @@
 """What a network costs: multiply-accumulates and parameters, counted from the graph walk.
 
-One set of formulas (``conv_cost``, ``linear_cost``) serves every count: the converter
-applies them to each node it builds, so ``network_cost`` gives the dense network (nothing
-pruned), the network a mask gives at any epoch (``NetworkCost``, the per-epoch ``flops_eff``
-and ``params_eff``) and the compact network; ``compact_cost`` applies them to a compact
+One set of formulas (``conv_cost``, ``linear_cost``, ``affine_params``: each with the rule of
+its layer, ``rules``) serves every count: the converter applies them to each node it builds,
+so ``network_cost`` gives the dense network (nothing pruned), the network a mask gives at any
+epoch (``NetworkCost``, the per-epoch ``flops_eff`` and ``params_eff``) and the compact
+network; ``compact_cost`` applies them to a compact
 network's own modules. FLOPs are multiply-accumulates of convs and linear layers — a grouped
 conv's filters each read their group's inputs only, a depthwise one a single channel — the
 unit of the pruning papers (CIFAR ResNet-56 = 125.5 M). Parameters count every folded conv as
@@ -12,46 +13,19 @@ conv + BatchNorm (γ and β per filter), so a compact and a dense count compare 
 import torch
 from torch import nn
 
-from ..method.graph import unwrap
-from .converter import DenseGraph, convert
-
-
-def conv_cost(out_hw: int, filters: int, inputs_per_group: int, kernel, source_bias: bool,
-              bn: bool, scaled: int = 0) -> tuple[int, int]:
-    """(MACs, parameters) of one conv: ``scaled`` channels enter as a per-sample bias (a
-    matrix of filters × scaled)."""
-    taps = int(kernel[0]) * int(kernel[1])
-    weights = filters * inputs_per_group * taps
-    macs = out_hw * weights + filters * scaled
-    params = weights + filters * (int(source_bias) + 2 * int(bn)) + filters * scaled
-    return macs, params
-
-
-def linear_cost(features: int, outputs: int, bias: bool, scaled: int = 0) -> tuple[int, int]:
-    macs = outputs * (features + scaled)
-    return macs, macs + outputs * int(bias)
-
-
-def affine_params(channels: int, bn: bool) -> int:
-    """A BatchNorm that no conv folds keeps γ and β; other per-channel scales are derived."""
-    return 2 * channels if bn else 0
+from .converter import convert
+from .rules import COSTS
+from .rules.batchnorm import affine_params
+from .rules.convolution import conv_cost
+from .rules.linear import linear_cost
+from .tracing import as_graph
 
 
 def node_cost(node: dict, hw: int | None) -> tuple[int, int]:
-    """(MACs, parameters) of one node of a compact graph (``hw``: a conv's output pixels)."""
-    a, op = node["attrs"], node["op"]
-    if op == "conv":
-        return conv_cost(hw, a["out"], a["in"] // a["groups"], a["kernel"], a["source_bias"],
-                         a["bn"], a["sbias"])
-    if op == "linear":
-        return linear_cost(a["in"], a["out"], a["source_bias"], a["sbias"])
-    if op == "affine":
-        return 0, affine_params(node["tensors"]["scale"]["shape"][1], a["bn"])
-    if op == "opaque":
-        return 0, a["params"]
-    if op == "tensor":  # a 1-D conv across the channels has MACs and weights; reshapes none
-        return a.get("macs", 0), a.get("params", 0)
-    return 0, 0
+    """(MACs, parameters) of one node of a compact graph (``hw``: a conv's output pixels), as
+    the rule that emits it counts it."""
+    rule = COSTS.get(node["op"])
+    return rule.cost(node, hw) if rule is not None else (0, 0)
 
 
 def graph_cost(cv) -> tuple[int, int]:
@@ -64,10 +38,11 @@ def graph_cost(cv) -> tuple[int, int]:
     return total[0], total[1]
 
 
-def network_cost(model: nn.Module, input_shape, pruned: dict | None = None,
+def network_cost(model, input_shape, pruned: dict | None = None,
                  exact: bool = True) -> tuple[int, int]:
     """(MACs, parameters) for one image of ``input_shape`` (C, H, W) with ``pruned``
-    ({conv: filter indices}) removed; nothing pruned: the dense network."""
+    ({conv: filter indices}) removed; nothing pruned: the dense network. ``model``: an
+    ``nn.Module`` or its ``ModelGraph``."""
     return NetworkCost(model, input_shape)(pruned or {}, exact)
 
 
@@ -76,11 +51,13 @@ class NetworkCost:
     compactor does not understand are counted as full-width (and cost nothing themselves),
     so a run can count FLOPs of a network it cannot compact."""
 
-    def __init__(self, model: nn.Module, input_shape):
-        self.graph = DenseGraph(unwrap(model), input_shape, lenient=True)
+    def __init__(self, model, input_shape):
+        """``model``: an ``nn.Module``, or its ``ModelGraph`` (reused, shaped if need be)."""
+        self.graph = as_graph(model, input_shape)
 
     def __call__(self, pruned: dict, exact: bool = True) -> tuple[int, int]:
-        return graph_cost(convert(self.graph, pruned, exact=exact, check=False, emit=False))
+        return graph_cost(convert(self.graph, pruned, exact=exact, check=False, emit=False,
+                                  strict=False))
 
 
 @torch.no_grad()

@@ -75,12 +75,6 @@ def widen(x: torch.Tensor, gather: torch.Tensor) -> torch.Tensor:
     return torch.index_select(F.pad(x, pad), 1, gather)
 
 
-def _gather_of(width: int, pos: torch.Tensor) -> torch.Tensor:
-    gather = torch.full((width,), len(pos), dtype=torch.long, device=pos.device)
-    gather[pos] = torch.arange(len(pos), device=pos.device)
-    return gather
-
-
 def register(module: nn.Module, specs: dict, prefix: str = "") -> None:
     """Zero buffers of the shapes the manifest gives (``load_state_dict`` fills them)."""
     for key, spec in specs.items():

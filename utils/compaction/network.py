@@ -8,13 +8,14 @@ import torch
 from torch import fx, nn
 
 from ..method.graph import unwrap
-from .converter import DenseGraph, convert
+from .converter import convert
 from .joins import Join
 from .layers import FoldedConv, Linear
 from .manifest import check_manifest
 from .modules import (MODE, Act, Affine, Cached, Mul, Pool, SpatialSlice, Take, TensorOp,
                       graph_mode)
-from .tracing import shape_of
+from .nodes import shape_of
+from .tracing import ModelGraph
 
 MODULES = {"conv": FoldedConv, "linear": Linear, "act": Act, "affine": Affine, "mul": Mul,
            "take": Take, "pool": Pool, "slice": SpatialSlice, "join": Join, "tensor": TensorOp}
@@ -130,7 +131,7 @@ def default_input_shape(model: nn.Module) -> tuple:
 
 
 @torch.no_grad()
-def compact_model(model: nn.Module, pruned: dict, exact: bool = True, input_shape=None,
+def compact_model(model, pruned: dict, exact: bool = True, input_shape=None,
                   arch: str | None = None) -> CompactNet:
     """The compact network (eval mode, the model's device and dtype) of a soft-pruned one.
 
@@ -140,11 +141,16 @@ def compact_model(model: nn.Module, pruned: dict, exact: bool = True, input_shap
     modified. ``exact=False``: drop the removed channels' constants (same widths, different
     outputs: what a pruner that ignores them builds; the bench's latency floor).
     ``input_shape`` (C, H, W): the example the graph is traced with (any size works later);
-    ``arch``: the name recorded in the manifest.
+    ``arch``: the name recorded in the manifest. ``model`` may be its ``ModelGraph`` (traced
+    once for discovery and costs): the graph's input shape is then the default.
     """
-    model = unwrap(model)
-    shape = tuple(input_shape)[-3:] if input_shape is not None else default_input_shape(model)
-    graph = DenseGraph(model, shape)
+    graph = model if isinstance(model, ModelGraph) else None
+    model = graph.model if graph is not None else unwrap(model)
+    if input_shape is None:
+        input_shape = graph.input_shape if graph is not None and graph.input_shape else \
+            default_input_shape(model)
+    shape = tuple(input_shape)[-3:]
+    graph = graph.with_shapes(shape) if graph is not None else ModelGraph(model, shape)
     cv = convert(graph, pruned, exact=exact, check=True)
     manifest = manifest_of(graph, cv, exact, arch)
     p = next(model.parameters())
@@ -154,7 +160,7 @@ def compact_model(model: nn.Module, pruned: dict, exact: bool = True, input_shap
     return compact.to(p.device).eval()
 
 
-def manifest_of(graph: DenseGraph, cv, exact: bool, arch) -> dict:
+def manifest_of(graph: ModelGraph, cv, exact: bool, arch) -> dict:
     kept, removed = {}, {}
     for name, mask in cv.masks.items():
         removed[name] = mask.nonzero()[:, 0].tolist()

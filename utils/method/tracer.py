@@ -1,12 +1,14 @@
-"""The fx tracer that discovery and compaction share: a BatchNorm subclass is a BatchNorm.
+"""The fx tracer of the model's one graph (``utils.compaction.ModelGraph``): a BatchNorm
+subclass is a BatchNorm.
 
 torch.fx records a call to a module of ``torch.nn`` as one node and traces into every other
 module. A BatchNorm subclass from outside ``torch.nn`` — timm's ``BatchNormAct2d``, which
-applies its drop and activation after normalising, used by every ``ConvNormAct`` — would be
-traced into, and its conv → BN pair would vanish from the graph. Here every ``BatchNorm2d`` and
-``SyncBatchNorm``, subclass or not, is one node for discovery; the compactor asks for its ops
-instead (``expand``): the normalisation as ``F.batch_norm`` over the module's own statistics
-and affine parameters, then whatever the subclass applies afterwards, each op as it is.
+applies its drop and activation after normalising, used by every ``ConvNormAct`` — is traced
+into with its normalisation recorded as ``F.batch_norm`` over the module's own statistics and
+affine parameters (eval mode: torch's own forward checks the input's rank in Python, which fx
+cannot record), then whatever the subclass applies afterwards, each op as it is: discovery
+pairs that ``F.batch_norm`` with its conv, the compactor folds it into the conv and compacts
+the rest.
 """
 import functools
 import operator
@@ -37,12 +39,11 @@ class _Proxy(fx.Proxy):
 
 
 class BatchNormTracer(fx.Tracer):
-    """``expand=False``: every BatchNorm is one ``call_module`` node. ``expand=True``: a
-    subclass that adds ops is traced into, its normalisation recorded as ``F.batch_norm``."""
+    """torch's BatchNorms are one ``call_module`` node; a subclass that adds ops is traced
+    into, its normalisation recorded as ``F.batch_norm``; assignments into tensors recorded."""
 
-    def __init__(self, expand: bool = False):
+    def __init__(self):
         super().__init__()
-        self.expand = expand
         self._names: dict[int, str] | None = None
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
@@ -70,8 +71,9 @@ class BatchNormTracer(fx.Tracer):
             parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
         return parameter_proxy_cache[name]
 
-    def _traced_into(self, m: nn.Module) -> bool:
-        return self.expand and is_batchnorm(m) and adds_ops(m)
+    @staticmethod
+    def _traced_into(m: nn.Module) -> bool:
+        return is_batchnorm(m) and adds_ops(m)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if is_batchnorm(m):
@@ -104,13 +106,13 @@ def _with_traceable_normalisation(cls: type) -> type:
     return type(cls.__name__, (cls, plain), {})
 
 
-def trace_model(model: nn.Module, expand: bool = False) -> fx.GraphModule:
+def trace_model(model: nn.Module) -> fx.GraphModule:
     """The fx graph of ``model``'s eval-mode forward (stochastic depth, dropout and BN act as
     at inference); every module is left in its mode. fx's own errors propagate."""
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        tracer = BatchNormTracer(expand)
+        tracer = BatchNormTracer()
         graph = tracer.trace(model)
     finally:
         for m, training in modes.items():

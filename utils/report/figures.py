@@ -2,14 +2,14 @@
 keys of summary.json's ``compact`` block."""
 from torch import nn
 
-from ..compaction import compact_cost, max_rel_error, network_cost
+from ..compaction import ModelGraph, compact_cost, max_rel_error, network_cost
 from ..errors import UserError
 from ..method.criteria import registry
 from ..method.graph import unwrap
 from .fpgm import fpgm_flops_reduction
 
 
-def compaction_figures(model: nn.Module, compact: nn.Module, input_shape, arch: str,
+def compaction_figures(model, compact: nn.Module, input_shape, arch: str,
                        keep_ratio: float, nominal_keep_ratio: float | None = None) -> dict:
     """The figures of a compaction, under the keys of summary.json's ``compact`` block.
 
@@ -18,7 +18,9 @@ def compaction_figures(model: nn.Module, compact: nn.Module, input_shape, arch: 
     FPGM's analytic FLOPs reduction at each (None where FPGM has no formula for ``arch``).
     """
     shape = tuple(input_shape)[-3:]
-    flops_d, params_d = network_cost(unwrap(model), shape)
+    flops_d, params_d = network_cost(model if isinstance(model, ModelGraph) else unwrap(model),
+                                     shape)
+    model = model.model if isinstance(model, ModelGraph) else unwrap(model)
     flops_c, params_c = compact_cost(compact, shape)
 
     def analytic(p):
@@ -34,7 +36,7 @@ def compaction_figures(model: nn.Module, compact: nn.Module, input_shape, arch: 
     if nominal_keep_ratio is not None:
         fig["keep_ratio_nominal"] = nominal_keep_ratio
         fig["fpgm_analytic_flops_reduction_nominal"] = analytic(nominal_keep_ratio)
-    fig["max_rel_error"] = max_rel_error(unwrap(model), compact, shape)
+    fig["max_rel_error"] = max_rel_error(model, compact, shape)
     return fig
 
 

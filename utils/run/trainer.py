@@ -18,12 +18,10 @@ from models import MODELS, build_model
 from . import loaders, lock
 from .. import distributed as dist
 from .. import subnormals
-from ..compaction import NetworkCost, compact_model, save_compact
-from ..compaction.tracing import trace
+from ..compaction import ModelGraph, NetworkCost, compact_model, save_compact
 from ..errors import OptionError, UserError, WriteFault
 from ..method.attenuation import AttenuationProbe
 from ..method.budget import TOLERANCE
-from ..method.graph import find_prunable_convs
 from ..method.methods import Pruning
 from ..method.schedule import count
 from ..pruner import Pruner
@@ -149,8 +147,8 @@ def run(args, make_data, pruning: Pruning | None = None) -> int:
 
 
 def check_architecture(arch: str) -> None:
-    """Refuse, before any data is read, a model FSDP can neither prune nor trace (the cost
-    of every epoch and the compact network come from its fx graph)."""
+    """Refuse, before any data is read, a model FSDP can neither trace nor prune (its prunable
+    convs, the cost of every epoch and the compact network come from its fx graph)."""
     if arch in MODELS:  # the 32×32 networks build in milliseconds; meta tensors would cost
         model = build_model(arch, 10, 3)  # a ~1.5 s first-use set-up in every process
     else:
@@ -159,11 +157,10 @@ def check_architecture(arch: str) -> None:
                 model = build_model(arch, 10, 3)
         except Exception:  # a builder that reads tensor values (RegNet's widths)
             model = build_model(arch, 10, 3)
-    if not find_prunable_convs(model):
+    if not ModelGraph(model).pairs:
         raise UserError(f"--arch {arch} has no Conv2d whose output goes only to a "
                         f"BatchNorm2d ({_why_no_pairs(model)}), so FSDP has no filter to "
                         "prune; choose a CNN with BatchNorm, e.g. --arch resnet50")
-    trace(model)
 
 
 def _why_no_pairs(model) -> str:
@@ -223,7 +220,9 @@ class Trainer:
         self.args, self.data, self.device = args, data, device
         self.pruning = pruning or pruning_from_args(args)
         self.model = initial_model(args, data.num_classes, data.in_channels, resuming).to(device)
-        self.convs = _prunable(self.model, args)
+        # the model's one fx graph: its prunable convs, every epoch's cost, the compact network
+        self.graph = ModelGraph(self.model, data.input_shape)
+        self.convs = _prunable(self.graph, args)
         self.amp_dtype = amp_dtype(args, device)
         self.batch = loaders.per_rank(args.batch_size)
         self.train_loader = loaders.train_loader(args, data, device)
@@ -247,7 +246,7 @@ class Trainer:
                       if self.mask.active else None)
         self.scaler = (torch.amp.GradScaler(device.type)
                        if self.amp_dtype == torch.float16 else None)
-        self.cost = NetworkCost(self.model, data.input_shape)  # the compactor's graph walk
+        self.cost = NetworkCost(self.graph, data.input_shape)  # the compactor's graph walk
         self.dense_cost = self.cost({})
         self.net = self.model
         if dist.world_size() > 1:
@@ -271,7 +270,7 @@ class Trainer:
                       cs_mode=args.cs_mode, cs_batches=args.max_iter_cs,
                       amp_dtype=self.amp_dtype, cs_transform=data.batch_transform,
                       class_names=data.classes, auto_start=False,
-                      input_shape=data.input_shape)
+                      input_shape=data.input_shape, graph=self.graph)
 
     # -- the steps of a run ------------------------------------------------------------------
     def start(self) -> None:
@@ -506,7 +505,7 @@ class Trainer:
         figures are compact.py's, from one function (``report.figures.compaction_figures``)."""
         args, mask = self.args, self.mask
         try:
-            compact = compact_model(self.model, self.pruner.selected(),
+            compact = compact_model(self.graph, self.pruner.selected(),
                                     input_shape=self.data.input_shape, arch=args.arch)
         except UserError as e:  # an architecture compaction does not know: the run still counts
             self.log(f"warning: no compact network ({e})")
@@ -516,15 +515,15 @@ class Trainer:
         test = self._evaluate(compact)
         keep = 1 - mask.total_selected() / max(mask.total_filters(), 1)
         nominal = asked_keep_ratio(self.pruning.rates, keep, self.pruning.target is not None)
-        figures = compaction_figures(self.model, compact, self.data.input_shape, args.arch,
+        figures = compaction_figures(self.graph, compact, self.data.input_shape, args.arch,
                                      keep, nominal)
         return {"path": "model_compact.pt", "top1": test["top1"], "top5": test["top5"],
                 "loss": test["loss"], **figures}
 
 
-def _prunable(model, args) -> list:
-    convs = find_prunable_convs(model, args.prune_include, args.prune_exclude, args.layer_begin,
-                                args.layer_end, args.layer_inter)
+def _prunable(graph: ModelGraph, args) -> list:
+    convs = graph.prunable_convs(args.prune_include, args.prune_exclude, args.layer_begin,
+                                 args.layer_end, args.layer_inter)
     if not convs:
         raise UserError("no conv matches the layer selection (--layer_*/--prune_include/"
                         "--prune_exclude); widen it")

@@ -1,4 +1,4 @@
-"""Convolutions, linear layers and BatchNorms in the compact graph.
+"""2-D convolutions (any groups, stride, dilation; numeric zero padding), their BatchNorm folded in.
 
 A conv keeps the filters that are kept, needed (``liveness``) and read at least one computed
 channel of their group. Its BatchNorm is folded in (weight × scale, bias). What the input's
@@ -11,33 +11,60 @@ group needs the same widths, so short groups get padding inputs (zero weights) a
 pruned filters of their own group as fillers (zero weights, their exact constant as bias).
 """
 import torch
+from torch import nn
 
-from ..errors import UserError
-from .materialise import fold
-from .state import Maps, Ref, T
-from .tracing import shape_of
-
-
-def _bias64(layer, n: int) -> torch.Tensor:
-    if layer.bias is None:
-        return torch.zeros(n, dtype=torch.float64)
-    return layer.bias.detach().double().cpu()
+from ...errors import UserError
+from ..materialise import fold
+from ..nodes import Op, shape_of
+from ..state import Maps, Ref, T
+from .batchnorm import fold_bn
+from .registry import register_rule
+from .rule import Rule, bias64
 
 
-def _fold_bn(bn, filters: int):
-    if bn is None:
-        return torch.ones(filters, dtype=torch.float64), torch.zeros(filters, dtype=torch.float64)
-    if not bn.track_running_stats or bn.running_var is None:
-        raise UserError("cannot compact: the BatchNorm after a conv has no running "
-                        "statistics (track_running_stats=False), so it cannot be folded")
-    var, mean = bn.running_var.detach().double().cpu(), bn.running_mean.detach().double().cpu()
-    gamma = bn.weight.detach().double().cpu() if bn.weight is not None else torch.ones_like(var)
-    beta = bn.bias.detach().double().cpu() if bn.bias is not None else torch.zeros_like(var)
-    scale = gamma / torch.sqrt(var + bn.eps)
-    return scale, beta - scale * mean
+@register_rule
+class Conv2d(Rule):
+    """``conv``: ``nn.Conv2d``, the prunable layer when a BatchNorm alone reads it."""
+    kind = "conv"
+    modules = (nn.Conv2d,)
+    emits = ("conv",)
+
+    def classify(self, node, modules):
+        return Op(self.kind, node, [node.args[0]], module=modules[node.target])
+
+    def needs(self, op, out, live):
+        """A filter reads its group's input channels: the groups with a filter that is needed
+        and kept need all of theirs; a group whose filters are all pruned needs none
+        (MobileNet's expand conv skips the channels whose depthwise filter is pruned)."""
+        m, active = op.module, out.clone()
+        pruned = live.pruned.get(op.node.target)
+        if pruned is not None:
+            active &= ~pruned
+        per_group = active.view(m.groups, -1).any(1)
+        live.add(op.inputs[0], per_group.repeat_interleave(m.in_channels // m.groups))
+
+    def convert(self, cv, op):
+        return convert_conv(cv, op)
+
+    def cost(self, node, hw):
+        a = node["attrs"]
+        return conv_cost(hw, a["out"], a["in"] // a["groups"], a["kernel"], a["source_bias"],
+                         a["bn"], a["sbias"])
+
+
+def conv_cost(out_hw: int, filters: int, inputs_per_group: int, kernel, source_bias: bool,
+              bn: bool, scaled: int = 0) -> tuple[int, int]:
+    """(MACs, parameters) of one conv: ``scaled`` channels enter as a per-sample bias (a
+    matrix of filters × scaled); a folded BatchNorm counts its γ and β per filter."""
+    taps = int(kernel[0]) * int(kernel[1])
+    weights = filters * inputs_per_group * taps
+    macs = out_hw * weights + filters * scaled
+    params = weights + filters * (int(source_bias) + 2 * int(bn)) + filters * scaled
+    return macs, params
 
 
 def convert_conv(cv, op) -> T:
+    """The conv's output state: constant filters, then the computed ones."""
     node, m = op.node, op.module
     if m.padding_mode != "zeros" or isinstance(m.padding, str):
         raise UserError(f"cannot compact: conv '{node.target}' pads with "
@@ -46,8 +73,8 @@ def convert_conv(cv, op) -> T:
     bn_node = cv.pairs.get(node)
     bn = cv.graph.op_of[bn_node].module if bn_node is not None else None
     groups, filters = m.groups, m.out_channels
-    w, bias = m.weight.detach().double().cpu(), _bias64(m, filters)
-    scale, shift = _fold_bn(bn, filters)
+    w, bias = m.weight.detach().double().cpu(), bias64(m, filters)
+    scale, shift = fold_bn(bn, filters)
     pruned = cv.pruned_mask(node.target, filters)
     if cv.check and bool(pruned.any()) and bool(w[pruned].count_nonzero()):
         raise UserError(f"{node.target}: selected filters are not zero (ζ > 0: a snapshot from "
@@ -269,78 +296,3 @@ class _Conv:
 
 def _round8(n: int, cap: int) -> int:
     return min(cap, -(-n // 8) * 8)
-
-
-def convert_linear(cv, op) -> T:
-    m = op.module
-    x = cv.state(op.inputs[0])
-    if x.spatial:
-        raise UserError(f"cannot compact: linear layer '{op.node.target}' reads a 4-D tensor; "
-                        "flatten it first")
-    if x.pending is not None or (not len(x.ids) and x.scaled is not None):
-        x = fold(cv, x)
-    w = m.weight.detach().cpu()  # not in float64: a classifier can hold 100 M weights
-    bias = _bias64(m, m.out_features)
-    if not len(x.ids):  # a constant input: a constant output
-        return _constant_linear(cv, x, w.double(), bias)
-    every = len(x.ids) == w.shape[1] and torch.equal(x.ids, torch.arange(w.shape[1]))
-    if not cv.emit:  # only counting: the shape is enough
-        kept = torch.empty((w.shape[0], len(x.ids)), device="meta")
-    else:
-        kept = w if every else w.index_select(1, x.ids)
-    tensors = {"linear.weight": kept}
-    inputs, pending, extra = [x.node], None, 0
-    if cv.exact:
-        uniform = x.uniform_mask()
-        if bool(x.value[uniform].count_nonzero()):
-            cv.note("constant features into a linear bias")
-            bias = bias + _matvec64(w, torch.where(uniform, x.value, 0))
-        if x.maps is not None:
-            pending = cv.b.const("linear", [x.maps.expr], {},
-                                 {"weight": w[:, x.maps.ids].double()})
-        if x.scaled is not None:
-            tensors["smat"] = w[:, x.scaled.ids].double() * x.scaled.value.view(1, -1)
-            tensors["spos"] = x.scaled.pos.clone()
-            inputs.append(x.scaled.source)
-            extra = len(x.scaled.ids)
-            cv.note("scaled into a per-sample bias")
-    tensors["linear.bias"] = bias
-    k, o = len(x.ids), m.out_features
-    attrs = {"in": k, "out": o, "sbias": extra, "source_bias": m.bias is not None}
-    node = cv.b.data("linear", inputs, attrs, tensors)
-    return T(o, torch.arange(o), node, torch.zeros(o, dtype=torch.float64), Ref(node),
-             spatial=False, pending=pending)
-
-
-def _matvec64(w: torch.Tensor, v: torch.Tensor, rows: int = 256) -> torch.Tensor:
-    """w @ v in float64, a few rows at a time (no float64 copy of a big classifier)."""
-    return torch.cat([w[i:i + rows].double() @ v for i in range(0, w.shape[0], rows)])
-
-
-def _constant_linear(cv, x: T, w, bias) -> T:
-    out = T.uniform(bias + w @ x.value if cv.exact else torch.zeros_like(bias), x.ref, False)
-    if x.maps is not None and cv.exact:
-        expr = cv.b.const("linear", [x.maps.expr], {}, {"weight": w[:, x.maps.ids]})
-        ids = torch.arange(len(bias))
-        return out.but(value=torch.zeros_like(bias), maps=Maps(
-            ids, cv.b.affine(expr, torch.ones_like(bias), out.value, False)))
-    return out
-
-
-def convert_bn(cv, op) -> T:
-    """A BatchNorm that no conv folds (DenseNet's BN after a concatenation)."""
-    m = op.module
-    x = fold(cv, cv.state(op.inputs[0]))
-    cv.note("BatchNorm on its own")
-    scale, shift = _fold_bn(m, m.num_features)
-    value = torch.where(x.uniform_mask(), scale * x.value + shift, torch.zeros_like(x.value))
-    out = x.but(value=value if cv.exact else torch.zeros_like(value))
-    if x.maps is not None:
-        ids = x.maps.ids
-        out = out.but(maps=Maps(ids, cv.b.affine(x.maps.expr, scale[ids], shift[ids], True)))
-    if not len(x.ids):
-        return out
-    node = cv.b.data("affine", [x.node], {"spatial": True, "bn": m.affine},
-                     {"scale": scale[x.ids].view(1, -1, 1, 1).clone(),
-                      "shift": shift[x.ids].view(1, -1, 1, 1).clone()})
-    return out.but(node=node, ref=Ref(node))

@@ -1,53 +1,86 @@
-"""Channel-wise and arithmetic ops in the compact graph: activations, residual adds,
-products (squeeze-excitation), additions and products with numbers.
+"""Arithmetic: residual adds of two tensors, products (squeeze-excitation: a per-channel scale),
+and additions, products and divisions by a number.
 
-Each takes the states of its inputs (``state.T``) and returns its output's: uniform values go
-through an op in float64, maps through the same op in the constant graph, and only computed
-channels reach a data node.
+A sum keeps its operands' computed channels (completed to full width once they cover half of
+them, so the next residual add can write into it); constants add up in float64. A product by a
+per-sample scale leaves a uniform channel as a ``Scaled`` one until a conv takes it in.
 """
+import operator
+
 import torch
 
-from .materialise import fold, gather, join, realise, settle
-from .modules import activation
-from .state import Maps, Ref, Scaled, T, positions
-from .tracing import refuse, shape_of
+from ..materialise import fold, gather, join, realise, settle
+from ..nodes import Op, number, refuse, shape_of, tensors
+from ..state import Maps, Ref, Scaled, T, positions
+from .registry import register_rule
+from .rule import Rule, same_width
 
 
-def _value_op(fn, value: torch.Tensor, spatial: bool) -> torch.Tensor:
-    shape = (1, -1, 1, 1) if spatial else (1, -1)
-    return fn(value.view(shape)).flatten()
+class _Arithmetic(Rule):
+    """Two tensors (broadcasting), or one and a number."""
+    full_width = True
+
+    def classify(self, node, modules):
+        return _binary(self.kind, node, modules, node.args[:2])
+
+    def reads_through_expand(self, node):
+        return node.target is not operator.truediv
+
+    def needs(self, op, out, live):
+        for x in op.inputs:
+            live.add(x, out if same_width(x, out) else live.full(x))
+
+    def full_width_attrs(self, cv, op):
+        n = op.attrs.get("number")
+        return {"fn": op.kind, "number": None if n is None else float(n)}
 
 
-def convert_act(cv, op) -> T:
-    x = cv.state(op.inputs[0])
-    slopes = _slopes(op, x.width)
-    conv = cv.conv_to_extend(op.inputs[0], x) if slopes is None else None
-    x = fold(cv, x)
-    uniform = x.uniform_mask()
-    if slopes is None:
-        values = _value_op(activation(op.attrs["fn"], op.attrs["kw"]), x.value, x.spatial)
-    else:  # PReLU: a slope per channel
-        values = torch.where(x.value >= 0, x.value, slopes * x.value)
-    out = x.but(value=torch.where(uniform, values, torch.zeros_like(x.value)))
-    if x.maps is not None:
-        tensors = {"weight": slopes[x.maps.ids]} if slopes is not None else None
-        out = out.but(maps=Maps(x.maps.ids, cv.b.const("act", [x.maps.expr], op.attrs,
-                                                        tensors)))
-    if conv is not None:  # computed inside the conv
-        conv["attrs"]["act"] = dict(op.attrs)
-    elif len(x.ids):
-        tensors = {"weight": slopes[x.ids].float()} if slopes is not None else None
-        node = cv.b.data("act", [x.node], {**op.attrs, "spatial": x.spatial}, tensors)
-        out = out.but(node=node, ref=Ref(node) if x.spatial else x.ref)
-    return out
+@register_rule
+class Add(_Arithmetic):
+    """``add``: a residual add, or + a number."""
+    kind = "add"
+    functions = (operator.add, operator.iadd, torch.add)
+    methods = ("add", "add_")
+
+    def convert(self, cv, op):
+        return convert_add(cv, op)
 
 
-def _slopes(op, width: int) -> torch.Tensor | None:
-    """PReLU's negative slopes, one per channel (float64), or None for other activations."""
-    if op.attrs["fn"] != "prelu":
+@register_rule
+class Mul(_Arithmetic):
+    """``mul``: a per-channel scale or a product of equal shapes, × or / a number (timm's
+    hard_sigmoid is relu6(x + 3) / 6)."""
+    kind = "mul"
+    functions = (operator.mul, operator.imul, torch.mul, operator.truediv)
+    methods = ("mul", "mul_")
+
+    def classify(self, node, modules):
+        if node.target is not operator.truediv:
+            return super().classify(node, modules)
+        x, divisor = node.args[:2]
+        if number(divisor) and divisor != 0:
+            return Op(self.kind, node, [x], {"number": 1.0 / divisor})
         return None
-    w = op.module.weight.detach().double().cpu().flatten()
-    return w.expand(width).clone() if len(w) == 1 else w
+
+    def convert(self, cv, op):
+        return convert_mul(cv, op)
+
+
+def _unexpanded(value):
+    """``y.expand_as(x)`` read by a product or a sum: ``y`` itself, which broadcasts alike."""
+    if isinstance(value, torch.fx.Node) and value.op == "call_method" and \
+            value.target in ("expand", "expand_as"):
+        return value.args[0]
+    return value
+
+
+def _binary(kind, node, modules, operands) -> Op:
+    operands = [_unexpanded(v) for v in operands]
+    found = tensors(operands)
+    numbers = [v for v in operands if number(v)]
+    if len(found) == 2 or (len(found) == 1 and len(numbers) == 1):
+        return Op(kind, node, found, {"number": numbers[0] if numbers else None})
+    raise refuse(node, modules)
 
 
 def convert_add(cv, op) -> T:
@@ -145,9 +178,9 @@ def _constant_maps(cv, a: T, b: T, inside: torch.Tensor) -> Maps | None:
     return Maps(ids, bld.add(terms))
 
 
-def _add_number(cv, x: T, number: float) -> T:
+def _add_number(cv, x: T, value: float) -> T:
     ones = torch.ones(x.width, dtype=torch.float64)
-    return _affine(cv, x, ones, ones * number)
+    return _affine(cv, x, ones, ones * value)
 
 
 def _affine(cv, x: T, scale: torch.Tensor, shift: torch.Tensor) -> T:

@@ -25,16 +25,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    runs = []
-    for folder in args.runs:
-        run = load_run(folder)
-        if run is None:
-            print(f"warning: skipping {folder}: no finished run there (summary.json and "
-                  "metrics.csv are written when a run ends)", file=sys.stderr)
-        else:
-            runs.append(run)
     out = args.out or os.path.dirname(os.path.abspath(os.path.normpath(args.runs[0])))
     try:
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise UserError(f"--out {out} is a file; give the folder the report goes into")
+        runs = read_runs(args.runs)
         table = write_report(runs, out)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -42,6 +37,25 @@ def main(argv=None) -> int:
     print("\n".join(summary_lines(table)))
     print(f"report: {os.path.join(out, 'comparison.md')} (.csv, _groups.csv, .png)")
     return 0
+
+
+def read_runs(folders: list[str]) -> list:
+    """The finished runs among ``folders``, each once (a folder given twice, or by another
+    path, is one run: it would count twice in a group's mean)."""
+    runs, seen = [], set()
+    for folder in folders:
+        real = os.path.realpath(folder)
+        if real in seen:
+            print(f"warning: {folder} is given twice; it counts once", file=sys.stderr)
+            continue
+        seen.add(real)
+        run = load_run(folder)
+        if run is None:
+            print(f"warning: skipping {folder}: no finished run there (summary.json and "
+                  "metrics.csv are written when a run ends)", file=sys.stderr)
+        else:
+            runs.append(run)
+    return runs
 
 
 if __name__ == "__main__":

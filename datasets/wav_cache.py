@@ -210,6 +210,9 @@ def decode(path: str) -> tuple[np.ndarray, int, int]:
     if len(data) == 0:
         raise DataError(f"{path} holds no samples; re-extract the archive, or delete that file "
                         "and its line in the lists")
+    if not np.isfinite(data).all():  # a float wav may hold them; int16 would turn them into noise
+        raise DataError(f"{path} holds NaN or infinite samples; re-extract the archive, or "
+                        "delete that file and its line in the lists")
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if rate != RATE:
         mono = resample(mono, rate, RATE)

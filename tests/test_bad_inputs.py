@@ -12,6 +12,7 @@ and tiny-data fixture) and its rows in docs/troubleshooting.md's table.
 import ast
 import errno
 import fcntl
+import json
 import os
 import pickle
 import shutil
@@ -342,6 +343,11 @@ CASES = [
     Case("rate-not-a-number", ["--prune_rate_gm", "nan"],
          "--prune_rate_gm must be a finite number (got nan)"),
     Case("momentum-negative", ["--momentum", "-0.9"], "--momentum must be ≥ 0 (got -0.9)"),
+    Case("seed-out-of-range", ["--manualSeed", "-1"], "--manualSeed must lie in [0, 2³²) (got -1)"),
+    Case("prune-include-not-a-regex", ["--prune_include", "conv["],
+         "--prune_include is not a regular expression (unterminated character set"),
+    Case("device-not-a-device", ["--device", "gpu"],
+         "--device 'gpu' is not a device; give cpu, cuda or cuda:N"),
     Case("resume-and-overwrite", [*RESUME, "--overwrite"], "contradict each other"),
     Case("evaluate-without-weights", ["--evaluate"], "--evaluate needs"),
     Case("use-pretrain-without-path", ["--use_pretrain"], "--use_pretrain needs --pretrain_path"),
@@ -589,6 +595,15 @@ def wav_without_samples(p):
     write_wav(gsc_clip(p, 2), np.zeros(0, np.int16))
 
 
+def wav_with_nan(p):
+    """A float wav (what an editor or a converter may write) with a NaN sample."""
+    import soundfile
+
+    samples = np.zeros(8000, np.float32)
+    samples[100] = np.nan
+    soundfile.write(gsc_clip(p, 3), samples, 16000, subtype="FLOAT")
+
+
 def remove_noise(p):
     shutil.rmtree(os.path.join(p.data, "_background_noise_"))
 
@@ -623,6 +638,7 @@ GSC_CASES = [
     Case("gsc-corrupt-wav", [], "is not a readable wav file", garbage_wav, subprocess=True),
     Case("gsc-empty-wav", [], "is not a readable wav file", empty_wav),
     Case("gsc-wav-without-samples", [], "holds no samples", wav_without_samples),
+    Case("gsc-wav-nan-samples", [], "holds NaN or infinite samples", wav_with_nan),
     Case("gsc-no-background-noise", [], "_background_noise_ is missing or holds no wav files",
          remove_noise),
     Case("gsc-v2-folder-as-gsc", [], "holds Speech Commands v0.02 (it has backward/); pass "
@@ -676,6 +692,24 @@ COMPARE_CASES = [
 ]
 
 
+def malformed_summary(p):
+    """A finished run whose summary.json was edited by hand: a number turned into text."""
+    write_finished_run(os.path.join(p.tmp, "edited"), epochs=2)
+    path = os.path.join(p.tmp, "edited", "summary.json")
+    summary = json.load(open(path))
+    summary["final_top1"] = "91.2%"
+    json.dump(summary, open(path, "w"))
+
+
+# compare.py refuses, naming the file: (id, argv, the phrase, setup)
+COMPARE_REFUSALS = [
+    ("compare-malformed-summary", ["{tmp}/edited"],
+     "{tmp}/edited/summary.json is malformed: its final_top1 is '91.2%'", malformed_summary),
+    ("compare-out-is-a-file", ["{earlier}", "--out", "{earlier}/log.txt"],
+     "--out {earlier}/log.txt is a file; give the folder the report goes into", None),
+]
+
+
 # reproduce.py refuses before it starts a job or writes a file: (id, argv, phrase, setup); the
 # grid's folder holds a finished run of its first job, made with the same flags but for the
 # case that changes them
@@ -710,6 +744,9 @@ REPRODUCE_CASES = [
      "--rate and --target_flops contradict each other", None),
     ("reproduce-job-folder-in-use", ["cifar10", *GRID], "resnet56-fsdp-r50-s1: "
      "{grid}/resnet56-fsdp-r50-s1 is in use by another process (pid ", grid_job_in_use),
+    ("reproduce-save-path-is-a-file", ["cifar10", *GRID, "--save_path", "{grid}/notes.txt"],
+     "--save_path {grid}/notes.txt is a file; give the grid's folder",
+     lambda grid: open(os.path.join(grid, "notes.txt"), "w").close()),
 ]
 
 
@@ -721,6 +758,14 @@ COMPACT_CASES = [
     ("compact-refused-timm-op", blur_resnet,
      "cannot compact: function pad (fx node pad) is not an operation the compactor "
      "understands"),
+]
+
+
+# compact.py on a run that has not finished: (id, argv after the snapshot, the phrase)
+COMPACT_STATE_CASES = [
+    ("compact-unfinished-run", [], "is the checkpoint of an unfinished run (after 1 of 2 "
+     "epochs): its selected filters are not zero yet; finish it with --resume auto, or pass "
+     "--allow_unfinished"),
 ]
 
 
@@ -890,6 +935,28 @@ def test_compact_refusal_is_one_line_and_the_run_keeps_its_checkpoint(model_clas
     assert code == 2 and files_of(save) == before
 
 
+@pytest.mark.parametrize("argv,expect,setup", [c[1:] for c in COMPARE_REFUSALS],
+                         ids=[c[0] for c in COMPARE_REFUSALS])
+def test_compare_refuses_in_one_line_naming_the_file(argv, expect, setup, paths, capsys):
+    if setup:
+        setup(paths)
+    before = files_of(paths.earlier)
+    argv = [a.format(**vars(paths)) for a in argv]
+    import compare
+    code = compare.main(argv)
+    assert_one_line_error(code, capsys.readouterr().err, expect.format(**vars(paths)))
+    assert code == 2 and files_of(paths.earlier) == before
+
+
+@pytest.mark.parametrize("argv,expect", [c[1:] for c in COMPACT_STATE_CASES],
+                         ids=[c[0] for c in COMPACT_STATE_CASES])
+def test_compact_refuses_a_run_that_has_not_finished(argv, expect, paths, capsys):
+    before = files_of(paths.earlier)  # stopped after 1 of its 2 epochs
+    code = compact_cli.main([paths.earlier, *argv])
+    assert_one_line_error(code, capsys.readouterr().err, expect)
+    assert code == 2 and files_of(paths.earlier) == before
+
+
 @pytest.mark.parametrize("version,expect", [c[1:] for c in PACKAGE_CASES],
                          ids=[c[0] for c in PACKAGE_CASES])
 def test_import_with_an_unsupported_torch_names_the_versions(version, expect, installed,
@@ -970,5 +1037,6 @@ def test_the_troubleshooting_table_lists_the_catalogue_in_order():
     doc = open(os.path.join(ROOT, "docs", "troubleshooting.md"), encoding="utf-8").read()
     rows = [line.split("`")[1] for line in doc.splitlines() if line.startswith("| `")]
     assert rows == ([case.id for script in SCRIPTS.values() for case in script.cases]
-                    + [c[0] for c in COMPARE_CASES] + [c[0] for c in REPRODUCE_CASES]
-                    + [c[0] for c in COMPACT_CASES] + [c[0] for c in PACKAGE_CASES])
+                    + [c[0] for c in COMPARE_CASES] + [c[0] for c in COMPARE_REFUSALS]
+                    + [c[0] for c in REPRODUCE_CASES] + [c[0] for c in COMPACT_CASES]
+                    + [c[0] for c in COMPACT_STATE_CASES] + [c[0] for c in PACKAGE_CASES])

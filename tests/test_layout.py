@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # a group may import the groups after it in this list, never one before it
 ORDER = ["utils.run", "utils.report", "utils.pruner", "utils.compaction", "utils.method", "root"]
-ROOT_MODULES = {"errors", "faults", "distributed", "batches", "files"}
+ROOT_MODULES = {"errors", "faults", "distributed", "batches", "files", "hands_off"}
 
 
 def module_name(path: Path) -> str:

@@ -92,7 +92,7 @@ def test_the_wheel_holds_fsdp_pruning_and_nothing_else(installed):
                 and p.relative_to(ROOT / "utils").parts[0] not in NOT_SHIPPED}
     shipped = {n for n in names if not n.startswith("fsdp_pruning-")}
     assert shipped == expected
-    for module in ("__init__.py", "pruner.py", "method/criteria/__init__.py",
+    for module in ("__init__.py", "pruner/__init__.py", "method/criteria/__init__.py",
                    "compaction/storage.py", "compaction/export.py", "report/logger.py",
                    "report/quoted/fpgm_cvpr2019.csv"):
         assert f"fsdp_pruning/{module}" in names

@@ -64,7 +64,8 @@ def test_a_plain_loop_with_the_pruner_equals_the_scripts_driver(trainer):
     model = copy.deepcopy(trainer.model)
     opt = _sgd(model)
     pruner = Pruner(model, "fsdp", {"cs": 0.1, "gm": 0.4}, EPOCHS, optimizer=opt,
-                    cs_data=trainer.mask.data_pass.loader)
+                    cs_data=trainer.mask.data_pass.loader,
+                    attenuate="weights", cs_mode="reference")  # the paper's, as the scripts
     model.eval()  # the driver validates before training: the first CS pass runs in eval mode
     trainer.start()
     for epoch in range(EPOCHS):

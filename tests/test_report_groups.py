@@ -179,3 +179,17 @@ def test_the_anchors_of_the_spec_and_the_issue_are_quoted():
         "76.15", "75.59", "42.2")
     assert rows[("imagenet_resnet50", "FPGM-only 40%", "yes")]["pruned_top1"] == "74.83"
     assert rows[("imagenet_resnet18", "FPGM-only 30%", "yes")]["pruned_top1"] == "68.34"
+
+
+def test_a_run_given_twice_counts_once(tmp_path, capsys):
+    """The same folder twice (or by another path) would count twice in its group's mean."""
+    run = tmp_path / "resnet56-fsdp-s1"
+    write_finished_run(str(run), rates=(0.1, 0.0, 0.4), top1=90.0)
+    other = tmp_path / "resnet56-fsdp-s2"
+    write_finished_run(str(other), rates=(0.1, 0.0, 0.4), top1=80.0, seed=2)
+    out = tmp_path / "report"
+    argv = [str(run), str(other), str(tmp_path / "." / run.name), "--out", str(out)]
+    assert compare.main(argv) == 0
+    assert f"{tmp_path / '.' / run.name} is given twice; it counts once" in capsys.readouterr().err
+    rows = list(csv.DictReader(open(out / "comparison_groups.csv")))
+    assert [(r["n"], float(r["top1_mean"])) for r in rows] == [("2", 85.0)]

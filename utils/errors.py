@@ -38,7 +38,7 @@ def api_name(key: str, value: str | None) -> str:
     if key == "target":
         return "target={'flops': F} or target={'params': P}"
     head, _, sub = key.partition(".")
-    if head == "rates":
+    if head == "rates" and sub:
         return f"rates[{sub!r}]"
     if head == "target":
         return f"target={{{sub!r}: {value or sub[0].upper()}}}"

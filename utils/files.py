@@ -189,18 +189,29 @@ def safe_load(path: str, map_location="cpu"):
         # keep only the culprit
         wanted = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         if wanted:
-            raise UserError(f"refusing to load {path}: it asks for {wanted[1]}, which plain "
-                            "weights never need (unpickling it could run code); only load "
-                            "checkpoints you trust, saved as plain state dicts") from None
+            why = (f"it asks for {wanted[1]}, which plain weights never need (unpickling it "
+                   "could run code)")
+            raise _unreadable(f"refusing to load {path}: {why}; only load checkpoints you "
+                                 "trust, saved as plain state dicts", why) from None
         reason = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(e))
-        raise UserError(f"{path} is not a checkpoint written by torch.save, or is corrupt "
-                        f"({reason[1].strip() if reason else _first_sentence(e)}); give a "
-                        "checkpoint.pt or a state dict saved with torch.save") from None
+        why = f"corrupt ({reason[1].strip() if reason else _first_sentence(e)})"
+        raise _unreadable(f"{path} is not a checkpoint written by torch.save, or is {why}; "
+                             "give a checkpoint.pt or a state dict saved with torch.save",
+                             why) from None
     # torch's legacy reader fails on arbitrary bytes with KeyError and the like
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError,
             IndexError, TypeError) as e:
-        raise UserError(f"checkpoint {path} is corrupt or truncated ({_first_sentence(e)}); "
-                        "use an earlier copy or start again with --overwrite") from None
+        why = f"corrupt or truncated: {_first_sentence(e)}"
+        raise _unreadable(f"checkpoint {path} is corrupt or truncated ({_first_sentence(e)}); "
+                             "use an earlier copy or start again with --overwrite", why) from None
+
+
+def _unreadable(message: str, reason: str) -> UserError:
+    """A file ``safe_load`` cannot (or must not) read: ``reason`` is why, without the fix a
+    checkpoint's reader words (a compact model's reader words its own)."""
+    error = UserError(message)
+    error.reason = reason
+    return error
 
 
 def _first_sentence(e: BaseException) -> str:

@@ -41,8 +41,9 @@ def check_onnx_exporter() -> None:
     """Raise UserError unless torch's ONNX exporter can run (it needs onnx and onnxscript)."""
     missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
-        raise UserError(f"ONNX export needs {' and '.join(missing)}: "
-                        f"pip install {' '.join(missing)}")
+        raise UserError(f"ONNX export needs {' and '.join(missing)}: pip install "
+                        "'fsdp-pruning[onnx]' (the package's onnx extra; in the checkout, "
+                        "pip install -r requirements.txt)")
 
 
 def export_onnx(model: nn.Module, path, input_shape) -> None:

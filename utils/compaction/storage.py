@@ -46,8 +46,9 @@ def load_compact(path, map_location="cpu") -> CompactNet:
         raise UserError(f"{path} does not exist; give the path of a model_compact.pt")
     try:
         blob = safe_load(str(path), "cpu")
-    except UserError as e:  # safe_load speaks of checkpoints
-        raise UserError(f"{path} is not a readable compact model file ({_reason(e)}); "
+    except UserError as e:  # why, without the checkpoint reader's advice
+        why = getattr(e, "reason", None) or str(e)
+        raise UserError(f"{path} is not a readable compact model file ({_reason(why)}); "
                         f"{_AGAIN}") from None
     return compact_from_blob(blob, path).to(map_location)
 

@@ -8,6 +8,7 @@ block of their own (``utils.report.published``), never mixed with the measured r
 import csv
 import io
 import json
+import math
 import os
 import statistics
 from dataclasses import dataclass, field
@@ -107,10 +108,19 @@ class Run:
 
 
 def load_run(folder: str) -> Run | None:
-    """A finished run (summary.json and metrics.csv written at its end), or None."""
-    summary = read_json(folder, "summary.json")
-    if summary is None or "final_top1" not in summary:
+    """A finished run (summary.json and metrics.csv written at its end), or None; a
+    summary.json the report cannot read (not JSON, or a value of another kind than a run
+    writes there) is a UserError naming the file."""
+    path = os.path.join(folder, "summary.json")
+    if not os.path.isfile(path):
         return None
+    summary = read_json(folder, "summary.json")
+    if summary is None:
+        raise UserError(f"{path} is not a JSON object (damaged, or not written by a run); "
+                        "restore it, or leave the folder out")
+    if "final_top1" not in summary:
+        return None
+    check_summary(summary, path)
     try:
         metrics = read_metrics(folder)
         curve = [(int(r["epoch"]), float(r["test_top1"])) for r in metrics]
@@ -316,3 +326,39 @@ def summary_lines(table: list[dict]) -> list[str]:
         lines.append(f"{r['group']:<{width}}  {r['method']:<5}  top-1 {r['top1_mean']:6.2f}"
                      f"{std} (n={r['n']}){drop}{flops}")
     return lines
+
+
+_NUMBERS = ("final_top1", "final_top5", "wall_seconds", "epochs", "seed")
+_NAMES = ("method", "arch", "dataset", "attenuate")
+
+
+def check_summary(summary: dict, path: str) -> None:
+    """The values of summary.json the report reads are of the kinds a run writes (numbers,
+    names, the compact and target blocks); else a UserError naming the file and the key."""
+    def bad(key, value):
+        raise UserError(f"{path} is malformed: its {key} is {str(value)[:40]!r}, not what a run "
+                        "writes there; restore it, or leave the folder out")
+
+    def number(key, value, optional=True):
+        if (value is None and optional) or (isinstance(value, (int, float))
+                                            and not isinstance(value, bool)
+                                            and math.isfinite(value)):
+            return
+        bad(key, value)
+
+    number("final_top1", summary["final_top1"], optional=False)
+    for key in _NUMBERS[1:] + tuple(f"prune_rate_{c}" for c in rate_keys()):
+        number(key, summary.get(key))
+    for key in _NAMES:
+        if summary.get(key) is not None and not isinstance(summary[key], str):
+            bad(key, summary[key])
+    for block in ("compact", "target"):
+        value = summary.get(block)
+        if value is not None and not isinstance(value, dict):
+            bad(block, value)
+    for key in COST_KEYS:
+        number(f"compact.{key}", (summary.get("compact") or {}).get(key))
+    target = summary.get("target") or {}
+    number("target.fraction", target.get("fraction"))
+    if target and not isinstance(target.get("kind"), str):
+        bad("target.kind", target.get("kind"))

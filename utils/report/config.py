@@ -168,8 +168,10 @@ def _static_flags() -> list[Flag]:
         Flag("max_iter_cs", 10000, int, "at most N batches per CS pass", METHOD,
              api="cs_batches", check=at_least(1)),
         Flag("cs_mode", "reference", str, "reference: the CS pass runs in the mode the network "
-             "is in (train mode after an epoch, BN statistics updated); eval: always eval mode",
-             METHOD, api="cs_mode", choices=("reference", "eval")),
+             "is in (train mode after an epoch, BN statistics updated: the authors' loop); "
+             "train: always train mode, the BN running statistics put back after the pass; "
+             "eval: always eval mode", METHOD, api="cs_mode",
+             choices=("reference", "train", "eval")),
         Flag("layer_begin", 0, int, "first parameter index of a prunable conv weight "
              "(reference indexing)", METHOD),
         Flag("layer_end", None, int, "last parameter index (default: all)", METHOD),

@@ -140,6 +140,8 @@ class GridAsk:
 
 
 def check_ask(ask: GridAsk) -> None:
+    if os.path.exists(ask.save_path) and not os.path.isdir(ask.save_path):
+        raise UserError(f"--save_path {ask.save_path} is a file; give the grid's folder")
     for flag, values in (("--archs", ask.archs), ("--methods", ask.methods),
                          ("--attenuate", ask.attenuate), ("--seeds", ask.seeds)):
         if len(set(values)) != len(values):

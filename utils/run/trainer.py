@@ -238,6 +238,9 @@ class Trainer:
         # locked from here to the end of the process (of ``main``: ``lock.release``)
         prepare_save_path(args.save_path, args.overwrite, checked)
         self.log = RunLog(args.save_path, args.tensorboard)
+        for message, echo in self._early:  # the pruner's warnings from before the log existed
+            if message.startswith("warning: "):
+                self.log(message, echo)
         self.pruner.set_log(self.log)
         self.mask, self.schedule = self.pruner.mask, self.pruner.schedule
         self.method = self.pruning.method
@@ -261,16 +264,22 @@ class Trainer:
         self._drawn = time.monotonic()
 
     def _pruner(self) -> Pruner:
+        """The run's Pruner: the authors' draws from the global RNGs kept (``hands_off``
+        False); its messages kept until the run's log exists (``_early``); a model the
+        compactor refuses trains and says so at the end (``check_compact`` False)."""
         args, data = self.args, self.data
         cs = (loaders.cs_loader(args, data, self.device) if self.pruning.method.uses_data
               else None)
+        self._early = []
         return Pruner(self.model, self.pruning, optimizer=self.optimizer, cs_data=cs,
                       convs=self.convs, num_classes=data.num_classes,
                       cs_every=args.epoch_apply_cs, round_to=args.round_to,
                       cs_mode=args.cs_mode, cs_batches=args.max_iter_cs,
                       amp_dtype=self.amp_dtype, cs_transform=data.batch_transform,
                       class_names=data.classes, auto_start=False,
-                      input_shape=data.input_shape, graph=self.graph)
+                      input_shape=data.input_shape, graph=self.graph, hands_off=False,
+                      check_compact=False,
+                      log=lambda message, echo=True: self._early.append((message, echo)))
 
     # -- the steps of a run ------------------------------------------------------------------
     def start(self) -> None:

@@ -11,7 +11,9 @@ from torch import nn
 
 from ...batches import autocast, prepare
 from ...distributed import all_reduce_sum
+from ...errors import UserError
 from ...faults import crash_point
+from ...hands_off import bn_statistics_untouched
 from ..graph import PrunableConv, normalised
 from . import register_criterion
 from .base import Criterion
@@ -97,7 +99,9 @@ class CSRanker:
 
     mode "reference": the pass runs in the mode the network is in, as the authors' did (eval
     before training, right after a validation; train after an epoch, so BN normalises with
-    batch statistics and updates its running ones); "eval": always eval mode.
+    batch statistics and updates its running ones); "train": always train mode, every BN's
+    running statistics put back after the pass (the API's default: the scores of batch
+    statistics without touching the user's network); "eval": always eval mode.
     The loader's sampler is an ``EpochSampler`` without shuffling: each pass gets its own
     epoch number, so any per-sample augmentation is a function of the pass.
     """
@@ -115,22 +119,25 @@ class CSRanker:
 
     def __call__(self, model: nn.Module, epoch: int, initial: bool) -> dict[str, torch.Tensor]:
         was_training = model.training
-        if self.mode == "eval":
-            model.eval()
+        if self.mode != "reference":
+            model.train(self.mode == "train")
         # the pass before training and the one after epoch 0 both have epoch 0: tell them apart
         sampler = getattr(self.loader, "sampler", None)  # a list of batches has none
         if hasattr(sampler, "set_epoch"):  # our EpochSampler; a user's may not
             sampler.set_epoch(2 * epoch + (not initial))
         t0 = time.time()
         mode = "train" if model.training else "eval"
+        kept = bn_statistics_untouched(model) if self.mode == "train" else contextlib.nullcontext()
         try:
-            scores, counts = cs_scores(model, self.bns, self.names, self.loader, self.num_classes,
-                                       self.device, self.max_batches, self.amp_dtype,
-                                       self.transform)
+            with kept:
+                scores, counts = cs_scores(model, self.bns, self.names, self.loader,
+                                           self.num_classes, self.device, self.max_batches,
+                                           self.amp_dtype, self.transform)
         finally:
             model.train(was_training)
         self.seconds += time.time() - t0
         crash_point(f"cs:{epoch}")
+        self._refuse_unusable(scores, counts)
         missing = tuple(torch.nonzero(counts == 0).flatten().tolist())
         if missing and missing not in self.warned:
             self.warned.add(missing)
@@ -140,3 +147,15 @@ class CSRanker:
         self.log(f"  CS pass: {int(counts.sum())} samples, {time.time() - t0:.1f}s ({mode} mode)",
                  echo=False)
         return scores
+
+    def _refuse_unusable(self, scores: dict, counts: torch.Tensor) -> None:
+        """Scores of one class only are all zero (no between-class scatter): the ranking would
+        be the filters' order, not their separability. NaN or inf in the data poisons them."""
+        present = int((counts > 0).sum())
+        if present < 2:
+            raise UserError(f"the CS data holds samples of {present} class(es) "
+                            f"({int(counts.sum())} samples): class separability needs two or "
+                            "more; give CS data of several classes")
+        if not all(bool(torch.isfinite(v).all()) for v in scores.values()):
+            raise UserError("the CS pass met NaN or inf (in the data, or in the network's "
+                            "outputs on it); clean the CS data, or check the weights")

@@ -33,74 +33,170 @@ can underflow into subnormal floats, which many CPUs compute with 7× more slowl
 per thread and the intra-op threads inherit it when the first parallel op starts them, so set
 it before any tensor work (the scripts do it for you; ``--keep_subnormals`` opts out there).
 """
+import contextlib
+import logging
+import os
+import sys
+import warnings
 from dataclasses import replace
 
 import numpy as np
+import torch
 from torch import nn
 
-from . import distributed as dist
-from .compaction import ModelGraph, NetworkCost, compact_model
-from .errors import UserError
-from .method.allocation import Allocator
-from .method.budget import TOLERANCE, PlanMaker, counted_once
-from .method.criteria import criterion
-from .method.graph import PrunableConv, unwrap
-from .method.mask import Mask
-from .method.methods import Pruning, resolve
-from .method.schedule import Curves
+from .. import distributed as dist
+from ..compaction import ModelGraph, NetworkCost, compact_model
+from ..errors import OptionError, UserError
+from ..method.allocation import Allocator
+from ..method.budget import TOLERANCE, PlanMaker, counted_once
+from ..method.criteria import criterion
+from ..method.graph import PrunableConv, unwrap
+from ..method.mask import Mask
+from ..method.methods import Pruning, resolve
+from ..method.schedule import Curves
+from . import options
+from .cs_data import first_batch
+from ..hands_off import rng_untouched
+
+
+class PruningWarning(UserWarning):
+    """Something the Pruner was asked to do that will not give what the method promises (it
+    goes on): FSDP without an optimizer, a CS share the authors' rule drops, classes missing
+    from ``cs_data``. Each is warned once (Python's ``warnings``)."""
+
+
+def _to_logging(message: str, echo: bool = True) -> None:
+    """Where the Pruner's messages go by default: warnings as ``PruningWarning`` (pointing at
+    the user's line that called the package), the rest to the ``fsdp_pruning`` logger (shown
+    with ``logging.basicConfig(level=logging.INFO)``)."""
+    if message.startswith("warning: "):
+        warnings.warn(message.removeprefix("warning: "), PruningWarning,
+                      stacklevel=_caller_level())
+    else:
+        logging.getLogger("fsdp_pruning").info(message)
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside this package (the user's call)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class Pruner:
     def __init__(self, model: nn.Module, method: str | Pruning = "fsdp", rates: dict | None = None,
                  epochs: int | None = None, *, optimizer=None, cs_data=None,
                  num_classes: int | None = None, tau: float | None = None,
-                 attenuation: float = 1.0, zero_scaling: bool = False, attenuate: str = "weights",
-                 prune_every: int = 1, cs_every: int = 2, round_to: int = 1,
-                 cs_mode: str = "reference", cs_batches: int | None = None,
+                 attenuation: float = 1.0, zero_scaling: bool = False,
+                 attenuate: str | None = None, prune_every: int = 1, cs_every: int = 2,
+                 round_to: int = 1, cs_mode: str = "train", cs_batches: int | None = None,
                  include: str | None = None, exclude: str | None = None,
                  convs: list[PrunableConv] | None = None, amp_dtype=None, cs_transform=None,
                  class_names=None, log=None, auto_start: bool = True,
                  target: dict | None = None, allocation: str | None = None, input_shape=None,
-                 graph: ModelGraph | None = None):
-        """``method``: a name (``fsdp``, ``fpgm``, ``sfp``, ``asfp``, ``l1``) with ``rates``
-        ({criterion: final share}, the method's defaults where missing) and ``epochs``, or a
-        resolved ``Pruning``. ``cs_data``: a loader of (inputs, labels) for the CS pass
-        (fsdp only); ``num_classes`` defaults to the last Linear's outputs. ``include``/
-        ``exclude``: regexes on conv names; ``convs`` an explicit list instead.
-        ``auto_start=False``: the first mask only when ``start()`` is called.
-        ``target``: {"flops": F} or {"params": P} instead of rates (``input_shape``, (C, H, W),
-        needed to count them); ``allocation``: "uniform" (default) or "global". ``graph``: the
-        model's ``ModelGraph`` when the caller has traced it already (the training driver)."""
-        self.model = unwrap(model)
+                 check_compact: bool = True, graph: ModelGraph | None = None,
+                 hands_off: bool = True):
+        """Every option is checked here, before the first epoch (``OptionError``, a
+        ``UserError``, naming the keyword and the fix); docs/api.md, 'Every option' says what
+        each does. ``method``: a name (``fsdp``, ``fpgm``, ``sfp``, ``asfp``, ``l1``, or one
+        registered) with ``rates`` ({criterion: final share}, the method's defaults where
+        missing) and ``epochs``, or a resolved ``Pruning``. ``cs_data``: batches of (inputs,
+        labels) for the CS pass (fsdp), its first batch checked now. ``attenuate``: "bn" by
+        default (the selected channels' BatchNorm too: docs/api.md says why), "weights" as the
+        paper. ``cs_mode``: "train" (batch statistics, the running ones put back: the
+        default), "reference" (the authors': the network's own mode, running statistics
+        updated), "eval". ``check_compact``: trace the model at the input size (``input_shape``
+        or ``cs_data``'s) now and refuse what ``compact()`` would refuse. ``hands_off``: leave
+        the global RNGs as found (the training driver keeps the authors' draws: False).
+        ``graph``: the model's ``ModelGraph`` when the caller has traced it already."""
+        self.model = options.model_of(model)
         self._graph = graph
-        if isinstance(method, Pruning):
-            self.pruning = method
-        else:
-            if epochs is None:
-                raise UserError("Pruner needs epochs=: the schedule runs over the whole training")
-            self.pruning = resolve(method, rates, epochs, tau, attenuation, zero_scaling,
-                                   attenuate, prune_every, target, allocation)
-        self.convs = convs if convs is not None else self.graph.prunable_convs(include, exclude)
+        self.hands_off = options.switch("hands_off", hands_off)
+        self.log = options.callable_or_none("log", log) or _to_logging
+        self.pruning = self._pruning(method, rates, epochs, tau, attenuation, zero_scaling,
+                                     attenuate, prune_every, target, allocation)
+        cs_every = options.whole("cs_every", cs_every)
+        round_to = options.whole("round_to", round_to)
+        options.switch("auto_start", auto_start)
+        self.convs = convs if convs is not None else self.graph.prunable_convs(
+            options.regex("include", include), options.regex("exclude", exclude))
         if not self.convs:
             raise UserError(f"no prunable conv in this {type(self.model).__name__}: FSDP prunes "
                             "the Conv2d layers whose output goes through a BatchNorm2d; check "
                             "include=/exclude=, or prune a model that has conv→BN pairs")
-        self.log = log or (lambda msg, echo=True: None)
-        plan, maker = self._budget(input_shape, round_to)
+        shape = options.input_shape_of(input_shape)
         data_pass = None
         if self.pruning.method.uses_data:
-            data_pass = self._data_pass(cs_data, num_classes, cs_mode, cs_batches, amp_dtype,
-                                        cs_transform, class_names, log)
+            data_pass, first = self._data_pass(
+                cs_data, num_classes, options.choice("cs_mode", cs_mode, options.CS_MODES),
+                options.whole("cs_batches", cs_batches, optional=True),
+                options.amp_dtype_of(amp_dtype),
+                options.callable_or_none("cs_transform", cs_transform), class_names)
+            shape = shape or tuple(first.shape[1:])
+        # without an input size, the check waits for the first training batch (auto_start)
+        self._unchecked_shape = options.switch("check_compact", check_compact) and shape is None
+        if check_compact and shape is not None:
+            self._check_compactable(shape)
+        plan, maker = self._budget(shape, round_to)
         self.schedule = self.pruning.schedule()
         self.mask = Mask(self.convs, self.pruning.method, self.schedule, data_pass, cs_every,
                          round_to, plan, maker)
         self.epoch, self.started = -1, False  # the last epoch stepped; the first mask applied
         self._hooks = []
+        optimizer = options.optimizer_of(optimizer)
         if optimizer is not None:
             self._hooks.append(optimizer.register_step_pre_hook(
                 lambda opt, args, kwargs: self.mask.scale_gradients()))
+        self._warn_what_will_differ(optimizer, cs_every)
         self._start_hook = (self.model.register_forward_pre_hook(self._start_on_training)
                             if auto_start else None)
+
+    def _pruning(self, method, rates, epochs, tau, attenuation, zero_scaling, attenuate,
+                 prune_every, target, allocation) -> Pruning:
+        """The method with its options resolved; ``attenuate`` None: "bn" where something is
+        selected and every BatchNorm has γ and β to scale, else "weights"."""
+        if isinstance(method, Pruning):
+            return method
+        if epochs is None:
+            raise OptionError("Pruner needs ⟨epochs⟩=: the schedule runs over the whole training")
+        given = "weights" if attenuate is None else attenuate
+        pruning = resolve(method, rates, epochs, tau, attenuation, zero_scaling, given,
+                          prune_every, target, allocation)
+        if attenuate is None and pruning.total > 0 and all(
+                m.affine for m in self.model.modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+            pruning = replace(pruning, method=pruning.method.with_attenuate("bn"))
+        return pruning
+
+    def _check_compactable(self, shape) -> None:
+        """What ``compact()`` would refuse, refused now (the model traced at ``shape``)."""
+        try:
+            self.graph.with_shapes(shape).check_compactable()
+        except UserError as e:
+            raise UserError(f"{e} (compact() would refuse it after training; pass "
+                            "check_compact=False to train and soft-prune it anyway)") from None
+
+    def _warn_what_will_differ(self, optimizer, cs_every: int) -> None:
+        """A method that scales gradients without an optimizer to hook, and a CS share the
+        authors' rule drops (its list is the last pass's, cut at that epoch's count)."""
+        m = self.pruning.method
+        if optimizer is None and m.scale_grads and self.mask.active:
+            self.log(f"warning: method {m.name!r} scales the selected filters' gradients at "
+                     "every optimizer step, and no optimizer= was given: pass optimizer=, or "
+                     "call pruner.scale_gradients() after each backward()")
+        if not (self.mask.active and m.uses_data) or self.pruning.target is not None:
+            return
+        last = self.pruning.epochs - 1
+        at_pass = (last // cs_every) * cs_every
+        planned = sum(self.mask.layer_counts(c, last)[0] for c in self.convs)
+        kept = sum(self.mask.layer_counts(c, at_pass)[0] for c in self.convs)
+        if kept < planned:
+            self.log(f"warning: with cs_every={cs_every} and epochs={self.pruning.epochs} the "
+                     f"CS share selects {kept} of the {planned} filters it plans: the authors' "
+                     f"rule keeps the list of the last CS pass (after epoch {at_pass}) to the "
+                     "end; set cs_every to a divisor of epochs − 1 (cs_every=1 always is)")
 
     @property
     def graph(self) -> ModelGraph:
@@ -163,30 +259,40 @@ class Pruner:
         if self.mask.data_pass is not None:
             self.mask.data_pass.log = log
 
-    def _data_pass(self, loader, num_classes, mode, batches, amp_dtype, transform, names, log):
-        """The pass over ``cs_data`` of the method's criterion that scores from data."""
+    def scale_gradients(self) -> None:
+        """The selected filters' gradients × the method's factor: what the optimizer hook
+        does before every step (call it after ``backward()`` when no ``optimizer=`` was
+        given)."""
+        self.mask.scale_gradients()
+
+    def _data_pass(self, data, num_classes, mode, batches, amp_dtype, transform, names):
+        """The pass over ``cs_data`` of the method's criterion that scores from data, and
+        ``cs_data``'s first batch, checked (its inputs as the model gets them)."""
         first = criterion(self.pruning.method.first)
-        if loader is None:
-            raise UserError(f"method {self.pruning.method.name!r} scores filters by "
-                            f"{first.title}: give cs_data=, a loader of (inputs, labels)")
-        if iter(loader) is loader:  # a generator: the second pass would see nothing
-            raise UserError("cs_data is an iterator, used up by the first CS pass; give a "
-                            "DataLoader or a list of (inputs, labels) batches")
-        if num_classes is None:
-            linears = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
-            if not linears:
-                raise UserError("give num_classes=: this model has no Linear classifier to "
-                                "read the class count from")
-            num_classes = linears[-1].out_features
+        if data is None:
+            raise OptionError(f"method {self.pruning.method.name!r} scores filters by "
+                              f"{first.title}: give ⟨cs_data⟩=, a loader of (inputs, labels)")
+        num_classes = options.num_classes_of(num_classes, self.model)
+        names = options.class_names_of(names, num_classes)
         device = next(self.model.parameters()).device
-        return first.data_pass(self.convs, loader, num_classes=num_classes, device=device,
-                               mode=mode, max_batches=batches, amp_dtype=amp_dtype,
-                               transform=transform, class_names=names, log=log)
+        inputs, labels = first_batch(data, num_classes, device, transform)
+        if len(labels.unique()) < 2:
+            self.log(f"warning: the first batch of cs_data holds samples of one class only "
+                     f"({int(labels[0])}): class separability needs two or more across the "
+                     "pass (a pass that sees one class is refused)")
+        data_pass = first.data_pass(self.convs, data, num_classes=num_classes, device=device,
+                                    mode=mode, max_batches=batches, amp_dtype=amp_dtype,
+                                    transform=transform, class_names=names, log=self.log)
+        return data_pass, inputs
 
     # -- the calls of a training loop ---------------------------------------------------------
     def _start_on_training(self, module, inputs):
-        if module.training:
-            self.start()
+        if not module.training:
+            return
+        if self._unchecked_shape and inputs and isinstance(inputs[0], torch.Tensor):
+            self._unchecked_shape = False  # the input size is known now, before any training
+            self._check_compactable(tuple(inputs[0].shape[1:]))
+        self.start()
 
     def start(self) -> None:
         """The mask before training (epoch 0); the CS pass before training, when one is due,
@@ -198,12 +304,16 @@ class Pruner:
         was_training = self.model.training
         self.model.eval()
         try:
-            self.mask.update(self.model, 0)
+            with self._hands_off():
+                self.mask.update(self.model, 0)
         finally:
             self.model.train(was_training)
 
     def step(self, epoch: int) -> bool:
         """After training epoch ``epoch`` (0, 1, 2, … in order); True if the mask was updated."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int):
+            raise OptionError(f"Pruner.step(epoch) takes the epoch just trained, a whole number "
+                              f"(got {epoch!r})")
         if epoch != self.epoch + 1:
             raise UserError(f"Pruner.step({epoch}) after step({self.epoch}): call step(epoch) "
                             f"once after each training epoch, in order (next: {self.epoch + 1})")
@@ -213,9 +323,15 @@ class Pruner:
         self.start()
         self.epoch = epoch
         if epoch % self.pruning.prune_every == 0 or epoch == self.pruning.epochs - 1:
-            self.mask.update(self.model, epoch)
+            with self._hands_off():
+                self.mask.update(self.model, epoch)
             return True
         return False
+
+    def _hands_off(self):
+        """The global RNGs as the pass over data found them (a DataLoader draws to seed its
+        workers), unless the caller keeps the authors' draws (the training driver)."""
+        return rng_untouched() if self.hands_off else contextlib.nullcontext()
 
     def compact(self, exact: bool = True) -> nn.Module:
         """The physically smaller network (eval mode), equal in outputs to the soft-pruned one;

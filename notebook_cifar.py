@@ -1,4 +1,4 @@
-"""FSDP on CIFAR-10/100 (SPEC §5): ResNet-20/56/110, 200 epochs, the paper's recipe.
+"""FSDP on CIFAR-10/100 (docs/datasets.md): ResNet-20/56/110, 200 epochs, the paper's recipe.
 
     python notebook_cifar.py --dataset cifar10 --arch resnet20 --prune_rate_cs 0.1 \\
         --prune_rate_gm 0.4 --data_path datasets --save_path snapshots/fsdp-cifar10-resnet20-rate50
@@ -25,7 +25,7 @@ def make_data(args) -> Data:
         splits = load_cifar(args.data_path, args.dataset)
     train = ImageDataset(splits.train_x, splits.train_y, splits.mean, splits.std, train=True)
     test = ImageDataset(splits.test_x, splits.test_y, splits.mean, splits.std, train=False)
-    # the CS data is the training set with its training transform (SPEC §3)
+    # the CS data is the training set with its training transform (docs/method.md)
     return Data(train=train, cs=train, test=test, num_classes=splits.num_classes,
                 in_channels=splits.in_channels, input_shape=(splits.in_channels, 32, 32),
                 classes=splits.classes)

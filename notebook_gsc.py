@@ -1,4 +1,4 @@
-"""FSDP on Google Speech Commands, 12-class keyword spotting (SPEC §5, §6): ResNet-56 with one
+"""FSDP on Google Speech Commands, 12-class keyword spotting (docs/datasets.md): ResNet-56 with one
 input channel, 70 epochs, the paper's recipe.
 
     python notebook_gsc.py --dataset gsc --arch resnet56 --prune_rate_cs 0.1 \\
@@ -38,7 +38,8 @@ def make_data(args) -> Data:
     log = print if dist.is_main() else (lambda *_: None)  # one copy of the notes under DDP
     gsc = load_gsc(args.data_path, args.dataset, cache_root(args), log=log)
     counts = gsc.train.class_counts()
-    # the balanced sampler: weight N/count[label] per clip, drawn with replacement (SPEC §6)
+    # the balanced sampler: weight N/count[label] per clip, drawn with replacement
+    # (docs/datasets.md)
     weights = len(gsc.train) / counts[gsc.train.labels]
     return Data(train=gsc.train, cs=gsc.valid, test=gsc.test, num_classes=len(CLASSES),
                 in_channels=1, input_shape=(1, N_MELS, FRAMES), classes=list(CLASSES),

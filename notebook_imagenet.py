@@ -1,4 +1,4 @@
-"""FSDP on ImageNet32 (the paper's recipe, SPEC §5/§7) and full-size ImageNet (FPGM's, SPEC §8).
+"""FSDP on ImageNet32 (the paper's recipe) and full-size ImageNet (FPGM's).
 
     python notebook_imagenet.py --dataset imagenet32 --arch resnet56 --prune_rate_cs 0.1 \\
         --prune_rate_gm 0.4 --data_path datasets/imagenet32 \\
@@ -21,11 +21,11 @@ from utils.run.cli import build_parser
 from utils.run.data import Data
 from utils.run.trainer import main
 
-# SPEC §5: the authors' README command for ImageNet32
+# the authors' README command for ImageNet32 (docs/datasets.md)
 IMAGENET32 = dict(arch="resnet56", epochs=40, batch_size=128, learning_rate=0.01,
                   schedule=[1, 10, 20, 30], gammas=[1, 0.1, 0.1, 0.1], decay=5e-4,
                   attenuation=0.2, cs_mode="eval", data_path="datasets/imagenet32")
-# SPEC §8: FPGM's ImageNet recipe (lr 0.1, ×0.1 every 30 epochs)
+# FPGM's ImageNet recipe (docs/datasets.md) (lr 0.1, ×0.1 every 30 epochs)
 IMAGENET = dict(IMAGENET32, arch="imagenet_resnet50", epochs=100, batch_size=256,
                 learning_rate=0.1, schedule=[30, 60, 90], gammas=[0.1, 0.1, 0.1], decay=1e-4,
                 nesterov=0, data_path="datasets/ILSVRC2012")  # FPGM's SGD: plain momentum

@@ -69,7 +69,7 @@ def write_cifar_format(fashion_dir: str, out: str) -> str:
 
 
 def scaled_recipe(epochs: int) -> list[str]:
-    """SPEC §5's CIFAR schedule (steps at 1, 30 %, 60 %, 80 % of 200 epochs) for ``epochs``."""
+    """The CIFAR recipe's schedule (steps at 1, 30 %, 60 %, 80 % of 200 epochs) for ``epochs``."""
     steps = [1] + [max(2, round(f * epochs)) for f in (0.3, 0.6, 0.8)]
     return ["--epochs", str(epochs), "--schedule", *map(str, steps),
             "--gammas", "10", "0.2", "0.2", "0.2"]

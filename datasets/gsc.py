@@ -1,4 +1,4 @@
-"""Google Speech Commands (SPEC §6) read from the archive as extracted, never modified.
+"""Google Speech Commands (docs/datasets.md) read from the archive as extracted, never modified.
 
 The archive extracts into word folders of 1-s 16 kHz wav clips, ``_background_noise_/``,
 ``validation_list.txt`` and ``testing_list.txt``. The reference moved the files into

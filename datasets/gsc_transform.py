@@ -1,9 +1,9 @@
-"""The Speech Commands features (SPEC §6) as one batch transform that runs on the device.
+"""The Speech Commands features (docs/datasets.md) as one batch transform that runs on the device.
 
 Train: amplitude, speed, fix to 1 s, STFT, phase-vocoder stretch, frame shift, fix to 32
 frames, background noise (a noise row put through the same steps with its own draws), mel dB.
 Evaluation ("cs", "test"): fix to 1 s, STFT, mel dB; with ``multi_crop`` the test split gets
-4 views per clip (SPEC §6), whose softmax the evaluation averages.
+4 views per clip (docs/datasets.md), whose softmax the evaluation averages.
 
 Every random number comes from the clip's own seeded generator: 19 uniforms in a fixed layout
 (``Draws``), drawn whether or not a step fires, so a clip's augmentation depends on its seed
@@ -19,7 +19,7 @@ from . import audio_features as af
 from .gsc import CLIP
 
 FRAMES = af.frame_count(CLIP)                     # 32
-P_FIRE = 0.5                                      # each (p) step of SPEC §6
+P_FIRE = 0.5                                      # each (p) step of the recipe (docs/datasets.md)
 AMPLITUDE = (0.7, 1.1)
 MAX_SCALE = 0.2                                   # speed and stretch: 1 + U(−0.2, 0.2)
 MAX_SHIFT = 8                                     # randint(−8, 8), inclusive
@@ -137,7 +137,8 @@ class GscTransform:
 
     @staticmethod
     def augment(wave: torch.Tensor, length: torch.Tensor, d: ChainDraws, c: dict) -> torch.Tensor:
-        """Steps 1–7 of SPEC §6: float32 B×W waves → complex64 B×32×1025."""
+        """Steps 1–7 of the recipe (docs/datasets.md): float32 B×W waves → complex64
+        B×32×1025."""
         dev = wave.device
         x = af.amplitude(wave, d.amp_fire.to(dev), d.gain.to(dev))
         x16 = af.fix_length(x, CLIP)

@@ -1,6 +1,6 @@
 """ImageNet32 (Chrabaszcz et al. 2017, the paper's second experiment) from the official npz files.
 
-SPEC §7. The ten ``train_data_batch_k.npz`` (keys ``data`` uint8 N×3072 planar R|G|B,
+docs/datasets.md. The ten ``train_data_batch_k.npz`` (keys ``data`` uint8 N×3072 planar R|G|B,
 ``labels`` 1..1000, ``mean`` 3072 floats) and ``val_data.npz`` (``data``, ``labels``).
 
 Memory: the images stay uint8, streamed from each archive straight into one preallocated
@@ -278,7 +278,7 @@ class Normalise:
 
 def imagenet32_data(root: str, seed: int) -> Data:
     """The driver's ``Data``: CS data = the first file of the run's order plus its mirror
-    (SPEC §3); the validation images use that file's mean image, as in the reference."""
+    (docs/method.md); the validation images use that file's mean image, as in the reference."""
     d = load_imagenet32(root)
     first = file_order(seed)[0]
     train = MirroredImages(d.train_x, d.train_y, d.offsets, mirrored=True)

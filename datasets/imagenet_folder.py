@@ -1,7 +1,7 @@
 """Full-size ImageNet (ILSVRC-2012), ImageFolder layout: ``train/<class>/…``, ``val/<class>/…``.
 
-SPEC §8. Train: RandomResizedCrop + horizontal flip; eval: Resize + CenterCrop (224 and 256 by
-default); per-channel mean/std. JPEGs are decoded and cropped in the loader workers, whose
+As docs/datasets.md gives it. Train: RandomResizedCrop + horizontal flip; eval: Resize +
+CenterCrop (224 and 256 by default); per-channel mean/std. JPEGs are decoded and cropped in the loader workers, whose
 output stays uint8 (a quarter of the bytes to pin and copy); the float conversion and the
 normalisation run per batch on the training device (``Normalise``). Every random draw comes
 from torch's global CPU generator, which the driver seeds per sample (exact resume, any
@@ -122,7 +122,8 @@ class JpegFolder(Dataset):
 
 
 def transforms(crop: int, resize: int):
-    """SPEC §8: (train, eval). torchvision's PIL transforms draw from torch's global RNG."""
+    """(train, eval), as docs/datasets.md gives them. torchvision's PIL transforms draw from
+    torch's global RNG."""
     from torchvision import transforms as T
 
     train = T.Compose([T.RandomResizedCrop(crop), T.RandomHorizontalFlip()])

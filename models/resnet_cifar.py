@@ -26,7 +26,7 @@ class ShortcutA(nn.Module):
 
 class GlobalAvgPool(nn.Module):
     """An average pool whose window is the whole map: on the 8×8 maps of 32×32 inputs it is the
-    authors' ``AvgPool2d(8)``, with its summation order and so its exact numbers (SPEC §0:
+    authors' ``AvgPool2d(8)``, with its summation order and so its exact numbers (docs/method.md:
     ``AdaptiveAvgPool2d(1)`` differs in the last bits, enough to flip a selection after a few
     epochs), and any other input size still works. No branch: fx can trace it."""
 

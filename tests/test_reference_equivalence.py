@@ -1,8 +1,8 @@
-"""Bit for bit with the authors' training loop (SPEC §0, §2–4).
+"""Bit for bit with the authors' training loop (docs/method.md).
 
 ``NaiveReference`` is a deliberately naive, independent rendering of the authors' loop semantics,
-written from the SPEC and not from our code: per-filter codebooks multiplied into the flattened
-weights and gradients, a per-filter CS loop in float32 per batch, the list-reuse rule at epochs
+written from the method's description and not from our code: per-filter codebooks multiplied
+into the flattened weights and gradients, a per-filter CS loop in float32 per batch, the list-reuse rule at epochs
 without a CS pass, GM distances from explicit differences, and the reference's order of
 validate / mask / train / mask / validate (the CS pass before training included, although our
 driver skips it: it runs in eval mode, so it changes nothing). It drives a copy of the same
@@ -27,7 +27,8 @@ EPOCHS = 8  # the last epoch (7) has no CS pass: the reused list reaches the fin
 
 # -- the authors' semantics, naively ---------------------------------------------------------
 def schedule(r_cs, r_gm, epochs, tau, s):
-    """SPEC §2 with numpy's polynomial roots (τ is an integer here, as in the reference)."""
+    """The schedule (docs/method.md) with numpy's polynomial roots (τ is an integer here, as
+    in the reference)."""
     t3, t2, e3 = r_cs + r_gm, 0.75 * (r_cs + r_gm), epochs - 1
     coeffs = np.zeros(int(tau) + 1)
     coeffs[0], coeffs[-2], coeffs[-1] = t2, -t3, t3 - t2
@@ -175,7 +176,7 @@ def test_driver_equals_the_authors_loop_bit_for_bit(shape, data_root, tmp_path):
           for e in range(EPOCHS) for initial in (True, False)}
     test = _batches(ours.test_loader, 0)
 
-    def lr(epoch):  # SPEC §5's rule for --schedule 1 3 --gammas 10 0.2
+    def lr(epoch):  # the recipe's rule for --schedule 1 3 --gammas 10 0.2
         return 0.01 * (10 if epoch >= 1 else 1) * (0.2 if epoch >= 3 else 1)
 
     ref = NaiveReference(copy.deepcopy(ours.model), 0.1, 0.4, EPOCHS, s, cs_mode == "eval", lr)

@@ -16,7 +16,7 @@ import contextlib
 import torch
 from torch import nn
 
-from .graph import PrunableConv, normalised
+from .graph import PrunableConv, bn_normalised
 
 
 @contextlib.contextmanager
@@ -46,7 +46,7 @@ def channel_stds(model: nn.Module, convs: list[PrunableConv], x) -> dict[str, to
     out, handles = {}, []
     for c in convs:
         def hook(module, inputs, output, name=c.name):
-            output = normalised(module, inputs, output)
+            output = bn_normalised(module, inputs, output)
             out[name] = output.detach().transpose(0, 1).flatten(1).double().std(1, correction=0)
         handles.append(c.bn.register_forward_hook(hook))
     try:

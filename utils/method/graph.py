@@ -60,7 +60,7 @@ def select_convs(model: nn.Module, pairs: dict, sources: dict, include: str | No
     return found
 
 
-def normalised(bn: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+def bn_normalised(bn: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
     """In a forward hook on a prunable conv's BN: the BN's normalised output. For a subclass
     that applies more afterwards (timm's ``BatchNormAct2d``: drop, then its activation) it is
     recomputed from the input with the module's own statistics — the running ones in eval

@@ -1,4 +1,5 @@
-"""The mask: which filters are selected, what happens to their weights and gradients (SPEC §4, §9).
+"""The mask: which filters are selected, what happens to their weights and gradients
+(docs/method.md).
 
 Per update (epoch 0 before training, then after training epochs), for every prunable conv:
 1. the method's first criterion ranks all filters and selects its share — a criterion from
@@ -10,7 +11,7 @@ Per update (epoch 0 before training, then after training epochs), for every prun
    next update their gradients too, when the method says so. With the method's
    ``attenuate="bn"`` their BN's γ and β (and those gradients) get the same factor: train-mode
    BN divides by the batch std, so scaling the filter alone barely reaches the network while
-   it trains (SPEC §4, end).
+   it trains (docs/soft-pruning-and-batchnorm.md).
 
 The CS list at epochs without a CS pass is the authors' rule: the *list* of the last CS epoch is
 reused as it is (its length that epoch's count), while the GM candidates start at the *current*
@@ -167,7 +168,7 @@ class Mask:
 
     def _rank_from_data(self, model: nn.Module, epoch: int, initial: bool, due: bool) -> None:
         """The CS pass when it is due (and when a plan is made from its scores now): its
-        ranking and its list (SPEC §4 step 1)."""
+        ranking and its list (docs/method.md)."""
         for_plan = due and criterion(self.plan_maker.criterion).from_data
         if not (initial or epoch % self.pass_every == 0 or for_plan):
             return

@@ -356,7 +356,35 @@ class Pruner:
     # -- what it selected, and checkpoints ----------------------------------------------------
     @property
     def active(self) -> bool:
+        """False when nothing is ever selected (every rate 0): a plain training loop."""
         return self.mask.active
+
+    def zeta(self, epoch: int) -> float:
+        """ζ at ``epoch``: the factor of the selected filters' weights (and gradients)."""
+        return self.schedule.at(epoch)["zeta"]
+
+    def total_filters(self) -> int:
+        """The prunable filters (a target's coupled layers counted once)."""
+        return self.mask.total_filters()
+
+    def total_selected(self) -> int:
+        return self.mask.total_selected()
+
+    def selected_counts(self) -> dict:
+        """{conv name: filters selected at the last update}."""
+        return self.mask.selected_counts()
+
+    def final_counts(self) -> dict:
+        """{conv name: (first, second) counts the last update will select}."""
+        return self.mask.final_counts()
+
+    def selected_shares(self) -> dict:
+        """{criterion: the share of the prunable filters it selected at the last update}."""
+        total = max(self.mask.total_filters(), 1)
+        m = self.mask
+        return {crit: sum(len(v) for v in selected.values()) / total
+                for crit, selected in ((m.method.first, m.selected_first),
+                                       (m.method.second, m.selected_second)) if crit}
 
     def selected(self) -> dict:
         """{conv name: selected filter indices} of the last update."""
@@ -401,6 +429,14 @@ class Pruner:
 
     def _target_text(self) -> str:
         return str(self.pruning.target) if self.pruning.target else ""
+
+    def continue_after(self, epoch: int) -> None:
+        """Continue a run whose last stepped epoch is ``epoch`` (a resumed run; a state saved
+        inside an epoch, or before ``step_epoch`` was saved, may say otherwise)."""
+        self.epoch = int(epoch)
+        if epoch >= 0:
+            self.started = True
+            self._drop_start_hook()
 
     def load_state_dict(self, state: dict) -> None:
         p = self.pruning

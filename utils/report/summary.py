@@ -7,18 +7,12 @@ def zero_filters(convs) -> dict[str, int]:
             for c in convs}
 
 
-def final_rates(pruning, mask) -> dict[str, float]:
+def final_rates(pruning, pruner) -> dict[str, float]:
     """Each criterion's rate: the run's; under a target, the share of the counted filters
     it selected in the end (a layer's own count is in ``kept_per_layer``)."""
     if pruning.target is None:
         return {c: pruning.rates.get(c, 0.0) for c in registry()}
-    total = max(mask.total_filters(), 1)
-    chosen = {c: 0.0 for c in registry()}
-    for crit, selected in ((mask.method.first, mask.selected_first),
-                           (mask.method.second, mask.selected_second)):
-        if crit:
-            chosen[crit] = sum(len(v) for v in selected.values()) / total
-    return chosen
+    return {**{c: 0.0 for c in registry()}, **pruner.selected_shares()}
 
 
 def budget(pruning, last: dict, dense_cost) -> dict:
@@ -31,7 +25,7 @@ def budget(pruning, last: dict, dense_cost) -> dict:
                        "reached": reached}}
 
 
-def run_summary(args, pruning, mask, history: list[dict], dense_cost, wall: float) -> dict:
+def run_summary(args, pruning, pruner, history: list[dict], dense_cost, wall: float) -> dict:
     """The method and its rates, the final (fully pruned) figures — the numbers to report —,
     the best epoch for reference, costs and per-layer counts."""
     last = history[-1]
@@ -40,7 +34,7 @@ def run_summary(args, pruning, mask, history: list[dict], dense_cost, wall: floa
     return {
         "method": pruning.method.name, "attenuate": pruning.method.attenuate,
         "arch": args.arch, "dataset": args.dataset, "epochs": pruning.epochs,
-        **{f"prune_rate_{c}": v for c, v in final_rates(pruning, mask).items()},
+        **{f"prune_rate_{c}": v for c, v in final_rates(pruning, pruner).items()},
         **budget(pruning, last, dense_cost),
         "round_to": args.round_to,
         "final_top1": last["test_top1"], "final_top5": last["test_top5"],
@@ -52,10 +46,10 @@ def run_summary(args, pruning, mask, history: list[dict], dense_cost, wall: floa
         "flops_reduction": 1 - last["flops_eff"] / flops_d,
         "params_dense": params_d, "params_pruned": last["params_eff"],
         "params_reduction": 1 - last["params_eff"] / params_d,
-        "filters_selected": mask.total_selected(), "filters_total": mask.total_filters(),
-        "selected_per_layer": mask.selected_counts(), "zero_filters_per_layer":
-            zero_filters(mask.convs),
+        "filters_selected": pruner.total_selected(), "filters_total": pruner.total_filters(),
+        "selected_per_layer": pruner.selected_counts(), "zero_filters_per_layer":
+            zero_filters(pruner.convs),
         "kept_per_layer": {c.name: c.filters - n for c, n in
-                           zip(mask.convs, mask.selected_counts().values())},
+                           zip(pruner.convs, pruner.selected_counts().values())},
         "wall_seconds": round(wall, 1), "seed": args.manualSeed,
     }

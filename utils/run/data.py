@@ -28,7 +28,7 @@ class BatchTransform(Protocol):
 @dataclass
 class Data:
     train: Dataset
-    cs: Dataset          # the CS pass's data (SPEC §3), read in fixed order
+    cs: Dataset          # the CS pass's data (docs/method.md), read in fixed order
     test: Dataset
     num_classes: int
     in_channels: int

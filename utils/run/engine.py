@@ -72,7 +72,7 @@ def train_one_epoch(model, loader, optimizer, device, epoch: int, scaler=None,
                     amp_dtype=None, log=None, print_freq: int = 200, nan_policy: str = "stop",
                     should_stop=None, start_batch: int = 0, resume_state=None,
                     transform=None) -> dict:
-    """One epoch of SGD. The pruner's gradient scaling (SPEC §4) is a step pre-hook of the
+    """One epoch of SGD. The pruner's gradient scaling (docs/method.md) is a step pre-hook of the
     optimizer (``utils.pruner``): it runs between backward (and a GradScaler's unscale) and the
     step, as it would in anyone's loop.
 

@@ -242,11 +242,10 @@ class Trainer:
             if message.startswith("warning: "):
                 self.log(message, echo)
         self.pruner.set_log(self.log)
-        self.mask, self.schedule = self.pruner.mask, self.pruner.schedule
         self.method = self.pruning.method
         # the effective attenuation (utils/method/attenuation.py), if anything is pruned
         self.probe = (AttenuationProbe(self.convs, loaders.probe_batch(args, data, device))
-                      if self.mask.active else None)
+                      if self.pruner.active else None)
         self.scaler = (torch.amp.GradScaler(device.type)
                        if self.amp_dtype == torch.float16 else None)
         self.cost = NetworkCost(self.graph, data.input_shape)  # the compactor's graph walk
@@ -281,16 +280,26 @@ class Trainer:
                       check_compact=False,
                       log=lambda message, echo=True: self._early.append((message, echo)))
 
+    @property
+    def mask(self):
+        """The pruner's mask and schedule, for tests and benches that look inside them (the
+        driver itself uses the pruner's methods)."""
+        return self.pruner.mask
+
+    @property
+    def schedule(self):
+        return self.pruner.schedule
+
     # -- the steps of a run ------------------------------------------------------------------
     def start(self) -> None:
         """A fresh run: header, plots of the schedule, and the mask before training."""
         args = self.args
-        name = self.method.name.upper() if self.mask.active else "dense (all rates 0)"
+        name = self.method.name.upper() if self.pruner.active else "dense (all rates 0)"
         variant = (" with --attenuate bn (BN γ, β attenuated with the filters)"
                    if self.method.attenuate == "bn" else "")
         self.log(f"{name} run{variant}: {args.arch} on {args.dataset}, "
                  f"{len(self.data.train)} train / {len(self.data.test)} test samples, "
-                 f"{len(self.convs)} prunable convs ({self.mask.total_filters()} filters), device "
+                 f"{len(self.convs)} prunable convs ({self.pruner.total_filters()} filters), device "
                  f"{self.device}, {dist.world_size()} process(es), effective batch "
                  f"{self.batch * dist.world_size()}, base lr {args.learning_rate:g}")
         self.log.args(dict(vars(args)))
@@ -301,7 +310,7 @@ class Trainer:
             plot_schedule(self.pruner.display_schedule(),
                           os.path.join(args.save_path, "schedule.png"), self.method,
                           widths=self._widths())
-        if self.mask.active:
+        if self.pruner.active:
             # the reference validates first, so the first CS pass runs in eval mode
             before = self._evaluate(self.model)
             self.log(f"before training: test top1 {before['top1']:.2f} loss {before['loss']:.4f}")
@@ -319,7 +328,7 @@ class Trainer:
                                    scaler=self.scaler, pruner=self.pruner, probe=self.probe)
         self.history, self.wall = where["history"], where["wall"]
         self.start_epoch, self.start_batch = where["epoch"], where["batch"]
-        self.pruner.epoch = self.start_epoch - 1  # the last epoch it stepped
+        self.pruner.continue_after(self.start_epoch - 1)
         self.epoch_state = where["epoch_state"] if dist.rank() == 0 else None
         at = f"epoch {self.start_epoch}" + (f", batch {self.start_batch}" if self.start_batch
                                             else "")
@@ -406,12 +415,12 @@ class Trainer:
         """The epoch's row of metrics.csv and its log line."""
         flops, params = self.cost(self.pruner.selected())
         row = {"epoch": epoch, "method": self.method.name, "lr": train["lr"],
-               **self.pruner.shares(epoch), "zeta": self.schedule.at(epoch)["zeta"],
+               **self.pruner.shares(epoch), "zeta": self.pruner.zeta(epoch),
                "effective_attenuation": train["attenuation"], "train_loss": train["loss"],
                "train_top1": train["top1"], "test_loss": test["loss"], "test_top1": test["top1"],
                "test_top5": test["top5"], **refreshed,
-               "filters_selected": self.mask.total_selected(),
-               "filters_total": self.mask.total_filters(), "flops_eff": flops,
+               "filters_selected": self.pruner.total_selected(),
+               "filters_total": self.pruner.total_filters(), "flops_eff": flops,
                "params_eff": params, "epoch_seconds": round(seconds, 3)}
         self.history.append(row)
         extra = (f" (BN refreshed {refreshed['test_top1_refreshed']:.2f})" if refreshed else "")
@@ -426,7 +435,7 @@ class Trainer:
     def finish(self) -> dict:
         """summary.json, the compact network and the final log line."""
         self._write_tables(draw=True)
-        summary = run_summary(self.args, self.pruning, self.mask, self.history,
+        summary = run_summary(self.args, self.pruning, self.pruner, self.history,
                               self.dense_cost, self.wall)
         summary["compact"] = self._compact()
         budget = summary.get("target")
@@ -483,13 +492,13 @@ class Trainer:
 
     def _widths(self) -> list | None:
         """Every prunable layer's width for schedule.png (a pruned run only)."""
-        return self.pruner.widths() if self.mask.active else None
+        return self.pruner.widths() if self.pruner.active else None
 
     def _log_rounding(self) -> None:
         """--round_to: how many filters every layer keeps, and what it gives up for that."""
-        if self.args.round_to <= 1 or not self.mask.active or self.pruning.target:
+        if self.args.round_to <= 1 or not self.pruner.active or self.pruning.target:
             return  # a target's plan is logged with the rounding in it
-        rates, final = self.pruning.rates.values(), self.mask.final_counts()
+        rates, final = self.pruning.rates.values(), self.pruner.final_counts()
         parts = []
         for c in self.convs:
             n, plain = sum(final[c.name]), sum(count(c.filters, r) for r in rates)
@@ -512,7 +521,7 @@ class Trainer:
     def _compact(self) -> dict | None:
         """The physically smaller network: built, saved and measured (model_compact.pt); the
         figures are compact.py's, from one function (``report.figures.compaction_figures``)."""
-        args, mask = self.args, self.mask
+        args, pruner = self.args, self.pruner
         try:
             compact = compact_model(self.graph, self.pruner.selected(),
                                     input_shape=self.data.input_shape, arch=args.arch)
@@ -522,7 +531,7 @@ class Trainer:
         if dist.is_main():
             save_compact(compact, os.path.join(args.save_path, "model_compact.pt"))
         test = self._evaluate(compact)
-        keep = 1 - mask.total_selected() / max(mask.total_filters(), 1)
+        keep = 1 - pruner.total_selected() / max(pruner.total_filters(), 1)
         nominal = asked_keep_ratio(self.pruning.rates, keep, self.pruning.target is not None)
         figures = compaction_figures(self.graph, compact, self.data.input_shape, args.arch,
                                      keep, nominal)

@@ -14,7 +14,7 @@ from ...distributed import all_reduce_sum
 from ...errors import UserError
 from ...faults import crash_point
 from ...hands_off import bn_statistics_untouched
-from ..graph import PrunableConv, normalised
+from ..graph import PrunableConv, bn_normalised
 from . import register_criterion
 from .base import Criterion
 
@@ -33,11 +33,11 @@ def _max_response_hooks(bns: list[nn.Module], out: list):
 
     max is taken before the ReLU: ReLU is monotone, so clamping the (N, F) max afterwards
     equals the max of the rectified map, without a full-size copy of every activation. A BN
-    that applies its own activation is scored on its normalisation (``graph.normalised``).
+    that applies its own activation is scored on its normalisation (``graph.bn_normalised``).
     """
     def hook(k):
         def fn(module, inputs, output):
-            out[k] = normalised(module, inputs, output).amax(dim=(2, 3))
+            out[k] = bn_normalised(module, inputs, output).amax(dim=(2, 3))
         return fn
 
     handles = [bn.register_forward_hook(hook(k)) for k, bn in enumerate(bns)]

@@ -1,4 +1,4 @@
-"""The geometric-median criterion of FPGM (He et al., CVPR 2019; SPEC §4 step 2)."""
+"""The geometric-median criterion of FPGM (He et al., CVPR 2019; docs/method.md)."""
 import torch
 
 from . import register_criterion

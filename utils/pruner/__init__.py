@@ -46,11 +46,13 @@ from torch import nn
 
 from .. import distributed as dist
 from ..compaction import ModelGraph, NetworkCost, compact_model
+from ..compaction.streams import residual_groups
 from ..errors import OptionError, UserError
 from ..method.allocation import Allocator
 from ..method.budget import TOLERANCE, PlanMaker, counted_once
 from ..method.criteria import criterion
 from ..method.graph import PrunableConv, unwrap
+from ..method.groups import COUPLINGS, expand_all, layers_of
 from ..method.mask import Mask
 from ..method.methods import Pruning, resolve
 from ..method.schedule import Curves
@@ -97,7 +99,7 @@ class Pruner:
                  class_names=None, log=None, auto_start: bool = True,
                  target: dict | None = None, allocation: str | None = None, input_shape=None,
                  check_compact: bool = True, graph: ModelGraph | None = None,
-                 hands_off: bool = True):
+                 hands_off: bool = True, coupling: str = "none"):
         """Every option is checked here, before the first epoch (``OptionError``, a
         ``UserError``, naming the keyword and the fix); docs/api.md, 'Every option' says what
         each does. ``method``: a name (``fsdp``, ``fpgm``, ``sfp``, ``asfp``, ``l1``, or one
@@ -110,7 +112,11 @@ class Pruner:
         updated), "eval". ``check_compact``: trace the model at the input size (``input_shape``
         or ``cs_data``'s) now and refuse what ``compact()`` would refuse. ``hands_off``: leave
         the global RNGs as found (the training driver keeps the authors' draws: False).
-        ``graph``: the model's ``ModelGraph`` when the caller has traced it already."""
+        ``graph``: the model's ``ModelGraph`` when the caller has traced it already.
+        ``coupling``: "residual" makes the convs whose outputs meet in one residual sum
+        select the same channels, as one layer (``method/groups.py``), so that the compact
+        network's residual streams are narrow too; "none" (the default) lets every conv
+        select its own."""
         self.model = options.model_of(model)
         self._graph = graph
         self.hands_off = options.switch("hands_off", hands_off)
@@ -139,10 +145,11 @@ class Pruner:
         self._unchecked_shape = options.switch("check_compact", check_compact) and shape is None
         if check_compact and shape is not None:
             self._check_compactable(shape)
+        self.groups = self._groups(options.choice("coupling", coupling, COUPLINGS), shape)
         plan, maker = self._budget(shape, round_to)
         self.schedule = self.pruning.schedule()
         self.mask = Mask(self.convs, self.pruning.method, self.schedule, data_pass, cs_every,
-                         round_to, plan, maker)
+                         round_to, plan, maker, self.groups)
         self.epoch, self.started = -1, False  # the last epoch stepped; the first mask applied
         self._hooks = []
         optimizer = options.optimizer_of(optimizer)
@@ -190,13 +197,35 @@ class Pruner:
             return
         last = self.pruning.epochs - 1
         at_pass = (last // cs_every) * cs_every
-        planned = sum(self.mask.layer_counts(c, last)[0] for c in self.convs)
-        kept = sum(self.mask.layer_counts(c, at_pass)[0] for c in self.convs)
+        planned = sum(self.mask.layer_counts(c, last)[0] for c in self.layers)
+        kept = sum(self.mask.layer_counts(c, at_pass)[0] for c in self.layers)
         if kept < planned:
             self.log(f"warning: with cs_every={cs_every} and epochs={self.pruning.epochs} the "
                      f"CS share selects {kept} of the {planned} filters it plans: the authors' "
                      f"rule keeps the list of the last CS pass (after epoch {at_pass}) to the "
                      "end; set cs_every to a divisor of epochs − 1 (cs_every=1 always is)")
+
+    def _groups(self, coupling: str, shape) -> list:
+        """The coupled groups (``coupling="residual"``): the streams of the model's residual
+        sums (``compaction.streams``), each line on a stream left uncoupled logged."""
+        if coupling == "none":
+            return []
+        if shape is None:
+            raise UserError("coupling='residual' needs input_shape=(C, H, W) (or cs_data): the "
+                            "residual streams are found in the model traced at that size")
+        streams = residual_groups(self.graph, self.convs, shape)
+        for line in streams.notes:
+            self.log(f"warning: {line}")
+        if not streams.groups and not streams.notes:
+            self.log(f"warning: nothing to couple: this {type(self.model).__name__} has no "
+                     "residual sum of prunable convs' outputs; it is pruned uncoupled")
+        return streams.groups
+
+    @property
+    def layers(self) -> list:
+        """What the schedule counts as layers: every conv on its own, a coupled group as one
+        (``method.groups.Layer``: name, filters, members)."""
+        return self.mask.layers
 
     @property
     def graph(self) -> ModelGraph:
@@ -216,13 +245,16 @@ class Pruner:
         if input_shape is None:
             raise UserError("a target needs input_shape=(C, H, W): the FLOPs and parameters are "
                             "counted for one image of that size")
-        self.convs = counted_once(self.convs)
+        members = {n for g in self.groups for n, _ in g.members}
+        self.convs = counted_once(self.convs, keep=members)
+        layers = layers_of(self.convs, self.groups)
         cost = NetworkCost(self.graph, input_shape)
-        self.allocator = Allocator(self.convs, lambda pruned: cost(pruned)[target.index], target,
-                                   self.pruning.first_share, round_to)
+        self.allocator = Allocator(
+            layers, lambda pruned: cost(expand_all(layers, pruned))[target.index], target,
+            self.pruning.first_share, round_to)
         if target.allocation == "uniform":
             plan = self.allocator.uniform()
-            for line in self.plan_lines(plan):
+            for line in self.plan_lines(plan, layers):
                 self.log(line)
             return plan, None
         self.allocator.check_reachable()
@@ -236,14 +268,15 @@ class Pruner:
             self.log(line)
         return plan
 
-    def plan_lines(self, plan: dict | None = None) -> list[str]:
+    def plan_lines(self, plan: dict | None = None, layers: list | None = None) -> list[str]:
         """The log lines of a target's plan (the mask's, by default): what it keeps."""
         plan = plan if plan is not None else self.mask.plan
         a = self.allocator
         if a is None or plan is None:
             return []
         reached = a.fraction(plan)
-        widths = ", ".join(f"{c.filters - sum(plan[c.name])}/{c.filters}" for c in self.convs)
+        widths = ", ".join(f"{c.filters - sum(plan[c.name])}/{c.filters}"
+                           for c in layers or self.layers)
         lines = [f"target: {a.target.fraction:g} of the dense {a.target.unit}, "
                  f"{a.target.allocation} allocation; the plan keeps {reached:.4f}; filters kept "
                  f"per layer: {widths}"]
@@ -364,7 +397,8 @@ class Pruner:
         return self.schedule.at(epoch)["zeta"]
 
     def total_filters(self) -> int:
-        """The prunable filters (a target's coupled layers counted once)."""
+        """The prunable filters (a coupled group, and under a target a depthwise conv with
+        its producer, counted once)."""
         return self.mask.total_filters()
 
     def total_selected(self) -> int:
@@ -375,14 +409,15 @@ class Pruner:
         return self.mask.selected_counts()
 
     def final_counts(self) -> dict:
-        """{conv name: (first, second) counts the last update will select}."""
+        """{layer name: (first, second) counts the last update will select} (a layer: a conv,
+        or a coupled group)."""
         return self.mask.final_counts()
 
     def selected_shares(self) -> dict:
         """{criterion: the share of the prunable filters it selected at the last update}."""
         total = max(self.mask.total_filters(), 1)
         m = self.mask
-        return {crit: sum(len(v) for v in selected.values()) / total
+        return {crit: sum(len(selected[c.name]) for c in m.layers) / total
                 for crit, selected in ((m.method.first, m.selected_first),
                                        (m.method.second, m.selected_second)) if crit}
 
@@ -397,7 +432,7 @@ class Pruner:
         if self.pruning.target is None:
             at = self.schedule.at(epoch)
         else:
-            counts = [self.mask.layer_counts(c, epoch) for c in self.convs]
+            counts = [self.mask.layer_counts(c, epoch) for c in self.layers]
             total = self.mask.total_filters()
             first, second = (sum(n[i] for n in counts) / total for i in (0, 1))
             at = {"theta": first + second, "first": first, "second": second}
@@ -416,10 +451,11 @@ class Pruner:
         return replace(curves, theta=np.array([r["theta"] for r in rows]), **arrays)
 
     def widths(self) -> list[tuple[str, int, int, int]]:
-        """Per counted layer: (name, filters, filters kept at the end, kept now)."""
+        """Per counted layer (a coupled group once): (name, filters, filters kept at the end,
+        kept now)."""
         final = self.mask.final_counts()
         return [(c.name, c.filters, c.filters - sum(final[c.name]),
-                 c.filters - len(self.mask.selected(c.name))) for c in self.convs]
+                 c.filters - len(self.mask.layer_selected(c.name))) for c in self.layers]
 
     def state_dict(self) -> dict:
         """Tensors, numbers and strings only (``torch.load(weights_only=True)`` reads it)."""

@@ -16,7 +16,7 @@ import notebook_cifar
 from tests.cli import entry, run_in_process
 from tests.fakedata import write_cifar
 from tests.snapshots import files_of, flip_exponent_bit
-from utils.files import DIGEST_KEY, check_seal, safe_load
+from utils.files import DIGEST_KEY, check_seal, safe_load, sealed
 from utils.report import config
 from utils.run.checkpoint import non_finite, refuse_non_finite
 from utils.run.cli import build_parser
@@ -113,6 +113,27 @@ def test_a_checkpoint_from_before_digests_still_resumes_and_says_so(run):
     assert entry(notebook_cifar, argv) == 0
     assert f"note: {path} carries no digest" in open(os.path.join(save, "log.txt")).read()
     assert safe_load(path)[DIGEST_KEY].startswith("sha256:")  # the next one has one
+
+
+@pytest.mark.parametrize("edit", ["epoch", "mask", "optimizer"])
+def test_an_edited_and_sealed_again_checkpoint_is_one_line(run, capsys, edit):
+    """A checkpoint is read from disk: one edited by hand and sealed again passes the digest,
+    and a part that does not fit the run is still one line naming the file."""
+    save, argv = run
+    path = os.path.join(save, "checkpoint.pt")
+    ckpt = {k: v for k, v in safe_load(path).items() if k != DIGEST_KEY}
+    if edit == "epoch":
+        ckpt["epoch"] = "one"
+    elif edit == "mask":
+        ckpt["mask"]["selected_first"] = {k: "all" for k in ckpt["mask"]["selected_first"]}
+    else:
+        ckpt["optimizer"]["param_groups"] = []
+    torch.save(sealed(ckpt), path)
+    before = files_of(save)
+    assert entry(notebook_cifar, argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"checkpoint {path}" in err and "Traceback" not in err
+    assert files_of(save) == before
 
 
 # --- NaN and inf --------------------------------------------------------------------------------

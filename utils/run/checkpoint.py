@@ -210,3 +210,17 @@ def _refuse_unfinished(ckpt: dict, path) -> None:
         raise UserError(f"{path} is the checkpoint of an unfinished run (after {done} of "
                         f"{epochs} epochs): its selected filters are not zero yet; finish it with "
                         "--resume auto, or pass --allow_unfinished to compact it as it is")
+
+
+def restore_checked(ckpt: dict, path, **objects) -> dict:
+    """``restore_checkpoint``, one line naming the file where a part of it does not fit the
+    run's objects (a checkpoint is read from disk: sealed, yet edited by hand, or of another
+    version of these scripts)."""
+    try:
+        return restore_checkpoint(ckpt, **objects)
+    except UserError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+        first = " ".join(str(e).split())[:160] or type(e).__name__
+        raise UserError(f"checkpoint {path} does not fit this run ({first}); use an earlier "
+                        "copy or start again with --overwrite") from None

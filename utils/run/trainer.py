@@ -29,7 +29,7 @@ from ..report.figures import asked_keep_ratio, compaction_figures
 from ..report.logger import RunLog
 from ..report.plots import plot_curves, plot_schedule
 from ..report.summary import run_summary
-from .checkpoint import (read_checkpoint, refuse_non_finite, restore_checkpoint, resume_changes,
+from .checkpoint import (read_checkpoint, refuse_non_finite, restore_checked, resume_changes,
                          write_checkpoint)
 from .cli import check_args, cli_words, pruning_from_args, record_defaults
 from .data import Data
@@ -238,9 +238,6 @@ class Trainer:
         # locked from here to the end of the process (of ``main``: ``lock.release``)
         prepare_save_path(args.save_path, args.overwrite, checked)
         self.log = RunLog(args.save_path, args.tensorboard)
-        for message, echo in self._early:  # the pruner's warnings from before the log existed
-            if message.startswith("warning: "):
-                self.log(message, echo)
         self.pruner.set_log(self.log)
         self.method = self.pruning.method
         # the effective attenuation (utils/method/attenuation.py), if anything is pruned
@@ -303,6 +300,9 @@ class Trainer:
                  f"{self.device}, {dist.world_size()} process(es), effective batch "
                  f"{self.batch * dist.world_size()}, base lr {args.learning_rate:g}")
         self.log.args(dict(vars(args)))
+        for message, echo in self._early:  # the pruner's warnings, from before the log existed
+            if message.startswith("warning: "):
+                self.log(message, echo)
         self._log_rounding()
         for line in self.pruner.plan_lines():
             self.log(line)
@@ -324,8 +324,8 @@ class Trainer:
         """Continue from ``ckpt``; ``changes``: the flags given other values than the
         checkpoint's (only those that may change), logged now and recorded in args.json with
         the next checkpoint."""
-        where = restore_checkpoint(ckpt, model=self.model, optimizer=self.optimizer,
-                                   scaler=self.scaler, pruner=self.pruner, probe=self.probe)
+        where = restore_checked(ckpt, path, model=self.model, optimizer=self.optimizer,
+                                scaler=self.scaler, pruner=self.pruner, probe=self.probe)
         self.history, self.wall = where["history"], where["wall"]
         self.start_epoch, self.start_batch = where["epoch"], where["batch"]
         self.pruner.continue_after(self.start_epoch - 1)

@@ -191,7 +191,8 @@ class _Skipper:
     def __init__(self, model: nn.Module):
         self.statistics = _running_statistics(model)
         self.saved: list[torch.Tensor] = []
-        self.sentinel = next(p for p in model.parameters() if p.requires_grad)
+        weight = next(p for p in model.parameters() if p.requires_grad)
+        self.sentinel, self.first = weight, (0,) * weight.dim()  # its first element, any layout
 
     def remember_statistics(self) -> None:
         self.saved = [s.clone() for s in self.statistics]
@@ -200,12 +201,12 @@ class _Skipper:
         """``loss``, plus NaN × the sentinel where it is not finite (+0 × it otherwise: the
         same loss, the same gradients)."""
         nan_if_bad = torch.where(loss.detach().isfinite(), 0.0, float("nan"))
-        return loss + nan_if_bad * self.sentinel.view(-1)[0]
+        return loss + nan_if_bad * self.sentinel[self.first]
 
     def skips(self, scaler) -> bool:
         """After backward: whether the batch is skipped; if so, its traces are undone. A
         GradScaler lowers its scale as after a step of its own with non-finite gradients."""
-        if not torch.isnan(self.sentinel.grad.view(-1)[0]).item():
+        if not torch.isnan(self.sentinel.grad[self.first]).item():
             return False
         for statistic, saved in zip(self.statistics, self.saved):
             statistic.copy_(saved)

@@ -136,6 +136,27 @@ def test_an_edited_and_sealed_again_checkpoint_is_one_line(run, capsys, edit):
     assert files_of(save) == before
 
 
+def test_a_format_2_checkpoint_with_cuda_states_resumes_on_the_cpu_as_format_3_does(
+        run, stopped_run, tmp_path):
+    """The previous layout: rank 0's RNG states alone, with one CUDA state per GPU visible
+    when it was written (here two); on the CPU they are left alone, and the run goes on
+    exactly as from the checkpoint it was converted from."""
+    save, argv = run
+    path = os.path.join(save, "checkpoint.pt")
+    ckpt = safe_load(path)
+    assert ckpt["format"] == "fsdp-checkpoint/3" and len(ckpt["rng"]) == 1
+    ckpt["format"] = "fsdp-checkpoint/2"
+    ckpt["rng"] = {**ckpt["rng"][0], "cuda": [torch.zeros(16, dtype=torch.uint8)] * 2}
+    torch.save(sealed(ckpt), path)
+    assert entry(notebook_cifar, argv) == 0
+    reference = str(tmp_path / "format-3")
+    shutil.copytree(stopped_run[1], reference)
+    assert entry(notebook_cifar, [*argv[:argv.index("--save_path") + 1], reference,
+                                  *argv[argv.index("--save_path") + 2:]]) == 0
+    ours, theirs = (safe_load(os.path.join(f, "checkpoint.pt")) for f in (save, reference))
+    assert all(torch.equal(ours["model"][k], theirs["model"][k]) for k in theirs["model"])
+
+
 # --- NaN and inf --------------------------------------------------------------------------------
 
 def test_a_state_turned_non_finite_is_not_written_and_the_last_good_checkpoint_stays(

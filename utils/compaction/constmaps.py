@@ -122,7 +122,10 @@ class ConstMap(Cached):
         key = (cl, like.shape[2:]) if len(refs) == 1 else \
             (cl,) + tuple(r.shape[2:] for r in refs)
         if self._cache[0] != key:
-            m = self._compute(list(refs))
+            # in the buffers' precision whatever autocast the first caller ran under: the map
+            # is kept for every later call (docs/compaction.md)
+            with torch.autocast(like.device.type, enabled=False):
+                m = self._compute(list(refs))
             if cl and m.dim() == 4 and m.shape[1] > 1 and m.shape[-1] > 1:
                 m = m.contiguous(memory_format=torch.channels_last)
             self._cache = (key, m)

@@ -19,7 +19,9 @@ What each call does:
 * ``step(epoch)`` after each training epoch, in order: the CS pass when due (summed over DDP
   ranks), the selection and the attenuation of the selected filters (every ``prune_every``
   epochs, and always after the last).
-* ``compact()`` after the last step: the physically smaller network, equal in outputs.
+* ``compact()`` after the last step: the physically smaller network, equal in outputs, traced
+  at ``input_shape`` — given, else the size of the first batch the model saw, else the one it
+  declares (timm's ``pretrained_cfg``, torchvision's weights).
 * ``state_dict()`` / ``load_state_dict()`` for your own checkpoints: resuming is bit-exact.
 
 A budget instead of rates: ``Pruner(model, "fpgm", target={"flops": 0.5}, epochs=…,
@@ -36,6 +38,7 @@ it before any tensor work (the scripts do it for you; ``--keep_subnormals`` opts
 from dataclasses import replace
 
 import numpy as np
+import torch
 from torch import nn
 
 from . import distributed as dist
@@ -70,9 +73,14 @@ class Pruner:
         ``auto_start=False``: the first mask only when ``start()`` is called.
         ``target``: {"flops": F} or {"params": P} instead of rates (``input_shape``, (C, H, W),
         needed to count them); ``allocation``: "uniform" (default) or "global". ``graph``: the
-        model's ``ModelGraph`` when the caller has traced it already (the training driver)."""
+        model's ``ModelGraph`` when the caller has traced it already (the training driver).
+        ``input_shape``: the input's (C, H, W), for what is kept whole and the compact network
+        (without it: the first batch's, or the size the model declares)."""
         self.model = unwrap(model)
         self._graph = graph
+        self.input_shape = tuple(int(s) for s in input_shape)[-3:] if input_shape else None
+        self._input_hook = None if self.input_shape else \
+            self.model.register_forward_pre_hook(self._see_input)
         if isinstance(method, Pruning):
             self.pruning = method
         else:
@@ -107,8 +115,16 @@ class Pruner:
         """The model's one traced graph: the prunable convs, a target's costs, the compact
         network (traced when first needed)."""
         if self._graph is None:
-            self._graph = ModelGraph(self.model)
+            self._graph = ModelGraph(self.model, self.input_shape)
         return self._graph
+
+    def _see_input(self, module, inputs):
+        """The model's real input: the size of the first batch it sees."""
+        x = inputs[0] if inputs else None
+        if isinstance(x, torch.Tensor) and x.dim() == 4:
+            self.input_shape = tuple(x.shape[1:])
+            self._input_hook.remove()
+            self._input_hook = None
 
     def _budget(self, input_shape, round_to: int):
         """A target's plan (uniform: now) or its maker (global: from the scores during the
@@ -223,11 +239,14 @@ class Pruner:
         if self.epoch != self.pruning.epochs - 1:
             raise UserError(f"Pruner.compact() needs the final mask: call it after "
                             f"step({self.pruning.epochs - 1}) (the last step was {self.epoch})")
-        return compact_model(self.graph, self.selected(), exact)
+        return compact_model(self.graph, self.selected(), exact, input_shape=self.input_shape)
 
     def remove(self) -> None:
         """Detach the optimizer and model hooks (the mask stays as it is)."""
         self._drop_start_hook()
+        if self._input_hook is not None:
+            self._input_hook.remove()
+            self._input_hook = None
         for h in self._hooks:
             h.remove()
         self._hooks = []

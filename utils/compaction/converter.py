@@ -45,6 +45,7 @@ class Converter:
         self.strict = strict  # refuse a conversion's error (else: count the op as opaque)
         self.held: dict = {}  # held data node -> the ``kept.Held`` piece it runs
         self.fell_back: dict = {}  # fx node -> why: conversions with no exact form
+        self.params_counted: set = set()  # ids of the parameters a node counts already
         self.masks = _pruned_masks(graph, pruned)
         self.need = channels_needed(graph.ops, self.masks)
         self.b = Builder()
@@ -125,15 +126,17 @@ class Converter:
     def _check_readable(self, op, rule) -> None:
         """Every input has a value this rule can read: a regrouped view only for rules that
         take one, a tensor of another rank than 2 or 4 only for those that compute at full
-        width (or take any rank)."""
+        width; a rule that takes any value (``any_rank``: it reads them as the dense network
+        holds them) any."""
         for node in op.inputs:
             if node not in self.states:
                 raise Unsupported(f"fx node {node.name} has no value in the compact graph")
             s = self.states[node]
+            if rule.any_rank:
+                continue
             if isinstance(s, ChannelView) and not (rule.keeps_views or rule.full_width):
                 raise Unsupported(f"fx node {node.name} is a regrouped channel view")
-            if isinstance(s, Full) and len(s.shape) not in (2, 4) and \
-                    not (rule.full_width or rule.any_rank):
+            if isinstance(s, Full) and len(s.shape) not in (2, 4) and not rule.full_width:
                 raise Unsupported(f"fx node {node.name} has rank {len(s.shape)}")
 
     def run(self) -> "Converter":

@@ -77,14 +77,14 @@ def compact_cost(compact: nn.Module, input_shape) -> tuple[int, int]:
         c = m.conv
         scaled = m.smat.shape[1] if m.smat is not None else 0
         add(conv_cost(out.shape[2] * out.shape[3], c.out_channels, c.in_channels // c.groups,
-                      c.kernel_size, m.source_bias, m.bn, scaled))
+                      c.kernel_size, m.source_bias, m.bn, scaled, m.fixed))
 
     def on_linear(m, inputs, out):
         scaled = m.smat.shape[1] if m.smat is not None else 0
         add(linear_cost(m.linear.in_features, m.linear.out_features, m.source_bias, scaled))
 
     def on_affine(m, inputs, out):
-        add((0, affine_params(out.shape[1], m.bn)))
+        add((0, affine_params(out.shape[1], m.bn) + m.params))
 
     def on_tensor(m, inputs, out):
         add((m.a.get("macs", 0), m.a.get("params", 0)))

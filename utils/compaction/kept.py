@@ -158,7 +158,8 @@ def parts(graph, opaque: dict, kept: dict) -> list[dict]:
     """The parts kept whole, each a module (``part``), the ops of it that no rule takes
     (``ops``, why) and the convs feeding it (``convs``), in the graph's order."""
     found: dict = {}
-    for node, why in opaque.items():
+    order = graph.position or {}
+    for node, why in sorted(opaque.items(), key=lambda item: order.get(item[0], 0)):
         part = found.setdefault(scope(node), {"part": scope(node), "ops": [], "convs": []})
         if why not in part["ops"]:
             part["ops"].append(why)

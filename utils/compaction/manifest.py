@@ -257,7 +257,8 @@ def _conv_geometry(a: dict, where: str) -> None:
 # -- data nodes -----------------------------------------------------------------------------------
 def _conv(a, where):
     _dict(a, where, ("in", "out", "kernel", "stride", "padding", "dilation", "groups", "gather",
-                     "sbias", "source_bias", "bn", "map", "act"))
+                     "sbias", "source_bias", "bn", "map", "act"), ("fixed",))
+    _bool(a.get("fixed", False), f"{where}.fixed")  # weights of a buffer: no parameters
     ins, outs = _int(a["in"], f"{where}.in"), _int(a["out"], f"{where}.out")
     groups = _int(a["groups"], f"{where}.groups", 1)
     if ins % groups or outs % groups:
@@ -290,7 +291,8 @@ def _act(a, where):
 
 
 def _affine(a, where):
-    _dict(a, where, ("spatial", "bn"))
+    _dict(a, where, ("spatial", "bn"), ("params",))
+    _int(a.get("params", 0), f"{where}.params", 0, 2 ** 62)  # a learnable scale's own
     _bool(a["spatial"], f"{where}.spatial")
     _bool(a["bn"], f"{where}.bn")
     return (1, 1), {"scale", "shift"}

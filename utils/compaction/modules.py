@@ -129,6 +129,7 @@ class Affine(nn.Module):
         self.register_buffer("shift", None)
         register(self, specs)
         self.spatial, self.bn = bool(a["spatial"]), bool(a["bn"])
+        self.params = int(a.get("params", 0))  # a learnable scale's own parameters
 
     def forward(self, x):
         if self.shift is None:

@@ -178,10 +178,13 @@ class ModelGraph:
                             layer_end, layer_inter)
 
     def _shape_as_declared(self) -> None:
-        """Shapes at the model's declared input, when it declares one, has real tensors and
-        runs at it (a torchvision ResNet given a 1-channel stem declares 3 channels): what is
-        kept whole depends on them; else the structure alone says."""
-        if self.input_shape is not None:
+        """Shapes at the model's declared input, when the structure holds a node no rule claims
+        (what else is kept whole depends on the shapes) and the model declares an input, has
+        real tensors and runs at it (a torchvision ResNet given a 1-channel stem declares 3
+        channels); else the structure alone says. A network every node of which some rule
+        claims is not run: whatever its shapes, the compact network drops every pruned filter
+        exactly, so selection only follows what is kept whole where something may be."""
+        if self.input_shape is not None or not self._unclaimed():
             return
         p = next(self.model.parameters(), None)
         declared = declared_input_shape(self.model)
@@ -190,6 +193,18 @@ class ModelGraph:
                 self.with_shapes(declared)
             except UserError:
                 pass
+
+    def _unclaimed(self) -> bool:
+        """Does the structure hold a node no rule claims (sizes and their arithmetic aside)?"""
+        for node in self.gm.graph.nodes:
+            if node.op == "call_module" and (node.target in self.leaves or
+                                             not claimants(node, self.modules)):
+                return True
+            if node.op in ("call_function", "call_method") and \
+                    not claimants(node, self.modules) and not reads_shape_only(node) and \
+                    getattr(node.target, "__module__", None) not in ("_operator", "math"):
+                return True
+        return False
 
     # -- shapes and ops: at one input size -----------------------------------------------------
     def with_shapes(self, input_shape) -> "ModelGraph":
@@ -294,6 +309,24 @@ class ModelGraph:
             return values[n]
 
         return run(node)
+
+    def constant_params(self, node: fx.Node, counted: set | None = None) -> int:
+        """The learnable parameters a tensor of the parameters reads, each once: those not in
+        ``counted`` (ids, which it then holds too: a parameter read twice counts once)."""
+        counted = set() if counted is None else counted
+        found, stack, seen = {}, [node], set()
+        while stack:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if n.op == "get_attr":
+                value = keeping.fetch(self.model, n.target)
+                if isinstance(value, nn.Parameter) and id(value) not in counted:
+                    found[id(value)] = value.numel()
+            stack.extend(n.all_input_nodes)
+        counted.update(found)
+        return sum(found.values())
 
     # -- what is kept whole ------------------------------------------------------------------
     def parts(self) -> list[dict]:

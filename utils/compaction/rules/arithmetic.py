@@ -133,13 +133,18 @@ def per_channel_values(cv, op, width: int) -> torch.Tensor:
     return (value * torch.ones((1, width) + (1,) * (rank - 2), dtype=torch.float64)).flatten()
 
 
+def _params(cv, op) -> int:
+    """The parameters of the constant operand that no other node counts."""
+    return cv.graph.constant_params(op.attrs["constant"], cv.params_counted)
+
+
 def convert_add(cv, op) -> T:
     if op.attrs["number"] is not None:
         return _add_number(cv, cv.state(op.inputs[0]), float(op.attrs["number"]))
     if op.attrs.get("constant") is not None:
         x = cv.state(op.inputs[0])
         return _affine(cv, x, torch.ones(x.width, dtype=torch.float64),
-                       per_channel_values(cv, op, x.width))
+                       per_channel_values(cv, op, x.width), _params(cv, op))
     a, b = (cv.state(n) for n in op.inputs)
     return add_states(cv, op, a, b)
 
@@ -152,7 +157,8 @@ def convert_sub(cv, op) -> T:
     if op.attrs["number"] is not None:
         return _affine(cv, x, sign, ones * float(op.attrs["number"]) * -sign)
     if op.attrs.get("constant") is not None:
-        return _affine(cv, x, sign, per_channel_values(cv, op, x.width) * -sign)
+        return _affine(cv, x, sign, per_channel_values(cv, op, x.width) * -sign,
+                       _params(cv, op))
     b = cv.state(op.inputs[1])
     return add_states(cv, op, x, _affine(cv, b, -torch.ones(b.width, dtype=torch.float64),
                                          torch.zeros(b.width, dtype=torch.float64)))
@@ -256,8 +262,9 @@ def _add_number(cv, x: T, value: float) -> T:
     return _affine(cv, x, ones, ones * value)
 
 
-def _affine(cv, x: T, scale: torch.Tensor, shift: torch.Tensor) -> T:
-    """y = scale·x + shift per channel."""
+def _affine(cv, x: T, scale: torch.Tensor, shift: torch.Tensor, params: int = 0) -> T:
+    """y = scale·x + shift per channel; ``params``: the learnable parameters it stands for (a
+    layer scale's), counted with it."""
     x = fold(cv, x)
     value = torch.where(x.uniform_mask(), scale * x.value + shift, torch.zeros_like(x.value))
     out = x.but(value=value)
@@ -267,7 +274,8 @@ def _affine(cv, x: T, scale: torch.Tensor, shift: torch.Tensor) -> T:
                                                   x.spatial)))
     if len(x.ids):
         shape = (1, -1, 1, 1) if x.spatial else (1, -1)
-        node = cv.b.data("affine", [x.node], {"spatial": x.spatial, "bn": False},
+        attrs = {"spatial": x.spatial, "bn": False, **({"params": params} if params else {})}
+        node = cv.b.data("affine", [x.node], attrs,
                          {"scale": scale[x.ids].reshape(shape).clone(),
                           "shift": shift[x.ids].reshape(shape).clone()})
         out = out.but(node=node)
@@ -282,7 +290,8 @@ def convert_mul(cv, op) -> T:
             return _affine(cv, x, torch.full((x.width,), float(op.attrs["number"]),
                                              dtype=torch.float64), zeros)
         scale = per_channel_values(cv, op, x.width)
-        return _affine(cv, x, 1 / scale if op.attrs.get("inverse") else scale, zeros)
+        return _affine(cv, x, 1 / scale if op.attrs.get("inverse") else scale, zeros,
+                       _params(cv, op))
     p, q = op.inputs
     out = tuple(shape_of(op.node))
     for x, s in ((p, q), (q, p)):

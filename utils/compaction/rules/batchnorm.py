@@ -44,8 +44,11 @@ class BatchNorm(Rule):
 
     def cost(self, node, hw):
         """A BatchNorm that no conv folds keeps γ and β; other per-channel scales (``affine``
-        nodes of arithmetic and scaled channels) are derived."""
-        return 0, affine_params(node["tensors"]["scale"]["shape"][1], node["attrs"]["bn"])
+        nodes of arithmetic and scaled channels) are derived, but for a learnable scale's own
+        parameters (``params``)."""
+        a = node["attrs"]
+        return 0, affine_params(node["tensors"]["scale"]["shape"][1], a["bn"]) + \
+            a.get("params", 0)
 
 
 def affine_params(channels: int, bn: bool) -> int:

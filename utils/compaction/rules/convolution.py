@@ -62,7 +62,7 @@ class Conv2d(Rule):
     def cost(self, node, hw):
         a = node["attrs"]
         return conv_cost(hw, a["out"], a["in"] // a["groups"], a["kernel"], a["source_bias"],
-                         a["bn"], a["sbias"])
+                         a["bn"], a["sbias"], a.get("fixed", False))
 
 
 @dataclass
@@ -78,13 +78,14 @@ class ConvCall:
     in_channels: int
     out_channels: int
     kernel_size: tuple
+    fixed: bool = False  # the weight is no parameter (a buffer: a blur's filter)
 
     def resolved(self, graph) -> "ConvCall":
         """With the weight and bias as they are now."""
         value = lambda n: None if n is None else graph.constant_value(n)  # noqa: E731
         return ConvCall(value(self.weight), value(self.bias), self.stride, self.padding,
                         self.dilation, self.groups, self.in_channels, self.out_channels,
-                        self.kernel_size)
+                        self.kernel_size, graph.constant_params(self.weight) == 0)
 
 
 def conv_call(node, modules) -> ConvCall:
@@ -110,13 +111,15 @@ def understood_padding(m: nn.Conv2d) -> bool:
 
 
 def conv_cost(out_hw: int, filters: int, inputs_per_group: int, kernel, source_bias: bool,
-              bn: bool, scaled: int = 0) -> tuple[int, int]:
+              bn: bool, scaled: int = 0, fixed: bool = False) -> tuple[int, int]:
     """(MACs, parameters) of one conv: ``scaled`` channels enter as a per-sample bias (a
-    matrix of filters × scaled); a folded BatchNorm counts its γ and β per filter."""
+    matrix of filters × scaled); a folded BatchNorm counts its γ and β per filter; ``fixed``
+    weights (a blur's buffer) are no parameters."""
     taps = int(kernel[0]) * int(kernel[1])
     weights = filters * inputs_per_group * taps
     macs = out_hw * weights + filters * scaled
-    params = weights + filters * (int(source_bias) + 2 * int(bn)) + filters * scaled
+    params = weights * (not fixed) + filters * (int(source_bias) + 2 * int(bn)) + \
+        filters * scaled
     return macs, params
 
 
@@ -266,6 +269,8 @@ class _Conv:
                  "gather": getattr(self, "gather", None), "sbias": sbias,
                  "source_bias": m.bias is not None,
                  "bn": self.op.node in cv.pairs, "map": embedded, "act": None}
+        if getattr(m, "fixed", False):
+            attrs["fixed"] = True
         node = cv.b.data("conv", inputs, attrs, tensors, hw=self.out_hw)
         cv.conv_output[self.out_node] = node
         value = out.value.clone()

@@ -49,4 +49,4 @@ def outputs(cv, node: str, shape):
         width = shape[1]
         return T(width, torch.arange(width), node, torch.zeros(width, dtype=torch.float64),
                  Ref(node), spatial=len(shape) == 4)
-    return Full(node, tuple(shape))
+    return Full(node, tuple(shape), sized=True)

@@ -102,15 +102,19 @@ def _first(e: Exception) -> str:
     return (text.splitlines()[0] if text else type(e).__name__)[:200]
 
 
-def main(argv=None) -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--every", type=int, default=5)
-    p.add_argument("--offset", type=int, default=0)
-    p.add_argument("--side", type=int, default=64)
-    p.add_argument("--max_params", type=float, default=40e6)
+    p.add_argument("--every", type=int, default=5, help="every N-th name of timm's list")
+    p.add_argument("--offset", type=int, default=0, help="the first name's position")
+    p.add_argument("--side", type=int, default=64, help="image side (unless timm fixes it)")
+    p.add_argument("--max_params", type=float, default=40e6, help="larger models are skipped")
     p.add_argument("--timeout", type=int, default=600, help="seconds per model")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # the child process
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> None:
+    args = parser().parse_args(argv)
     if args.one:
         print(json.dumps(walk_one(args.one, args.side, args.max_params)))
         return

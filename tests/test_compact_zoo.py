@@ -165,7 +165,7 @@ KEPT = {
     "timm:tf_mobilenetv3_small_minimal_100": ["Conv2dSame: fx cannot trace it"],
     "timm:mobilevit_xxs": ["MobileVitBlock: fx cannot trace it"],
     "timm:efficientvit_b0": ["LiteMLA: fx cannot trace it"],
-    "timm:lambda_resnet26t": ["matmul", "squeeze", "reshape", "unsqueeze"],
+    "timm:lambda_resnet26t": ["reshape", "matmul", "unsqueeze", "squeeze"],
 }
 RULES_SEEN: dict = {}
 KEPT_SEEN: dict = {}

@@ -90,6 +90,8 @@ class Pruner:
                                    attenuate, prune_every, target, allocation)
         self.convs = convs if convs is not None else self.graph.prunable_convs(include, exclude)
         if not self.convs:
+            if convs is None and self.graph.pairs and not self.graph.prunable_convs():
+                raise UserError(f"nothing is left to prune: {self.graph.nothing_prunable()}")
             raise UserError(f"no prunable conv in this {type(self.model).__name__}: FSDP prunes "
                             "the Conv2d layers whose output goes through a BatchNorm2d; check "
                             "include=/exclude=, or prune a model that has conv→BN pairs")

@@ -18,7 +18,7 @@ from models import MODELS, build_model
 from . import loaders, lock
 from .. import distributed as dist
 from .. import subnormals
-from ..compaction import ModelGraph, NetworkCost, compact_model, save_compact
+from ..compaction import ModelGraph, NetworkCost, compact_model, export_pt2, save_compact
 from ..errors import OptionError, UserError, WriteFault
 from ..method.attenuation import AttenuationProbe
 from ..method.budget import TOLERANCE
@@ -339,6 +339,9 @@ class Trainer:
             if message.startswith("warning: "):
                 self.log(message, echo)
         self._log_device_notes()
+        kept = self.graph.kept_line()
+        if kept:  # what the compactor has no rule for: run as it is, the convs feeding it too
+            self.log(kept)
         self._log_rounding()
         for line in self.pruner.plan_lines():
             self.log(line)
@@ -483,6 +486,11 @@ class Trainer:
         summary = run_summary(self.args, self.pruning, self.pruner, self.history,
                               self.dense_cost, self.wall)
         summary["compact"] = self._compact()
+        parts = self.graph.parts()
+        if parts:  # the convs kept whole, at their full width
+            summary["kept_whole"] = parts
+            summary["kept_per_layer"].update(
+                {c: self.graph.modules[c].out_channels for p in parts for c in p["convs"]})
         budget = summary.get("target")
         if budget and abs(budget["reached"] - budget["fraction"]) > TOLERANCE:
             self.log(f"warning: the compact network keeps {budget['reached']:.4f} of the dense "
@@ -494,7 +502,7 @@ class Trainer:
         self.log(f"done: final pruned top1 {summary['final_top1']:.2f}"
                  + (f", compact network top1 {c['top1']:.2f}, FLOPs "
                     f"−{100 * c['flops_reduction']:.1f}%, params −{100 * c['params_reduction']:.1f}%"
-                    " (model_compact.pt)" if c else "")
+                    f" ({c['path'] or 'not saved'})" if c else "")
                  + f" → {self.args.save_path}")
         return summary
 
@@ -575,27 +583,50 @@ class Trainer:
         self._drawn = time.monotonic()
 
     def _compact(self) -> dict | None:
-        """The physically smaller network: built, saved and measured (model_compact.pt); the
-        figures are compact.py's, from one function (``report.figures.compaction_figures``)."""
+        """The physically smaller network: built, saved and measured (model_compact.pt, or
+        model_compact.pt2 when it keeps parts of the dense one whole); the figures are
+        compact.py's, from one function (``report.figures.compaction_figures``)."""
         args, pruner = self.args, self.pruner
         try:
             compact = compact_model(self.graph, self.pruner.selected(),
                                     input_shape=self.data.input_shape, arch=args.arch)
-        except UserError as e:  # an architecture compaction does not know: the run still counts
+        except UserError as e:  # a conversion the user must fix: the run still counts
             self.log(f"warning: no compact network ({e})")
             return None
-        if dist.is_main():
-            save_compact(compact, os.path.join(args.save_path, "model_compact.pt"))
+        path = self._save_compact(compact) if dist.is_main() else None
         test = self._evaluate(compact)
         keep = 1 - pruner.total_selected() / max(pruner.total_filters(), 1)
         nominal = asked_keep_ratio(self.pruning.rates, keep, self.pruning.target is not None)
         figures = compaction_figures(self.graph, compact, self.data.input_shape, args.arch,
                                      keep, nominal)
-        return {"path": "model_compact.pt", "top1": test["top1"], "top5": test["top5"],
+        return {"path": path, "top1": test["top1"], "top5": test["top5"],
                 "loss": test["loss"], **figures}
+
+    def _save_compact(self, compact) -> str | None:
+        """model_compact.pt; a network that keeps parts of the dense one whole (code, which the
+        plain-data file cannot hold) as a torch.export program, model_compact.pt2, said in the
+        log. Its name in the run folder, or None when torch.export cannot record it."""
+        if not compact.holds():
+            save_compact(compact, os.path.join(self.args.save_path, "model_compact.pt"))
+            return "model_compact.pt"
+        try:
+            export_pt2(compact, os.path.join(self.args.save_path, "model_compact.pt2"),
+                       (1, *self.data.input_shape))
+        except UserError as e:
+            self.log(f"warning: the compact network keeps parts whole and {e}: no file of it "
+                     "was written")
+            return None
+        self.log("compact network: model_compact.pt2, a torch.export program "
+                 "(torch.export.load(path).module()), as it keeps parts whole that a "
+                 "model_compact.pt cannot hold")
+        return "model_compact.pt2"
 
 
 def _prunable(graph: ModelGraph, args) -> list:
+    if not graph.prunable_convs():
+        raise UserError(f"--arch {args.arch}: nothing is left to prune: "
+                        f"{graph.nothing_prunable()}; see docs/compaction.md, 'What is kept "
+                        "whole'")
     convs = graph.prunable_convs(args.prune_include, args.prune_exclude, args.layer_begin,
                                  args.layer_end, args.layer_inter)
     if not convs:

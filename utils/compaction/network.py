@@ -163,8 +163,7 @@ def compact_model(model, pruned: dict, exact: bool = True, input_shape=None,
         raise UserError(f"compact_model: {missing_input(model)}")
     shape = tuple(input_shape)[-3:]
     graph = graph.with_shapes(shape) if graph is not None else ModelGraph(model, shape)
-    if not graph.prunable_convs():
-        raise UserError(f"cannot compact: nothing is left to prune: {graph.nothing_prunable()}")
+    graph.check_compactable()
     cv = convert(graph, pruned, exact=exact, check=True)
     manifest = manifest_of(graph, cv, exact, arch)
     p = next(model.parameters())

@@ -346,6 +346,19 @@ class ModelGraph:
         return (f"every conv → BatchNorm pair of this {name} feeds a part the compactor keeps "
                 f"whole ({keeping.describe(self.parts())})")
 
+    def check_compactable(self, convs=None) -> None:
+        """What compacting at this graph's shape would refuse, raised now (shapes needed):
+        nothing left to prune, or one of ``convs`` (those selected for pruning) feeding a part
+        kept whole at this size — selection read a graph of another input size."""
+        if not self.prunable_convs():
+            raise UserError(f"cannot compact: nothing is left to prune: {self.nothing_prunable()}")
+        clash = [c.name for c in convs or () if c.name in self.kept]
+        if clash:
+            more = f" and {len(clash) - 1} more" if len(clash) > 1 else ""
+            raise UserError(f"cannot compact: conv '{clash[0]}'{more} would be pruned but feeds a "
+                            f"part kept whole at a {self.input_shape} input; give the input "
+                            "size you train at (input_shape=) so that selection reads that graph")
+
 
 def as_graph(model, input_shape) -> ModelGraph:
     """``model``'s graph with shapes at ``input_shape``: a ``ModelGraph`` given is reused."""

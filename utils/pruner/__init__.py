@@ -183,7 +183,7 @@ class Pruner:
     def _check_compactable(self, shape) -> None:
         """What ``compact()`` would refuse, refused now (the model traced at ``shape``)."""
         try:
-            self.graph.with_shapes(shape).check_compactable()
+            self.graph.with_shapes(shape).check_compactable(self.convs)
         except UserError as e:
             raise UserError(f"{e} (compact() would refuse it after training; pass "
                             "check_compact=False to train and soft-prune it anyway)") from None

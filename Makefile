@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_SAVE ?= snapshots/demo
 
-.PHONY: demo test bench
+.PHONY: demo test bench gpu-check
 
 # the checkout itself too, in development mode: the package fsdp_pruning (utils/ under its
 # installed name), as the examples and a user's code import it
@@ -41,3 +41,9 @@ bench: $(VENV)/.installed
 	$(PY) -m bench.compact_zoo
 	$(PY) -m bench.gsc_pipeline
 	$(PY) -m bench.imagenet_loader
+
+# on a machine with one GPU (under 10 minutes): AMP against fp32, exact resume with and without
+# --deterministic, the compact network on the GPU, throughput; one line per check
+# (docs/benchmarks.md)
+gpu-check: $(VENV)/.installed
+	$(PY) -m bench.gpu_check

@@ -4,7 +4,9 @@
         [--pt2 model.pt2] [--onnx model.onnx] [--input_size 32]
 
 Writes ``model_compact.pt`` (next to the checkpoint unless ``--out``), loadable with
-``utils.compaction.load_compact``; optionally files that need no code of ours: a torch.export
+``utils.compaction.load_compact`` — or, for a network that keeps parts of the dense one whole
+(docs/compaction.md, 'What is kept whole'), ``model_compact.pt2``, a torch.export program;
+optionally files that need no code of ours: a torch.export
 program (``torch.export.load``), an ONNX file (torch's exporter, with onnx and onnxscript from
 requirements.txt; it runs in ONNX Runtime, also pinned there) and, deprecated, TorchScript.
 A run folder another process is using (a run still training) is refused; the one it writes
@@ -15,8 +17,10 @@ import contextlib
 import os
 import sys
 
+import torch
+
 from utils.compaction import (check_onnx_exporter, export_onnx, export_pt2, export_torchscript,
-                              load_compact)
+                              kept_line, load_compact)
 from utils.errors import UserError
 from utils.run import lock
 from utils.run.compact_run import compact_checkpoint
@@ -48,6 +52,8 @@ def report(fig: dict) -> str:
     """The figures of ``utils.compaction.compaction_figures`` (summary.json's keys) as text."""
     c, h, w = fig["input_shape"]
     lines = [f"compact model: {fig['compact_path']}  ({fig['arch']}, {h}x{w} input)"]
+    if fig.get("kept_whole"):
+        lines.append(kept_line(fig["kept_whole"]))
     for what, unit in (("flops", "M MACs"), ("params", "M")):
         d, n = fig[f"{what}_dense"], fig[what]
         lines.append(f"{what:<7} dense {d / 1e6:9.3f}{unit}  compact {n / 1e6:9.3f}{unit}  "
@@ -95,7 +101,8 @@ def _compact(args) -> int:
                              args.allow_unfinished)
     print(report(fig))
     if args.pt2 or args.onnx or args.torchscript:
-        model = load_compact(fig["compact_path"])
+        path = fig["compact_path"]
+        model = torch.export.load(path).module() if path.endswith(".pt2") else load_compact(path)
         shape = (1, *fig["input_shape"])
         if args.pt2:
             export_pt2(model, args.pt2, shape)

@@ -4,7 +4,10 @@
 
 VGG-16-BN (CIFAR, 32×32), torchvision's MobileNetV2, EfficientNet-B0, RegNetX-400MF,
 ResNeXt-50 and DenseNet-121, and timm's EfficientNet-B0, MobileNetV3-L, CSPDarknet-53,
-ResNeSt-14d and GhostNet (224×224), every prunable conv losing ⌊0.4F⌋ filters chosen by the
+ResNeSt-14d and GhostNet (224×224); issue 32's hybrids: HGNetV2-B0, RepViT-M0.9, FastViT-T8
+(their ops by rules), and MobileViT-XXS, LambdaResNet-26t (256×256) and TF EfficientNet-B0,
+which keep parts whole (their attention, TF's dynamic padding); every prunable conv losing
+⌊0.4F⌋ filters chosen by the
 geometric-median criterion (FPGM-only at 40 %); BN statistics of random images and random
 affine parameters (``bench.common.calibrate_bn``), so the constants are there as in a trained
 network. For each: ``exact`` (max relative output difference, compact vs soft-pruned; beside
@@ -32,8 +35,8 @@ import torch
 from bench.common import calibrate_bn
 from bench.compact_latency import runners, time_row
 from models import MODELS, build_model
-from utils.compaction import (compact_cost, compact_model, find_prunable_convs, max_rel_error,
-                              network_cost)
+from utils.compaction import (compact_cost, compact_model, find_prunable_convs, kept_line,
+                              max_rel_error, network_cost)
 from utils.method.criteria import criterion
 from utils.method.schedule import count, round_selected
 
@@ -50,6 +53,12 @@ CASES = [
     ("timm cspdarknet53", "timm:cspdarknet53", 224, {1: (8, 1), 8: (3, 1)}),
     ("timm resnest14d", "timm:resnest14d", 224, {1: (15, 2), 8: (4, 1)}),
     ("timm ghostnet_100", "timm:ghostnet_100", 224, {1: (30, 3), 16: (6, 1)}),
+    ("timm hgnetv2_b0", "timm:hgnetv2_b0", 224, {1: (15, 2), 16: (4, 1)}),
+    ("timm repvit_m0_9", "timm:repvit_m0_9", 224, {1: (15, 2), 16: (4, 1)}),
+    ("timm fastvit_t8", "timm:fastvit_t8", 224, {1: (15, 2), 8: (4, 1)}),
+    ("timm mobilevit_xxs kept", "timm:mobilevit_xxs", 256, {1: (15, 2), 8: (4, 1)}),
+    ("timm lambda_resnet26t kept", "timm:lambda_resnet26t", 256, {1: (8, 1), 8: (3, 1)}),
+    ("timm tf_efficientnet_b0 kept", "timm:tf_efficientnet_b0", 224, {1: (15, 2), 16: (4, 1)}),
 ]
 RUNTIMES = ("nchw", "nhwc", "onnxruntime")
 EAGER = ("nchw", "nhwc")
@@ -65,7 +74,7 @@ def soft_pruned_gm(arch: str, size: int, round_to: int = 1, seed: int = 0):
     classes = 10 if arch in MODELS else 1000  # the CIFAR networks, or an ImageNet one
     model = calibrate_bn(build_model(arch, classes), (3, size, size), gen)
     pruned = {}
-    for c in find_prunable_convs(model):
+    for c in find_prunable_convs(model, input_shape=(3, size, size)):
         n = round_selected(c.filters, count(c.filters, RATE), round_to)
         idx = criterion("gm").select(c.conv.weight, torch.arange(c.filters), n)
         c.conv.weight[idx] = 0
@@ -132,10 +141,12 @@ def measure(case, round_to: int, quick: bool, folder: str) -> list:
     flops_c, params_c = compact_cost(compact, shape)
     ratio = flops_c / flops_d
     label = name + (f" r{round_to}" if round_to > 1 else "")
+    kept = f"; {kept_line(compact.kept_whole)}" if compact.kept_whole else ""
     print(f"\n{label}: exact {max_rel_error(dense, compact, shape):.1e} (dense in float32 vs "
           f"float64: {float32_rounding(dense, shape):.1e}), FLOPs "
           f"{flops_d / 1e6:.1f}M -> {flops_c / 1e6:.1f}M (-{1 - ratio:.1%}), params "
-          f"{params_d / 1e6:.2f}M -> {params_c / 1e6:.2f}M (-{1 - params_c / params_d:.1%})")
+          f"{params_d / 1e6:.2f}M -> {params_c / 1e6:.2f}M (-{1 - params_c / params_d:.1%})"
+          f"{kept}")
     print(f"{'model':<26} {'runtime':<11} {'batch':>5} {'reps':>4} {'dense':>10} {'compact':>10} "
           f"{'speedup':>7} {'flops':>6}  speedup_vs_flops")
     out = []

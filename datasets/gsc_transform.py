@@ -85,6 +85,14 @@ class Draws:
                 "noise_p": float(self.noise_p[i])}
 
 
+def _on(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A draw (made on the CPU) on the device without waiting for it: a copy from pageable
+    memory blocks the host until the GPU has it, one from pinned memory does not."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def _rows(fire: torch.Tensor) -> torch.Tensor:
     """The clips a step fires on: the draws are on the CPU, so a step runs on just those
     rows without waiting for the device."""
@@ -128,11 +136,11 @@ class GscTransform:
         S = self.augment(wave, length, d.clip, c)
         picked = _rows(d.noise_fire)
         if len(picked):  # the noise chain runs on the clips whose noise step fires
-            rows = self.noise_rows(dev)[d.noise_row[picked].to(dev)]
+            rows = self.noise_rows(dev)[_on(d.noise_row[picked], dev)]
             N = self.augment(rows, torch.full((len(picked),), CLIP, device=dev),
                              d.noise.subset(picked), c)
-            at = picked.to(dev, non_blocking=True)
-            S = S.index_copy(0, at, af.mix(S[at], N, d.noise_p[picked].to(dev)))
+            at = _on(picked, dev)
+            S = S.index_copy(0, at, af.mix(S[at], N, _on(d.noise_p[picked], dev)))
         return af.mel_db(S, c["mel_t"])[:, None]
 
     @staticmethod
@@ -140,20 +148,20 @@ class GscTransform:
         """Steps 1–7 of the recipe (docs/datasets.md): float32 B×W waves → complex64
         B×32×1025."""
         dev = wave.device
-        x = af.amplitude(wave, d.amp_fire.to(dev), d.gain.to(dev))
+        x = af.amplitude(wave, _on(d.amp_fire, dev), _on(d.gain, dev))
         x16 = af.fix_length(x, CLIP)
         rows = _rows(d.speed_fire)
         if len(rows):
-            at = rows.to(dev, non_blocking=True)
-            fired = af.speed(x[at], length[at], d.speed_scale[rows].to(dev), CLIP)
+            at = _on(rows, dev)
+            fired = af.speed(x[at], length[at], _on(d.speed_scale[rows], dev), CLIP)
             x16 = x16.index_copy(0, at, fired)
         S = af.stft(x16, c["window"])
-        shift = torch.where(d.shift_fire, d.shift, 0).to(dev)
+        shift = _on(torch.where(d.shift_fire, d.shift, 0), dev)
         out = af.shift_frames(S, torch.full((len(wave),), FRAMES, device=dev), shift, FRAMES)
         rows = _rows(d.stretch_fire)
         if len(rows):
-            at = rows.to(dev, non_blocking=True)
-            stretched, count = af.phase_vocoder(S[at], d.stretch_rate[rows].to(dev),
+            at = _on(rows, dev)
+            stretched, count = af.phase_vocoder(S[at], _on(d.stretch_rate[rows], dev),
                                                 c["phi_advance"], STRETCH_FRAMES)
             out = out.index_copy(0, at, af.shift_frames(stretched, count, shift[at], FRAMES))
         return out

@@ -137,9 +137,12 @@ class Normalise:
     def __init__(self, mean=MEAN, std=STD):
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
         self.std = torch.tensor(std).view(1, -1, 1, 1)
+        self._on: dict[torch.device, tuple] = {}  # copied once per device, not every batch
 
     def __call__(self, x: torch.Tensor, seeds, split: str) -> torch.Tensor:
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        if x.device not in self._on:
+            self._on[x.device] = self.mean.to(x.device), self.std.to(x.device)
+        mean, std = self._on[x.device]
         return (x.float() / 255 - mean) / std
 
 

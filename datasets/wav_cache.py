@@ -149,8 +149,10 @@ def _load(folder: str, manifest: dict, n: int) -> ClipStore:
                                f"{n + 1} ascending int64 offsets")
     if size != 2 * int(offsets[-1]) or manifest.get("samples") != int(offsets[-1]):
         raise _damaged(folder, f"clips.int16 has {size} bytes, expected {2 * int(offsets[-1])}")
-    return ClipStore(folder, offsets, int(manifest.get("resampled", 0)),
-                     int(manifest.get("stereo", 0)))
+    counts = [manifest.get(k, 0) for k in ("resampled", "stereo")]
+    if not all(type(c) is int and 0 <= c <= n for c in counts):
+        raise _damaged(folder, "manifest.json's clip counts are not counts of its clips")
+    return ClipStore(folder, offsets, *counts)
 
 
 def _build(root: str, relpaths: list[str], folder: str, key: str, cache_root: str, log) -> None:

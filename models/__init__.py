@@ -64,7 +64,11 @@ def build_model(name: str, num_classes: int, in_channels: int = 3,
     if pretrained and not name.startswith(TIMM):
         raise ValueError(f"{name}: weights by name exist for timm's models only")
     if name in MODELS:
-        return MODELS[name](num_classes=num_classes, in_channels=in_channels)
+        model = MODELS[name](num_classes=num_classes, in_channels=in_channels)
+        # the input it is made for, declared as timm declares its models' (the compactor's
+        # example size when none is given)
+        model.default_cfg = {"input_size": (in_channels, 32, 32)}
+        return model
     if name.startswith(TIMM):
         return timm_models.build(name[len(TIMM):], num_classes, in_channels, pretrained)
     return torchvision_models.build(name[len(PREFIX):], num_classes, in_channels)

@@ -229,7 +229,7 @@ class Untraceable(nn.Module):
 
 
 class WithGroupNorm(nn.Module):
-    """Trains and prunes (two conv → BN pairs), but holds an op the compactor refuses."""
+    """Two conv → BN pairs, the first feeding a GroupNorm, which the compactor keeps whole."""
 
     def __init__(self, num_classes=10, in_channels=3):
         super().__init__()
@@ -244,13 +244,26 @@ class WithGroupNorm(nn.Module):
         return self.fc(torch.relu(self.bn2(self.conv2(x))).mean((2, 3)))
 
 
-def blur_resnet(num_classes=10, in_channels=3):
-    """timm's ResNet with blur pooling (narrow, one block per stage): trains and prunes, but its
-    blur pads by reflection, an op the compactor refuses."""
+class OnlyIntoGroupNorm(nn.Module):
+    """One conv → BN pair, feeding a GroupNorm: nothing is left to prune."""
+
+    def __init__(self, num_classes=10, in_channels=3):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(in_channels, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.norm = nn.GroupNorm(2, 8)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.norm(torch.relu(self.bn(self.conv(x)))).mean((2, 3)))
+
+
+def tf_mobilenet(num_classes=10, in_channels=3):
+    """timm's smallest TF port: its strided convs pad "same" from the input's size, which fx
+    cannot trace, so the compactor keeps them whole (and the convs feeding them)."""
     import timm
 
-    return timm.create_model("resnetblur18", layers=(1, 1, 1, 1), channels=(16, 32, 64, 128),
-                             stem_width=16, num_classes=num_classes, in_chans=in_channels)
+    return timm.create_model("tf_mobilenetv3_small_minimal_100", num_classes=num_classes,
+                             in_chans=in_channels)
 
 
 def hub_offline(monkeypatch):
@@ -327,6 +340,9 @@ CASES = [
          patch=hub_offline),
     Case("untraceable-model", [], "cannot trace a Untraceable with torch.fx",
          patch=arch_is(Untraceable)),
+    Case("nothing-left-to-prune", [], "--arch resnet20: nothing is left to prune: every conv → "
+         "BatchNorm pair of this OnlyIntoGroupNorm feeds a part the compactor keeps whole (1 "
+         "conv feeding 'norm' (GroupNorm))", patch=arch_is(OnlyIntoGroupNorm)),
     Case("rate-negative", ["--prune_rate_cs", "-0.1"], "must be ≥ 0"),
     Case("rates-sum-to-1", ["--prune_rate_gm", "0.9"], "must be < 1"),
     Case("tau-too-small", ["--tau", "1.2"], "--tau must be > 4/3"),
@@ -750,14 +766,14 @@ REPRODUCE_CASES = [
 ]
 
 
-# compact.py works on finished snapshots: (id, the snapshot's model, the phrase of the error)
+# a model holding an op the compactor has no rule for trains, prunes the rest and compacts,
+# keeping the op whole: (id, the run's model, the line of its log and of compact.py)
 COMPACT_CASES = [
-    ("compact-refused-op", WithGroupNorm,
-     "cannot compact: GroupNorm (module 'norm', fx node norm) is not an operation the "
-     "compactor understands"),
-    ("compact-refused-timm-op", blur_resnet,
-     "cannot compact: function pad (fx node pad) is not an operation the compactor "
-     "understands"),
+    ("compact-kept-whole-op", WithGroupNorm, "kept whole: 1 conv feeding 'norm' (GroupNorm)"),
+    ("compact-kept-whole-timm-op", tf_mobilenet,
+     "kept whole: 'conv_stem' (Conv2dSame: fx cannot trace it), 'blocks.0.0.conv_dw' "
+     "(Conv2dSame: fx cannot trace it), 1 conv feeding 'blocks.1.0.conv_dw' (Conv2dSame: fx "
+     "cannot trace it)"),
 ]
 
 
@@ -916,23 +932,39 @@ def test_reproduce_refuses_before_it_runs_or_writes_anything(argv, expect, setup
 
 @pytest.mark.parametrize("model_class,expect", [c[1:] for c in COMPACT_CASES],
                          ids=[c[0] for c in COMPACT_CASES])
-def test_compact_refusal_is_one_line_and_the_run_keeps_its_checkpoint(model_class, expect, paths,
-                                                                    capsys, monkeypatch):
-    """The training run finishes (a warning in its log, no model_compact.pt); compact.py on
-    its snapshot then says why in one line and writes nothing."""
+def test_an_op_the_compactor_does_not_know_is_kept_whole_and_the_run_compacts(
+        model_class, expect, paths, capsys, monkeypatch):
+    """The run trains and prunes the rest; its log names what is kept whole, summary.json
+    lists it (its convs at full width in kept_per_layer), and the compact network — code a
+    model_compact.pt cannot hold — is a torch.export program equal to the soft-pruned network.
+    compact.py on the snapshot says the same line and writes the program again."""
     arch_is(model_class)(monkeypatch)
     save = paths.fresh
     assert entry(notebook_cifar, [a.format(**vars(paths)) for a in BASE]) == 0
     log = open(os.path.join(save, "log.txt")).read()
-    assert f"warning: no compact network ({expect}" in log
-    assert os.path.exists(os.path.join(save, "summary.json"))
+    assert expect in log and "compact network: model_compact.pt2" in log
+    summary = json.load(open(os.path.join(save, "summary.json")))
+    kept = [c for p in summary["kept_whole"] for c in p["convs"]]
+    modules = dict(model_class().named_modules())
+    assert kept and all(summary["kept_per_layer"][c] == modules[c].out_channels for c in kept)
+    assert summary["compact"]["path"] == "model_compact.pt2"
+    assert summary["compact"]["max_rel_error"] < 1e-5
     assert not os.path.exists(os.path.join(save, "model_compact.pt"))
-    before = files_of(save)
+    program = torch.export.load(os.path.join(save, "model_compact.pt2")).module()
+    ckpt = safe_load(os.path.join(save, "checkpoint.pt"))
+    dense = model_class()
+    dense.load_state_dict(ckpt["model"])
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = dense.eval()(x)
+        assert ((program(x) - ref).abs().max() / ref.abs().max()) < 1e-5
     capsys.readouterr()
     arch_is(model_class, "utils.run.compact_run")(monkeypatch)  # where compact.py builds it
-    code, err = compact_cli.main([save]), capsys.readouterr().err
-    assert_one_line_error(code, err, expect)
-    assert code == 2 and files_of(save) == before
+    os.remove(os.path.join(save, "model_compact.pt2"))
+    assert compact_cli.main([save]) == 0
+    out, err = capsys.readouterr()
+    assert expect in out and "model_compact.pt2" in out and not err
+    assert os.path.exists(os.path.join(save, "model_compact.pt2"))
 
 
 @pytest.mark.parametrize("argv,expect,setup", [c[1:] for c in COMPARE_REFUSALS],

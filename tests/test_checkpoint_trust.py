@@ -16,7 +16,7 @@ import notebook_cifar
 from tests.cli import entry, run_in_process
 from tests.fakedata import write_cifar
 from tests.snapshots import files_of, flip_exponent_bit
-from utils.files import DIGEST_KEY, check_seal, safe_load
+from utils.files import DIGEST_KEY, check_seal, safe_load, sealed
 from utils.report import config
 from utils.run.checkpoint import non_finite, refuse_non_finite
 from utils.run.cli import build_parser
@@ -113,6 +113,48 @@ def test_a_checkpoint_from_before_digests_still_resumes_and_says_so(run):
     assert entry(notebook_cifar, argv) == 0
     assert f"note: {path} carries no digest" in open(os.path.join(save, "log.txt")).read()
     assert safe_load(path)[DIGEST_KEY].startswith("sha256:")  # the next one has one
+
+
+@pytest.mark.parametrize("edit", ["epoch", "mask", "optimizer"])
+def test_an_edited_and_sealed_again_checkpoint_is_one_line(run, capsys, edit):
+    """A checkpoint is read from disk: one edited by hand and sealed again passes the digest,
+    and a part that does not fit the run is still one line naming the file."""
+    save, argv = run
+    path = os.path.join(save, "checkpoint.pt")
+    ckpt = {k: v for k, v in safe_load(path).items() if k != DIGEST_KEY}
+    if edit == "epoch":
+        ckpt["epoch"] = "one"
+    elif edit == "mask":
+        ckpt["mask"]["selected_first"] = {k: "all" for k in ckpt["mask"]["selected_first"]}
+    else:
+        ckpt["optimizer"]["param_groups"] = []
+    torch.save(sealed(ckpt), path)
+    before = files_of(save)
+    assert entry(notebook_cifar, argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"checkpoint {path}" in err and "Traceback" not in err
+    assert files_of(save) == before
+
+
+def test_a_format_2_checkpoint_with_cuda_states_resumes_on_the_cpu_as_format_3_does(
+        run, stopped_run, tmp_path):
+    """The previous layout: rank 0's RNG states alone, with one CUDA state per GPU visible
+    when it was written (here two); on the CPU they are left alone, and the run goes on
+    exactly as from the checkpoint it was converted from."""
+    save, argv = run
+    path = os.path.join(save, "checkpoint.pt")
+    ckpt = safe_load(path)
+    assert ckpt["format"] == "fsdp-checkpoint/3" and len(ckpt["rng"]) == 1
+    ckpt["format"] = "fsdp-checkpoint/2"
+    ckpt["rng"] = {**ckpt["rng"][0], "cuda": [torch.zeros(16, dtype=torch.uint8)] * 2}
+    torch.save(sealed(ckpt), path)
+    assert entry(notebook_cifar, argv) == 0
+    reference = str(tmp_path / "format-3")
+    shutil.copytree(stopped_run[1], reference)
+    assert entry(notebook_cifar, [*argv[:argv.index("--save_path") + 1], reference,
+                                  *argv[argv.index("--save_path") + 2:]]) == 0
+    ours, theirs = (safe_load(os.path.join(f, "checkpoint.pt")) for f in (save, reference))
+    assert all(torch.equal(ours["model"][k], theirs["model"][k]) for k in theirs["model"])
 
 
 # --- NaN and inf --------------------------------------------------------------------------------

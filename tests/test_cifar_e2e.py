@@ -36,7 +36,8 @@ def common(data_root, save):
     return ["--dataset", "cifar10", "--arch", "resnet20", "--prune_rate_cs", "0.1",
             "--prune_rate_gm", "0.4", "--data_path", data_root, "--save_path", save,
             "--epochs", str(EPOCHS), "--batch_size", "64", "--batch_prune_size", "128",
-            "--schedule", "1", "--gammas", "1", "--workers", "0", "--manualSeed", "7"]
+            "--schedule", "1", "--gammas", "1", "--workers", "0", "--manualSeed", "7",
+            "--device", "cpu"]  # bit for bit on resume: the CPU's promise (docs/runs.md)
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +215,8 @@ def test_vgg16_end_to_end_gives_its_compact_network(tmp_path):
     write_cifar(data, "cifar10", n_train=32, n_test=16, seed=1)
     run_cifar("--dataset", "cifar10", "--arch", "vgg16_bn", "--data_path", data, "--save_path",
               save, "--epochs", "2", "--batch_size", "16", "--batch_prune_size", "32",
-              "--schedule", "1", "--gammas", "1", "--workers", "0", "--manualSeed", "3")
+              "--schedule", "1", "--gammas", "1", "--workers", "0", "--manualSeed", "3",
+              "--device", "cpu")
     summary = json.load(open(os.path.join(save, "summary.json")))
     c = summary["compact"]
     assert summary["arch"] == "vgg16_bn" and len(summary["selected_per_layer"]) == 13

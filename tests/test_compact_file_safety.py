@@ -17,6 +17,7 @@ import torch
 
 from tests.soft_pruning import soft_pruned
 from tests.test_compact_zoo import prune_some, timm_build
+from tests.test_kept_whole import every_rule
 from utils.compaction import compact_model, load_compact, save_compact
 from utils.compaction.storage import compact_from_blob
 from utils.files import DIGEST_KEY, sealed
@@ -35,14 +36,18 @@ def payloads(sentinel: str) -> list:
 
 @pytest.fixture(scope="module")
 def genuine(tmp_path_factory):
-    """Two real compact files: ResNet-20 (joins, border maps, pools) and a narrow ResNeSt-14d
-    of timm (full-width tensor ops, gathers, activations of their own)."""
+    """Three real compact files: ResNet-20 (joins, border maps, pools), a narrow ResNeSt-14d
+    of timm (full-width tensor ops, gathers, activations of their own) and a network of the
+    rules for timm's hybrids (pads, a resize to another tensor's size, learnable scales, a
+    blur's fixed filter, a difference at full width: tests/test_kept_whole.py)."""
     files = []
     folder = tmp_path_factory.mktemp("genuine")
     torch.manual_seed(0)
     resnest = timm_build("resnest14d", channels=(16, 32, 64, 128), stem_width=16)().eval()
+    rules = every_rule().eval()
     for name, (model, pruned) in {"resnet20": soft_pruned("resnet20", 0.4),
-                                  "resnest14d": (resnest, prune_some(resnest))}.items():
+                                  "resnest14d": (resnest, prune_some(resnest)),
+                                  "rules": (rules, prune_some(rules, shape=SHAPE))}.items():
         compact = compact_model(model, pruned, input_shape=SHAPE, arch=name)
         path = folder / f"{name}.pt"
         save_compact(compact, path)
@@ -172,6 +177,27 @@ def test_every_number_is_checked(genuine, tmp_path, new):
     for path, blob in genuine:
         for field in sample(numbers(blob["manifest"], ("manifest",)), pattern, 1):
             load_or_refuse(mutated(blob, field, "value", new), sentinel, torch.randn(1, *SHAPE))
+
+
+def test_a_resize_step_that_pads_is_held_to_the_grammar(genuine, tmp_path):
+    """A map's ``ones`` replays the spatial ops since its data node: a pad among them is held
+    to the pad's grammar like any other (the genuine files pad after a data node, so no replay
+    of theirs holds one)."""
+    sentinel = str(tmp_path / "sentinel")
+    path, blob = genuine[2]
+    nodes = blob["manifest"]["nodes"]
+    at = next((i, key, j) for i, n in enumerate(nodes) for key in ("map",)
+              if n["attrs"].get(key) for j, s in enumerate(n["attrs"][key]["steps"])
+              if s["op"] == "ones")
+    i, key, j = at
+    field = ("manifest", "nodes", i, "attrs", key, "steps", j, "attrs", "replay")
+    good = {"pad": [0, 0, 0, 0], "mode": "constant", "value": 0.0}
+    assert load_or_refuse(mutated(blob, field, "value", [["pad", good]]), sentinel,
+                          torch.randn(1, *SHAPE)) == "loaded"
+    for bad in ({**good, "mode": payloads(sentinel)[0]}, {**good, "pad": [1, 2, 3]},
+                {**good, "value": payloads(sentinel)[1]}, {**good, "extra": 1}):
+        assert load_or_refuse(mutated(blob, field, "value", [["pad", bad]]), sentinel,
+                              torch.randn(1, *SHAPE)) == "refused"
 
 
 def test_tensor_shapes_must_fit(genuine, tmp_path):

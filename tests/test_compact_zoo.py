@@ -95,6 +95,17 @@ def timm_ghostnet():
     return GhostNet(cfgs, num_classes=10, width=0.5)
 
 
+def timm_ghostnetv2():
+    """GhostNetV2-0.5× with the blocks above: its attention resizes a gate to the size of the
+    block's output (``size=(out.shape[-2], out.shape[-1])``)."""
+    from timm.models.ghostnet import GhostNet
+
+    cfgs = [[[3, 16, 16, 0, 1]], [[3, 48, 24, 0, 2]], [[3, 72, 24, 0, 1]],
+            [[5, 72, 40, 0.25, 2]], [[3, 240, 80, 0, 2]], [[3, 480, 112, 0.25, 1]],
+            [[5, 672, 160, 0.25, 2]]]
+    return GhostNet(cfgs, num_classes=10, width=0.5, version="v2")
+
+
 XCEPTION = [dict(in_chs=64, out_chs=128, stride=2), dict(in_chs=128, out_chs=256, stride=2),
             dict(in_chs=256, out_chs=256, stride=1),  # the middle flow, once
             dict(in_chs=256, out_chs=(256, 512, 512), stride=2),
@@ -130,8 +141,34 @@ TIMM_FAMILIES = {
     "timm:res2net50_14w_8s": (timm_build("res2net50_14w_8s", layers=ONE), 32),
     "timm:dla46_c (DLA)": (timm_build("dla46_c"), 32),
     "timm:selecsls42b (two stages)": (timm_selecsls, 32),
+    # issue 32's families: rules for a learnable scale and shift (HGNetV2's learnable affine
+    # blocks, FastViT's layer scale), pad (HGNetV2's stem, blur pooling), a blur's fixed
+    # F.conv2d, BatchNorm1d of pooled features (RepViT's head), sub (FastViT's RepMixer), a
+    # resize to another tensor's size (GhostNetV2); and parts kept whole (KEPT below)
+    "timm:hgnetv2_b0": (timm_build("hgnetv2_b0"), 32),
+    "timm:resnetblur18 (narrow)": (timm_build("resnetblur18", layers=ONE,
+                                              channels=(16, 32, 64, 128), stem_width=16), 32),
+    "timm:repvit_m0_9 (1 block per stage)": (timm_build("repvit_m0_9", depth=ONE), 32),
+    "timm:fastvit_t8 (1 block per stage)": (timm_build("fastvit_t8", layers=ONE), 32),
+    "timm:ghostnetv2 (7 blocks)": (timm_ghostnetv2, 64),
+    "timm:tresnet_m (narrow)": (timm_build("tresnet_m", layers=[1, 1, 1, 1],
+                                           width_factor=0.5), 32),
+    "timm:tf_mobilenetv3_small_minimal_100": (timm_build("tf_mobilenetv3_small_minimal_100"), 32),
+    "timm:mobilevit_xxs": (timm_build("mobilevit_xxs"), 32),
+    "timm:efficientvit_b0": (timm_build("efficientvit_b0"), 32),
+    "timm:lambda_resnet26t": (timm_build("lambda_resnet26t"), 32),
+}
+# what each family keeps whole: {family: the ops of its first part kept whole}; every other
+# family keeps nothing
+KEPT = {
+    "timm:tresnet_m (narrow)": ["view", "contiguous"],  # space-to-depth: pixels into channels
+    "timm:tf_mobilenetv3_small_minimal_100": ["Conv2dSame: fx cannot trace it"],
+    "timm:mobilevit_xxs": ["MobileVitBlock: fx cannot trace it"],
+    "timm:efficientvit_b0": ["LiteMLA: fx cannot trace it"],
+    "timm:lambda_resnet26t": ["reshape", "matmul", "unsqueeze", "squeeze"],
 }
 RULES_SEEN: dict = {}
+KEPT_SEEN: dict = {}
 
 
 @pytest.fixture(scope="module")
@@ -152,11 +189,12 @@ def built():
 
 
 @torch.no_grad()
-def prune_some(model, seed=0, share=0.5):
-    """Zero a random count (0 … ⌊share·F⌋) of random filters in every prunable conv."""
+def prune_some(model, seed=0, share=0.5, shape=None):
+    """Zero a random count (0 … ⌊share·F⌋) of random filters in every prunable conv (of the
+    model run at ``shape``, (C, H, W): what it keeps whole depends on it)."""
     gen = torch.Generator().manual_seed(seed)
     pruned = {}
-    for c in find_prunable_convs(model):
+    for c in find_prunable_convs(model, input_shape=shape):
         k = int(torch.randint(int(share * c.filters) + 1, (), generator=gen))
         idx = torch.randperm(c.filters, generator=gen)[:k]
         c.conv.weight[idx] = 0
@@ -186,7 +224,7 @@ def test_family_compacts_exactly_and_counts_right(arch, size, built):
     dense_cost = cost_of({})
     assert dense_cost == (flop_counter_macs(model, shape),
                           sum(p.numel() for p in model.parameters()))
-    pruned = prune_some(model)
+    pruned = prune_some(model, shape=shape)
     compact = compact_model(model, pruned, input_shape=shape)
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     with torch.no_grad():
@@ -199,6 +237,7 @@ def test_family_compacts_exactly_and_counts_right(arch, size, built):
     assert cost[0] < dense_cost[0] and cost[1] < dense_cost[1]
     json.dumps(compact.manifest)  # plain data
     RULES_SEEN.update(compact.rules_used)
+    KEPT_SEEN[arch] = compact.kept_whole
 
 
 def test_every_rule_of_the_walk_was_exercised():
@@ -206,6 +245,16 @@ def test_every_rule_of_the_walk_was_exercised():
     constant or saving work fired for at least one of them."""
     assert len(RULES_SEEN) > 0, "run with the family tests"
     assert set(RULES) - set(RULES_SEEN) == set()
+
+
+def test_only_what_no_rule_takes_is_kept_whole():
+    """Runs after the families above: the families of KEPT keep their attention, their
+    pixels-into-channels view or the modules fx cannot trace into whole (and still prune the
+    rest: the family test checks fewer FLOPs), every other family keeps nothing."""
+    assert len(KEPT_SEEN) == len(CASES), "run with the family tests"
+    assert {arch for arch, parts in KEPT_SEEN.items() if parts} == set(KEPT)
+    for arch, ops in KEPT.items():
+        assert KEPT_SEEN[arch][0]["ops"] == ops, arch
 
 
 # -- costs against hand-computed values ---------------------------------------------------------

@@ -61,6 +61,26 @@ def test_cs_scores_equal_a_float64_brute_force_with_a_missing_class():
         torch.testing.assert_close(scores32[name], exp, rtol=1e-4, atol=1e-6)
 
 
+def test_the_cs_pass_runs_in_float32_under_amp():
+    """Given the run's AMP dtype, or inside a caller's autocast, the pass still scores in
+    float32: per-sample maxima in bfloat16 (8 significant bits) tie and reorder filters."""
+    from utils.method.criteria.cs import CSRanker
+    gen = torch.Generator().manual_seed(0)
+    model = randomize_bn(build_model("resnet20", num_classes=4), gen).eval()
+    convs = find_prunable_convs(model)
+    batches = [(torch.randn(8, 3, 16, 16, generator=gen), torch.arange(8) % 4)
+               for _ in range(3)]
+
+    def scores(amp_dtype=None):
+        return CSRanker(convs, batches, 4, torch.device("cpu"), amp_dtype=amp_dtype)(model, 0,
+                                                                                      True)
+    exact = scores()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = scores()
+    for ours in (scores(torch.bfloat16), inside):
+        assert all(torch.equal(ours[name], exact[name]) for name in exact)
+
+
 def test_max_batches_limits_the_pass():
     model = build_model("resnet20", num_classes=3).eval()
     convs = find_prunable_convs(model)

@@ -1,12 +1,19 @@
 """Two CPU processes (gloo): the CS statistics are summed over ranks, so every rank selects the
 same filters as one process over the same CS data; every rank keeps rank 0's plan of a
-budget's global allocation."""
+budget's global allocation; a CS pass in train mode leaves the same BN statistics on every
+rank; each rank's RNG states reach the checkpoint and come back to that rank; a non-finite
+loss on one rank stops, or skips the batch on, every rank together."""
+import contextlib
+import io
+import random
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -14,13 +21,16 @@ import torch.multiprocessing as mp
 
 from models import build_model
 from utils.method.criteria import criterion
-from utils.method.criteria.cs import cs_scores
+from utils.method.criteria.cs import CSRanker, cs_scores
 from utils.compaction import find_prunable_convs
 from utils.method.mask import Mask
 from utils.run.sampling import EpochSampler, SeededDataset
 from utils.method.methods import METHODS
 from utils.method.schedule import asymptotic_schedule
 from utils.pruner import Pruner
+from utils.run.checkpoint import restore_rng, rng_states
+import notebook_cifar
+from tests.cli import entry
 from tests.fakedata import write_cifar
 from tests.soft_pruning import small_cnn
 
@@ -68,13 +78,66 @@ def _global_plan(rank: int) -> dict:
     return {"plan": pruner.mask.plan, "local": local}
 
 
+def _bn_statistics_after_a_train_mode_pass(rank: int, world: int) -> dict:
+    """Each rank's BN statistics after the reference's CS pass after an epoch (train mode, each
+    rank on its shard), gathered: with the ranker, and with a bare pass for contrast."""
+    torch.manual_seed(0)
+    model = build_model("resnet20", 10).train()
+    convs = find_prunable_convs(model)
+    data = _cs_data()
+    loader = torch.utils.data.DataLoader(SeededDataset(data), batch_size=16,
+                                         sampler=EpochSampler(len(data), 0, 1, rank, world,
+                                                              shuffle=False))
+    bare = build_model("resnet20", 10).train()
+    bare.load_state_dict(model.state_dict())
+    cs_scores(bare, [c.bn for c in find_prunable_convs(bare)], [c.name for c in convs], loader,
+              10, torch.device("cpu"))
+    CSRanker(convs, loader, 10, torch.device("cpu"))(model, 1, False)
+
+    def buffers(m):
+        return [b.tolist() for name, b in m.named_buffers() if "running" in name]
+    gathered = [[None] * world for _ in range(2)]
+    dist.all_gather_object(gathered[0], buffers(model))
+    dist.all_gather_object(gathered[1], buffers(bare))
+    return {"ranker": gathered[0][0] == gathered[0][1], "bare": gathered[1][0] == gathered[1][1]}
+
+
+def _draws() -> list:
+    return [torch.rand(2).tolist(), random.random(), float(np.random.rand())]
+
+
+def _seed(seed: int) -> None:
+    torch.manual_seed(seed), random.seed(seed), np.random.seed(seed)
+
+
+def _rng_round_trip(rank: int) -> dict:
+    """Seeded like a run's ranks (seed + rank), the states gathered as a checkpoint holds them,
+    the generators moved on, then each rank's own states put back; and the states of one
+    process only (the checkpoint of a run with fewer): rank 1 keeps its generators."""
+    cpu = torch.device("cpu")
+    _seed(100 + rank)
+    states = rng_states(cpu)
+    expected = _draws()
+    _seed(7)
+    ranks = restore_rng(states, cpu)
+    restored = _draws()
+    _seed(7)
+    seed_7 = _draws()
+    _seed(7)
+    fewer = restore_rng(states[:1], cpu)
+    return {"expected": expected, "restored": restored, "ranks": ranks, "fewer": fewer,
+            "seed_7": seed_7, "after_fewer": _draws()}
+
+
 def _worker(rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         with open(f"{out}.{rank}", "w") as f:
             json.dump({"selection": {arch: _selection(rank, world, arch) for arch in ARCHS},
-                       "budget": _global_plan(rank)}, f)
+                       "budget": _global_plan(rank),
+                       "bn": _bn_statistics_after_a_train_mode_pass(rank, world),
+                       "rng": _rng_round_trip(rank)}, f)
     finally:
         dist.destroy_process_group()
 
@@ -104,6 +167,20 @@ def test_ranks_keep_rank_0s_plan_of_a_global_allocation(two_ranks):
     assert first["plan"] == second["plan"] == first["local"]
 
 
+def test_a_train_mode_cs_pass_leaves_the_same_bn_statistics_on_every_rank(two_ranks):
+    assert all(r["bn"]["ranker"] for r in two_ranks)
+    assert not any(r["bn"]["bare"] for r in two_ranks)  # each rank's shard moved its own
+
+
+def test_each_rank_gets_its_own_rng_states_back(two_ranks):
+    first, second = (r["rng"] for r in two_ranks)
+    assert first["expected"] != second["expected"]  # seed + rank
+    for r in (first, second):
+        assert r["restored"] == r["expected"] and r["ranks"] == 2 and r["fewer"] == 1
+    assert first["after_fewer"] == first["expected"]
+    assert second["after_fewer"] == second["seed_7"]  # none saved for it: its own stay
+
+
 def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path):
     """With ``--attenuate bn``: the BN parameters' gradient scaling runs after DDP's all-reduce
     like the filters' (the default variant's path is the filters' alone)."""
@@ -129,3 +206,74 @@ def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path):
     assert proc.stdout.count("FSDP run with --attenuate bn") == 1  # one rank logs
     log = open(os.path.join(save, "log.txt")).read()
     assert "2 process(es)" in log and log.count("epoch   1/2") == 1
+
+
+def _cli_worker(rank, world, port, out, argv, nan_rank):
+    """``notebook_cifar.py argv`` as rank ``rank`` of a torchrun launch, in this process; the
+    third training batch of rank ``nan_rank`` holds a NaN pixel, as a corrupt sample would.
+    Writes the exit status, the console and each epoch's skipped batches."""
+    import utils.run.engine as engine
+    import utils.run.trainer as trainer
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    prepare, seen, skipped = engine.prepare, [], []
+
+    def corrupting(batch, device, transform=None, split="train"):
+        x, y = prepare(batch, device, transform, split)
+        seen.append(split)
+        if rank == nan_rank and split == "train" and seen.count("train") == 3:
+            x = x.clone()
+            x[0, 0, 0, 0] = float("nan")
+        return x, y
+
+    train = trainer.train_one_epoch
+
+    def counting(*args, **kw):
+        result = train(*args, **kw)
+        skipped.append(result["skipped"])
+        return result
+    engine.prepare, trainer.train_one_epoch = corrupting, counting
+    console, errors = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(console), contextlib.redirect_stderr(errors):
+        code = entry(notebook_cifar, argv)
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump({"code": code, "stdout": console.getvalue(), "stderr": errors.getvalue(),
+                   "skipped": skipped}, f)
+
+
+def _launch(tmp_path, name, *flags, timeout=300) -> list[dict]:
+    """Two ranks of the CIFAR script, a NaN on rank 1's third batch; each rank's outcome.
+    A rank left waiting for the other in a collective fails the test at ``timeout``."""
+    data = str(tmp_path / "data")
+    if not os.path.isdir(data):
+        write_cifar(data, "cifar10", n_train=128, n_test=32, seed=0)
+    out = str(tmp_path / f"{name}.rank")
+    argv = ["--data_path", data, "--save_path", str(tmp_path / name), "--epochs", "2",
+            "--batch_size", "32", "--workers", "0", "--device", "cpu", "--manualSeed", "3",
+            "--schedule", "1", "--gammas", "1", *flags]
+    ctx = mp.start_processes(_cli_worker, args=(2, _free_port(), out, argv, 1), nprocs=2,
+                             start_method="spawn", join=False)
+    deadline = time.time() + timeout
+    while not ctx.join(timeout=1):
+        if time.time() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"the ranks did not finish in {timeout} s: one waits for the other")
+    return [json.load(open(f"{out}.{rank}")) for rank in range(2)]
+
+
+def test_a_nan_on_one_rank_stops_every_rank_with_one_line(tmp_path):
+    ranks = _launch(tmp_path, "stop")
+    assert [r["code"] for r in ranks] == [3, 3]
+    assert ranks[0]["stderr"].startswith("error: non-finite loss at epoch 0, batch 2;")
+    assert ranks[0]["stderr"].count("\n") == 1 and ranks[1]["stderr"] == ""
+
+
+def test_a_nan_on_one_rank_is_skipped_on_every_rank(tmp_path):
+    ranks = _launch(tmp_path, "skip", "--nan_policy", "skip")
+    assert [r["code"] for r in ranks] == [0, 0], ranks[0]["stderr"][-2000:]
+    assert ranks[0]["skipped"] == ranks[1]["skipped"] == [1, 0]
+    assert "skipped 1 batches with a non-finite loss" in ranks[0]["stdout"]
+    ckpt = torch.load(str(tmp_path / "skip" / "checkpoint.pt"), weights_only=True)
+    assert len(ckpt["rng"]) == 2  # each rank's RNG states
+    assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])

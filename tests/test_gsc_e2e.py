@@ -42,7 +42,7 @@ def common(data_root, save, *extra):
             "--prune_rate_gm", "0.4", "--data_path", data_root[0], "--save_path", save,
             "--epochs", str(EPOCHS), "--batch_size", "16", "--batch_prune_size", "32",
             "--schedule", "1", "--gammas", "1", "--workers", "0", "--manualSeed", "7",
-            "--deterministic", *extra]
+            "--deterministic", "--device", "cpu", *extra]
 
 
 @pytest.fixture(scope="module")

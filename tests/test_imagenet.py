@@ -228,7 +228,7 @@ def i32_args(root, save):
     return ["--dataset", "imagenet32", "--arch", "resnet20", "--prune_rate_cs", "0.1",
             "--prune_rate_gm", "0.4", "--data_path", root, "--save_path", save, "--epochs", "3",
             "--batch_size", str(BATCH), "--batch_prune_size", "64", "--workers", "0",
-            "--manualSeed", "7"]
+            "--manualSeed", "7", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")

@@ -98,26 +98,34 @@ def test_every_option_is_checked_by_the_pruner_itself(given, expect):
 
 def test_a_model_compact_would_refuse_is_refused_before_training():
     """With the input size known (here from cs_data), the model is traced at it now; without
-    it, at the first training batch — before any training step."""
-    class Grouped(nn.Module):
+    it, at the first training batch — before any training step. A matmul is kept whole, and
+    fx's graph shows it only with shapes: the conv feeding it, selected from the graph without
+    shapes, would be pruned where compact() keeps it."""
+    class Attending(nn.Module):
         def __init__(self):
             super().__init__()
             self.conv, self.bn = nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8)
-            self.norm, self.fc = nn.GroupNorm(2, 8), nn.Linear(8, 3)
+            self.other, self.bn2 = nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8)
+            self.fc = nn.Linear(8, 3)
 
         def forward(self, x):
-            return self.fc(self.norm(torch.relu(self.bn(self.conv(x)))).mean((2, 3)))
+            a = torch.relu(self.bn(self.conv(x))).flatten(2)
+            b = torch.relu(self.bn2(self.other(x))).mean((2, 3))
+            return self.fc((a @ a.transpose(1, 2)).mean(2) + b)
 
     with pytest.raises(UserError) as e:
-        Pruner(Grouped(), "fsdp", None, 3, cs_data=batches())
+        Pruner(Attending(), "fsdp", None, 3, cs_data=batches())
     assert "\n" not in str(e.value) and "--" not in str(e.value)
-    model = Grouped()
+    assert "input_shape=" in str(e.value) and "'conv'" in str(e.value)
+    model = Attending()
     pruner = Pruner(model, "sfp", None, 3)  # no input size known yet
     weights = model.conv.weight.detach().clone()
     with pytest.raises(UserError):
         model.train()(torch.randn(2, 3, 8, 8))
     assert torch.equal(model.conv.weight, weights) and not pruner.started
-    Pruner(Grouped(), "sfp", None, 3, check_compact=False, input_shape=(3, 8, 8))  # asked for
+    Pruner(Attending(), "sfp", None, 3, check_compact=False)  # asked for
+    given = Pruner(Attending(), "sfp", None, 3, input_shape=(3, 8, 8))  # the graph with shapes
+    assert [c.name for c in given.convs] == ["other"]
 
 
 def test_nothing_is_silent(caplog):

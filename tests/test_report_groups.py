@@ -193,3 +193,12 @@ def test_a_run_given_twice_counts_once(tmp_path, capsys):
     assert f"{tmp_path / '.' / run.name} is given twice; it counts once" in capsys.readouterr().err
     rows = list(csv.DictReader(open(out / "comparison_groups.csv")))
     assert [(r["n"], float(r["top1_mean"])) for r in rows] == [("2", 85.0)]
+
+
+def test_names_from_the_runs_files_are_text_in_the_figure(tmp_path):
+    """A method written with dollar signs in a summary.json (or a run so named): matplotlib
+    reads $…$ as mathematics, and fails on what is not."""
+    run = tmp_path / "resnet56-fsdp-s1"
+    write_finished_run(str(run), rates=(0.1, 0.0, 0.4), summary={"method": "$\\frac{$"})
+    assert compare.main([str(run), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "comparison.png").stat().st_size > 0

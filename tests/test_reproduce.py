@@ -17,7 +17,7 @@ from tests.snapshots import files_of, write_finished_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--batch_size", "32", "--batch_prune_size", "48", "--schedule", "1", "--gammas", "1",
-        "--workers", "0"]  # tiny data, one learning rate
+        "--workers", "0", "--device", "cpu"]  # tiny data, one learning rate, resumed exactly
 # the jobs inherit it: two threads per tiny job only spin against each other on a shared CPU
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 

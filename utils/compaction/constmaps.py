@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .modules import MODE, Cached, activation, pool, register, widen
+from .modules import MODE, Cached, activation, pad, pool, register, resize_to, widen
 
 
 def _ones(ref: torch.Tensor, dtype, device) -> torch.Tensor:
@@ -32,6 +32,8 @@ def _replay(x: torch.Tensor, steps: list) -> torch.Tensor:
             x = torch.ones_like(F.conv2d(x, w, None, stride, padding, dilation))
         elif kind == "pool":
             x = torch.ones_like(pool(x, step[1]))
+        elif kind == "pad":
+            x = torch.ones_like(F.pad(x, step[1]["pad"]))
         else:  # "slice"
             s = [slice(*v) for v in step[1]]
             x = x[:, :, s[0], s[1]]
@@ -63,6 +65,10 @@ class Step(nn.Module):
             return activation(a["fn"], a["kw"])(x[0])
         if op == "pool":
             return pool(x[0], a)
+        if op == "pad":
+            return pad(x[0], a)
+        if op == "resize_to":
+            return resize_to(x[0], x[1], a)
         if op == "slice":
             s = [slice(*v) for v in a["slices"]]
             return x[0][:, :, s[0], s[1]]
@@ -122,7 +128,10 @@ class ConstMap(Cached):
         key = (cl, like.shape[2:]) if len(refs) == 1 else \
             (cl,) + tuple(r.shape[2:] for r in refs)
         if self._cache[0] != key:
-            m = self._compute(list(refs))
+            # in the buffers' precision whatever autocast the first caller ran under: the map
+            # is kept for every later call (docs/compaction.md)
+            with torch.autocast(like.device.type, enabled=False):
+                m = self._compute(list(refs))
             if cl and m.dim() == 4 and m.shape[1] > 1 and m.shape[-1] > 1:
                 m = m.contiguous(memory_format=torch.channels_last)
             self._cache = (key, m)

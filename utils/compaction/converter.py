@@ -2,9 +2,11 @@
 
 ``convert`` walks the graph for one set of pruned filters, each op by its rule (``rules``).
 The same walk builds the compact network (``exact``: the constants carried, ``check``: the
-pruned filters verified zero, ``strict``: an op no rule takes refused) and counts what it
+pruned filters verified zero, ``strict``: a conversion's error refused) and counts what it
 costs at any point of training (``utils.compaction.cost``: the selected filters taken as
-pruned, an op no rule takes counted as an opaque one).
+pruned, whatever cannot convert counted as an opaque op). An op whose conversion has no exact
+form (``nodes.Unsupported``, or a rule that fails on what it was given) is kept whole instead:
+the graph learns it (``ModelGraph.keep_whole``) and the walk runs again.
 """
 import collections
 
@@ -15,9 +17,9 @@ from . import fullwidth
 from ..errors import UserError
 from .builder import Builder
 from .liveness import channels_needed
+from .nodes import Op, Unsupported, op_name
 from .rules import REGISTRY
 from .state import ChannelView, Full
-from .tracing import ModelGraph
 
 # the ways the walk carries a constant or saves work (``Converter.note``; the tests check that
 # every one fires on some network)
@@ -35,11 +37,15 @@ class Converter:
     """One walk of a ModelGraph; ``states`` maps each fx node to how the compact graph
     holds it (``state.T``, a ``ChannelView``, or a tuple of them for a split)."""
 
-    def __init__(self, graph: ModelGraph, pruned: dict, exact: bool, check: bool,
-                 emit: bool = True, strict: bool = True):
+    def __init__(self, graph, pruned: dict, exact: bool, check: bool, emit: bool = True,
+                 strict: bool = True):
+        """``graph``: a ``tracing.ModelGraph`` with its shapes."""
         self.graph, self.modules, self.pairs = graph, graph.modules, graph.pairs
         self.exact, self.check, self.emit = exact, check, emit  # emit: the tensors are used
-        self.strict = strict  # refuse what no rule converts (else: count it as opaque)
+        self.strict = strict  # refuse a conversion's error (else: count the op as opaque)
+        self.held: dict = {}  # held data node -> the ``kept.Held`` piece it runs
+        self.fell_back: dict = {}  # fx node -> why: conversions with no exact form
+        self.params_counted: set = set()  # ids of the parameters a node counts already
         self.masks = _pruned_masks(graph, pruned)
         self.need = channels_needed(graph.ops, self.masks)
         self.b = Builder()
@@ -95,16 +101,43 @@ class Converter:
         return None
 
     def _convert(self, op):
-        """``op``'s state from its rule: at full width when it must, else its conversion."""
+        """``op``'s state from its rule: at full width when it must, else its conversion; kept
+        whole when it has no exact form."""
         rule = REGISTRY[op.kind]
         try:
+            self._check_readable(op, rule)
             if fullwidth.takes(self, op, rule):
                 return fullwidth.compute(self, op, rule.full_width_attrs(self, op))
-            return rule.convert(self, op)
-        except UserError:
-            if self.strict or not rule.opaque_when_refused:
+            state = rule.convert(self, op)
+            if isinstance(state, ChannelView) and not rule.keeps_views:
+                raise Unsupported(f"fx node {op.node.name} uses a regrouped channel view other "
+                                  "than to reshape it back")
+            return state
+        except Exception as e:
+            if not rule.opaque_when_refused:
                 raise
-            return OPAQUE.convert(self, op)
+            if isinstance(e, UserError) and not isinstance(e, Unsupported):
+                if self.strict:  # the user's to fix (filters not zero, BN without statistics)
+                    raise
+            else:  # no exact form: kept whole from now on (``convert``)
+                self.fell_back[op.node] = op_name(op.node, self.modules)
+            return OPAQUE.convert(self, Op("opaque", op.node))
+
+    def _check_readable(self, op, rule) -> None:
+        """Every input has a value this rule can read: a regrouped view only for rules that
+        take one, a tensor of another rank than 2 or 4 only for those that compute at full
+        width; a rule that takes any value (``any_rank``: it reads them as the dense network
+        holds them) any."""
+        for node in op.inputs:
+            if node not in self.states:
+                raise Unsupported(f"fx node {node.name} has no value in the compact graph")
+            s = self.states[node]
+            if rule.any_rank:
+                continue
+            if isinstance(s, ChannelView) and not (rule.keeps_views or rule.full_width):
+                raise Unsupported(f"fx node {node.name} is a regrouped channel view")
+            if isinstance(s, Full) and len(s.shape) not in (2, 4) and not rule.full_width:
+                raise Unsupported(f"fx node {node.name} has rank {len(s.shape)}")
 
     def run(self) -> "Converter":
         self._ops = self.graph.op_of
@@ -113,13 +146,10 @@ class Converter:
             state = self.fused[node] if node in self.fused else self._convert(op)
             if state is not None:
                 self.states[node] = state
-            if isinstance(state, ChannelView) and not REGISTRY[op.kind].keeps_views:
-                raise UserError(f"cannot compact: fx node {node.name} uses a regrouped channel "
-                                "view other than to reshape it back")
         return self
 
 
-def _pruned_masks(graph: ModelGraph, pruned: dict) -> dict:
+def _pruned_masks(graph, pruned: dict) -> dict:
     masks, prunable = {}, graph.prunable()
     unknown = sorted(str(k) for k in pruned if str(k) not in prunable)
     if unknown:
@@ -140,12 +170,21 @@ def _pruned_masks(graph: ModelGraph, pruned: dict) -> dict:
     return masks
 
 
-def convert(graph: ModelGraph, pruned: dict, exact: bool = True, check: bool = True,
-            emit: bool = True, strict: bool = True) -> Converter:
+def convert(graph, pruned: dict, exact: bool = True, check: bool = True, emit: bool = True,
+            strict: bool = True) -> Converter:
     """``check``: the pruned filters must be zero; ``emit``: build the tensors too (not only
-    the structure and what it costs); ``strict``: refuse an op no rule takes or converts
-    (else count it as an opaque op at full width). ``graph`` needs its shapes."""
-    if strict:
-        graph.check_compactable()
-    return Converter(graph, {str(k): v for k, v in pruned.items()}, exact, check, emit,
-                     strict).run()
+    the structure and what it costs); ``strict``: refuse a conversion's error (else count the
+    op as opaque). ``graph``: a ``tracing.ModelGraph`` with its shapes. An op found to have no
+    exact form is kept whole by the graph, and the walk runs again."""
+    pruned = {str(k): v for k, v in pruned.items()}
+    while True:
+        cv = Converter(graph, pruned, exact, check, emit, strict).run()
+        if not cv.fell_back:
+            return cv
+        graph.keep_whole(cv.fell_back)
+
+
+def unconverted(graph) -> dict:
+    """{fx node: why} of the ops whose conversion has no exact form: one walk with nothing
+    pruned, counting only (the graph keeps them whole before anything is selected)."""
+    return Converter(graph, {}, exact=True, check=False, emit=False, strict=False).run().fell_back

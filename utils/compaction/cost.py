@@ -12,6 +12,7 @@ conv + BatchNorm (γ and β per filter), so a compact and a dense count compare 
 """
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .converter import convert
 from .rules import COSTS
@@ -47,9 +48,9 @@ def network_cost(model, input_shape, pruned: dict | None = None,
 
 
 class NetworkCost:
-    """The cost of a model under changing masks: traced once, walked per call. Ops the
-    compactor does not understand are counted as full-width (and cost nothing themselves),
-    so a run can count FLOPs of a network it cannot compact."""
+    """The cost of a model under changing masks: traced once, walked per call. A part kept
+    whole counts what the dense network computes of it (its MACs measured once, as torch's
+    FLOP counter counts them), so a run counts FLOPs of any network it trains."""
 
     def __init__(self, model, input_shape):
         """``model``: an ``nn.Module``, or its ``ModelGraph`` (reused, shaped if need be)."""
@@ -64,7 +65,7 @@ class NetworkCost:
 def compact_cost(compact: nn.Module, input_shape) -> tuple[int, int]:
     """(MACs, parameters) of a compact network's own modules for one image of ``input_shape``."""
     from .layers import FoldedConv, Linear
-    from .modules import Affine, TensorOp
+    from .modules import Affine, Held, TensorOp
 
     total, handles = [0, 0], []
 
@@ -76,22 +77,36 @@ def compact_cost(compact: nn.Module, input_shape) -> tuple[int, int]:
         c = m.conv
         scaled = m.smat.shape[1] if m.smat is not None else 0
         add(conv_cost(out.shape[2] * out.shape[3], c.out_channels, c.in_channels // c.groups,
-                      c.kernel_size, m.source_bias, m.bn, scaled))
+                      c.kernel_size, m.source_bias, m.bn, scaled, m.fixed))
 
     def on_linear(m, inputs, out):
         scaled = m.smat.shape[1] if m.smat is not None else 0
         add(linear_cost(m.linear.in_features, m.linear.out_features, m.source_bias, scaled))
 
     def on_affine(m, inputs, out):
-        add((0, affine_params(out.shape[1], m.bn)))
+        add((0, affine_params(out.shape[1], m.bn) + m.params))
 
     def on_tensor(m, inputs, out):
         add((m.a.get("macs", 0), m.a.get("params", 0)))
 
-    hooks = {FoldedConv: on_conv, Linear: on_linear, Affine: on_affine, TensorOp: on_tensor}
+    counting: list = []
+
+    def before_held(m, inputs):  # a part kept whole: what torch counts of it, as the walk did
+        counting.append(FlopCounterMode(display=False))
+        counting[-1].__enter__()
+
+    def on_held(m, inputs, out):
+        counter = counting.pop()
+        counter.__exit__(None, None, None)
+        add((counter.get_total_flops() // 2, sum(p.numel() for p in m.piece.parameters())))
+
+    hooks = {FoldedConv: on_conv, Linear: on_linear, Affine: on_affine, TensorOp: on_tensor,
+             Held: on_held}
     for m in compact.modules():
         if type(m) in hooks:
             handles.append(m.register_forward_hook(hooks[type(m)]))
+        if type(m) is Held:
+            handles.append(m.register_forward_pre_hook(before_held))
     was = compact.training
     p = next(compact.parameters())
     try:

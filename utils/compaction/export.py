@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..files import atomic_write
 
 
 def _example(model: nn.Module, input_shape) -> torch.Tensor:
@@ -16,12 +17,18 @@ def _example(model: nn.Module, input_shape) -> torch.Tensor:
 
 def export_pt2(model: nn.Module, path, input_shape) -> None:
     """Save ``model`` (eval mode) as a torch.export program: ``torch.export.load(path).module()``
-    runs it with none of our code. The batch size is dynamic, the image size ``input_shape``'s."""
+    runs it with none of our code. The batch size is dynamic, the image size ``input_shape``'s.
+    The file appears whole or not at all. A compact network that keeps parts of the dense one
+    whole (``kept``) is saved so: the program holds those parts as aten ops, no pickled code."""
     # an example batch of 2: torch.export would specialise a batch of 1 to a constant
     x = _example(model, (2, *tuple(input_shape)[-3:]))
     batch = torch.export.Dim("batch")
-    program = torch.export.export(model.eval(), (x,), dynamic_shapes=({0: batch},))
-    torch.export.save(program, str(path))
+    try:
+        program = torch.export.export(model.eval(), (x,), dynamic_shapes=({0: batch},))
+    except Exception as e:  # torch.export refuses some Python of a part kept whole
+        text = " ".join(str(e).split())[:200] or type(e).__name__
+        raise UserError(f"torch.export cannot record this network ({text})") from e
+    atomic_write(str(path), lambda f: torch.export.save(program, f))
 
 
 def export_torchscript(model: nn.Module, path, input_shape) -> None:

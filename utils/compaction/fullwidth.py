@@ -40,7 +40,13 @@ def compute(cv, op, attrs: dict) -> Full:
     cv.note("computed at full width")
     inputs = [dense_node(cv, n) for n in op.inputs]
     node = cv.b.data("tensor", inputs, attrs)
-    return Full(node, tuple(shape_of(op.node)))
+    return Full(node, tuple(shape_of(op.node)), any(sized(cv, n) for n in op.inputs))
+
+
+def sized(cv, node) -> bool:
+    """May ``node``'s value hold the image's size in a layout the ops cannot see (``Full``)?"""
+    s = cv.states.get(node)
+    return isinstance(s, Full) and s.sized
 
 
 def dense_node(cv, node) -> str:

@@ -29,6 +29,7 @@ class FoldedConv(nn.Module):
         register(self, _own(specs))
         self.map = ConstMap(a["map"], specs) if a.get("map") else None
         self.source_bias, self.bn = bool(a["source_bias"]), bool(a["bn"])
+        self.fixed = bool(a.get("fixed", False))  # weights of buffers (a blur), not learnt
         act = a.get("act")
         self.act = act["fn"] if act else None
         self.act_kw = dict(act["kw"]) if act else {}

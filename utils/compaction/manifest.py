@@ -109,11 +109,25 @@ def _kw(kw, where: str, fn: str) -> None:
             _num(value, f"{where}.{key}")
 
 
-def check_pool(a: dict, where: str) -> None:
-    kind = _choice(_mapping(a, where).get("type"), f"{where}.type", POOLS)
-    _dict(a, where, ("type", *POOLS[kind]))
-    for key in POOLS[kind]:
+def check_pool(a: dict, where: str, kinds=None) -> None:
+    """A pool's attributes; ``kinds``: the pool types allowed (a data node's also resizes to
+    another tensor's size: ``resize_like``)."""
+    kinds = POOLS if kinds is None else kinds
+    kind = _choice(_mapping(a, where).get("type"), f"{where}.type", kinds)
+    _dict(a, where, ("type", *kinds[kind]))
+    for key in kinds[kind]:
         POOL_FIELDS[key](a[key], f"{where}.{key}")
+
+
+def check_pad(a: dict, where: str) -> None:
+    """``F.pad`` of the height and width: 2 or 4 sizes, a mode, the constant mode's value."""
+    _dict(a, where, ("pad", "mode", "value"))
+    for i, p in enumerate(_list(a["pad"], f"{where}.pad", 2, 4)):
+        _int(p, f"{where}.pad[{i}]", -SMALL, SMALL)
+    if len(a["pad"]) == 3:
+        _fail(f"{where}.pad", "expected 2 or 4 sizes")
+    _choice(a["mode"], f"{where}.mode", PAD_MODES)
+    _num(a["value"], f"{where}.value")
 
 
 def _opt(check):
@@ -140,6 +154,8 @@ POOLS = {"max": ("kernel", "stride", "padding", "dilation", "ceil_mode"),
          "adaptive_avg": ("size",), "adaptive_max": ("size",),
          "resize": ("size", "scale_factor", "mode", "align_corners", "recompute_scale_factor"),
          "global_avg": (), "mean": ("keepdim",)}
+DATA_POOLS = {**POOLS, "resize_like": ("mode", "align_corners")}
+PAD_MODES = {"constant", "reflect", "replicate", "circular"}
 POOL_FIELDS = {
     "kernel": lambda v, w: _int_or_pair(v, w, 1), "stride": lambda v, w: _int_or_pair(v, w, 1),
     "padding": _int_or_pair, "dilation": lambda v, w: _int_or_pair(v, w, 1),
@@ -163,7 +179,7 @@ def check_slices(v, where: str) -> None:
 STEP_INPUTS = {"ones": (0, 0), "vector": (0, 0), "conv": (1, 1), "affine": (1, 1),
                "act": (1, 1), "pool": (1, 1), "slice": (1, 1), "select": (1, 1),
                "widen": (1, 1), "add": (2, MAX_NODES), "cat": (1, MAX_NODES),
-               "flatten": (1, 1), "linear": (1, 1)}
+               "flatten": (1, 1), "linear": (1, 1), "pad": (1, 1), "resize_to": (2, 2)}
 STEP_TENSORS = {"vector": {"value"}, "conv": {"weight"}, "affine": {"scale", "shift"},
                 "act": {"weight"}, "select": {"index"}, "widen": {"gather"},
                 "linear": {"weight"}}
@@ -200,6 +216,12 @@ def _check_step_attrs(op: str, a, where: str, refs: int) -> None:
         check_act(a, where)
     elif op == "pool":
         check_pool(a, where)
+    elif op == "pad":
+        check_pad(a, where)
+    elif op == "resize_to":  # a map resized to the size of its second input
+        _dict(a, where, ("mode", "align_corners"))
+        POOL_FIELDS["mode"](a["mode"], f"{where}.mode")
+        POOL_FIELDS["align_corners"](a["align_corners"], f"{where}.align_corners")
     elif op == "slice":
         _dict(a, where, ("slices",))
         check_slices(a["slices"], f"{where}.slices")
@@ -212,9 +234,9 @@ def _check_step_attrs(op: str, a, where: str, refs: int) -> None:
 
 def _replay_step(r, where: str) -> None:
     """How a spatial op changed the size: ("conv", kernel, stride, padding, dilation),
-    ("pool", its attributes) or ("slice", its slices)."""
+    ("pool", its attributes), ("slice", its slices) or ("pad", its attributes)."""
     r = _list(r, where, 2, 5)
-    kind = _choice(r[0], f"{where}[0]", {"conv", "pool", "slice"})
+    kind = _choice(r[0], f"{where}[0]", {"conv", "pool", "slice", "pad"})
     if kind == "conv":
         _list(r, where, 5, 5)
         _ints(r[1], f"{where}[1]", 2, 1)
@@ -223,7 +245,7 @@ def _replay_step(r, where: str) -> None:
         _ints(r[4], f"{where}[4]", 2, 1)
         return
     _list(r, where, 2, 2)
-    (check_pool if kind == "pool" else check_slices)(r[1], f"{where}[1]")
+    {"pool": check_pool, "slice": check_slices, "pad": check_pad}[kind](r[1], f"{where}[1]")
 
 
 def _conv_geometry(a: dict, where: str) -> None:
@@ -235,7 +257,8 @@ def _conv_geometry(a: dict, where: str) -> None:
 # -- data nodes -----------------------------------------------------------------------------------
 def _conv(a, where):
     _dict(a, where, ("in", "out", "kernel", "stride", "padding", "dilation", "groups", "gather",
-                     "sbias", "source_bias", "bn", "map", "act"))
+                     "sbias", "source_bias", "bn", "map", "act"), ("fixed",))
+    _bool(a.get("fixed", False), f"{where}.fixed")  # weights of a buffer: no parameters
     ins, outs = _int(a["in"], f"{where}.in"), _int(a["out"], f"{where}.out")
     groups = _int(a["groups"], f"{where}.groups", 1)
     if ins % groups or outs % groups:
@@ -268,7 +291,8 @@ def _act(a, where):
 
 
 def _affine(a, where):
-    _dict(a, where, ("spatial", "bn"))
+    _dict(a, where, ("spatial", "bn"), ("params",))
+    _int(a.get("params", 0), f"{where}.params", 0, 2 ** 62)  # a learnable scale's own
     _bool(a["spatial"], f"{where}.spatial")
     _bool(a["bn"], f"{where}.bn")
     return (1, 1), {"scale", "shift"}
@@ -283,7 +307,12 @@ def _take(a, where):
 
 
 def _pool(a, where):
-    check_pool(a, where)
+    check_pool(a, where, DATA_POOLS)
+    return ((2, 2) if a["type"] == "resize_like" else (1, 1)), set()
+
+
+def _pad(a, where):
+    check_pad(a, where)
     return (1, 1), set()
 
 
@@ -317,7 +346,7 @@ def _dims(v, where: str, fewest: int, lo: int, hi: int) -> None:
 
 
 TENSOR_FNS = {"stack", "conv1d", "reshape", "permute", "sum", "mean", "softmax", "act", "add",
-              "mul"}
+              "sub", "mul"}
 
 
 def _tensor(a, where):
@@ -346,7 +375,7 @@ def _tensor(a, where):
     elif fn == "act":
         _dict(a, where, ("fn", "act", "kw"))
         check_act({"fn": a["act"], "kw": a["kw"]}, where)
-    else:  # add, mul: of two tensors, or of one and a number
+    else:  # add, sub, mul: of two tensors, or of one and a number
         _dict(a, where, ("fn", "number"))
         number = _opt(_num)(a["number"], f"{where}.number")
         return ((2, 2) if number is None else (1, 1)), set()
@@ -363,8 +392,16 @@ def _no_attributes(inputs: tuple):
 # op → its attributes' check, which returns (the inputs it reads: (fewest, most), its tensors)
 NODES = {"conv": _conv, "linear": _linear, "act": _act, "affine": _affine,
          "mul": _no_attributes((2, 2)), "take": _take, "pool": _pool, "slice": _slice,
-         "join": _join, "tensor": _tensor, "cat": _no_attributes((1, MAX_NODES)),
+         "join": _join, "tensor": _tensor, "pad": _pad, "cat": _no_attributes((1, MAX_NODES)),
          "flatten": _no_attributes((1, 1))}
+
+
+def _held(a, where):
+    """A part kept whole (``kept``): only in memory, never in a file (``held`` names it)."""
+    _dict(a, where, ("macs", "params"))
+    _int(a["macs"], f"{where}.macs", 0, 2 ** 62)
+    _int(a["params"], f"{where}.params", 0, 2 ** 62)
+    return (0, MAX_NODES), set()
 
 
 def _check_tensors(specs, where: str, owned: set) -> None:
@@ -379,8 +416,10 @@ def _check_tensors(specs, where: str, owned: set) -> None:
         _bool(spec["index"], f"{at}.index")
 
 
-def check_manifest(manifest) -> None:
-    """Raise ``ManifestError`` unless ``manifest`` is a compact graph this code can build."""
+def check_manifest(manifest, held=frozenset()) -> None:
+    """Raise ``ManifestError`` unless ``manifest`` is a compact graph this code can build.
+    ``held``: the names of the nodes that run a part kept whole, which only a network built
+    in memory has (``compact_model``); a file's manifest has none, so none is accepted."""
     _dict(manifest, "manifest", ("arch", "num_classes", "in_channels", "input_shape", "exact",
                                  "kept", "pruned", "nodes", "output"))
     arch = manifest["arch"]
@@ -398,20 +437,21 @@ def check_manifest(manifest) -> None:
                 _int(x, f"manifest.{part}[{name}][{i}]")
     defined = {"input"}
     for i, node in enumerate(_list(manifest["nodes"], "manifest.nodes", 1)):
-        _check_node(node, f"manifest.nodes[{i}]", defined)
+        _check_node(node, f"manifest.nodes[{i}]", defined, held)
     out = manifest["output"]
     if type(out) is not str or out not in defined or out == "input":
         _fail("manifest.output", f"expected a node's name, got {_show(out)}")
 
 
-def _check_node(node, where: str, defined: set) -> None:
+def _check_node(node, where: str, defined: set, held) -> None:
     _dict(node, where, ("name", "op", "in", "attrs", "tensors"))
     name = node["name"]
     if type(name) is not str or not NAME.match(name) or name in defined:
         _fail(f"{where}.name", f"expected a new name n<digits>, got {_show(name)}")
     where = f"{where} ({name})"
-    op = _choice(node["op"], f"{where}.op", NODES)
-    (lo, hi), owned = NODES[op](node["attrs"], f"{where}.attrs")
+    ops = {**NODES, "held": _held} if name in held else NODES
+    op = _choice(node["op"], f"{where}.op", ops)
+    (lo, hi), owned = ops[op](node["attrs"], f"{where}.attrs")
     for j, src in enumerate(_list(node["in"], f"{where}.in", lo, hi)):
         if type(src) is not str or src not in defined:
             _fail(f"{where}.in[{j}]", f"expected an earlier node's name, got {_show(src)}")

@@ -129,6 +129,7 @@ class Affine(nn.Module):
         self.register_buffer("shift", None)
         register(self, specs)
         self.spatial, self.bn = bool(a["spatial"]), bool(a["bn"])
+        self.params = int(a.get("params", 0))  # a learnable scale's own parameters
 
     def forward(self, x):
         if self.shift is None:
@@ -164,13 +165,38 @@ class Take(nn.Module):
 
 
 class Pool(nn.Module):
+    """A pool or a resize; ``resize_like`` resizes to the height and width of its second
+    input."""
+
     def __init__(self, a: dict, specs: dict):
         super().__init__()
         self.a = dict(a)
         self.type = a["type"]
 
-    def forward(self, x):
+    def forward(self, x, *like):
+        if like:
+            return resize_to(x, like[0], self.a)
         return pool(x, self.a)
+
+
+def resize_to(x: torch.Tensor, like: torch.Tensor, a: dict) -> torch.Tensor:
+    return F.interpolate(x, size=like.shape[-2:], mode=a["mode"],
+                         align_corners=a["align_corners"])
+
+
+class Pad(nn.Module):
+    def __init__(self, a: dict, specs: dict):
+        super().__init__()
+        self.a = dict(a)
+
+    def forward(self, x):
+        return pad(x, self.a)
+
+
+def pad(x: torch.Tensor, a: dict) -> torch.Tensor:
+    """``F.pad`` of the height and width; the value only where the mode takes one."""
+    value = a["value"] if a["mode"] == "constant" else None
+    return F.pad(x, a["pad"], a["mode"], value)
 
 
 def pool(x: torch.Tensor, a: dict) -> torch.Tensor:
@@ -205,7 +231,7 @@ class SpatialSlice(nn.Module):
 class TensorOp(nn.Module):
     """An op on tensors held at full width, as the dense network computes it (``fullwidth``):
     reshape (the batch dim, then ``dims``, then the input's height and width if ``spatial``),
-    permute, sum, mean, softmax, stack, add, mul (of two tensors or by a number), an
+    permute, sum, mean, softmax, stack, add, sub, mul (of two tensors or by a number), an
     activation, a 1-D conv across the channels."""
 
     def __init__(self, a: dict, specs: dict):
@@ -234,4 +260,25 @@ class TensorOp(nn.Module):
         if fn == "act":
             return self.f(x)
         other = others[0] if others else a["number"]
+        if fn == "sub":
+            return x - other
         return x + other if fn == "add" else x * other
+
+
+class Held(nn.Module):
+    """A part of the dense network kept whole (``kept``): its piece of the dense graph, over
+    the model's own modules (copied). No manifest describes it: a network built in memory
+    gets it from ``CompactNet.hold``; a file never holds one (``storage.save_compact``)."""
+
+    def __init__(self, a: dict, specs: dict):
+        super().__init__()
+        self.piece: nn.Module | None = None
+        self.copies = False  # an in-place op: it gets copies of its inputs
+
+    def set_piece(self, piece: nn.Module, copies: bool = False) -> None:
+        self.piece, self.copies = piece, copies
+
+    def forward(self, *xs):
+        if self.copies:
+            xs = tuple(x.clone() for x in xs)
+        return self.piece(*xs)

@@ -2,23 +2,29 @@
 
 The manifest lists the compact graph's nodes as plain data (op, inputs, attributes, tensor
 shapes); ``CompactNet`` turns it into modules and an ``fx.GraphModule`` whose forward is
-generated Python — no interpreter between the ops, and nothing pickled in the file.
+generated Python — no interpreter between the ops, and nothing pickled in the file. A part
+kept whole (``kept``) is the one thing plain data cannot say: a ``held`` node runs it, the
+piece of the dense network itself, which only a network built in memory holds (``hold``);
+``storage.save_compact`` refuses such a network and points to ``export.export_pt2``.
 """
 import torch
 from torch import fx, nn
 
+from ..errors import UserError
 from ..method.graph import unwrap
 from .converter import convert
+from .inputs import declared_input_shape, missing_input
 from .joins import Join
 from .layers import FoldedConv, Linear
 from .manifest import check_manifest
-from .modules import (MODE, Act, Affine, Cached, Mul, Pool, SpatialSlice, Take, TensorOp,
-                      graph_mode)
+from .modules import (MODE, Act, Affine, Cached, Held, Mul, Pad, Pool, SpatialSlice, Take,
+                      TensorOp, graph_mode)
 from .nodes import shape_of
 from .tracing import ModelGraph
 
 MODULES = {"conv": FoldedConv, "linear": Linear, "act": Act, "affine": Affine, "mul": Mul,
-           "take": Take, "pool": Pool, "slice": SpatialSlice, "join": Join, "tensor": TensorOp}
+           "take": Take, "pool": Pool, "slice": SpatialSlice, "join": Join, "tensor": TensorOp,
+           "pad": Pad, "held": Held}
 # results that share their input's storage (an in-place activation does too, but only when
 # nothing reads its input afterwards, so its result can be taken as its own)
 _VIEWS = {"slice", "flatten"}
@@ -28,12 +34,16 @@ class CompactNet(nn.Module):
     """The compact network; ``manifest`` is the plain data it was built from, held to its
     grammar first (``manifest.check_manifest``: no stored string reaches the generated forward
     unchecked). Its tensors are uninitialised until ``load_state_dict`` (``compact_model`` and
-    ``load_compact`` do it); ``device="meta"`` builds it without memory (shapes only)."""
+    ``load_compact`` do it); ``device="meta"`` builds it without memory (shapes only).
+    ``held``: the names of the nodes that run a part kept whole (``compact_model``'s; the
+    pieces are given by ``hold``); a manifest read from a file has none.
+    ``kept_whole``: what of the dense network it keeps whole (``ModelGraph.parts``)."""
 
-    def __init__(self, manifest: dict, device="cpu"):
+    def __init__(self, manifest: dict, device="cpu", held=frozenset()):
         super().__init__()
-        check_manifest(manifest)
+        check_manifest(manifest, held)
         self.manifest = manifest
+        self.kept_whole: list = []
         root, graph = nn.Module(), fx.Graph()
         values = {"input": graph.placeholder("x")}
         with torch.device("meta"):  # no initialisation: ``load_state_dict`` fills everything
@@ -68,6 +78,16 @@ class CompactNet(nn.Module):
         finally:
             MODE.recorded, MODE.eager = before
 
+    def hold(self, pieces: dict) -> None:
+        """Give the ``held`` nodes their pieces of the dense network ({node name: (module,
+        whether it gets copies of its inputs)})."""
+        for name, (module, copies) in pieces.items():
+            self.net.get_submodule(name).set_piece(module, copies)
+
+    def holds(self) -> list[str]:
+        """The names of the nodes that run a part kept whole."""
+        return [s["name"] for s in self.manifest["nodes"] if s["op"] == "held"]
+
     def clear_cache(self) -> None:
         """Forget the cached constant maps (after editing buffers in place by hand)."""
         for m in self.modules():
@@ -87,10 +107,14 @@ class CompactNet(nn.Module):
 def _mark_in_place(manifest: dict, modules: nn.Module) -> None:
     """Let a join or an activation write into an input when nothing reads that storage later."""
     nodes = manifest["nodes"]
-    op = {"input": "input", **{s["name"]: s["op"] for s in nodes}}
+    # a held piece's result may be a view of its input, or a parameter of the dense network:
+    # read as a view of its first input, and never written into (as the input is not)
+    op = {"input": "input", **{s["name"]: "input" if s["op"] == "held" else s["op"]
+                               for s in nodes}}
     root = {"input": "input"}
     for s in nodes:
-        view = s["op"] in _VIEWS or (s["op"] == "take" and s["attrs"]["start"] >= 0)
+        view = s["op"] in _VIEWS or (s["op"] == "take" and s["attrs"]["start"] >= 0) or \
+            (s["op"] == "held" and s["in"])
         root[s["name"]] = root[s["in"][0]] if view else s["name"]
     last = {}
     for i, s in enumerate(nodes):
@@ -102,32 +126,13 @@ def _mark_in_place(manifest: dict, modules: nn.Module) -> None:
             continue
         count = len(s["attrs"]["operands"]) if s["op"] == "join" else 1
         operands = s["in"][:count]
-        flags = [op[root[src]] != "input" and last[root[src]] == i and operands.count(src) == 1
-                 for src in operands]
+        flags = [op[root[src]] != "input" and op[src] != "input" and last[root[src]] == i
+                 and operands.count(src) == 1 for src in operands]
         m = modules.get_submodule(s["name"])
         if s["op"] == "join":
             m.inplace = flags
         else:
             m.inplace = flags[0]
-
-
-def default_input_shape(model: nn.Module) -> tuple:
-    """(C, H, W) for the conversion's example input: the first conv's input channels, at the
-    first of 32 and 224 pixels the model accepts."""
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    channels = first.in_channels if first is not None else 3
-    for size in (32, 224):
-        try:
-            p = next(model.parameters())
-            was = model.training
-            model.eval()
-            with torch.no_grad():
-                model(torch.zeros(1, channels, size, size, dtype=p.dtype, device=p.device))
-            model.train(was)
-            return channels, size, size
-        except Exception:  # too small for its pools or its classifier: try the next size
-            model.train(was)
-    return channels, 224, 224
 
 
 @torch.no_grad()
@@ -141,21 +146,33 @@ def compact_model(model, pruned: dict, exact: bool = True, input_shape=None,
     modified. ``exact=False``: drop the removed channels' constants (same widths, different
     outputs: what a pruner that ignores them builds; the bench's latency floor).
     ``input_shape`` (C, H, W): the example the graph is traced with (any size works later);
-    ``arch``: the name recorded in the manifest. ``model`` may be its ``ModelGraph`` (traced
-    once for discovery and costs): the graph's input shape is then the default.
+    by default the size the model declares (``inputs``), else it is asked for. ``arch``: the
+    name recorded in the manifest. ``model`` may be its ``ModelGraph`` (traced once for
+    discovery and costs): the graph's input shape is then the default.
+
+    What the compactor has no rule for is kept whole (``kept``): run as in the dense network,
+    the convs feeding it unpruned; ``kept_whole`` lists it (``ModelGraph.parts``). A network
+    with no prunable conv at all is refused.
     """
     graph = model if isinstance(model, ModelGraph) else None
     model = graph.model if graph is not None else unwrap(model)
     if input_shape is None:
         input_shape = graph.input_shape if graph is not None and graph.input_shape else \
-            default_input_shape(model)
+            declared_input_shape(model)
+    if input_shape is None:
+        raise UserError(f"compact_model: {missing_input(model)}")
     shape = tuple(input_shape)[-3:]
     graph = graph.with_shapes(shape) if graph is not None else ModelGraph(model, shape)
+    graph.check_compactable()
     cv = convert(graph, pruned, exact=exact, check=True)
     manifest = manifest_of(graph, cv, exact, arch)
     p = next(model.parameters())
-    compact = CompactNet(manifest).to(p.dtype)  # casts floating tensors only, not indices
+    held = {name: cv.held[name] for name in (n["name"] for n in manifest["nodes"])
+            if name in cv.held}
+    compact = CompactNet(manifest, held=set(held)).to(p.dtype)  # floats only, not indices
     compact.load_state_dict({f"net.{k}": v for k, v in cv.b.state.items()}, strict=True)
+    compact.hold({name: (piece.module(), piece.mutates) for name, piece in held.items()})
+    compact.kept_whole = graph.parts()
     compact.rules_used = dict(cv.used)  # which rules of the walk fired (not saved)
     return compact.to(p.device).eval()
 

@@ -71,9 +71,30 @@ def describe(node: fx.Node, modules: dict) -> str:
     return f"{kind} {target} (fx node {node.name})"
 
 
-def refuse(node: fx.Node, modules: dict, why: str = "") -> UserError:
-    return UserError(f"cannot compact: {describe(node, modules)} is not an operation the "
-                     f"compactor understands{why}; see docs/compaction.md, 'Your own architecture'")
+class Unsupported(UserError):
+    """An op the compactor has no exact conversion for: the graph keeps it whole (its inputs
+    at full width, computed as the dense network does) rather than refusing the model."""
+
+
+def refuse(node: fx.Node, modules: dict, why: str = "") -> Unsupported:
+    return Unsupported(f"cannot compact: {describe(node, modules)} is not an operation the "
+                       f"compactor understands{why}; see docs/compaction.md, 'Your own "
+                       "architecture'")
+
+
+def op_name(node: fx.Node, modules: dict) -> str:
+    """The op a node calls, in a word: a module's type, a function's or a method's name."""
+    if node.op == "call_module":
+        return type(modules[node.target]).__name__
+    if node.op == "get_attr":
+        return "parameter"
+    return getattr(node.target, "__name__", str(node.target))
+
+
+def is_constant(node) -> bool:
+    """Is ``node`` a tensor computed from the model's parameters alone (not from the input)?
+    Marked by the graph (``tracing.ModelGraph``) before its nodes are classified."""
+    return isinstance(node, fx.Node) and node.meta.get("constant", False)
 
 
 def permutation(node: fx.Node, rank: int) -> list:

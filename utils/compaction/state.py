@@ -98,6 +98,10 @@ class Full:
     any shape (``fullwidth``: a split attention's 5-D views and its softmax across the split)."""
     node: str
     shape: tuple  # the dense shape at the traced size
+    # its dims may hold the image's height and width in another layout than (…, H, W) (a
+    # part kept whole's tokens, (N, H·W, C)): a reshape that fixed them would fit the traced
+    # size only
+    sized: bool = False
 
     def as_t(self) -> T:
         """As a tensor of computed channels: (N, C, H, W) or (N, F) only."""

@@ -33,9 +33,21 @@ def save_compact(model: CompactNet, path) -> None:
     if not isinstance(model, CompactNet):
         raise UserError(f"save_compact needs the output of compact_model, got "
                         f"{type(model).__name__}")
+    if model.holds():
+        raise UserError(f"save_compact: this compact network keeps {kept_parts(model)} of the "
+                        "dense one whole, which runs code a model_compact.pt does not hold; "
+                        "save it with export_pt2(model, path, input_shape) instead (a "
+                        "torch.export program: it loads with no pickled code)")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_save(sealed({"format": FORMAT, "version": FORMAT_VERSION,
                         "manifest": model.manifest, "state_dict": state}), str(path))
+
+
+def kept_parts(model: CompactNet) -> str:
+    """The parts a compact network keeps whole, for a message: 'stages.3.attn' and 2 more."""
+    names = [f"'{p['part']}'" if p["part"] else "the model's own forward"
+             for p in model.kept_whole] or ["parts"]
+    return names[0] + (f" and {len(names) - 1} more" if len(names) > 1 else "")
 
 
 def load_compact(path, map_location="cpu") -> CompactNet:

@@ -20,13 +20,14 @@ from .graph import PrunableConv, bn_normalised
 
 
 @contextlib.contextmanager
-def _untouched(model: nn.Module):
-    """Train mode for one forward; BN buffers, modes and RNG states as they were afterwards."""
+def _untouched(model: nn.Module, device: torch.device):
+    """Train mode for one forward; BN buffers, modes and RNG states as they were afterwards
+    (the CUDA generator of ``device`` only: a CPU run never starts CUDA)."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [{k: b.clone() for k, b in bn.named_buffers(recurse=False) if b is not None}
              for bn in bns]
     modes = {m: m.training for m in model.modules()}
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         model.train()
         try:
@@ -50,7 +51,7 @@ def channel_stds(model: nn.Module, convs: list[PrunableConv], x) -> dict[str, to
             out[name] = output.detach().transpose(0, 1).flatten(1).double().std(1, correction=0)
         handles.append(c.bn.register_forward_hook(hook))
     try:
-        with _untouched(model):
+        with _untouched(model, next(model.parameters()).device):
             model(x)
     finally:
         for h in handles:

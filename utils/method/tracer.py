@@ -9,6 +9,12 @@ affine parameters (eval mode: torch's own forward checks the input's rank in Pyt
 cannot record), then whatever the subclass applies afterwards, each op as it is: discovery
 pairs that ``F.batch_norm`` with its conv, the compactor folds it into the conv and compacts
 the rest.
+
+A module whose forward fx cannot record (shape-dependent control flow: TF "same" padding
+computed from the input size, an attention that branches on its input's shape) is recorded
+as one ``call_module`` node instead — traced *around*, its own nodes rolled back (``leaves``
+names each with fx's reason): the compactor keeps such a module whole. Only a model whose
+own forward fails is refused.
 """
 import functools
 import operator
@@ -45,6 +51,8 @@ class BatchNormTracer(fx.Tracer):
     def __init__(self):
         super().__init__()
         self._names: dict[int, str] | None = None
+        self.leaves: dict[str, str] = {}  # module fx could not trace into -> fx's reason
+        self._param_cache: dict | None = None
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _Proxy(node, self)
@@ -67,6 +75,7 @@ class BatchNormTracer(fx.Tracer):
         name = self._name_of(attr_val) if isinstance(attr_val, nn.Parameter) else None
         if name is None:
             return super().getattr(attr, attr_val, parameter_proxy_cache)
+        self._param_cache = parameter_proxy_cache  # rolled back with a failed module
         if name not in parameter_proxy_cache:
             parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
         return parameter_proxy_cache[name]
@@ -81,6 +90,20 @@ class BatchNormTracer(fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m, forward, args, kwargs):
+        name = self.path_of_module(m)
+        if name == "" or self.is_leaf_module(m, name):
+            return self._call(m, forward, args, kwargs)
+        mark, stack = self.graph._root.prev, dict(self.module_stack)
+        try:
+            return self._call(m, forward, args, kwargs)
+        except Exception as e:  # fx raises many types: control flow, unsupported calls
+            self._roll_back(mark, stack)
+            for inner in [k for k in self.leaves if k.startswith(name + ".")]:
+                del self.leaves[inner]  # rolled back with it
+            self.leaves[name] = _first_line(e)
+            return self.create_proxy("call_module", name, args, kwargs)
+
+    def _call(self, m, forward, args, kwargs):
         if not self._traced_into(m):
             return super().call_module(m, forward, args, kwargs)
         cls = m.__class__
@@ -89,6 +112,23 @@ class BatchNormTracer(fx.Tracer):
             return super().call_module(m, forward, args, kwargs)
         finally:
             m.__class__ = cls
+
+    def _roll_back(self, mark: fx.Node, stack: dict) -> None:
+        """Erase the nodes a failed module's forward recorded after ``mark``, the parameter
+        proxies among them, and the module scopes it left open."""
+        created = []
+        node = mark.next
+        while node is not self.graph._root:
+            created.append(node)
+            node = node.next
+        for node in reversed(created):
+            self.graph.erase_node(node)
+        gone = set(created)
+        if self._param_cache is not None:
+            for key in [k for k, p in self._param_cache.items() if p.node in gone]:
+                del self._param_cache[key]
+        self.module_stack.clear()
+        self.module_stack.update(stack)
 
 
 @functools.cache
@@ -106,9 +146,16 @@ def _with_traceable_normalisation(cls: type) -> type:
     return type(cls.__name__, (cls, plain), {})
 
 
-def trace_model(model: nn.Module) -> fx.GraphModule:
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:160] if text else type(e).__name__
+
+
+def trace_model(model: nn.Module) -> tuple[fx.GraphModule, dict]:
     """The fx graph of ``model``'s eval-mode forward (stochastic depth, dropout and BN act as
-    at inference); every module is left in its mode. fx's own errors propagate."""
+    at inference), and the modules recorded whole because fx could not trace into them
+    ({name: fx's reason}); every module is left in its mode. fx's own errors on the model's
+    own forward propagate."""
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
@@ -117,4 +164,4 @@ def trace_model(model: nn.Module) -> fx.GraphModule:
     finally:
         for m, training in modes.items():
             m.training = training
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    return fx.GraphModule(tracer.root, graph, type(model).__name__), dict(tracer.leaves)

@@ -19,7 +19,9 @@ What each call does:
 * ``step(epoch)`` after each training epoch, in order: the CS pass when due (summed over DDP
   ranks), the selection and the attenuation of the selected filters (every ``prune_every``
   epochs, and always after the last).
-* ``compact()`` after the last step: the physically smaller network, equal in outputs.
+* ``compact()`` after the last step: the physically smaller network, equal in outputs, traced
+  at ``input_shape`` — given, else the size of the first batch the model saw, else the one it
+  declares (timm's ``pretrained_cfg``, torchvision's weights).
 * ``state_dict()`` / ``load_state_dict()`` for your own checkpoints: resuming is bit-exact.
 
 A budget instead of rates: ``Pruner(model, "fpgm", target={"flops": 0.5}, epochs=…,
@@ -113,12 +115,15 @@ class Pruner:
         or ``cs_data``'s) now and refuse what ``compact()`` would refuse. ``hands_off``: leave
         the global RNGs as found (the training driver keeps the authors' draws: False).
         ``graph``: the model's ``ModelGraph`` when the caller has traced it already.
+        ``input_shape``: the input's (C, H, W), for what is kept whole and the compact network
+        (without it: the first batch the model sees, or the size the model declares).
         ``coupling``: "residual" makes the convs whose outputs meet in one residual sum
         select the same channels, as one layer (``method/groups.py``), so that the compact
         network's residual streams are narrow too; "none" (the default) lets every conv
         select its own."""
         self.model = options.model_of(model)
         self._graph = graph
+        self.input_shape = options.input_shape_of(input_shape)
         self.hands_off = options.switch("hands_off", hands_off)
         self.log = options.callable_or_none("log", log) or _to_logging
         self.pruning = self._pruning(method, rates, epochs, tau, attenuation, zero_scaling,
@@ -129,10 +134,12 @@ class Pruner:
         self.convs = convs if convs is not None else self.graph.prunable_convs(
             options.regex("include", include), options.regex("exclude", exclude))
         if not self.convs:
+            if convs is None and self.graph.pairs and not self.graph.prunable_convs():
+                raise UserError(f"nothing is left to prune: {self.graph.nothing_prunable()}")
             raise UserError(f"no prunable conv in this {type(self.model).__name__}: FSDP prunes "
                             "the Conv2d layers whose output goes through a BatchNorm2d; check "
                             "include=/exclude=, or prune a model that has conv→BN pairs")
-        shape = options.input_shape_of(input_shape)
+        shape = self.input_shape
         data_pass = None
         if self.pruning.method.uses_data:
             data_pass, first = self._data_pass(
@@ -159,6 +166,9 @@ class Pruner:
         self._warn_what_will_differ(optimizer, cs_every)
         self._start_hook = (self.model.register_forward_pre_hook(self._start_on_training)
                             if auto_start else None)
+        # hooks last: a refused Pruner leaves none on the user's model
+        self._input_hook = None if self.input_shape else \
+            self.model.register_forward_pre_hook(self._see_input)
 
     def _pruning(self, method, rates, epochs, tau, attenuation, zero_scaling, attenuate,
                  prune_every, target, allocation) -> Pruning:
@@ -180,7 +190,7 @@ class Pruner:
     def _check_compactable(self, shape) -> None:
         """What ``compact()`` would refuse, refused now (the model traced at ``shape``)."""
         try:
-            self.graph.with_shapes(shape).check_compactable()
+            self.graph.with_shapes(shape).check_compactable(self.convs)
         except UserError as e:
             raise UserError(f"{e} (compact() would refuse it after training; pass "
                             "check_compact=False to train and soft-prune it anyway)") from None
@@ -232,8 +242,16 @@ class Pruner:
         """The model's one traced graph: the prunable convs, a target's costs, the compact
         network (traced when first needed)."""
         if self._graph is None:
-            self._graph = ModelGraph(self.model)
+            self._graph = ModelGraph(self.model, self.input_shape)
         return self._graph
+
+    def _see_input(self, module, inputs):
+        """The model's real input: the size of the first batch it sees."""
+        x = inputs[0] if inputs else None
+        if isinstance(x, torch.Tensor) and x.dim() == 4:
+            self.input_shape = tuple(x.shape[1:])
+            self._input_hook.remove()
+            self._input_hook = None
 
     def _budget(self, input_shape, round_to: int):
         """A target's plan (uniform: now) or its maker (global: from the scores during the
@@ -372,11 +390,14 @@ class Pruner:
         if self.epoch != self.pruning.epochs - 1:
             raise UserError(f"Pruner.compact() needs the final mask: call it after "
                             f"step({self.pruning.epochs - 1}) (the last step was {self.epoch})")
-        return compact_model(self.graph, self.selected(), exact)
+        return compact_model(self.graph, self.selected(), exact, input_shape=self.input_shape)
 
     def remove(self) -> None:
         """Detach the optimizer and model hooks (the mask stays as it is)."""
         self._drop_start_hook()
+        if self._input_hook is not None:
+            self._input_hook.remove()
+            self._input_hook = None
         for h in self._hooks:
             h.remove()
         self._hooks = []

@@ -195,11 +195,13 @@ def _static_flags() -> list[Flag]:
         Flag("pretrain_path", "", str, "state dict or checkpoint to start from"),
         Flag("use_state_dict", False, None, "accepted for compatibility", resume=IGNORE,
              control=True),
-        Flag("amp", None, str, "mixed precision: bf16 on CPU, fp16 on CUDA unless bf16 is "
-             "asked", nargs="?", const="auto", choices=("auto", "bf16", "fp16")),
+        Flag("amp", None, str, "mixed precision: bf16 where the device computes it (CPUs, "
+             "GPUs from Ampere on), else fp16 with a GradScaler (docs/runs.md, 'Mixed "
+             "precision')", nargs="?", const="auto", choices=("auto", "bf16", "fp16")),
         Flag("nan_policy", "stop", str, "on a NaN/Inf loss: stop (keeping the last checkpoint) "
              "or skip the batch", resume=CHANGE, choices=("stop", "skip")),
-        Flag("deterministic", False, None, "deterministic kernels", resume=CHANGE),
+        Flag("deterministic", False, None, "deterministic kernels, no cuDNN benchmarking, no "
+             "TF32: a resume on a GPU bit for bit (a CPU's always is)", resume=CHANGE),
         Flag("keep_subnormals", False, None, "keep IEEE subnormal floats on the CPU, as the "
              "authors' loop did (bit for bit with it late in an FSDP run, where such steps ran "
              "up to 7x slower on some CPUs); by default they are flushed to zero "
@@ -207,7 +209,8 @@ def _static_flags() -> list[Flag]:
         Flag("device", None, str, "cpu, cuda, cuda:1 … (default: cuda if present)",
              resume=CHANGE, control=True),
         Flag("ngpu", None, int, "reference flag: 0 = CPU", resume=CHANGE, control=True),
-        Flag("print_freq", 200, int, "log every N batches", resume=CHANGE, control=True,
+        Flag("print_freq", 200, int, "log every N batches; the loss is checked, and under "
+             "DDP a stop polled, with it", resume=CHANGE, control=True,
              check=at_least(1)),
         Flag("eval_bn_refresh", 0, int, "also evaluate, every epoch, a copy whose BN statistics "
              "are re-estimated on N training batches (the run itself is unchanged): the test "

@@ -91,12 +91,18 @@ def _mean_band(curves: list[list[tuple[int, float]]]):
     return epochs, mean, std
 
 
+def plain(text: str) -> str:
+    """A label as it is written: run names and methods come from the runs' files, and
+    matplotlib would read ``$…$`` in them as mathematics (an unmatched ``$`` fails)."""
+    return str(text).replace("$", r"\$")
+
+
 def plot_comparison(groups, table: list[dict], path: str) -> None:
     """Left: the mean test top-1 per epoch of every group, ± its sample std as a band;
     right: the mean final top-1 (± std) against FLOPs reduction."""
     fig, (curves, trade) = plt.subplots(1, 2, figsize=(11, 4))
     for group, row in zip(groups, table):
-        label = f"{row['group']} ({row['method']}, n={row['n']})"
+        label = plain(f"{row['group']} ({row['method']}, n={row['n']})")
         epochs, mean, std = _mean_band([run.curve for run in group.runs])
         line, = curves.plot(epochs, mean, label=label)
         if row["n"] > 1:
@@ -105,11 +111,11 @@ def plot_comparison(groups, table: list[dict], path: str) -> None:
         if refreshed:
             epochs, mean, _ = _mean_band(refreshed)
             curves.plot(epochs, mean, "--", color=line.get_color(),
-                        label=f"{row['group']}, BN re-estimated")
+                        label=plain(f"{row['group']}, BN re-estimated"))
         x = 100 * (row["flops_reduction"] or 0)
         trade.errorbar([x], [row["top1_mean"]], yerr=[row["top1_std"] or 0], fmt="o",
                        color=line.get_color(), capsize=3)
-        trade.annotate(row["group"], (x, row["top1_mean"]), textcoords="offset points",
+        trade.annotate(plain(row["group"]), (x, row["top1_mean"]), textcoords="offset points",
                        xytext=(4, 4), fontsize=8)
     curves.set(xlabel="epoch", ylabel="test top-1 (%)",
                title="test top-1 per epoch (mean, band ± std over seeds)")

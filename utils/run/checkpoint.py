@@ -1,5 +1,6 @@
 """checkpoint.pt: its layout (written, read and restored here only), the RNG states it
-carries, so that a resumed run continues bit for bit, and what makes one good: the digest of
+carries (every rank's, so that a resumed run continues bit for bit: docs/runs.md, 'Resuming a
+run'), and what makes one good: the digest of
 its contents (utils/files.py), weights and optimizer state without NaN or inf, and the flags a
 resumed run must share with it."""
 import random
@@ -8,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import distributed as dist
 from ..errors import UserError
 from ..files import DIGEST_KEY, atomic_save, check_seal, safe_load, sealed
 from ..report import config
 from .engine import NonFiniteState
 
-FORMAT = "fsdp-checkpoint/2"
+FORMAT = "fsdp-checkpoint/3"  # 3: one RNG state per rank; 2: rank 0's, all GPUs' CUDA states
+READABLE = ("fsdp-checkpoint/2", FORMAT)
 
 
 def read_checkpoint(path: str, args, seed_given: bool) -> dict:
@@ -24,10 +27,11 @@ def read_checkpoint(path: str, args, seed_given: bool) -> dict:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "args" not in ckpt:
         raise UserError(f"{path} is not a checkpoint of this project; give a checkpoint.pt "
                         "written by these scripts")
-    if ckpt.get("format") != FORMAT:
+    if ckpt.get("format") not in READABLE:
         raise UserError(f"{path} was written in format {ckpt.get('format')!r} by an older version "
-                        f"of these scripts (this one reads {FORMAT!r}); finish that run with the "
-                        "version that started it, or start again with --overwrite")
+                        f"of these scripts (this one reads {' and '.join(map(repr, READABLE))}); "
+                        "finish that run with the version that started it, or start again with "
+                        "--overwrite")
     check_seal(ckpt, path)  # before its flags are read: they are part of what it covers
     bad = non_finite(ckpt)  # kept by versions that wrote a diverged state
     if bad:
@@ -62,9 +66,11 @@ def _spelled(value) -> str:
 
 
 def write_checkpoint(path: str, *, epoch: int, batch: int, epoch_state, args, data, model,
-                     optimizer, scaler, pruner, probe, history: list, wall: float) -> None:
+                     optimizer, scaler, pruner, probe, history: list, wall: float,
+                     rng: list[dict]) -> None:
     """At an epoch boundary (``epoch`` = the next epoch, ``batch`` 0) or inside one; with the
-    digest of its contents (format 2 without one: written before digests, still read)."""
+    digest of its contents (format 2 without one: written before digests, still read).
+    ``rng``: every rank's RNG states, in rank order (``rng_states``)."""
     trained = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
     refuse_non_finite(trained, epoch, batch)  # the previous checkpoint stays the last good one
     state = {"format": FORMAT, "epoch": epoch, "batch": batch, "epoch_state": epoch_state,
@@ -73,7 +79,7 @@ def write_checkpoint(path: str, *, epoch: int, batch: int, epoch_state, args, da
              "args": vars(args), **trained,
              "scaler": scaler.state_dict() if scaler else None, "mask": pruner.state_dict(),
              "probe": probe.state_dict() if probe else None,
-             "history": history, "wall_seconds": wall, "rng": rng_state()}
+             "history": history, "wall_seconds": wall, "rng": rng}
     atomic_save(sealed(state), path)
 
 
@@ -110,10 +116,12 @@ def _tensors(value, path: str):
             yield from _tensors(item, f"{path}.{i}")
 
 
-def restore_checkpoint(ckpt: dict, *, model, optimizer, scaler, pruner, probe) -> dict:
+def restore_checkpoint(ckpt: dict, *, model, optimizer, scaler, pruner, probe,
+                       device: torch.device) -> dict:
     """Load the checkpoint's states into the run's objects; returns where the run stands:
     ``epoch``, ``batch``, ``epoch_state`` (partial sums of an interrupted epoch), ``history``,
-    ``wall``, and ``digest``: whether it carried one (read_checkpoint checked it)."""
+    ``wall``, ``digest``: whether it carried one (read_checkpoint checked it), and
+    ``rng_ranks``: how many processes' RNG states it holds."""
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     pruner.load_state_dict(ckpt["mask"])
@@ -121,33 +129,62 @@ def restore_checkpoint(ckpt: dict, *, model, optimizer, scaler, pruner, probe) -
         probe.load_state_dict(ckpt["probe"])
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
-    set_rng_state(ckpt["rng"])
+    ranks = restore_rng(ckpt["rng"], device)
     return {"epoch": int(ckpt["epoch"]), "batch": int(ckpt.get("batch", 0)),
             "epoch_state": ckpt.get("epoch_state"), "history": list(ckpt["history"]),
-            "wall": float(ckpt["wall_seconds"]), "digest": DIGEST_KEY in ckpt}
+            "wall": float(ckpt["wall_seconds"]), "digest": DIGEST_KEY in ckpt,
+            "rng_ranks": ranks}
 
 
-def rng_state() -> dict:
-    """Every RNG the training touches, as tensors and numbers (weights_only-loadable)."""
+# -- RNG states: one per rank, each seeded with seed + rank (utils/run/trainer.py) -------------
+
+def rng_states(device: torch.device) -> list[dict]:
+    """Every rank's RNG states, in rank order, on every rank (a collective under DDP)."""
+    return dist.all_gather_object(rng_state(device))
+
+
+def rng_state(device: torch.device) -> dict:
+    """This process's RNGs, as tensors and numbers (weights_only-loadable): Python's, numpy's,
+    torch's CPU generator and, on a GPU, the generator of this rank's device only (asking for
+    every visible GPU's would start CUDA on each of them, and a resume with fewer visible
+    could not put them back)."""
     py = random.getstate()
     np_state = np.random.get_state()
     state = {"python_version": py[0], "python": torch.tensor(py[1], dtype=torch.int64),
              "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
              "numpy_pos": int(np_state[2]), "numpy_gauss": [int(np_state[3]), float(np_state[4])],
              "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda_device"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def restore_rng(saved, device: torch.device) -> int:
+    """Put back this rank's RNG states from a checkpoint's ``rng``: a list, one per rank
+    (format 3), or rank 0's alone (format 2). A rank the checkpoint holds none for (the run
+    now has more processes) keeps the fresh seeding it started with, seed + rank: the resume
+    goes on, but not bit for bit (another world size splits every batch otherwise anyway).
+    Returns how many ranks' states the checkpoint holds."""
+    states = saved if isinstance(saved, list) else [saved]
+    if dist.rank() < len(states):
+        _set_rng_state(states[dist.rank()], device)
+    return len(states)
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
     random.setstate((state["python_version"], tuple(state["python"].tolist()), None))
     has_gauss, gauss = state["numpy_gauss"]
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32),
                          state["numpy_pos"], has_gauss, gauss))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type != "cuda":  # a CPU run (or one resumed on the CPU) leaves CUDA alone
+        return
+    if "cuda_device" in state:
+        torch.cuda.set_rng_state(state["cuda_device"], device)
+    else:  # format 2: one state per GPU that was visible, this device's at its index
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index < len(state.get("cuda", ())):
+            torch.cuda.set_rng_state(state["cuda"][index], device)
 
 
 def read_for_compaction(path, allow_unfinished: bool = False) -> tuple:
@@ -210,3 +247,17 @@ def _refuse_unfinished(ckpt: dict, path) -> None:
         raise UserError(f"{path} is the checkpoint of an unfinished run (after {done} of "
                         f"{epochs} epochs): its selected filters are not zero yet; finish it with "
                         "--resume auto, or pass --allow_unfinished to compact it as it is")
+
+
+def restore_checked(ckpt: dict, path, **objects) -> dict:
+    """``restore_checkpoint``, one line naming the file where a part of it does not fit the
+    run's objects (a checkpoint is read from disk: sealed, yet edited by hand, or of another
+    version of these scripts)."""
+    try:
+        return restore_checkpoint(ckpt, **objects)
+    except UserError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+        first = " ".join(str(e).split())[:160] or type(e).__name__
+        raise UserError(f"checkpoint {path} does not fit this run ({first}); use an earlier "
+                        "copy or start again with --overwrite") from None

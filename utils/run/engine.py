@@ -1,6 +1,5 @@
 """Device-agnostic training and evaluation loops; both return dicts of averages."""
 import copy
-import math
 import time
 
 import torch
@@ -9,7 +8,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..batches import autocast, prepare
-from ..distributed import all_reduce_sum, is_main, world_size
+from ..distributed import agree_max, all_reduce_sum, is_dist, is_main, world_size
 from ..faults import crash_point
 
 
@@ -72,13 +71,18 @@ def train_one_epoch(model, loader, optimizer, device, epoch: int, scaler=None,
                     amp_dtype=None, log=None, print_freq: int = 200, nan_policy: str = "stop",
                     should_stop=None, start_batch: int = 0, resume_state=None,
                     transform=None) -> dict:
-    """One epoch of SGD. The pruner's gradient scaling (docs/method.md) is a step pre-hook of the
-    optimizer (``utils.pruner``): it runs between backward (and a GradScaler's unscale) and the
-    step, as it would in anyone's loop.
+    """One epoch of SGD. The pruner's gradient scaling (docs/method.md) is a step pre-hook of
+    the optimizer (``utils.pruner``): it runs between backward (and a GradScaler's unscale) and
+    the step, as it would in anyone's loop.
 
-    ``should_stop()`` is polled after every batch: when it says so the epoch ends early with
-    ``interrupted`` set, and ``state`` (batches done, running sums) lets a later call resume it
-    with ``start_batch``/``resume_state`` exactly where it stopped.
+    No batch waits for the device: whether a loss was not finite, and whether any rank was
+    asked to stop, are read every ``print_freq`` batches and at the end (``_Watch``). A
+    non-finite loss then raises ``NonFiniteLoss`` naming the first such batch, on every rank
+    alike; ``nan_policy="skip"`` decides before each step instead (``_Skipper``).
+
+    ``should_stop()``: whether this process was asked to stop. When the ranks agree that one
+    was, the epoch ends early with ``interrupted`` set, and ``state`` (batches done, running
+    sums) lets a later call resume it with ``start_batch``/``resume_state`` exactly there.
     """
     model.train()
     meter = _Meter(device)
@@ -91,35 +95,21 @@ def train_one_epoch(model, loader, optimizer, device, epoch: int, scaler=None,
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if is_main() else True,
                dynamic_ncols=True, initial=start_batch, total=total)
     interrupted = False
-    # a skipped batch leaves no trace: its forward pass would still have folded its overflow
-    # into the BatchNorm running statistics, which the next checkpoint then refuses
-    statistics = _running_statistics(model) if nan_policy == "skip" else None
+    watch = _Watch(device, should_stop)
+    skipper = _Skipper(model) if nan_policy == "skip" else None
     for i, batch in enumerate(bar, start=start_batch):
         x, y = prepare(batch, device, transform, "train")
-        before = [s.clone() for s in statistics] if statistics else None
+        if skipper is not None:
+            skipper.remember_statistics()
         with autocast(device, amp_dtype):
             logits = model(x)
             loss = F.cross_entropy(logits, y)
         done = i + 1
-        if not math.isfinite(loss.item()):
-            if nan_policy != "skip":
-                raise NonFiniteLoss(epoch, i)
-            skipped += 1
-            for statistic, saved in zip(statistics or (), before or ()):
-                statistic.copy_(saved)
-        else:
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+        if _step(loss, optimizer, scaler, skipper):
             meter.update(loss, logits.float(), y)
+            watch.note(loss, i)
+        else:
+            skipped += 1
         crash_point(f"train:{epoch}:{i}")
         if i % print_freq == 0 or done == total:
             loss_avg, top1_avg = meter.running()
@@ -127,7 +117,7 @@ def train_one_epoch(model, loader, optimizer, device, epoch: int, scaler=None,
             if log is not None and i % print_freq == 0:
                 log(f"  epoch {epoch} [{i:4d}/{total}] loss {loss_avg:.4f} top1 {top1_avg:.2f}",
                     echo=False)
-        if should_stop is not None and done < total and should_stop():
+        if watch.due(i, done, total, print_freq) and watch.stop_agreed(epoch) and done < total:
             interrupted = True
             break
     bar.close()
@@ -136,6 +126,93 @@ def train_one_epoch(model, loader, optimizer, device, epoch: int, scaler=None,
     out.update(skipped=skipped, seconds=time.time() - start, interrupted=interrupted,
                batches=done, state=state)
     return out
+
+
+def _step(loss, optimizer, scaler, skipper) -> bool:
+    """Backward and the optimizer's step; False when ``skipper`` skips the batch."""
+    optimizer.zero_grad(set_to_none=True)
+    if skipper is not None:
+        loss = skipper.flagged(loss)
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    if skipper is not None and skipper.skips(scaler):
+        return False
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return True
+
+
+_NO_BATCH = float(2 ** 53)  # "no non-finite loss yet": above any batch index, exact in float64
+
+
+class _Watch:
+    """What an epoch learns only now and then, so that no batch waits for the device: the
+    first batch whose loss was not finite (kept on the device) and whether a stop was asked,
+    agreed over the DDP ranks in one small all-reduce every ``print_freq`` batches and at the
+    end of the epoch — at the same batches on every rank, so all stop together. Alone, a
+    stop request (a flag on the host) is acted on after the batch it arrives in."""
+
+    def __init__(self, device, should_stop):
+        self.first_bad = torch.full((), _NO_BATCH, dtype=torch.float64, device=device)
+        self.requested = should_stop or (lambda: False)
+
+    def note(self, loss: torch.Tensor, i: int) -> None:
+        """Batch ``i`` is the first non-finite one if its loss is not finite and none was."""
+        self.first_bad = torch.where(loss.detach().isfinite(), self.first_bad,
+                                     self.first_bad.clamp(max=i))
+
+    def due(self, i: int, done: int, total: int, print_freq: int) -> bool:
+        return i % print_freq == 0 or done == total or (not is_dist() and self.requested())
+
+    def stop_agreed(self, epoch: int) -> bool:
+        """Whether any rank was asked to stop; raises NonFiniteLoss on every rank when any
+        rank's loss was not finite (the gradient all-reduce has spread it to all weights)."""
+        flags = torch.stack([self.first_bad.new_tensor(float(self.requested())),
+                             -self.first_bad])
+        stop, first_bad = agree_max(flags)
+        if -first_bad < _NO_BATCH:
+            raise NonFiniteLoss(epoch, int(-first_bad))
+        return bool(stop)
+
+
+class _Skipper:
+    """``--nan_policy skip``: a batch whose loss is not finite on any rank is skipped on every
+    rank, leaving no trace — its forward pass would still have folded its overflow into the
+    BatchNorm running statistics (which the next checkpoint then refuses), so they are put
+    back. The ranks learn of it through the gradient all-reduce they make anyway: a rank whose
+    loss is not finite adds NaN × one weight (the sentinel) to its loss, so that weight's
+    gradient is NaN on every rank after the all-reduce, and every rank reads the same number.
+    The decision precedes the step: one read of the device per batch, the price of this
+    policy (the default, stop, reads none)."""
+
+    def __init__(self, model: nn.Module):
+        self.statistics = _running_statistics(model)
+        self.saved: list[torch.Tensor] = []
+        weight = next(p for p in model.parameters() if p.requires_grad)
+        self.sentinel, self.first = weight, (0,) * weight.dim()  # its first element, any layout
+
+    def remember_statistics(self) -> None:
+        self.saved = [s.clone() for s in self.statistics]
+
+    def flagged(self, loss: torch.Tensor) -> torch.Tensor:
+        """``loss``, plus NaN × the sentinel where it is not finite (+0 × it otherwise: the
+        same loss, the same gradients)."""
+        nan_if_bad = torch.where(loss.detach().isfinite(), 0.0, float("nan"))
+        return loss + nan_if_bad * self.sentinel[self.first]
+
+    def skips(self, scaler) -> bool:
+        """After backward: whether the batch is skipped; if so, its traces are undone. A
+        GradScaler lowers its scale as after a step of its own with non-finite gradients."""
+        if not torch.isnan(self.sentinel.grad[self.first]).item():
+            return False
+        for statistic, saved in zip(self.statistics, self.saved):
+            statistic.copy_(saved)
+        if scaler is not None:
+            scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
+        return True
 
 
 def _running_statistics(model: nn.Module) -> list[torch.Tensor]:

@@ -249,8 +249,9 @@ def folder_state(job: Job, wanted: dict) -> str:
     diff = first_difference(recorded, wanted)
     if diff is not None:
         key, old, new = diff
-        raise UserError(f"{job.folder} holds a run made with --{key} {old}, this grid asks for "
-                        f"{new}; give the grid another --save_path, or the flags of that run")
+        raise UserError(f"{job.folder} holds a run made with --{key} {_short(old)}, this grid "
+                        f"asks for {_short(new)}; give the grid another --save_path, or the flags "
+                        "of that run")
     if os.path.isfile(os.path.join(job.folder, "summary.json")):
         return FINISHED
     return UNFINISHED
@@ -266,6 +267,13 @@ def refuse_busy_folders(jobs: list[Job], states: dict) -> None:
                                                 "another --save_path")
             except UserError as e:
                 raise UserError(f"{job.name}: {e}") from None
+
+
+def _short(value) -> str:
+    """A value from a run's args.json for a one-line message: short, and printable."""
+    text = str(value)
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= 60 else text[:57] + "…"
 
 
 # --- what --dry_run prints and --slurm writes --------------------------------------------------

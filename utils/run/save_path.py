@@ -9,9 +9,12 @@ from . import lock
 
 SNAPSHOT_FILES = ("checkpoint.pt", "metrics.csv", "summary.json", "args.json", "log.txt",
                   "curves.png", "schedule.png", "model_compact.pt")
+# every file a run may write: a network with parts kept whole is a torch.export program
+# (model_compact.pt2) instead of model_compact.pt
+RUN_FILES = SNAPSHOT_FILES + ("model_compact.pt2",)
 # what a run starting afresh would overwrite of an earlier one: a --resume auto without a
 # checkpoint must not (the checkpoint deleted to save space, say)
-RESULT_FILES = ("metrics.csv", "summary.json", "model_compact.pt")
+RESULT_FILES = ("metrics.csv", "summary.json", "model_compact.pt", "model_compact.pt2")
 BUSY_FIX = "wait for it to finish, or choose another --save_path"
 
 
@@ -30,7 +33,7 @@ def check_save_path(args) -> str | None:
         resume = auto if os.path.isfile(auto) else None
         if resume is None:
             _refuse_results_without_checkpoint(path)
-    present = [f for f in SNAPSHOT_FILES if os.path.exists(os.path.join(path, f))]
+    present = [f for f in RUN_FILES if os.path.exists(os.path.join(path, f))]
     if present and not (args.resume or args.overwrite):
         raise UserError(f"--save_path {path} already holds a run ({present[0]}); add --resume auto "
                         "to continue it, --overwrite to replace it, or choose another --save_path")
@@ -41,7 +44,7 @@ def file_identities(path: str) -> dict:
     """Every run file's identity (inode, size, mtime): taken when the folder is checked and
     again once it is locked, it shows whether another process wrote in between."""
     state = {}
-    for name in SNAPSHOT_FILES:
+    for name in RUN_FILES:
         try:
             st = os.lstat(os.path.join(path, name))
         except OSError:  # absent (or the folder is: prepare_save_path says why)
@@ -68,7 +71,7 @@ def prepare_save_path(path: str, overwrite: bool, checked: dict | None = None) -
     _probe(path)
     remove_stale_temporaries(path)
     if overwrite:
-        for name in SNAPSHOT_FILES:
+        for name in RUN_FILES:
             _remove_old(os.path.join(path, name))
 
 
@@ -79,7 +82,7 @@ def _refuse_links(path: str, overwrite: bool) -> None:
     if os.path.islink(link):
         raise UserError(f"{link} is a symbolic link (to {os.readlink(link)}); a run writes only "
                         "inside its --save_path: replace the link by a folder")
-    for name in () if overwrite else SNAPSHOT_FILES:
+    for name in () if overwrite else RUN_FILES:
         link = os.path.join(path, name)
         if os.path.islink(link):
             raise UserError(f"{link} is a symbolic link (to {os.readlink(link)}); a run writes "

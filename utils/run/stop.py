@@ -1,7 +1,8 @@
 """Ctrl-C / SIGTERM: finish the current batch, write a resumable checkpoint, then exit.
 
 A second Ctrl-C raises KeyboardInterrupt at once (the last checkpoint on disk stays valid).
-Under DDP the ranks agree on stopping, so none waits forever for a collective.
+Under DDP the ranks agree on stopping, so none waits forever for a collective: between epochs
+(``agreed``) and, inside one, every --print_freq batches (utils/run/engine.py).
 """
 import signal
 import threading
@@ -12,7 +13,8 @@ from .. import distributed as dist
 
 
 class StopRequest:
-    def __init__(self):
+    def __init__(self, device: torch.device | None = None):
+        self.device = device or torch.device("cpu")  # where the ranks' collectives run
         self.signum = None
         self._previous = {}
 
@@ -31,17 +33,18 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
+    def requested(self) -> bool:
+        """Whether this process has been asked to stop (no collective)."""
+        return self.signum is not None
+
     def agreed(self) -> bool:
         """True when this rank — or, under DDP, any rank — has been asked to stop."""
         if not dist.is_dist():
-            return self.signum is not None
-        flag = torch.tensor([0.0 if self.signum is None else 1.0])
-        if torch.distributed.get_backend() == "nccl":
-            flag = flag.cuda()
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        if flag.item() and self.signum is None:
+            return self.requested()
+        flag, = dist.agree_max(torch.tensor([float(self.requested())], device=self.device))
+        if flag and self.signum is None:
             self.signum = signal.SIGTERM
-        return bool(flag.item())
+        return bool(flag)
 
     @property
     def name(self) -> str:

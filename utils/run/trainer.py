@@ -18,7 +18,7 @@ from models import MODELS, build_model
 from . import loaders, lock
 from .. import distributed as dist
 from .. import subnormals
-from ..compaction import ModelGraph, NetworkCost, compact_model, save_compact
+from ..compaction import ModelGraph, NetworkCost, compact_model, export_pt2, save_compact
 from ..errors import OptionError, UserError, WriteFault
 from ..method.attenuation import AttenuationProbe
 from ..method.budget import TOLERANCE
@@ -29,8 +29,8 @@ from ..report.figures import asked_keep_ratio, compaction_figures
 from ..report.logger import RunLog
 from ..report.plots import plot_curves, plot_schedule
 from ..report.summary import run_summary
-from .checkpoint import (read_checkpoint, refuse_non_finite, restore_checkpoint, resume_changes,
-                         write_checkpoint)
+from .checkpoint import (read_checkpoint, refuse_non_finite, restore_checked, resume_changes,
+                         rng_states, write_checkpoint)
 from .cli import check_args, cli_words, pruning_from_args, record_defaults
 from .data import Data
 from .engine import NonFinite, evaluate, lr_at, refreshed_bn_copy, train_one_epoch
@@ -75,7 +75,8 @@ def _main(args, make_data, check) -> int:
     except NonFinite as e:
         if args.debug:
             raise
-        print(f"error: {e}; {_after_non_finite(args.save_path)}", file=sys.stderr)
+        if dist.is_main():  # every rank stops at the same batch and says the same: one line
+            print(f"error: {e}; {_after_non_finite(args.save_path)}", file=sys.stderr)
         return 3
     finally:
         lock.release(args.save_path)
@@ -138,7 +139,7 @@ def run(args, make_data, pruning: Pruning | None = None) -> int:
         trainer.restore(ckpt, resume, resume_changes(ckpt, args))
     else:
         trainer.start()
-    with StopRequest() as stop:
+    with StopRequest(device) as stop:
         code = trainer.train_epochs(stop)
     if code is not None:
         return code
@@ -175,18 +176,52 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    choose_kernels(deterministic)
+
+
+def choose_kernels(deterministic: bool) -> None:
+    """How CUDA picks its kernels (a CPU run is bit for bit either way; docs/runs.md,
+    'Resuming a run'). By default cuDNN times its algorithms and keeps the fastest, and convs
+    run in TF32, torch's default: fast, and a resumed run differs in the last bits.
+    ``--deterministic``: deterministic kernels (torch warns once, naming it, for an op that
+    has none), no benchmarking, TF32 off in convs and matrix products."""
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = not deterministic
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def amp_dtype(args, device) -> torch.dtype | None:
+    """``--amp``'s autocast dtype: bfloat16 where the device computes it (``auto``, the
+    default), else float16 (with a GradScaler); ``bf16``/``fp16`` as asked. bfloat16 keeps
+    float32's exponent range, which FSDP needs: its attenuated filters shrink by ζ every epoch
+    and leave float16's normal range (6e-5) long before float32's (docs/runs.md, 'Mixed
+    precision')."""
     if not args.amp:
         return None
-    if args.amp == "bf16" or device.type != "cuda":
-        return torch.bfloat16
-    return torch.float16
+    if args.amp == "fp16" or (args.amp == "auto" and not computes_bf16(device)):
+        return torch.float16
+    return torch.bfloat16
+
+
+def computes_bf16(device: torch.device) -> bool:
+    """Whether ``device`` has bfloat16 arithmetic of its own (a CPU always through torch's
+    kernels; a GPU from Ampere on — emulation on older ones is slower than float32)."""
+    if device.type != "cuda":
+        return True
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def amp_warning(args, device) -> str | None:
+    """The line a run logs when ``--amp`` falls back to float16."""
+    if args.amp == "auto" and amp_dtype(args, device) == torch.float16:
+        return (f"warning: --amp: {device} has no bfloat16, so this run trains in float16 with "
+                "a GradScaler; FSDP's attenuated filters leave float16's range sooner than "
+                "float32's (docs/runs.md, 'Mixed precision')")
+    return None
 
 
 def _check_data(args, data: Data, device) -> None:
@@ -238,9 +273,6 @@ class Trainer:
         # locked from here to the end of the process (of ``main``: ``lock.release``)
         prepare_save_path(args.save_path, args.overwrite, checked)
         self.log = RunLog(args.save_path, args.tensorboard)
-        for message, echo in self._early:  # the pruner's warnings from before the log existed
-            if message.startswith("warning: "):
-                self.log(message, echo)
         self.pruner.set_log(self.log)
         self.method = self.pruning.method
         # the effective attenuation (utils/method/attenuation.py), if anything is pruned
@@ -303,6 +335,13 @@ class Trainer:
                  f"{self.device}, {dist.world_size()} process(es), effective batch "
                  f"{self.batch * dist.world_size()}, base lr {args.learning_rate:g}")
         self.log.args(dict(vars(args)))
+        for message, echo in self._early:  # the pruner's warnings, from before the log existed
+            if message.startswith("warning: "):
+                self.log(message, echo)
+        self._log_device_notes()
+        kept = self.graph.kept_line()
+        if kept:  # what the compactor has no rule for: run as it is, the convs feeding it too
+            self.log(kept)
         self._log_rounding()
         for line in self.pruner.plan_lines():
             self.log(line)
@@ -324,8 +363,9 @@ class Trainer:
         """Continue from ``ckpt``; ``changes``: the flags given other values than the
         checkpoint's (only those that may change), logged now and recorded in args.json with
         the next checkpoint."""
-        where = restore_checkpoint(ckpt, model=self.model, optimizer=self.optimizer,
-                                   scaler=self.scaler, pruner=self.pruner, probe=self.probe)
+        where = restore_checked(ckpt, path, model=self.model, optimizer=self.optimizer,
+                                scaler=self.scaler, pruner=self.pruner, probe=self.probe,
+                                device=self.device)
         self.history, self.wall = where["history"], where["wall"]
         self.start_epoch, self.start_batch = where["epoch"], where["batch"]
         self.pruner.continue_after(self.start_epoch - 1)
@@ -336,9 +376,15 @@ class Trainer:
         if not where["digest"]:
             self.log(f"note: {path} carries no digest (written before checkpoints had one), so "
                      "its contents could not be checked")
+        if where["rng_ranks"] != dist.world_size():
+            self.log(f"note: {path} holds the random states of {where['rng_ranks']} process(es), "
+                     f"this run has {dist.world_size()}: each rank restores its own where there "
+                     "is one and keeps its fresh seed otherwise, so the run goes on, but not bit "
+                     "for bit (docs/runs.md, 'Resuming a run')")
         for key, (old, new) in (changes or {}).items():
             self.log(f"--{key} changed on resume at {at}: {old} → {new}")
         self._args_changed = bool(changes)
+        self._log_device_notes()
 
     def train_epochs(self, stop) -> int | None:
         """Train until the last epoch; an exit code when stopped early (resumable)."""
@@ -372,12 +418,13 @@ class Trainer:
         self.train_loader.sampler.set_epoch(epoch, self.start_batch * self.batch)
         train = train_one_epoch(self.net, self.train_loader, self.optimizer, self.device, epoch,
                                 self.scaler, self.amp_dtype, self.log, args.print_freq,
-                                args.nan_policy, stop.agreed if stop else None, self.start_batch,
+                                args.nan_policy, stop.requested if stop else None, self.start_batch,
                                 self.epoch_state, self.data.batch_transform)
         self.start_batch, self.epoch_state = 0, None
         train["lr"] = lr
         if train["interrupted"]:
             return train
+        dist.broadcast_buffers(self.model)  # every rank goes on with the same BN statistics
         # what the selection this epoch trained with left of its channels, before the update
         train["attenuation"] = (self.probe.observe(self.model, self.pruner.selected())
                                 if self.probe else None)
@@ -390,6 +437,7 @@ class Trainer:
         t0 = time.time()
         train = self.train_and_prune(epoch, stop)
         if train["interrupted"]:
+            stop.agreed()  # every rank stopped here; one not signalled itself takes SIGTERM
             self.wall += time.time() - t0
             state = train["state"]  # partial sums of all ranks; rank 0 resumes with them
             state["sums"] = dist.all_reduce_sum(state["sums"].to(self.device)).cpu()
@@ -438,6 +486,11 @@ class Trainer:
         summary = run_summary(self.args, self.pruning, self.pruner, self.history,
                               self.dense_cost, self.wall)
         summary["compact"] = self._compact()
+        parts = self.graph.parts()
+        if parts:  # the convs kept whole, at their full width
+            summary["kept_whole"] = parts
+            summary["kept_per_layer"].update(
+                {c: self.graph.modules[c].out_channels for p in parts for c in p["convs"]})
         budget = summary.get("target")
         if budget and abs(budget["reached"] - budget["fraction"]) > TOLERANCE:
             self.log(f"warning: the compact network keeps {budget['reached']:.4f} of the dense "
@@ -449,7 +502,7 @@ class Trainer:
         self.log(f"done: final pruned top1 {summary['final_top1']:.2f}"
                  + (f", compact network top1 {c['top1']:.2f}, FLOPs "
                     f"−{100 * c['flops_reduction']:.1f}%, params −{100 * c['params_reduction']:.1f}%"
-                    " (model_compact.pt)" if c else "")
+                    f" ({c['path'] or 'not saved'})" if c else "")
                  + f" → {self.args.save_path}")
         return summary
 
@@ -458,12 +511,13 @@ class Trainer:
         """checkpoint.pt; a state with NaN or inf is not written (NonFiniteState). After the
         first one of a resume that changed flags, args.json holds them too: the folder changes
         only once the run with them has a checkpoint (a full disk before leaves it as it was)."""
+        rng = rng_states(self.device)  # every rank's: each was seeded with seed + rank
         if dist.is_main():
             write_checkpoint(os.path.join(self.args.save_path, "checkpoint.pt"), epoch=epoch,
                              batch=batch, epoch_state=state, args=self.args, data=self.data,
                              model=self.model, optimizer=self.optimizer, scaler=self.scaler,
                              pruner=self.pruner, probe=self.probe, history=self.history,
-                             wall=self.wall)
+                             wall=self.wall, rng=rng)
             if self._args_changed:
                 self.log.args(dict(vars(self.args)))
         else:  # the same refusal on every rank (the replicas are equal): none waits for rank 0
@@ -494,6 +548,16 @@ class Trainer:
         """Every prunable layer's width for schedule.png (a pruned run only)."""
         return self.pruner.widths() if self.pruner.active else None
 
+    def _log_device_notes(self) -> None:
+        """What this device makes of --amp and of the resume promise (docs/runs.md)."""
+        warning = amp_warning(self.args, self.device)
+        if warning:
+            self.log(warning)
+        if self.device.type == "cuda" and not self.args.deterministic:
+            self.log("note: cuDNN picks the fastest kernels it finds and convs run in TF32, so a "
+                     "resumed run differs from an uninterrupted one in the last bits; "
+                     "--deterministic makes a resume bit for bit (docs/runs.md, 'Resuming a run')")
+
     def _log_rounding(self) -> None:
         """--round_to: how many filters every layer keeps, and what it gives up for that."""
         if self.args.round_to <= 1 or not self.pruner.active or self.pruning.target:
@@ -519,27 +583,50 @@ class Trainer:
         self._drawn = time.monotonic()
 
     def _compact(self) -> dict | None:
-        """The physically smaller network: built, saved and measured (model_compact.pt); the
-        figures are compact.py's, from one function (``report.figures.compaction_figures``)."""
+        """The physically smaller network: built, saved and measured (model_compact.pt, or
+        model_compact.pt2 when it keeps parts of the dense one whole); the figures are
+        compact.py's, from one function (``report.figures.compaction_figures``)."""
         args, pruner = self.args, self.pruner
         try:
             compact = compact_model(self.graph, self.pruner.selected(),
                                     input_shape=self.data.input_shape, arch=args.arch)
-        except UserError as e:  # an architecture compaction does not know: the run still counts
+        except UserError as e:  # a conversion the user must fix: the run still counts
             self.log(f"warning: no compact network ({e})")
             return None
-        if dist.is_main():
-            save_compact(compact, os.path.join(args.save_path, "model_compact.pt"))
+        path = self._save_compact(compact) if dist.is_main() else None
         test = self._evaluate(compact)
         keep = 1 - pruner.total_selected() / max(pruner.total_filters(), 1)
         nominal = asked_keep_ratio(self.pruning.rates, keep, self.pruning.target is not None)
         figures = compaction_figures(self.graph, compact, self.data.input_shape, args.arch,
                                      keep, nominal)
-        return {"path": "model_compact.pt", "top1": test["top1"], "top5": test["top5"],
+        return {"path": path, "top1": test["top1"], "top5": test["top5"],
                 "loss": test["loss"], **figures}
+
+    def _save_compact(self, compact) -> str | None:
+        """model_compact.pt; a network that keeps parts of the dense one whole (code, which the
+        plain-data file cannot hold) as a torch.export program, model_compact.pt2, said in the
+        log. Its name in the run folder, or None when torch.export cannot record it."""
+        if not compact.holds():
+            save_compact(compact, os.path.join(self.args.save_path, "model_compact.pt"))
+            return "model_compact.pt"
+        try:
+            export_pt2(compact, os.path.join(self.args.save_path, "model_compact.pt2"),
+                       (1, *self.data.input_shape))
+        except UserError as e:
+            self.log(f"warning: the compact network keeps parts whole and {e}: no file of it "
+                     "was written")
+            return None
+        self.log("compact network: model_compact.pt2, a torch.export program "
+                 "(torch.export.load(path).module()), as it keeps parts whole that a "
+                 "model_compact.pt cannot hold")
+        return "model_compact.pt2"
 
 
 def _prunable(graph: ModelGraph, args) -> list:
+    if not graph.prunable_convs():
+        raise UserError(f"--arch {args.arch}: nothing is left to prune: "
+                        f"{graph.nothing_prunable()}; see docs/compaction.md, 'What is kept "
+                        "whole'")
     convs = graph.prunable_convs(args.prune_include, args.prune_exclude, args.layer_begin,
                                  args.layer_end, args.layer_inter)
     if not convs:

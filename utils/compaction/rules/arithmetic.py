@@ -1,16 +1,20 @@
-"""Arithmetic: residual adds of two tensors, products (squeeze-excitation: a per-channel scale),
-and additions, products and divisions by a number.
+"""Arithmetic: residual adds and differences of two tensors, products (squeeze-excitation: a
+per-channel scale), and additions, subtractions, products and divisions by a number or by a
+per-channel tensor of the parameters (a learnable scale or shift: timm's layer scale, HGNet's
+learnable affine block).
 
 A sum keeps its operands' computed channels (completed to full width once they cover half of
-them, so the next residual add can write into it); constants add up in float64. A product by a
-per-sample scale leaves a uniform channel as a ``Scaled`` one until a conv takes it in.
+them, so the next residual add can write into it); constants add up in float64. A difference
+is the sum with the second operand negated. A product by a per-sample scale leaves a uniform
+channel as a ``Scaled`` one until a conv takes it in. A number or a per-channel parameter makes
+an affine map per channel, its values read when the conversion runs.
 """
 import operator
 
 import torch
 
 from ..materialise import fold, gather, join, realise, settle
-from ..nodes import Op, number, refuse, shape_of, tensors
+from ..nodes import Op, is_constant, number, refuse, shape_of, tensors
 from ..state import Maps, Ref, Scaled, T, positions
 from .registry import register_rule
 from .rule import Rule, same_width
@@ -32,18 +36,34 @@ class _Arithmetic(Rule):
 
     def full_width_attrs(self, cv, op):
         n = op.attrs.get("number")
+        if op.attrs.get("constant") is not None or op.attrs.get("reversed"):
+            raise refuse(op.node, cv.modules, " (of a regrouped view of the channels)")
+        if op.kind == "sub" and n is not None:
+            return {"fn": "add", "number": -float(n)}
         return {"fn": op.kind, "number": None if n is None else float(n)}
 
 
 @register_rule
 class Add(_Arithmetic):
-    """``add``: a residual add, or + a number."""
+    """``add``: a residual add, or + a number or a per-channel parameter."""
     kind = "add"
     functions = (operator.add, operator.iadd, torch.add)
     methods = ("add", "add_")
 
     def convert(self, cv, op):
         return convert_add(cv, op)
+
+
+@register_rule
+class Sub(_Arithmetic):
+    """``sub``: a difference of two tensors (FastViT's ``mixer(x) - norm(x)``), or − a number
+    or a per-channel parameter, either way round."""
+    kind = "sub"
+    functions = (operator.sub, operator.isub, torch.sub)
+    methods = ("sub", "sub_")
+
+    def convert(self, cv, op):
+        return convert_sub(cv, op)
 
 
 @register_rule
@@ -60,6 +80,9 @@ class Mul(_Arithmetic):
         x, divisor = node.args[:2]
         if number(divisor) and divisor != 0:
             return Op(self.kind, node, [x], {"number": 1.0 / divisor})
+        if is_constant(divisor) and not is_constant(x) and _per_channel(divisor, x, node):
+            return Op(self.kind, node, [x], {"number": None, "constant": divisor,
+                                             "inverse": True})
         return None
 
     def convert(self, cv, op):
@@ -75,19 +98,75 @@ def _unexpanded(value):
 
 
 def _binary(kind, node, modules, operands) -> Op:
+    """Two tensors, or one and a number, or one and a per-channel tensor of the parameters
+    (``constant``); ``reversed``: the tensor is the second operand."""
     operands = [_unexpanded(v) for v in operands]
-    found = tensors(operands)
+    constants = [v for v in operands if is_constant(v)]
+    found = [v for v in tensors(operands) if not is_constant(v)]
     numbers = [v for v in operands if number(v)]
-    if len(found) == 2 or (len(found) == 1 and len(numbers) == 1):
-        return Op(kind, node, found, {"number": numbers[0] if numbers else None})
+    other = numbers or constants
+    if len(found) == 2 or (len(found) == 1 and len(other) == 1):
+        attrs = {"number": numbers[0] if numbers else None, "reversed": operands[0] is not found[0]}
+        if constants:
+            if not _per_channel(constants[0], found[0], node):
+                raise refuse(node, modules, " (by a tensor of the parameters that is not one "
+                                            "value per channel)")
+            attrs["constant"] = constants[0]
+        return Op(kind, node, found, attrs)
     raise refuse(node, modules)
+
+
+def _per_channel(constant, x, node) -> bool:
+    """Does ``constant`` broadcast over ``x`` (an image or features) as one value per channel
+    (or one for all), leaving ``x``'s shape as it is?"""
+    c, shape = list(shape_of(constant)), list(shape_of(x))
+    if len(shape) not in (2, 4) or len(c) > len(shape) or list(shape_of(node)) != shape:
+        return False
+    return all(d == 1 or (len(shape) - i == 1 and d == shape[1])
+               for i, d in enumerate(reversed(c), start=1))
+
+
+def per_channel_values(cv, op, width: int) -> torch.Tensor:
+    """The constant operand's values, one per channel (float64), as they are now."""
+    value = cv.graph.constant_value(op.attrs["constant"]).detach().double().cpu()
+    rank = len(shape_of(op.inputs[0]))
+    return (value * torch.ones((1, width) + (1,) * (rank - 2), dtype=torch.float64)).flatten()
+
+
+def _params(cv, op) -> int:
+    """The parameters of the constant operand that no other node counts."""
+    return cv.graph.constant_params(op.attrs["constant"], cv.params_counted)
 
 
 def convert_add(cv, op) -> T:
     if op.attrs["number"] is not None:
         return _add_number(cv, cv.state(op.inputs[0]), float(op.attrs["number"]))
-    a, b = (fold(cv, cv.state(n), None) if cv.state(n).scaled is not None else cv.state(n)
-            for n in op.inputs)
+    if op.attrs.get("constant") is not None:
+        x = cv.state(op.inputs[0])
+        return _affine(cv, x, torch.ones(x.width, dtype=torch.float64),
+                       per_channel_values(cv, op, x.width), _params(cv, op))
+    a, b = (cv.state(n) for n in op.inputs)
+    return add_states(cv, op, a, b)
+
+
+def convert_sub(cv, op) -> T:
+    """a − b: the sum with b negated; x − c and c − x: affine maps."""
+    x = cv.state(op.inputs[0])
+    ones = torch.ones(x.width, dtype=torch.float64)
+    sign = -ones if op.attrs["reversed"] else ones
+    if op.attrs["number"] is not None:
+        return _affine(cv, x, sign, ones * float(op.attrs["number"]) * -sign)
+    if op.attrs.get("constant") is not None:
+        return _affine(cv, x, sign, per_channel_values(cv, op, x.width) * -sign,
+                       _params(cv, op))
+    b = cv.state(op.inputs[1])
+    return add_states(cv, op, x, _affine(cv, b, -torch.ones(b.width, dtype=torch.float64),
+                                         torch.zeros(b.width, dtype=torch.float64)))
+
+
+def add_states(cv, op, a: T, b: T) -> T:
+    """The residual add of two tensors' states (a ReLU that alone reads it fused in)."""
+    a, b = (fold(cv, x, None) if x.scaled is not None else x for x in (a, b))
     if a.width != b.width or a.spatial != b.spatial:
         raise refuse(op.node, cv.modules, " (an add of tensors of different widths)")
     relu = cv.fusable_relu(op.node)
@@ -183,8 +262,9 @@ def _add_number(cv, x: T, value: float) -> T:
     return _affine(cv, x, ones, ones * value)
 
 
-def _affine(cv, x: T, scale: torch.Tensor, shift: torch.Tensor) -> T:
-    """y = scale·x + shift per channel."""
+def _affine(cv, x: T, scale: torch.Tensor, shift: torch.Tensor, params: int = 0) -> T:
+    """y = scale·x + shift per channel; ``params``: the learnable parameters it stands for (a
+    layer scale's), counted with it."""
     x = fold(cv, x)
     value = torch.where(x.uniform_mask(), scale * x.value + shift, torch.zeros_like(x.value))
     out = x.but(value=value)
@@ -194,7 +274,8 @@ def _affine(cv, x: T, scale: torch.Tensor, shift: torch.Tensor) -> T:
                                                   x.spatial)))
     if len(x.ids):
         shape = (1, -1, 1, 1) if x.spatial else (1, -1)
-        node = cv.b.data("affine", [x.node], {"spatial": x.spatial, "bn": False},
+        attrs = {"spatial": x.spatial, "bn": False, **({"params": params} if params else {})}
+        node = cv.b.data("affine", [x.node], attrs,
                          {"scale": scale[x.ids].reshape(shape).clone(),
                           "shift": shift[x.ids].reshape(shape).clone()})
         out = out.but(node=node)
@@ -202,11 +283,15 @@ def _affine(cv, x: T, scale: torch.Tensor, shift: torch.Tensor) -> T:
 
 
 def convert_mul(cv, op) -> T:
-    if op.attrs["number"] is not None:
+    if op.attrs["number"] is not None or op.attrs.get("constant") is not None:
         x = cv.state(op.inputs[0])
-        return _affine(cv, x, torch.full((x.width,), float(op.attrs["number"]),
-                                         dtype=torch.float64), torch.zeros(x.width,
-                                                                           dtype=torch.float64))
+        zeros = torch.zeros(x.width, dtype=torch.float64)
+        if op.attrs["number"] is not None:
+            return _affine(cv, x, torch.full((x.width,), float(op.attrs["number"]),
+                                             dtype=torch.float64), zeros)
+        scale = per_channel_values(cv, op, x.width)
+        return _affine(cv, x, 1 / scale if op.attrs.get("inverse") else scale, zeros,
+                       _params(cv, op))
     p, q = op.inputs
     out = tuple(shape_of(op.node))
     for x, s in ((p, q), (q, p)):

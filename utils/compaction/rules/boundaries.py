@@ -1,12 +1,14 @@
-"""The graph's ends and the nodes that compute no tensor: the input, the output, and ``meta``
-(sizes read off a tensor, a module's own parameters, an ``expand_as`` before a product)."""
+"""The graph's ends and the nodes the compact graph holds no value of: the input, the output,
+``meta`` (sizes read off a tensor, an ``expand_as`` before a product) and ``constant`` (a
+tensor computed from the model's parameters alone: a module's own parameters, a learnable
+scale, a position table)."""
 import torch
 
 from ...errors import UserError
 from ..materialise import realise
-from ..nodes import Op, refuse, shape_of
+from ..nodes import Op, shape_of
 from ..state import Ref, T
-from .registry import claimants, owner, register_rule
+from .registry import claimants, register_rule
 from .rule import Rule
 
 
@@ -51,23 +53,33 @@ class Output(Rule):
 @register_rule
 class Meta(Rule):
     """A node the compact graph needs no value of: sizes and arithmetic on them (read off the
-    shapes), a parameter its module's own op reads, ``y.expand_as(x)`` read by products and
-    sums (they read ``y``, which broadcasts alike)."""
+    shapes), ``y.expand_as(x)`` read by products and sums (they read ``y``, which broadcasts
+    alike)."""
     kind = "meta"
-    node_ops = ("get_attr",)
     methods = ("expand", "expand_as")
 
     def classify(self, node, modules):
-        if node.op == "get_attr":
-            if all(owner(u, modules) is not None for u in node.users):
-                return Op(self.kind, node)
-            raise refuse(node, modules, " (a parameter used outside its module)")
         if node.op == "call_method" and node.target in self.methods:
             if node.users and all(any(r.reads_through_expand(u) for r in claimants(u, modules))
                                   for u in node.users):
                 return Op(self.kind, node)
             return None
         return Op(self.kind, node)
+
+    def convert(self, cv, op):
+        return None
+
+
+@register_rule
+class Constant(Rule):
+    """A tensor of the parameters alone (``nodes.is_constant``): the ops that read one take
+    its value when they convert (``tracing.ModelGraph.constant_value``: a learnable scale
+    into an affine map) or recompute it in a part kept whole; the compact graph holds none.
+    The graph gives its nodes this kind; it claims none itself."""
+    kind = "constant"
+
+    def classify(self, node, modules):
+        return None
 
     def convert(self, cv, op):
         return None

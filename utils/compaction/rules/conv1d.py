@@ -15,6 +15,7 @@ class Conv1d(Rule):
     kind = "conv1d"
     modules = (nn.Conv1d,)
     emits = ("tensor",)
+    any_rank = True
 
     def classify(self, node, modules):
         m = modules[node.target]

@@ -10,12 +10,15 @@ has no computed input is itself constant: uniform or a map. In a grouped conv ev
 group needs the same widths, so short groups get padding inputs (zero weights) and take
 pruned filters of their own group as fillers (zero weights, their exact constant as bias).
 """
+from dataclasses import dataclass
+
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import fx, nn
 
 from ...errors import UserError
 from ..materialise import fold
-from ..nodes import Op, shape_of
+from ..nodes import Op, bind, is_constant, refuse, shape_of
 from ..state import Maps, Ref, T
 from .batchnorm import fold_bn
 from .registry import register_rule
@@ -24,13 +27,21 @@ from .rule import Rule, bias64
 
 @register_rule
 class Conv2d(Rule):
-    """``conv``: ``nn.Conv2d``, the prunable layer when a BatchNorm alone reads it."""
+    """``conv``: ``nn.Conv2d``, the prunable layer when a BatchNorm alone reads it; also
+    ``F.conv2d`` with a weight of the parameters (a blur pool's fixed filter)."""
     kind = "conv"
     modules = (nn.Conv2d,)
+    functions = (F.conv2d,)
     emits = ("conv",)
 
     def classify(self, node, modules):
-        return Op(self.kind, node, [node.args[0]], module=modules[node.target])
+        if node.op == "call_function":
+            return Op(self.kind, node, [node.args[0]], module=conv_call(node, modules))
+        m = modules[node.target]
+        if not understood_padding(m):
+            raise refuse(node, modules, f" (it pads with {m.padding!r}/{m.padding_mode}; only "
+                                        "numeric zero padding is understood)")
+        return Op(self.kind, node, [node.args[0]], module=m)
 
     def needs(self, op, out, live):
         """A filter reads its group's input channels: the groups with a filter that is needed
@@ -44,31 +55,77 @@ class Conv2d(Rule):
         live.add(op.inputs[0], per_group.repeat_interleave(m.in_channels // m.groups))
 
     def convert(self, cv, op):
+        if isinstance(op.module, ConvCall):
+            op = Op(op.kind, op.node, op.inputs, op.attrs, op.module.resolved(cv.graph))
         return convert_conv(cv, op)
 
     def cost(self, node, hw):
         a = node["attrs"]
         return conv_cost(hw, a["out"], a["in"] // a["groups"], a["kernel"], a["source_bias"],
-                         a["bn"], a["sbias"])
+                         a["bn"], a["sbias"], a.get("fixed", False))
+
+
+@dataclass
+class ConvCall:
+    """``F.conv2d`` over tensors of the parameters, as the conv conversion reads a module:
+    its geometry from the call, its weight and bias when it converts (``resolved``)."""
+    weight: object
+    bias: object
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    groups: int
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple
+    fixed: bool = False  # the weight is no parameter (a buffer: a blur's filter)
+
+    def resolved(self, graph) -> "ConvCall":
+        """With the weight and bias as they are now."""
+        value = lambda n: None if n is None else graph.constant_value(n)  # noqa: E731
+        return ConvCall(value(self.weight), value(self.bias), self.stride, self.padding,
+                        self.dilation, self.groups, self.in_channels, self.out_channels,
+                        self.kernel_size, graph.constant_params(self.weight) == 0)
+
+
+def conv_call(node, modules) -> ConvCall:
+    """The ``ConvCall`` of an ``F.conv2d`` node, or raise ``refuse``: its weight and bias
+    must be tensors of the parameters, its geometry numbers."""
+    a = bind(node, ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
+             {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1})
+    geometry = [a[k] for k in ("stride", "padding", "dilation", "groups")]
+    if not is_constant(a["weight"]) or (a["bias"] is not None and not is_constant(a["bias"])) \
+            or any(isinstance(g, (fx.Node, str)) or isinstance(g, (list, tuple)) and
+                   any(not isinstance(v, int) for v in g) for g in geometry):
+        raise refuse(node, modules, " (over other tensors than the parameters, or with a "
+                                    "computed geometry)")
+    pair = lambda v: tuple(v) if isinstance(v, (list, tuple)) else (v, v)  # noqa: E731
+    return ConvCall(a["weight"], a["bias"], pair(a["stride"]), pair(a["padding"]),
+                    pair(a["dilation"]), a["groups"], shape_of(node.args[0])[1],
+                    shape_of(node)[1], tuple(shape_of(a["weight"])[2:]))
+
+
+def understood_padding(m: nn.Conv2d) -> bool:
+    """Numeric zero padding (a string such as "same" is resolved per input size)."""
+    return m.padding_mode == "zeros" and not isinstance(m.padding, str)
 
 
 def conv_cost(out_hw: int, filters: int, inputs_per_group: int, kernel, source_bias: bool,
-              bn: bool, scaled: int = 0) -> tuple[int, int]:
+              bn: bool, scaled: int = 0, fixed: bool = False) -> tuple[int, int]:
     """(MACs, parameters) of one conv: ``scaled`` channels enter as a per-sample bias (a
-    matrix of filters × scaled); a folded BatchNorm counts its γ and β per filter."""
+    matrix of filters × scaled); a folded BatchNorm counts its γ and β per filter; ``fixed``
+    weights (a blur's buffer) are no parameters."""
     taps = int(kernel[0]) * int(kernel[1])
     weights = filters * inputs_per_group * taps
     macs = out_hw * weights + filters * scaled
-    params = weights + filters * (int(source_bias) + 2 * int(bn)) + filters * scaled
+    params = weights * (not fixed) + filters * (int(source_bias) + 2 * int(bn)) + \
+        filters * scaled
     return macs, params
 
 
 def convert_conv(cv, op) -> T:
     """The conv's output state: constant filters, then the computed ones."""
     node, m = op.node, op.module
-    if m.padding_mode != "zeros" or isinstance(m.padding, str):
-        raise UserError(f"cannot compact: conv '{node.target}' pads with "
-                        f"{m.padding!r}/{m.padding_mode}; only numeric zero padding is understood")
     x = cv.state(op.inputs[0])
     bn_node = cv.pairs.get(node)
     bn = cv.graph.op_of[bn_node].module if bn_node is not None else None
@@ -212,6 +269,8 @@ class _Conv:
                  "gather": getattr(self, "gather", None), "sbias": sbias,
                  "source_bias": m.bias is not None,
                  "bn": self.op.node in cv.pairs, "map": embedded, "act": None}
+        if getattr(m, "fixed", False):
+            attrs["fixed"] = True
         node = cv.b.data("conv", inputs, attrs, tensors, hw=self.out_hw)
         cv.conv_output[self.out_node] = node
         value = out.value.clone()

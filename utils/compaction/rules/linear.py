@@ -8,9 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import UserError
 from ..materialise import fold
-from ..nodes import Op
+from ..nodes import Op, Unsupported
 from ..state import Maps, Ref, T
 from .registry import owned, register_rule
 from .rule import Rule, bias64
@@ -47,8 +46,8 @@ def convert_linear(cv, op) -> T:
     m = op.module
     x = cv.state(op.inputs[0])
     if x.spatial:
-        raise UserError(f"cannot compact: linear layer '{op.node.target}' reads a 4-D tensor; "
-                        "flatten it first")
+        raise Unsupported(f"cannot compact: linear layer '{op.node.target}' reads a 4-D "
+                          "tensor")
     if x.pending is not None or (not len(x.ids) and x.scaled is not None):
         x = fold(cv, x)
     w = m.weight.detach().cpu()  # not in float64: a classifier can hold 100 M weights

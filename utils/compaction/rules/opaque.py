@@ -1,44 +1,52 @@
-"""``opaque``: a node no rule takes, kept in the graph as what it is — every input channel read,
-every output channel computed — so that the network's cost can still be counted (``cost``:
-the op at full width, its own work not counted). The compact network refuses it
-(``ModelGraph.refusal``)."""
+"""``opaque``: a node no rule takes (or whose conversion has no exact form), kept whole.
+
+The compact graph computes it as the dense network does: its inputs at full width, the removed
+channels' constants filled in (``fullwidth.dense_node``), then the original op itself — a
+``held`` node running the node's piece of the dense graph (``tracing.ModelGraph.held``: the op,
+the sizes and parameters it reads, over the model's own modules). Exact by construction; the
+graph also keeps the convs feeding it unpruned (``kept``), so it reads no removed channel in
+the first place. Its MACs are the dense op's own (measured once at the traced size), its
+parameters those of the modules it runs.
+"""
 import torch
 
-from ..materialise import realise
+from ..fullwidth import dense_node
 from ..nodes import shape_of
-from ..state import ChannelView, Ref, T
+from ..state import Full, Ref, T
 from .registry import register_rule
 from .rule import Rule
 
 
 @register_rule
 class Opaque(Rule):
-    """Made by the graph for a node no rule takes (or by a conversion that refuses, when only
-    counting); claims no node itself."""
+    """Made by the graph for a node no rule takes; claims no node itself."""
     kind = "opaque"
-    emits = ("opaque",)
+    emits = ("held",)
+    any_rank = True
+    opaque_when_refused = False
 
     def classify(self, node, modules):
         return None
 
     def convert(self, cv, op):
-        inputs = []
-        for node in op.inputs:
-            x = cv.state(node)
-            x = x.base if isinstance(x, ChannelView) else x
-            if isinstance(x, T):
-                inputs.append(realise(cv, x, torch.arange(x.width)))
-        module = cv.modules.get(op.node.target) if op.node.op == "call_module" else None
-        params = sum(p.numel() for p in module.parameters()) if module is not None else 0
-        node = cv.b.data("opaque", inputs, {"params": params})
-        shape = shape_of(op.node)
-
-        def full(s):
-            width = s[1] if len(s) > 1 else 1
-            return T(width, torch.arange(width), node, torch.zeros(width, dtype=torch.float64),
-                     Ref(node), spatial=len(s) == 4)
-
-        return tuple(full(s) for s in shape) if isinstance(shape, list) else full(shape)
+        held = cv.graph.held(op.node)
+        inputs = [dense_node(cv, n) for n in held.inputs]
+        node = cv.b.data("held", inputs, {"macs": held.macs, "params": held.params})
+        if cv.emit:
+            cv.held[node] = held
+        return outputs(cv, node, shape_of(op.node))
 
     def cost(self, node, hw):
-        return 0, node["attrs"]["params"]
+        return node["attrs"]["macs"], node["attrs"]["params"]
+
+
+def outputs(cv, node: str, shape):
+    """The state of a held node's value: a tensor of computed channels, as the dense network
+    holds it; a value of another rank as it is (``Full``)."""
+    if isinstance(shape, list):  # a tuple: its items are held nodes of their own
+        return None
+    if len(shape) in (2, 4):
+        width = shape[1]
+        return T(width, torch.arange(width), node, torch.zeros(width, dtype=torch.float64),
+                 Ref(node), spatial=len(shape) == 4)
+    return Full(node, tuple(shape), sized=True)

@@ -29,6 +29,7 @@ class Rule:
     keeps_views = False          # may pass a regrouped channel view on (reshapes, identities)
     full_width = False           # can compute as the dense network does (``fullwidth``)
     always_full_width = False    # … and always does (reductions across channel groups)
+    any_rank = False             # reads a value of any rank (``state.Full``) itself
     live_without_readers = False  # needs channels even when nothing reads its own output
     opaque_when_refused = True   # counted as an opaque op when its conversion refuses (costs)
     emits: tuple = ()            # the compact node ops whose cost ``cost`` gives

@@ -88,6 +88,9 @@ def full_width_attrs(cv, op) -> dict:
     if not keep and len(shape_in) >= 4 and math.prod(shape_in[2:]) > 1:
         raise refuse(node, cv.modules, " (a reshape that mixes the channels with the image's "
                                        "height and width)")
+    if fullwidth.sized(cv, op.inputs[0]):
+        raise refuse(node, cv.modules, " (a reshape of a value that may hold the image's "
+                                       "height and width in its dims)")
     return {"fn": "reshape", "dims": out[1:-2] if keep else out[1:], "spatial": keep}
 
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...batches import autocast, prepare
-from ...distributed import all_reduce_sum
+from ...batches import prepare
+from ...distributed import all_reduce_sum, broadcast, world_size
 from ...errors import UserError
 from ...faults import crash_point
 from ...hands_off import bn_statistics_untouched
@@ -51,10 +51,13 @@ def _max_response_hooks(bns: list[nn.Module], out: list):
 @torch.no_grad()
 def class_sums(model: nn.Module, bns: list[nn.Module], loader, num_classes: int,
                device: torch.device, max_batches: int | None = None,
-               amp_dtype: torch.dtype | None = None,
                transform=None) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass over ``loader``: Σ_n onehot(y_n) a_f(n) for every filter of every BN, and the
-    class counts. Returns float64 tensors (C, ΣF) and (C,), summed over DDP ranks."""
+    class counts. Returns float64 tensors (C, ΣF) and (C,), summed over DDP ranks.
+
+    The forward runs in float32 even inside a caller's autocast: a per-sample maximum in
+    float16 or bfloat16 keeps 11 or 8 significant bits, so close filters tie or swap places
+    in the ranking (docs/runs.md, 'Mixed precision')."""
     acts = [None] * len(bns)
     widths = [bn.num_features for bn in bns]
     sums = torch.zeros(num_classes, sum(widths), dtype=torch.float64, device=device)
@@ -64,7 +67,7 @@ def class_sums(model: nn.Module, bns: list[nn.Module], loader, num_classes: int,
             if max_batches is not None and i >= max_batches:
                 break
             x, y = prepare(batch, device, transform, "cs")
-            with autocast(device, amp_dtype):
+            with torch.autocast(device.type, enabled=False):
                 model(x)
             a = torch.cat(acts, 1).double().clamp_min_(0)
             onehot = F.one_hot(y, num_classes).double()
@@ -85,13 +88,35 @@ def separability_scores(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tenso
 
 
 def cs_scores(model, bns, names, loader, num_classes, device, max_batches=None,
-              amp_dtype=None, transform=None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+              transform=None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """CS score of every filter of every layer keyed by ``names`` (CPU float64), and the
     number of samples seen per class."""
-    sums, counts = class_sums(model, bns, loader, num_classes, device, max_batches, amp_dtype,
-                              transform)
+    sums, counts = class_sums(model, bns, loader, num_classes, device, max_batches, transform)
     scores = separability_scores(sums, counts).cpu()
     return dict(zip(names, scores.split([bn.num_features for bn in bns]))), counts.cpu()
+
+
+@torch.no_grad()
+def average_bn_statistics(model: nn.Module) -> None:
+    """Every BatchNorm's running mean and variance averaged over the DDP ranks, and rank 0's
+    batch count on all (a no-op in one process). The running statistics are exponential
+    averages of the batches' statistics, linear in them: the ranks' average is the average the
+    pass would have kept over the ranks' mean batch statistics."""
+    if world_size() == 1:
+        return
+    bns = [m for m in model.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
+    stats = [s for bn in bns for s in (bn.running_mean, bn.running_var)]
+    counts = [bn.num_batches_tracked for bn in bns if bn.num_batches_tracked is not None]
+    for group, combine in ((stats, _mean_over_ranks), (counts, broadcast)):
+        if group:  # one collective for all the layers
+            flat = combine(torch.cat([t.reshape(-1).double() for t in group]))
+            for t, part in zip(group, flat.split([t.numel() for t in group])):
+                t.copy_(part.view_as(t))
+
+
+def _mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    return all_reduce_sum(t) / world_size()
 
 
 class CSRanker:
@@ -99,9 +124,12 @@ class CSRanker:
 
     mode "reference": the pass runs in the mode the network is in, as the authors' did (eval
     before training, right after a validation; train after an epoch, so BN normalises with
-    batch statistics and updates its running ones); "train": always train mode, every BN's
-    running statistics put back after the pass (the API's default: the scores of batch
-    statistics without touching the user's network); "eval": always eval mode.
+    batch statistics and updates its running ones — under DDP each rank on its own shard, so
+    the ranks then average them: every rank evaluates and scores with the same statistics);
+    "train": always train mode, every BN's running statistics put back after the pass (the
+    API's default: the scores of batch statistics without touching the user's network);
+    "eval": always eval mode. ``amp_dtype`` is accepted as every data pass is given it, and
+    not used: the pass runs in float32 (``class_sums``).
     The loader's sampler is an ``EpochSampler`` without shuffling: each pass gets its own
     epoch number, so any per-sample augmentation is a function of the pass.
     """
@@ -111,7 +139,7 @@ class CSRanker:
                  transform=None, class_names: list[str] | None = None, log=None):
         self.bns, self.names = [c.bn for c in convs], [c.name for c in convs]
         self.loader, self.num_classes, self.device = loader, num_classes, device
-        self.mode, self.max_batches, self.amp_dtype = mode, max_batches, amp_dtype
+        self.mode, self.max_batches = mode, max_batches
         self.transform, self.class_names = transform, class_names
         self.log = log or (lambda msg, echo=True: None)
         self.warned: set[tuple] = set()  # absent-class sets already reported
@@ -132,7 +160,9 @@ class CSRanker:
             with kept:
                 scores, counts = cs_scores(model, self.bns, self.names, self.loader,
                                            self.num_classes, self.device, self.max_batches,
-                                           self.amp_dtype, self.transform)
+                                           self.transform)
+            if model.training and self.mode == "reference":  # "train" put them back
+                average_bn_statistics(model)
         finally:
             model.train(was_training)
         self.seconds += time.time() - t0

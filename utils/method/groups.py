@@ -138,9 +138,13 @@ def layers_of(convs: list[PrunableConv], groups: list[Group] | None) -> list[Lay
 
 
 def expand_all(layers: list[Layer], selected: dict) -> dict:
-    """{conv name: filters} of {layer name: channels} (layers missing from ``selected``: none)."""
+    """{conv name: filters} of {layer name: channels} (layers missing from ``selected``: none).
+    A target's walk counts any channels it is given; where they would leave a member of a
+    group without a filter (an option-A stream's first stage), that member keeps its last,
+    as the mask's selection does (``Layer.take``)."""
     out = {}
     for layer in layers:
         if layer.name in selected:
-            out.update(layer.expand(torch.as_tensor(selected[layer.name], dtype=torch.long)))
+            channels = torch.as_tensor(selected[layer.name], dtype=torch.long)
+            out.update(layer.expand(layer.take(channels, len(channels))))
     return out

@@ -48,17 +48,17 @@ from torch import nn
 
 from .. import distributed as dist
 from ..compaction import ModelGraph, NetworkCost, compact_model
-from ..compaction.streams import residual_groups
 from ..errors import OptionError, UserError
 from ..method.allocation import Allocator
 from ..method.budget import TOLERANCE, PlanMaker, counted_once
 from ..method.criteria import criterion
 from ..method.graph import PrunableConv, unwrap
-from ..method.groups import COUPLINGS, expand_all, layers_of
+from ..method.groups import expand_all, layers_of
 from ..method.mask import Mask
 from ..method.methods import Pruning, resolve
 from ..method.schedule import Curves
 from . import options
+from .coupling import coupled_groups, coupling_of
 from .cs_data import first_batch
 from ..hands_off import rng_untouched
 
@@ -130,6 +130,7 @@ class Pruner:
                                      attenuate, prune_every, target, allocation)
         cs_every = options.whole("cs_every", cs_every)
         round_to = options.whole("round_to", round_to)
+        self.coupling = coupling_of(coupling)
         options.switch("auto_start", auto_start)
         self.convs = convs if convs is not None else self.graph.prunable_convs(
             options.regex("include", include), options.regex("exclude", exclude))
@@ -152,7 +153,8 @@ class Pruner:
         self._unchecked_shape = options.switch("check_compact", check_compact) and shape is None
         if check_compact and shape is not None:
             self._check_compactable(shape)
-        self.groups = self._groups(options.choice("coupling", coupling, COUPLINGS), shape)
+        self.groups = [] if self.coupling == "none" else coupled_groups(
+            self.graph, self.convs, shape, type(self.model).__name__, self.log)
         plan, maker = self._budget(shape, round_to)
         self.schedule = self.pruning.schedule()
         self.mask = Mask(self.convs, self.pruning.method, self.schedule, data_pass, cs_every,
@@ -214,22 +216,6 @@ class Pruner:
                      f"CS share selects {kept} of the {planned} filters it plans: the authors' "
                      f"rule keeps the list of the last CS pass (after epoch {at_pass}) to the "
                      "end; set cs_every to a divisor of epochs − 1 (cs_every=1 always is)")
-
-    def _groups(self, coupling: str, shape) -> list:
-        """The coupled groups (``coupling="residual"``): the streams of the model's residual
-        sums (``compaction.streams``), each line on a stream left uncoupled logged."""
-        if coupling == "none":
-            return []
-        if shape is None:
-            raise UserError("coupling='residual' needs input_shape=(C, H, W) (or cs_data): the "
-                            "residual streams are found in the model traced at that size")
-        streams = residual_groups(self.graph, self.convs, shape)
-        for line in streams.notes:
-            self.log(f"warning: {line}")
-        if not streams.groups and not streams.notes:
-            self.log(f"warning: nothing to couple: this {type(self.model).__name__} has no "
-                     "residual sum of prunable convs' outputs; it is pruned uncoupled")
-        return streams.groups
 
     @property
     def layers(self) -> list:
@@ -481,8 +467,11 @@ class Pruner:
     def state_dict(self) -> dict:
         """Tensors, numbers and strings only (``torch.load(weights_only=True)`` reads it)."""
         p = self.pruning
+        # the coupling only when on: an uncoupled state is the one saved before it existed
+        coupled = {"coupling": self.coupling} if self.coupling != "none" else {}
         return {**self.mask.state_dict(), "step_epoch": self.epoch, "started": self.started,
-                "rates": dict(p.rates), "epochs": p.epochs, "target": self._target_text()}
+                "rates": dict(p.rates), "epochs": p.epochs, "target": self._target_text(),
+                **coupled}
 
     def _target_text(self) -> str:
         return str(self.pruning.target) if self.pruning.target else ""
@@ -498,11 +487,11 @@ class Pruner:
     def load_state_dict(self, state: dict) -> None:
         p = self.pruning
         made = (state.get("method"), state.get("rates", p.rates), state.get("epochs", p.epochs),
-                state.get("target", ""))
-        now = (p.method.name, p.rates, p.epochs, self._target_text())
+                state.get("target", ""), state.get("coupling", "none"))
+        now = (p.method.name, p.rates, p.epochs, self._target_text(), self.coupling)
         if made != now:
-            said = [f"method {m!r}, rates {r}, {e} epochs and target {t or 'none'!r}"
-                    for m, r, e, t in (made, now)]
+            said = [f"method {m!r}, rates {r}, {e} epochs, target {t or 'none'!r} and "
+                    f"coupling {c!r}" for m, r, e, t, c in (made, now)]
             raise UserError(f"this pruner state was made with {said[0]}, not {said[1]}; build "
                             "the Pruner as it was built then")
         try:

@@ -11,7 +11,8 @@ from datasets.cifar import load_cifar
 from datasets.fashion import load_fashion_demo
 from datasets.images import ImageDataset
 from utils.run.cli import build_parser
-from utils.run.trainer import Data, main
+from utils.run.data import Data
+from utils.run.driver import main
 
 DEFAULTS = dict(arch="resnet20", epochs=200, batch_size=128, learning_rate=0.01,
                 schedule=[1, 60, 120, 160], gammas=[10, 0.2, 0.2, 0.2], decay=5e-4,

@@ -19,7 +19,7 @@ from datasets.gsc_transform import FRAMES, GscTransform
 from utils import distributed as dist
 from utils.run.cli import build_parser
 from utils.run.data import Data, weighted_order
-from utils.run.trainer import main
+from utils.run.driver import main
 
 DEFAULTS = dict(arch="resnet56", epochs=70, batch_size=96, learning_rate=0.01, schedule=[50],
                 gammas=[0.1], decay=5e-4, attenuation=1.0, max_iter_cs=10000,

@@ -19,7 +19,7 @@ from datasets.imagenet_folder import imagenet_data
 from models import resolve_imagenet
 from utils.run.cli import build_parser
 from utils.run.data import Data
-from utils.run.trainer import main
+from utils.run.driver import main
 
 # the authors' README command for ImageNet32 (docs/datasets.md)
 IMAGENET32 = dict(arch="resnet56", epochs=40, batch_size=128, learning_rate=0.01,

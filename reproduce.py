@@ -27,7 +27,7 @@ from utils.run.grid import (ATTENUATE_DEFAULT, DEFAULT_RATE, FINISHED, FIXED_SHA
                             describe, dry_run_lines, folder_state, plan, refuse_busy_folders,
                             slurm_script)
 from utils.run.grid_runner import GridRunner, parse_gpus
-from utils.run.trainer import check_run_args
+from utils.run.driver import check_run_args
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 

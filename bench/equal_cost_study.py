@@ -44,18 +44,20 @@ def folder(out: str, method: str, seed: int) -> str:
 
 
 def jobs(data: str, out: str, seeds=SEEDS) -> list[tuple[str, str, int, list[str]]]:
-    """(method, seed, save folder, command line) of every run, seed by seed."""
+    """(method, seed, save folder, command line) of every run: the paired comparison's runs
+    first, seed by seed (what the report is for, should the machine be needed before the rest
+    end), then the others."""
     planned = []
-    for seed in seeds:
-        for method, flags in METHODS.items():
-            save = folder(out, method, seed)
-            budget = ([] if method == "dense"
-                      else ["--target_flops", str(TARGET), "--allocation", "uniform"])
-            cmd = ["nice", "-n", "10", sys.executable, "notebook_cifar.py", "--dataset",
-                   "cifar10", "--data_path", data, "--arch", "resnet20", *flags, *budget,
-                   *scaled_recipe(EPOCHS), "--manualSeed", str(seed), "--workers", "0",
-                   "--save_path", save]
-            planned.append((method, seed, save, cmd))
+    order = [m for m in METHODS if m in PAIR], [m for m in METHODS if m not in PAIR]
+    for method, seed in [(m, s) for group in order for s in seeds for m in group]:
+        save = folder(out, method, seed)
+        budget = ([] if method == "dense"
+                  else ["--target_flops", str(TARGET), "--allocation", "uniform"])
+        cmd = ["nice", "-n", "10", sys.executable, "notebook_cifar.py", "--dataset", "cifar10",
+               "--data_path", data, "--arch", "resnet20", *METHODS[method], *budget,
+               *scaled_recipe(EPOCHS), "--manualSeed", str(seed), "--workers", "0",
+               "--save_path", save]
+        planned.append((method, seed, save, cmd))
     return planned
 
 

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from utils.run.trainer import main
+from utils.run.driver import main
 
 
 def entry(module, argv) -> int:

@@ -19,7 +19,8 @@ from utils.errors import UserError
 from utils.method.mask import Mask
 from utils.method.methods import METHODS, resolve
 from utils.method.schedule import Schedule, asymptotic_schedule, count, target_epoch
-from utils.run.trainer import Trainer, main
+from utils.run.driver import main
+from utils.run.trainer import Trainer
 
 EPS = 1e-5  # BatchNorm2d's default
 

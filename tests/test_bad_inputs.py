@@ -1,6 +1,6 @@
 """The catalogue of bad inputs (docs/troubleshooting.md lists the same cases, in order).
 
-Every case runs the real CLI — mostly in-process through ``utils.run.trainer.main`` for speed, a
+Every case runs the real CLI — mostly in-process through ``utils.run.driver.main`` for speed, a
 few through ``python notebook_cifar.py`` — and must fail with exit status ≠ 0, exactly one line
 ``error: …`` on stderr naming the problem, no traceback, and not a byte or mtime changed in a
 previous run's snapshot folder, whether the case aims at that folder or at a fresh one.
@@ -281,7 +281,7 @@ def arch_is(model_class, *modules):
     """Every --arch builds ``model_class``, as a model added to ``models/`` would (where the
     run builds its models: ``modules``)."""
     def patch(monkeypatch):
-        for name in modules or ("utils.run.trainer", "utils.run.pretrained"):
+        for name in modules or ("utils.run.driver", "utils.run.pretrained"):
             monkeypatch.setattr(f"{name}.build_model",
                                 lambda arch, num_classes, in_channels=3, **_: model_class(
                                     num_classes, in_channels))

@@ -23,7 +23,7 @@ from utils.method.mask import Mask
 from utils.method.methods import METHODS
 from utils.method.schedule import asymptotic_schedule, split_counts
 from utils.pruner import Pruner
-from utils.run.trainer import main
+from utils.run.driver import main
 
 SHAPE = (3, 16, 16)
 

@@ -9,7 +9,7 @@ import compare
 import notebook_cifar
 from tests.fakedata import write_cifar
 from utils.method.schedule import count
-from utils.run.trainer import main
+from utils.run.driver import main
 
 EPOCHS = 3
 RUNS = {  # name: (flags, final selected share per criterion)

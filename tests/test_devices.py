@@ -14,7 +14,7 @@ from tests.cli import run_in_process
 from tests.fakedata import write_cifar
 from utils import distributed
 from utils.run import engine
-from utils.run.trainer import amp_dtype, amp_warning, choose_kernels
+from utils.run.precision import amp_dtype, amp_warning, choose_kernels
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda", 0)
 

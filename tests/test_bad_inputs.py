@@ -321,6 +321,8 @@ CASES = [
                                          "--prune_rate_gm", "0"],
          "--attenuate bn attenuates the selected channels"),
     Case("round-to-0", ["--round_to", "0"], "--round_to must be ≥ 1"),
+    Case("unknown-coupling", ["--coupling", "resnet"],
+         "argument --coupling: invalid choice: 'resnet' (choose from 'none', 'residual')"),
     Case("unknown-arch", ["--arch", "resnet21"],
          "unknown --arch 'resnet21'; the closest: resnet32, resnet20, resnet110, resnet56 (",
          subprocess=True, check=lambda p, err: len(err) < 160),

@@ -48,11 +48,12 @@ def is_depthwise(conv) -> bool:
     return conv.groups > 1 and conv.groups == conv.in_channels
 
 
-def counted_once(convs: list[PrunableConv]) -> list[PrunableConv]:
+def counted_once(convs: list[PrunableConv], keep=()) -> list[PrunableConv]:
     """The convs a target allocates counts to: all but the depthwise ones fed channel-wise by
-    another of ``convs`` (their channel lives and dies with that producer's)."""
+    another of ``convs`` (their channel lives and dies with that producer's); those named in
+    ``keep`` stay (a coupled group's members select with their group)."""
     names = {c.name for c in convs}
-    return [c for c in convs if not (is_depthwise(c.conv) and c.source in names)]
+    return [c for c in convs if c.name in keep or not (is_depthwise(c.conv) and c.source in names)]
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from .budget import PlanMaker
 from .criteria import criterion
 from .criteria import ScorePass
 from .graph import PrunableConv
+from .groups import Group, Layer, layers_of
 from .methods import Method
 from .schedule import Schedule, count, round_selected, split_counts
 
@@ -38,11 +39,17 @@ class Mask:
     Counts: by default every layer's are the schedule's rates times its width. With a ``plan``
     ({conv: (first, second)} final counts, a budget's allocation) or a ``plan_maker`` (the
     plan made from scores at the last update before anything is selected), each layer's count
-    follows the schedule's progress θ(e)/θ3 towards its own final count."""
+    follows the schedule's progress θ(e)/θ3 towards its own final count.
+
+    ``groups`` (``coupling="residual"``, ``groups.Group``): convs that select the same
+    channels, each group one layer (``groups.Layer``) of the counts, the rankings, the plan
+    and the checkpoint's selections; every other conv is a layer of its own. The selections
+    per conv (``selected``) are each layer's mapped onto its members."""
 
     def __init__(self, convs: list[PrunableConv], method: Method, schedule: Schedule,
                  data_pass: ScorePass | None = None, pass_every: int = 2, round_to: int = 1,
-                 plan: dict | None = None, plan_maker: PlanMaker | None = None):
+                 plan: dict | None = None, plan_maker: PlanMaker | None = None,
+                 groups: list[Group] | None = None):
         if isinstance(pass_every, bool) or not isinstance(pass_every, int) or pass_every < 1:
             raise OptionError(f"⟨cs_every⟩ must be a whole number ≥ 1 (got {pass_every!r})")
         self.first = criterion(method.first)
@@ -59,13 +66,16 @@ class Mask:
                                   "has none (affine=False); use ⟨attenuate=weights⟩ for this "
                                   "model")
         self.convs, self.method, self.schedule = convs, method, schedule
+        self.layers = layers_of(convs, groups)
+        self._member_of = {m.conv.name: (layer, m) for layer in self.layers
+                           for m in layer.members}
         self.data_pass, self.pass_every, self.round_to = data_pass, pass_every, round_to
         self.plan, self.plan_maker = plan, plan_maker
         empty = torch.zeros(0, dtype=torch.long)
         self.ranking: dict[str, torch.Tensor] = {}       # from data: the last pass's filters
-        self.data_list = {c.name: empty for c in convs}  # from data: the last pass's selection
-        self.selected_first = {c.name: empty for c in convs}
-        self.selected_second = {c.name: empty for c in convs}
+        self.data_list = {c.name: empty for c in self.layers}  # the last pass's selection
+        self.selected_first = {c.name: empty for c in self.layers}  # per layer, its channels
+        self.selected_second = {c.name: empty for c in self.layers}
         self.zeta = 1.0
         self.epoch = -1                                # last epoch whose update was applied
         self._grads: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -83,7 +93,7 @@ class Mask:
         at = self.schedule.at(epoch)
         return split_counts(filters, at["first"], at["second"], self.round_to)
 
-    def layer_counts(self, c: PrunableConv, epoch: int) -> tuple[int, int]:
+    def layer_counts(self, c: Layer, epoch: int) -> tuple[int, int]:
         """(first, second) counts of layer ``c`` at ``epoch``: the schedule's rates, or the
         plan's final count n moved as a rate moves it (the first criterion's share first,
         as the rates split it); none while a plan is still to be made.
@@ -107,7 +117,7 @@ class Mask:
         return self.schedule.at(epoch)["theta"] / final if final > 0 else 0.0
 
     def final_counts(self) -> dict[str, tuple[int, int]]:
-        return {c.name: self.layer_counts(c, self.schedule.epochs - 1) for c in self.convs}
+        return {c.name: self.layer_counts(c, self.schedule.epochs - 1) for c in self.layers}
 
     def _plan_due(self, epoch: int, initial: bool) -> bool:
         """Is the plan made now? At the last update before anything is selected: this one
@@ -124,7 +134,7 @@ class Mask:
         last = epoch if initial else min((epoch // self.pass_every + 1) * self.pass_every,
                                          self.schedule.epochs) - 1
         return any(self.layer_counts(c, e)[0] > 0
-                   for e in range(epoch, last + 1) for c in self.convs)
+                   for e in range(epoch, last + 1) for c in self.layers)
 
     # -- per-epoch update ------------------------------------------------------------------
     @torch.no_grad()
@@ -137,34 +147,56 @@ class Mask:
             self._rank_from_data(model, epoch, initial, due)
         if due and self.plan is None:  # from the weights as they are now
             scorer = criterion(self.plan_maker.criterion)
-            self.plan = self.plan_maker.make({c.name: scorer.scores(c.conv.weight,
-                                                                    torch.arange(c.filters))
-                                              for c in self.convs})
+            self.plan = self.plan_maker.make({c.name: self._scores(scorer, c,
+                                                                   torch.arange(c.filters))
+                                              for c in self.layers})
         self.zeta = self.schedule.at(epoch)["zeta"]
+        for c in self.layers:
+            self._select(c, epoch)
         for c in self.convs:
-            n_first, n_second = self.layer_counts(c, epoch)
-            if self.first.from_data:
-                order = self.ranking.get(c.name, torch.arange(c.filters))
-                if self.plan is not None and self.ranking:
-                    # a plan's count grows between two passes: the last pass's ranking cut
-                    # at today's count, so the last update selects the plan's count (the
-                    # stored list keeps its pass's lower count, and the budget would be missed)
-                    self.selected_first[c.name] = order[:n_first]
-                else:  # the authors' Mask attenuates its stored list while the count is > 0
-                    self.selected_first[c.name] = self.data_list[c.name] if n_first else order[:0]
-            else:  # re-ranked among all filters at every update
-                everyone = torch.arange(c.filters)
-                order = torch.argsort(self.first.scores(c.conv.weight, everyone), stable=True)
-                self.selected_first[c.name] = order[:n_first]
-            if self.second is not None:
-                self.selected_second[c.name] = self.second.select(c.conv.weight,
-                                                                  order[n_first:], n_second)
             scale = self._filter_scale(c)
             if scale is not None:  # elementwise, hence deterministic on every device
                 for p, s in self._scaled(c, scale):
                     p.mul_(s)
         self.epoch = epoch
         self._build_grad_scales()
+
+    def _select(self, c: Layer, epoch: int) -> None:
+        """Layer ``c``'s selections at ``epoch``: the first criterion's, then the second's
+        among the rest of its ranking."""
+        n_first, n_second = self.layer_counts(c, epoch)
+        if self.first.from_data:
+            order = self.ranking.get(c.name, torch.arange(c.filters))
+            if self.plan is not None and self.ranking:
+                # a plan's count grows between two passes: the last pass's ranking cut at
+                # today's count, so the last update selects the plan's count (the stored
+                # list keeps its pass's lower count, and the budget would be missed)
+                self.selected_first[c.name] = c.take(order, n_first)
+            else:  # the authors' Mask attenuates its stored list while the count is > 0
+                self.selected_first[c.name] = self.data_list[c.name] if n_first else order[:0]
+        else:  # re-ranked among all filters at every update
+            everyone = torch.arange(c.filters)
+            order = torch.argsort(self._scores(self.first, c, everyone), stable=True)
+            self.selected_first[c.name] = c.take(order, n_first)
+        if self.second is not None:
+            self.selected_second[c.name] = self._lowest(self.second, c, order[n_first:],
+                                                        n_second)
+
+    def _scores(self, crit, c: Layer, candidates: torch.Tensor) -> torch.Tensor:
+        """A criterion from the weights: one score per candidate channel of layer ``c`` (a
+        group's combined score, ``groups.Layer.combined``)."""
+        if not c.coupled:
+            return crit.scores(c.members[0].conv.conv.weight, candidates)
+        return c.combined(candidates, lambda conv, f: crit.scores(conv.conv.weight, f))
+
+    def _lowest(self, crit, c: Layer, candidates: torch.Tensor, n: int) -> torch.Tensor:
+        """The ``n`` lowest-scoring ``candidates`` of layer ``c`` by ``crit``."""
+        if not c.coupled:
+            return crit.select(c.members[0].conv.conv.weight, candidates, n)
+        if n <= 0 or len(candidates) == 0:
+            return candidates[:0]
+        order = candidates[torch.argsort(self._scores(crit, c, candidates), stable=True)]
+        return c.take(order, n, self.selected_first[c.name])
 
     def _rank_from_data(self, model: nn.Module, epoch: int, initial: bool, due: bool) -> None:
         """The CS pass when it is due (and when a plan is made from its scores now): its
@@ -173,15 +205,27 @@ class Mask:
         if not (initial or epoch % self.pass_every == 0 or for_plan):
             return
         if for_plan or self._pass_needed(epoch, initial):
-            scores = self.data_pass(model, epoch, initial)
+            scores = self._layer_scores(self.data_pass(model, epoch, initial))
             self.ranking = {k: torch.argsort(v.double().cpu(), stable=True)
                             for k, v in scores.items()}
             if for_plan:
                 self.plan = self.plan_maker.make(scores)
         else:
             self.ranking = {}
-        self.data_list = {c.name: self.ranking[c.name][:self.layer_counts(c, epoch)[0]]
-                          if self.ranking else self.data_list[c.name][:0] for c in self.convs}
+        self.data_list = {c.name: c.take(self.ranking[c.name], self.layer_counts(c, epoch)[0])
+                          if self.ranking else self.data_list[c.name][:0] for c in self.layers}
+
+    def _layer_scores(self, scores: dict) -> dict:
+        """{layer: score per channel} of a pass's {conv: score per filter}: a group's
+        combined score (``groups.Layer.combined``), a lone conv's own."""
+        out = dict(scores)
+        for c in self.layers:
+            if c.coupled:
+                out[c.name] = c.combined(torch.arange(c.filters),
+                                         lambda conv, f: scores[conv.name].double().cpu()[f])
+                for m in c.members:
+                    out.pop(m.conv.name, None)
+        return out
 
     def _build_grad_scales(self) -> None:
         """Full-shape scale tensors, so scaling is one fused ``_foreach_mul_`` per step."""
@@ -218,16 +262,25 @@ class Mask:
 
     # -- reporting ---------------------------------------------------------------------------
     def selected(self, name: str) -> torch.Tensor:
+        """The selected filters of conv ``name`` (its layer's channels, mapped onto it)."""
+        layer, member = self._member_of[name]
+        return layer.part(member, self.layer_selected(layer.name))
+
+    def layer_selected(self, name: str) -> torch.Tensor:
+        """The selected channels of layer ``name`` (a conv's own filters, or a group's)."""
         return torch.cat([self.selected_first[name], self.selected_second[name]])
 
     def selected_counts(self) -> dict[str, int]:
+        """{conv name: filters selected}, every conv of every layer."""
         return {c.name: len(self.selected(c.name)) for c in self.convs}
 
     def total_selected(self) -> int:
-        return sum(self.selected_counts().values())
+        """Selected channels, a group counted once."""
+        return sum(len(self.layer_selected(c.name)) for c in self.layers)
 
     def total_filters(self) -> int:
-        return sum(c.filters for c in self.convs)
+        """The layers' channels, a group counted once."""
+        return sum(c.filters for c in self.layers)
 
     # -- resume ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -243,7 +296,7 @@ class Mask:
                    if self.plan is not None else {})}
 
     def load_state_dict(self, state: dict) -> None:
-        names = {c.name for c in self.convs}
+        names = {c.name for c in self.layers}
         if set(state["selected_first"]) != names:
             raise ValueError("the checkpoint's mask covers other layers than this model's "
                              "prunable convs (another architecture or layer selection)")

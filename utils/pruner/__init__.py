@@ -53,10 +53,12 @@ from ..method.allocation import Allocator
 from ..method.budget import TOLERANCE, PlanMaker, counted_once
 from ..method.criteria import criterion
 from ..method.graph import PrunableConv, unwrap
+from ..method.groups import expand_all, layers_of
 from ..method.mask import Mask
 from ..method.methods import Pruning, resolve
 from ..method.schedule import Curves
 from . import options
+from .coupling import coupled_groups, coupling_of
 from .cs_data import first_batch
 from ..hands_off import rng_untouched
 
@@ -99,7 +101,7 @@ class Pruner:
                  class_names=None, log=None, auto_start: bool = True,
                  target: dict | None = None, allocation: str | None = None, input_shape=None,
                  check_compact: bool = True, graph: ModelGraph | None = None,
-                 hands_off: bool = True):
+                 hands_off: bool = True, coupling: str = "none"):
         """Every option is checked here, before the first epoch (``OptionError``, a
         ``UserError``, naming the keyword and the fix); docs/api.md, 'Every option' says what
         each does. ``method``: a name (``fsdp``, ``fpgm``, ``sfp``, ``asfp``, ``l1``, or one
@@ -114,7 +116,11 @@ class Pruner:
         the global RNGs as found (the training driver keeps the authors' draws: False).
         ``graph``: the model's ``ModelGraph`` when the caller has traced it already.
         ``input_shape``: the input's (C, H, W), for what is kept whole and the compact network
-        (without it: the first batch the model sees, or the size the model declares)."""
+        (without it: the first batch the model sees, or the size the model declares).
+        ``coupling``: "residual" makes the convs whose outputs meet in one residual sum
+        select the same channels, as one layer (``method/groups.py``), so that the compact
+        network's residual streams are narrow too; "none" (the default) lets every conv
+        select its own."""
         self.model = options.model_of(model)
         self._graph = graph
         self.input_shape = options.input_shape_of(input_shape)
@@ -124,6 +130,7 @@ class Pruner:
                                      attenuate, prune_every, target, allocation)
         cs_every = options.whole("cs_every", cs_every)
         round_to = options.whole("round_to", round_to)
+        self.coupling = coupling_of(coupling)
         options.switch("auto_start", auto_start)
         self.convs = convs if convs is not None else self.graph.prunable_convs(
             options.regex("include", include), options.regex("exclude", exclude))
@@ -146,10 +153,12 @@ class Pruner:
         self._unchecked_shape = options.switch("check_compact", check_compact) and shape is None
         if check_compact and shape is not None:
             self._check_compactable(shape)
+        self.groups = [] if self.coupling == "none" else coupled_groups(
+            self.graph, self.convs, shape, type(self.model).__name__, self.log)
         plan, maker = self._budget(shape, round_to)
         self.schedule = self.pruning.schedule()
         self.mask = Mask(self.convs, self.pruning.method, self.schedule, data_pass, cs_every,
-                         round_to, plan, maker)
+                         round_to, plan, maker, self.groups)
         self.epoch, self.started = -1, False  # the last epoch stepped; the first mask applied
         self._hooks = []
         optimizer = options.optimizer_of(optimizer)
@@ -200,13 +209,19 @@ class Pruner:
             return
         last = self.pruning.epochs - 1
         at_pass = (last // cs_every) * cs_every
-        planned = sum(self.mask.layer_counts(c, last)[0] for c in self.convs)
-        kept = sum(self.mask.layer_counts(c, at_pass)[0] for c in self.convs)
+        planned = sum(self.mask.layer_counts(c, last)[0] for c in self.layers)
+        kept = sum(self.mask.layer_counts(c, at_pass)[0] for c in self.layers)
         if kept < planned:
             self.log(f"warning: with cs_every={cs_every} and epochs={self.pruning.epochs} the "
                      f"CS share selects {kept} of the {planned} filters it plans: the authors' "
                      f"rule keeps the list of the last CS pass (after epoch {at_pass}) to the "
                      "end; set cs_every to a divisor of epochs − 1 (cs_every=1 always is)")
+
+    @property
+    def layers(self) -> list:
+        """What the schedule counts as layers: every conv on its own, a coupled group as one
+        (``method.groups.Layer``: name, filters, members)."""
+        return self.mask.layers
 
     @property
     def graph(self) -> ModelGraph:
@@ -234,13 +249,16 @@ class Pruner:
         if input_shape is None:
             raise UserError("a target needs input_shape=(C, H, W): the FLOPs and parameters are "
                             "counted for one image of that size")
-        self.convs = counted_once(self.convs)
+        members = {n for g in self.groups for n, _ in g.members}
+        self.convs = counted_once(self.convs, keep=members)
+        layers = layers_of(self.convs, self.groups)
         cost = NetworkCost(self.graph, input_shape)
-        self.allocator = Allocator(self.convs, lambda pruned: cost(pruned)[target.index], target,
-                                   self.pruning.first_share, round_to)
+        self.allocator = Allocator(
+            layers, lambda pruned: cost(expand_all(layers, pruned))[target.index], target,
+            self.pruning.first_share, round_to)
         if target.allocation == "uniform":
             plan = self.allocator.uniform()
-            for line in self.plan_lines(plan):
+            for line in self.plan_lines(plan, layers):
                 self.log(line)
             return plan, None
         self.allocator.check_reachable()
@@ -254,14 +272,15 @@ class Pruner:
             self.log(line)
         return plan
 
-    def plan_lines(self, plan: dict | None = None) -> list[str]:
+    def plan_lines(self, plan: dict | None = None, layers: list | None = None) -> list[str]:
         """The log lines of a target's plan (the mask's, by default): what it keeps."""
         plan = plan if plan is not None else self.mask.plan
         a = self.allocator
         if a is None or plan is None:
             return []
         reached = a.fraction(plan)
-        widths = ", ".join(f"{c.filters - sum(plan[c.name])}/{c.filters}" for c in self.convs)
+        widths = ", ".join(f"{c.filters - sum(plan[c.name])}/{c.filters}"
+                           for c in layers or self.layers)
         lines = [f"target: {a.target.fraction:g} of the dense {a.target.unit}, "
                  f"{a.target.allocation} allocation; the plan keeps {reached:.4f}; filters kept "
                  f"per layer: {widths}"]
@@ -385,7 +404,8 @@ class Pruner:
         return self.schedule.at(epoch)["zeta"]
 
     def total_filters(self) -> int:
-        """The prunable filters (a target's coupled layers counted once)."""
+        """The prunable filters (a coupled group, and under a target a depthwise conv with
+        its producer, counted once)."""
         return self.mask.total_filters()
 
     def total_selected(self) -> int:
@@ -396,14 +416,15 @@ class Pruner:
         return self.mask.selected_counts()
 
     def final_counts(self) -> dict:
-        """{conv name: (first, second) counts the last update will select}."""
+        """{layer name: (first, second) counts the last update will select} (a layer: a conv,
+        or a coupled group)."""
         return self.mask.final_counts()
 
     def selected_shares(self) -> dict:
         """{criterion: the share of the prunable filters it selected at the last update}."""
         total = max(self.mask.total_filters(), 1)
         m = self.mask
-        return {crit: sum(len(v) for v in selected.values()) / total
+        return {crit: sum(len(selected[c.name]) for c in m.layers) / total
                 for crit, selected in ((m.method.first, m.selected_first),
                                        (m.method.second, m.selected_second)) if crit}
 
@@ -418,7 +439,7 @@ class Pruner:
         if self.pruning.target is None:
             at = self.schedule.at(epoch)
         else:
-            counts = [self.mask.layer_counts(c, epoch) for c in self.convs]
+            counts = [self.mask.layer_counts(c, epoch) for c in self.layers]
             total = self.mask.total_filters()
             first, second = (sum(n[i] for n in counts) / total for i in (0, 1))
             at = {"theta": first + second, "first": first, "second": second}
@@ -437,16 +458,20 @@ class Pruner:
         return replace(curves, theta=np.array([r["theta"] for r in rows]), **arrays)
 
     def widths(self) -> list[tuple[str, int, int, int]]:
-        """Per counted layer: (name, filters, filters kept at the end, kept now)."""
+        """Per counted layer (a coupled group once): (name, filters, filters kept at the end,
+        kept now)."""
         final = self.mask.final_counts()
         return [(c.name, c.filters, c.filters - sum(final[c.name]),
-                 c.filters - len(self.mask.selected(c.name))) for c in self.convs]
+                 c.filters - len(self.mask.layer_selected(c.name))) for c in self.layers]
 
     def state_dict(self) -> dict:
         """Tensors, numbers and strings only (``torch.load(weights_only=True)`` reads it)."""
         p = self.pruning
+        # the coupling only when on: an uncoupled state is the one saved before it existed
+        coupled = {"coupling": self.coupling} if self.coupling != "none" else {}
         return {**self.mask.state_dict(), "step_epoch": self.epoch, "started": self.started,
-                "rates": dict(p.rates), "epochs": p.epochs, "target": self._target_text()}
+                "rates": dict(p.rates), "epochs": p.epochs, "target": self._target_text(),
+                **coupled}
 
     def _target_text(self) -> str:
         return str(self.pruning.target) if self.pruning.target else ""
@@ -462,11 +487,11 @@ class Pruner:
     def load_state_dict(self, state: dict) -> None:
         p = self.pruning
         made = (state.get("method"), state.get("rates", p.rates), state.get("epochs", p.epochs),
-                state.get("target", ""))
-        now = (p.method.name, p.rates, p.epochs, self._target_text())
+                state.get("target", ""), state.get("coupling", "none"))
+        now = (p.method.name, p.rates, p.epochs, self._target_text(), self.coupling)
         if made != now:
-            said = [f"method {m!r}, rates {r}, {e} epochs and target {t or 'none'!r}"
-                    for m, r, e, t in (made, now)]
+            said = [f"method {m!r}, rates {r}, {e} epochs, target {t or 'none'!r} and "
+                    f"coupling {c!r}" for m, r, e, t, c in (made, now)]
             raise UserError(f"this pruner state was made with {said[0]}, not {said[1]}; build "
                             "the Pruner as it was built then")
         try:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from ..method.budget import ALLOCATIONS
 from ..method.criteria import registry
+from ..method.groups import COUPLINGS
 from ..method.methods import ATTENUATE, METHODS
 
 MATCH, CHANGE, IGNORE = "match", "change", "ignore"
@@ -157,6 +158,11 @@ def _static_flags() -> list[Flag]:
              "default) or global (counts per layer from the criterion's scores, normalised by "
              "each layer's mean)", METHOD, grid=True, added=None, api="allocation",
              choices=ALLOCATIONS),
+        Flag("coupling", "none", str, "residual: the convs whose outputs meet in one "
+             "residual sum select the same channels, as one layer, so that the compact "
+             "network's residual streams are narrow too; none: every conv selects its own "
+             "(the paper). See docs/methods.md, 'Coupled selection'", METHOD,
+             added="none", api="coupling", choices=COUPLINGS),
         Flag("round_to", 1, int, "keep a multiple of N filters in every pruned layer "
              "(selecting fewer where needed): CPU/GPU kernels compute channels in blocks of 8 "
              "or 16", METHOD, api="round_to", check=at_least(1), metavar="N"),

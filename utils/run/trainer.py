@@ -104,7 +104,7 @@ class Trainer:
                       amp_dtype=self.amp_dtype, cs_transform=data.batch_transform,
                       class_names=data.classes, auto_start=False,
                       input_shape=data.input_shape, graph=self.graph, hands_off=False,
-                      check_compact=False,
+                      check_compact=False, coupling=args.coupling,
                       log=lambda message, echo=True: self._early.append((message, echo)))
 
     @property
@@ -359,7 +359,7 @@ class Trainer:
             return  # a target's plan is logged with the rounding in it
         rates, final = self.pruning.rates.values(), self.pruner.final_counts()
         parts = []
-        for c in self.convs:
+        for c in self.pruner.layers:  # a coupled group rounds as one layer
             n, plain = sum(final[c.name]), sum(count(c.filters, r) for r in rates)
             parts.append(f"{c.name} keeps {c.filters - n}/{c.filters} (prunes {n}, not {plain})")
         self.log(f"--round_to {self.args.round_to}: " + "; ".join(parts))

@@ -4,7 +4,8 @@ per-channel tensor of the parameters (a learnable scale or shift: timm's layer s
 learnable affine block).
 
 A sum keeps its operands' computed channels (completed to full width once they cover half of
-them, so the next residual add can write into it); constants add up in float64. A difference
+them, so the next residual add can write into it, unless one operand covers the other's: a
+coupled selection's narrow stream); constants add up in float64. A difference
 is the sum with the second operand negated. A product by a per-sample scale leaves a uniform
 channel as a ``Scaled`` one until a conv takes it in. A number or a per-channel parameter makes
 an affine map per channel, its values read when the conversion runs.
@@ -177,8 +178,8 @@ def add_states(cv, op, a: T, b: T) -> T:
 
 
 def _union_order(a: T, b: T) -> torch.Tensor:
-    """The sum's computed channels. An operand that covers every channel gives its order (the
-    other is added into it, in place). Otherwise, once the operands together cover half the
+    """The sum's computed channels. An operand that covers every channel, or every channel
+    the other computes, gives its order (the other is added into it, in place). Otherwise, once the operands together cover half the
     channels, the sum is completed to full width, constants filled in: the next residual add
     can then take it in place, which on CPUs beats the narrower convs a narrower stream gives
     (oneDNN computes channels in blocks of 8 or 16 anyway; measured on ResNets and
@@ -187,6 +188,13 @@ def _union_order(a: T, b: T) -> torch.Tensor:
     if bool(am.all()):
         return a.ids
     if bool(bm.all()):
+        return b.ids
+    # coupled operands (``coupling="residual"``) compute the same channels, or an option-A
+    # shortcut some of them: the channels neither computes stay out, the stream narrow, and
+    # the operand that covers the other is taken as it is (no pad, no gather)
+    if not bool((bm & ~am).any()):
+        return a.ids
+    if not bool((am & ~bm).any()):
         return b.ids
     union = am | bm
     if int(union.sum()) * 2 >= a.width:

@@ -1,0 +1,110 @@
+"""Narrow residual streams (issue 31, item 2): where every operand of a residual sum computes
+the same channels — a coupled selection's (``coupling="residual"``) — the compact network
+keeps the sum at those channels, with no pad or gather, and stays exact (in float64, with
+random BN statistics, so the removed channels carry constants into the stream)."""
+import collections
+import copy
+import warnings
+
+import pytest
+import torch
+import torchvision
+
+from bench.common import calibrate_bn
+from models import build_model
+from utils.compaction import (NetworkCost, compact_cost, compact_model, export_onnx,
+                              find_prunable_convs)
+from utils.pruner import Pruner, PruningWarning
+from tests.soft_pruning import one_thread, rel_error  # noqa: F401 (autouse)
+
+NETWORKS = {  # name: (builder, image side)
+    "resnet20": (lambda: build_model("resnet20", 10), 32),  # option-A shortcuts
+    "mobilenet_v2": (lambda: build_model("mobilenet_v2", 10), 32),
+    "torchvision resnet18": (lambda: torchvision.models.resnet18(num_classes=10), 32),
+}
+
+
+def network(name):
+    build, size = NETWORKS[name]
+    torch.manual_seed(0)
+    model = calibrate_bn(build(), (3, size, size), torch.Generator().manual_seed(1))
+    return model, (3, size, size)
+
+
+def layers(model, shape):
+    """The coupled pruner's layers: a group of convs, or a conv of its own."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PruningWarning)
+        return Pruner(model, "fpgm", {"gm": 0.4}, 2, input_shape=shape,
+                      coupling="residual").layers
+
+
+@torch.no_grad()
+def prune_coupled(model, shape, seed=0, share=0.5, bn=False):
+    """Zero a random count (0 … ⌊share·W⌋) of random channels of every layer, the same in
+    every member of a group (as a coupled selection falls); ``bn``: their BatchNorm's γ and β
+    too (``attenuate="bn"``: the channels are zero, not constant)."""
+    gen = torch.Generator().manual_seed(seed)
+    pruned = {}
+    for layer in layers(model, shape):
+        k = int(torch.randint(int(share * layer.filters) + 1, (), generator=gen))
+        chosen = layer.take(torch.randperm(layer.filters, generator=gen), k)
+        for m in layer.members:
+            idx = layer.part(m, chosen)
+            m.conv.conv.weight[idx] = 0
+            if bn:
+                m.conv.bn.weight[idx] = m.conv.bn.bias[idx] = 0
+            pruned[m.conv.name] = idx
+    return pruned
+
+
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_coupled_selections_compact_exactly_in_float64(name):
+    model, shape = network(name)
+    model = model.double()
+    cost_of = NetworkCost(model, shape)
+    pruned = prune_coupled(model, shape)
+    compact = compact_model(model, pruned, input_shape=shape)
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with torch.no_grad():
+        ref, out = model(x), compact(x)
+    assert rel_error(ref, out) <= 1e-10
+    assert (ref[0] - ref[1]).abs().max() > 1e-3 * ref.abs().max()  # not a constant network
+    assert compact_cost(compact, shape) == cost_of(pruned)  # a target's walk counts the same
+
+
+def onnx_ops(model, pruned, shape, path) -> collections.Counter:
+    import onnx
+
+    export_onnx(compact_model(model, pruned, input_shape=shape), path, (2, *shape))
+    return collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+@pytest.mark.parametrize("name,coupled_pads", [("torchvision resnet18", 0), ("resnet20", 2)])
+def test_a_coupled_compact_resnet_exports_no_pad_or_gather_for_its_streams(name, coupled_pads,
+                                                                           tmp_path):
+    """The pruned channels zero (``attenuate="bn"``, the API's default): ResNet-20's two
+    option-A shortcuts keep one pad each (the dense network's zero channels); independent
+    selections pad and gather wherever a narrow output rejoins the stream. (Channels that
+    are constant instead, the paper's ``attenuate="weights"`` with trained BN statistics,
+    add their constant maps at the readers' borders: issue 31, item 3.)"""
+    model, shape = network(name)
+    both = copy.deepcopy(model)
+    coupled = onnx_ops(both, prune_coupled(both, shape, bn=True), shape, tmp_path / "coupled.onnx")
+    alone = onnx_ops(model, prune_alone(model, shape), shape, tmp_path / "alone.onnx")
+    assert coupled["Pad"] == coupled["Gather"] == coupled_pads
+    assert alone["Pad"] > coupled["Pad"] and alone["Gather"] > coupled["Gather"]
+
+
+@torch.no_grad()
+def prune_alone(model, shape, seed=0, share=0.5):
+    """Random shares, every conv its own random filters (an uncoupled selection), their
+    BatchNorm's γ and β zero too."""
+    gen = torch.Generator().manual_seed(seed)
+    pruned = {}
+    for c in find_prunable_convs(model, input_shape=shape):
+        k = int(torch.randint(1, int(share * c.filters) + 1, (), generator=gen))
+        pruned[c.name] = torch.randperm(c.filters, generator=gen)[:k]
+        c.conv.weight[pruned[c.name]] = 0
+        c.bn.weight[pruned[c.name]] = c.bn.bias[pruned[c.name]] = 0
+    return pruned

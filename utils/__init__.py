@@ -25,7 +25,7 @@ TORCH_MIN = (2, 6)
 TORCH_TESTED = "2.14.1"
 
 _API = {  # name -> module that defines it
-    "Pruner": "pruner",
+    "Pruner": "pruner", "PruningWarning": "pruner",
     "CompactNet": "compaction", "compact_model": "compaction", "save_compact": "compaction",
     "load_compact": "compaction", "network_cost": "compaction", "compact_cost": "compaction",
     "export_pt2": "compaction", "export_onnx": "compaction", "export_torchscript": "compaction",

@@ -36,10 +36,6 @@ per thread and the intra-op threads inherit it when the first parallel op starts
 it before any tensor work (the scripts do it for you; ``--keep_subnormals`` opts out there).
 """
 import contextlib
-import logging
-import os
-import sys
-import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -49,10 +45,11 @@ from torch import nn
 from .. import distributed as dist
 from ..compaction import ModelGraph, NetworkCost, compact_model
 from ..errors import OptionError, UserError
+from ..hands_off import rng_untouched
 from ..method.allocation import Allocator
-from ..method.budget import TOLERANCE, PlanMaker, counted_once
+from ..method.budget import PlanMaker, counted_once
 from ..method.criteria import criterion
-from ..method.graph import PrunableConv, unwrap
+from ..method.graph import PrunableConv
 from ..method.groups import expand_all, layers_of
 from ..method.mask import Mask
 from ..method.methods import Pruning, resolve
@@ -60,33 +57,9 @@ from ..method.schedule import Curves
 from . import options
 from .coupling import coupled_groups, coupling_of
 from .cs_data import first_batch
-from ..hands_off import rng_untouched
+from .messages import PruningWarning, plan_lines, to_logging
 
-
-class PruningWarning(UserWarning):
-    """Something the Pruner was asked to do that will not give what the method promises (it
-    goes on): FSDP without an optimizer, a CS share the authors' rule drops, classes missing
-    from ``cs_data``. Each is warned once (Python's ``warnings``)."""
-
-
-def _to_logging(message: str, echo: bool = True) -> None:
-    """Where the Pruner's messages go by default: warnings as ``PruningWarning`` (pointing at
-    the user's line that called the package), the rest to the ``fsdp_pruning`` logger (shown
-    with ``logging.basicConfig(level=logging.INFO)``)."""
-    if message.startswith("warning: "):
-        warnings.warn(message.removeprefix("warning: "), PruningWarning,
-                      stacklevel=_caller_level())
-    else:
-        logging.getLogger("fsdp_pruning").info(message)
-
-
-def _caller_level() -> int:
-    """The ``stacklevel`` of the first frame outside this package (the user's call)."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    frame, level = sys._getframe(1), 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
-        frame, level = frame.f_back, level + 1
-    return level
+__all__ = ["Pruner", "PruningWarning"]
 
 
 class Pruner:
@@ -125,7 +98,7 @@ class Pruner:
         self._graph = graph
         self.input_shape = options.input_shape_of(input_shape)
         self.hands_off = options.switch("hands_off", hands_off)
-        self.log = options.callable_or_none("log", log) or _to_logging
+        self.log = options.callable_or_none("log", log) or to_logging
         self.pruning = self._pruning(method, rates, epochs, tau, attenuation, zero_scaling,
                                      attenuate, prune_every, target, allocation)
         cs_every = options.whole("cs_every", cs_every)
@@ -275,20 +248,7 @@ class Pruner:
     def plan_lines(self, plan: dict | None = None, layers: list | None = None) -> list[str]:
         """The log lines of a target's plan (the mask's, by default): what it keeps."""
         plan = plan if plan is not None else self.mask.plan
-        a = self.allocator
-        if a is None or plan is None:
-            return []
-        reached = a.fraction(plan)
-        widths = ", ".join(f"{c.filters - sum(plan[c.name])}/{c.filters}"
-                           for c in layers or self.layers)
-        lines = [f"target: {a.target.fraction:g} of the dense {a.target.unit}, "
-                 f"{a.target.allocation} allocation; the plan keeps {reached:.4f}; filters kept "
-                 f"per layer: {widths}"]
-        if abs(reached - a.target.fraction) > TOLERANCE:
-            lines.append(f"warning: the plan misses the target by "
-                         f"{reached - a.target.fraction:+.4f} of the dense count "
-                         "(docs/methods.md, 'Prune to a budget')")
-        return lines
+        return plan_lines(self.allocator, plan, layers or self.layers)
 
     def set_log(self, log) -> None:
         """Where the pruner's messages (a target's plan, the CS pass) go from now on."""

@@ -179,6 +179,16 @@ def test_every_number_is_checked(genuine, tmp_path, new):
             load_or_refuse(mutated(blob, field, "value", new), sentinel, torch.randn(1, *SHAPE))
 
 
+def test_a_part_kept_whole_cannot_come_from_a_file(genuine, tmp_path):
+    """A ``held`` node runs code (a piece of the dense network), which only a network built in
+    memory holds: in a file it is refused, whatever its name and inputs."""
+    sentinel = str(tmp_path / "sentinel")
+    for _, blob in genuine:
+        for i in (0, len(blob["manifest"]["nodes"]) // 2):
+            assert load_or_refuse(mutated(blob, ("manifest", "nodes", i, "op"), "value", "held"),
+                                  sentinel, torch.randn(1, *SHAPE)) == "refused"
+
+
 def test_a_resize_step_that_pads_is_held_to_the_grammar(genuine, tmp_path):
     """A map's ``ones`` replays the spatial ops since its data node: a pad among them is held
     to the pad's grammar like any other (the genuine files pad after a data node, so no replay

@@ -47,6 +47,16 @@ def rel_error(a, b):
     return ((a - b).abs().max() / a.abs().max()).item()
 
 
+def assert_exact_in_float64(model, compact, shape) -> None:
+    """The compact network computes the float64 soft-pruned one's outputs within 1e-10
+    (relative) on two random inputs that the network does not map to one constant."""
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with torch.no_grad():
+        ref, out = model(x), compact(x)
+    assert rel_error(ref, out) <= 1e-10
+    assert (ref[0] - ref[1]).abs().max() > 1e-3 * ref.abs().max()  # not a constant network
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """One compute thread for the tests of a module that imports this fixture (autouse there):

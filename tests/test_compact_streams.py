@@ -15,7 +15,7 @@ from models import build_model
 from utils.compaction import (NetworkCost, compact_cost, compact_model, export_onnx,
                               find_prunable_convs)
 from utils.pruner import Pruner, PruningWarning
-from tests.soft_pruning import one_thread, rel_error  # noqa: F401 (autouse)
+from tests.soft_pruning import assert_exact_in_float64, one_thread  # noqa: F401 (autouse)
 
 NETWORKS = {  # name: (builder, image side)
     "resnet20": (lambda: build_model("resnet20", 10), 32),  # option-A shortcuts
@@ -65,11 +65,7 @@ def test_coupled_selections_compact_exactly_in_float64(name):
     cost_of = NetworkCost(model, shape)
     pruned = prune_coupled(model, shape)
     compact = compact_model(model, pruned, input_shape=shape)
-    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    with torch.no_grad():
-        ref, out = model(x), compact(x)
-    assert rel_error(ref, out) <= 1e-10
-    assert (ref[0] - ref[1]).abs().max() > 1e-3 * ref.abs().max()  # not a constant network
+    assert_exact_in_float64(model, compact, shape)
     assert compact_cost(compact, shape) == cost_of(pruned)  # a target's walk counts the same
 
 

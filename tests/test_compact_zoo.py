@@ -22,7 +22,8 @@ from models import build_model
 from utils.compaction import (NetworkCost, compact_cost, compact_model, export_onnx,
                               find_prunable_convs, load_compact, network_cost, save_compact)
 from utils.compaction.converter import RULES
-from tests.soft_pruning import one_thread, rel_error  # noqa: F401 (autouse)
+from tests.soft_pruning import (  # noqa: F401 (one_thread: autouse)
+    assert_exact_in_float64, one_thread, rel_error)
 
 FAMILIES = [  # (arch, image side): squeeze-excitation on maps larger than 1×1 scales them
     # (MobileNetV3-S at 32: the last blocks' maps are 1×1, an elementwise product)
@@ -226,11 +227,7 @@ def test_family_compacts_exactly_and_counts_right(arch, size, built):
                           sum(p.numel() for p in model.parameters()))
     pruned = prune_some(model, shape=shape)
     compact = compact_model(model, pruned, input_shape=shape)
-    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    with torch.no_grad():
-        ref, out = model(x), compact(x)
-    assert rel_error(ref, out) <= 1e-10
-    assert (ref[0] - ref[1]).abs().max() > 1e-3 * ref.abs().max()  # not a constant network
+    assert_exact_in_float64(model, compact, shape)
     cost = compact_cost(compact, shape)
     assert cost == cost_of(pruned)  # the per-epoch count: the same walk
     assert cost[0] == flop_counter_macs(compact, shape)

@@ -110,18 +110,28 @@ CASES = [
 RUNTIMES = ("nchw", "nhwc", "onnxruntime")
 
 
-def _onnx_runner(model: nn.Module, shape, folder: str, name: str):
-    import onnxruntime
-
-    path = os.path.join(folder, f"{name}.onnx")
+def export_quietly(model: nn.Module, shape, path: str) -> str:
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's progress lines and deprecations
         export_onnx(model, path, shape)
+    return path
+
+
+def ort_session(path: str, threads: int = 1):
+    """The ONNX file at ``path`` loaded in ONNX Runtime with ``threads`` intra-op threads (0:
+    its default)."""
+    import onnxruntime
+
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        options.intra_op_num_threads = options.inter_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def _onnx_runner(model: nn.Module, shape, folder: str, name: str):
+    session = ort_session(export_quietly(model, shape, os.path.join(folder, f"{name}.onnx")))
     return lambda x: session.run(None, {"input": x})
 
 
@@ -137,11 +147,12 @@ def runners(nets: dict, runtime: str, shape, folder: str) -> tuple[dict, callabl
     return dict(nets), lambda x: x
 
 
-def time_row(fns: dict, make_input, batch: int, size: int, reps: int, warmup: int) -> dict:
+def time_row(fns: dict, make_input, batch: int, size: int, reps: int, warmup: int,
+             clock=time.process_time) -> dict:
     x = make_input(torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1)))
     with torch.inference_mode():
         return interleaved({k: (lambda f=f: f(x)) for k, f in fns.items()}, reps,
-                           torch.device("cpu"), warmup, clock=time.process_time)
+                           torch.device("cpu"), warmup, clock=clock)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,6 +1,7 @@
 """CPU latency of compact networks beyond the ResNets: does compaction pay on every family?
 
-    python -m bench.compact_zoo [--quick] [--only timm]
+    python -m bench.compact_zoo [--quick] [--only timm] [--coupling none residual]
+                                [--round_to 1 16] [--ort_threads 1 0]
 
 VGG-16-BN (CIFAR, 32×32), torchvision's MobileNetV2, EfficientNet-B0, RegNetX-400MF,
 ResNeXt-50 and DenseNet-121, and timm's EfficientNet-B0, MobileNetV3-L, CSPDarknet-53,
@@ -17,28 +18,41 @@ and parameters before and after, and the soft-pruned ``dense`` network against t
 and channels_last (``nhwc``), and in ONNX Runtime (the ``export_onnx`` files, 1 intra-op
 thread, as ``bench.compact_latency`` times it), at batch 1 and a larger batch.
 
+``--coupling residual``: the convs whose outputs meet in one residual sum select the same
+channels (``Pruner(coupling="residual")``: ranked by the group's combined GM score), so the
+compact network's streams are narrow; each network is measured once per coupling asked for.
+``--ort_threads 0``: ONNX Runtime with its default intra-op threads too (timed in wall-clock
+seconds, since CPU time sums the threads). Beside every ONNX Runtime row: the exported graphs'
+Pad, Gather, Add and Mul nodes, dense → compact.
+
 Columns: ``speedup`` = dense ÷ compact; ``flops`` = compact ÷ dense MACs;
 ``speedup_vs_flops`` = speedup × flops (1 = as fast as the FLOPs promise). Summary lines, for
 eager PyTorch (NCHW and nhwc) and, apart, for ONNX Runtime: ``slowest_compact_vs_dense`` = the
 smallest speedup of any row (target ≥ 1.0: compaction never slows a network down);
 ``geomean_speedup_vs_flops`` over the larger-batch rows (target ≥ 0.7 in eager PyTorch; ONNX
-Runtime's is reported, its target is the first line); the same for the networks with every
-pruned layer keeping a multiple of 16 filters (``--round_to 16``), beside them.
+Runtime's is reported, its target is the first line; coupled, ≥ 0.75); the same for the
+networks with every pruned layer keeping a multiple of 16 filters (``--round_to 16``), beside
+them.
 """
 import argparse
+import collections
 import copy
 import math
+import os
 import tempfile
+import time
+import warnings
 
 import torch
 
 from bench.common import calibrate_bn
-from bench.compact_latency import runners, time_row
+from bench.compact_latency import export_quietly, ort_session, runners, time_row
 from models import MODELS, build_model
 from utils.compaction import (compact_cost, compact_model, find_prunable_convs, kept_line,
                               max_rel_error, network_cost)
 from utils.method.criteria import criterion
 from utils.method.schedule import count, round_selected
+from utils.pruner import Pruner, PruningWarning
 
 # name, arch, image side, {batch: (repeats, warm-up)}
 CASES = [
@@ -60,19 +74,23 @@ CASES = [
     ("timm lambda_resnet26t kept", "timm:lambda_resnet26t", 256, {1: (8, 1), 8: (3, 1)}),
     ("timm tf_efficientnet_b0 kept", "timm:tf_efficientnet_b0", 224, {1: (15, 2), 16: (4, 1)}),
 ]
-RUNTIMES = ("nchw", "nhwc", "onnxruntime")
 EAGER = ("nchw", "nhwc")
 RATE = 0.4
 
 
 @torch.no_grad()
-def soft_pruned_gm(arch: str, size: int, round_to: int = 1, seed: int = 0):
+def soft_pruned_gm(arch: str, size: int, round_to: int = 1, seed: int = 0,
+                   coupling: str = "none"):
     """The network with ⌊0.4F⌋ filters per conv (a multiple of ``round_to`` kept) zeroed, those
-    closest to their layer's geometric median: FPGM's own choice."""
+    closest to their layer's geometric median: FPGM's own choice. ``coupling="residual"``:
+    ⌊0.4W⌋ channels per coupled group of W, by the group's combined score, zeroed in every
+    member (what the mask of a coupled run selects)."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     classes = 10 if arch in MODELS else 1000  # the CIFAR networks, or an ImageNet one
     model = calibrate_bn(build_model(arch, classes), (3, size, size), gen)
+    if coupling == "residual":
+        return model, _coupled_gm(model, (3, size, size), round_to)
     pruned = {}
     for c in find_prunable_convs(model, input_shape=(3, size, size)):
         n = round_selected(c.filters, count(c.filters, RATE), round_to)
@@ -82,12 +100,38 @@ def soft_pruned_gm(arch: str, size: int, round_to: int = 1, seed: int = 0):
     return model, pruned
 
 
+def _coupled_gm(model, shape, round_to: int) -> dict:
+    gm = criterion("gm")
+    with warnings.catch_warnings():  # FPGM without an optimizer: the Pruner's usual warning
+        warnings.simplefilter("ignore", PruningWarning)
+        layers = Pruner(model, "fpgm", {"gm": RATE}, 2, input_shape=shape,
+                        coupling="residual").layers
+    pruned = {}
+    for layer in layers:
+        n = round_selected(layer.filters, count(layer.filters, RATE), round_to)
+        everyone = torch.arange(layer.filters)
+        scores = layer.combined(everyone, lambda conv, f: gm.scores(conv.conv.weight, f))
+        chosen = layer.take(torch.argsort(scores, stable=True), n)
+        for member in layer.members:
+            idx = layer.part(member, chosen)
+            member.conv.conv.weight[idx] = 0
+            pruned[member.conv.name] = idx
+    return pruned
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="2 repeats each: a smoke test")
     p.add_argument("--only", nargs="+", metavar="WORD",
                    help="only the networks whose name contains one of these words "
                         "(e.g. timm); the summary lines are over their rows")
+    p.add_argument("--coupling", nargs="+", choices=("none", "residual"), default=["none"],
+                   help="the selections measured: independent per conv (none), coupled per "
+                        "residual stream (residual), or both")
+    p.add_argument("--round_to", nargs="+", type=int, default=[1, 16], metavar="N",
+                   help="every pruned layer keeps a multiple of N filters (1: as counted)")
+    p.add_argument("--ort_threads", nargs="+", type=int, default=[1], metavar="N",
+                   help="ONNX Runtime's intra-op threads per row (0: its default, all cores)")
     return p
 
 
@@ -97,23 +141,35 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     import onnxruntime
     print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, CPU "
-          f"{torch.backends.cpu.get_cpu_capability()}, 1 thread; {RATE:.0%} of every prunable "
-          "conv's filters (GM); FLOPs = multiply-accumulates; times are medians of CPU time (ms)")
-    rows = {1: [], 16: []}
+          f"{torch.backends.cpu.get_cpu_capability()} ({os.cpu_count()} cores), PyTorch on 1 "
+          f"thread; {RATE:.0%} of every prunable conv's filters (GM); FLOPs = "
+          "multiply-accumulates; times are medians of CPU time (ms; wall time for ONNX Runtime "
+          "on several threads)")
+    variants = [(coupling, round_to) for coupling in args.coupling for round_to in args.round_to]
+    rows = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as folder:
         for case in cases:
-            for round_to in (1, 16):
-                rows[round_to] += measure(case, round_to, args.quick, folder)
+            for coupling, round_to in variants:
+                rows[coupling, round_to] += measure(case, round_to, args.quick, folder, coupling,
+                                                    args.ort_threads)
     print()
     for runtimes, where, target in ((EAGER, "", "; target >= 0.7"),
-                                    (("onnxruntime",), "_onnxruntime", "")):
-        for round_to, label in ((1, ""), (16, "_round_to_16")):
-            summary(rows[round_to], runtimes, where + label, target)
+                                    (ORT_RUNTIMES, "_onnxruntime", "")):
+        for coupling, round_to in variants:
+            label = where + ("_coupled" if coupling == "residual" else "") + \
+                (f"_round_to_{round_to}" if round_to > 1 else "")
+            aim = "; target >= 0.75" if coupling == "residual" and not target else target
+            summary(rows[coupling, round_to], runtimes, label, aim)
+
+
+ORT_RUNTIMES = ("onnxruntime", "onnxruntime threads")
 
 
 def summary(rows: list, runtimes: tuple, label: str, target: str) -> None:
     """The two summary lines over the rows of ``runtimes``."""
     rows = [r for r in rows if r[4] in runtimes]
+    if not rows:
+        return
     slowest = min(rows, key=lambda r: r[0])
     large = [r[1] for r in rows if r[2]]
     geomean = math.exp(sum(math.log(v) for v in large) / len(large))
@@ -130,17 +186,46 @@ def float32_rounding(dense, shape) -> float:
     return ((dense(x).double() - ref).abs().max() / ref.abs().max()).item()
 
 
-def measure(case, round_to: int, quick: bool, folder: str) -> list:
+def onnx_ops(path: str) -> collections.Counter:
+    """The op types of the exported graph's data path: the nodes the input reaches (a constant
+    map's own nodes ONNX Runtime folds into a constant when it loads the file)."""
+    import onnx
+
+    graph = onnx.load(path).graph
+    reached, counts = {i.name for i in graph.input}, collections.Counter()
+    for node in graph.node:  # topologically sorted, as ONNX requires
+        if any(name in reached for name in node.input):
+            reached.update(node.output)
+            counts[node.op_type] += 1
+    return counts
+
+
+JOIN_OPS = ("Pad", "Gather", "Add", "Mul")
+
+
+def ort_runners(paths: dict, threads: int) -> tuple[dict, str]:
+    """{name: fn(x)} on ONNX Runtime with ``threads`` intra-op threads (0: its default) for the
+    exported ``paths``, and their join ops (dense → compact)."""
+    fns = {k: (lambda x, s=ort_session(p, threads): s.run(None, {"input": x}))
+           for k, p in paths.items()}
+    counts = {k: onnx_ops(p) for k, p in paths.items()}
+    ops = ", ".join(f"{op} {counts['dense'][op]}→{counts['compact'][op]}" for op in JOIN_OPS)
+    return fns, ops
+
+
+def measure(case, round_to: int, quick: bool, folder: str, coupling: str = "none",
+            ort_threads=(1,)) -> list:
     """Time one network and print its rows: [(speedup, speedup_vs_flops, larger batch, where,
     runtime)]."""
     name, arch, size, plan = case
-    dense, pruned = soft_pruned_gm(arch, size, round_to)
+    dense, pruned = soft_pruned_gm(arch, size, round_to, coupling=coupling)
     shape = (3, size, size)
     compact = compact_model(dense, pruned, input_shape=shape)
     flops_d, params_d = network_cost(dense, shape)
     flops_c, params_c = compact_cost(compact, shape)
     ratio = flops_c / flops_d
-    label = name + (f" r{round_to}" if round_to > 1 else "")
+    label = name + (" coupled" if coupling == "residual" else "") + \
+        (f" r{round_to}" if round_to > 1 else "")
     kept = f"; {kept_line(compact.kept_whole)}" if compact.kept_whole else ""
     print(f"\n{label}: exact {max_rel_error(dense, compact, shape):.1e} (dense in float32 vs "
           f"float64: {float32_rounding(dense, shape):.1e}), FLOPs "
@@ -151,20 +236,33 @@ def measure(case, round_to: int, quick: bool, folder: str) -> list:
           f"{'speedup':>7} {'flops':>6}  speedup_vs_flops")
     out = []
     largest = max(plan)
-    for runtime in RUNTIMES:
-        fns, make_input = runners({"dense": dense, "compact": compact}, runtime, (1,) + shape,
-                                  folder)
+    nets = {"dense": dense, "compact": compact}
+    paths = {k: export_quietly(m, (1,) + shape, os.path.join(folder, f"{k}_{id(m)}.onnx"))
+             for k, m in nets.items()}
+    settings = [(r, 1) for r in EAGER] + \
+        [("onnxruntime" if n == 1 else "onnxruntime threads", n) for n in ort_threads]
+    for runtime, threads in settings:
+        ops, clock = "", time.process_time
+        if runtime in EAGER:
+            fns, make_input = runners(nets, runtime, (1,) + shape, folder)
+        else:
+            fns, ops = ort_runners(paths, threads)
+            make_input = lambda x: x.numpy()  # noqa: E731
+            if threads != 1:  # CPU time would sum the threads
+                clock = time.perf_counter
         for batch, (reps, warmup) in plan.items():
             if round_to > 1 and batch != largest:
                 continue  # rounded widths: the larger batch only
             reps, warmup = (2, 1) if quick else (reps, warmup)
-            t = time_row(fns, make_input, batch, size, reps, warmup)
+            t = time_row(fns, make_input, batch, size, reps, warmup, clock)
             speedup = t["dense"] / t["compact"]
-            print(f"{label:<26} {runtime:<11} {batch:>5} {reps:>4} {t['dense'] * 1e3:>10.2f} "
+            shown = runtime if threads == 1 else f"ort {threads or 'all'} thr"
+            print(f"{label:<26} {shown:<11} {batch:>5} {reps:>4} {t['dense'] * 1e3:>10.2f} "
                   f"{t['compact'] * 1e3:>10.2f} {speedup:>6.2f}x {ratio:>6.3f}  "
-                  f"speedup_vs_flops: {speedup * ratio:.2f}", flush=True)
+                  f"speedup_vs_flops: {speedup * ratio:.2f}" + (f"  ({ops})" if ops else ""),
+                  flush=True)
             out.append((speedup, speedup * ratio, batch == largest,
-                        f"{label} {runtime} batch {batch}", runtime))
+                        f"{label} {shown} batch {batch}", runtime))
     return out
 
 

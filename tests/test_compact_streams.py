@@ -104,3 +104,37 @@ def prune_alone(model, shape, seed=0, share=0.5):
         c.conv.weight[pruned[c.name]] = 0
         c.bn.weight[pruned[c.name]] = c.bn.bias[pruned[c.name]] = 0
     return pruned
+
+
+def test_the_zoo_bench_selects_as_a_coupled_run_and_counts_the_data_path(tmp_path):
+    """``bench.compact_zoo --coupling residual``: every member of a stream loses the same
+    channels (a group's combined GM ranking), and the op counts it prints are those of the
+    data path (a constant map's own ops, folded by ONNX Runtime at load, are not counted)."""
+    from bench.compact_zoo import onnx_ops, soft_pruned_gm
+
+    shape = (3, 32, 32)
+    model, pruned = soft_pruned_gm("resnet20", 32, coupling="residual")
+    group, = [layer for layer in layers(model, shape) if layer.coupled]
+    assert group.filters == 64  # one stream: option-A shortcuts widen it, stage by stage
+    chosen = set()
+    for m in group.members:
+        chosen |= set((pruned[m.conv.name] + m.offset).tolist())
+    assert len(chosen) == int(0.4 * 64)
+    for m in group.members:  # each member: the chosen channels it writes, no other
+        assert set((pruned[m.conv.name] + m.offset).tolist()) == chosen & set(m.span)
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])
+    const = [helper.make_node("Constant", [], ["c"], value=helper.make_tensor(
+                 "v", TensorProto.FLOAT, [1, 2], [1.0, 2.0])),
+             helper.make_node("Pad", ["c", "p"], ["cp"]),  # a constant map's own work
+             helper.make_node("Gather", ["cp", "i"], ["cg"])]
+    data = [helper.make_node("Add", ["input", "cg"], ["s"]),
+            helper.make_node("Mul", ["s", "s"], ["y"])]
+    graph = helper.make_graph(const + data, "g", [x], [y])
+    onnx.save(helper.make_model(graph), str(tmp_path / "g.onnx"))
+    counts = onnx_ops(str(tmp_path / "g.onnx"))
+    assert counts == {"Add": 1, "Mul": 1}

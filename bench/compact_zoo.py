@@ -1,7 +1,7 @@
 """CPU latency of compact networks beyond the ResNets: does compaction pay on every family?
 
     python -m bench.compact_zoo [--quick] [--only timm] [--coupling none residual]
-                                [--round_to 1 16] [--ort_threads 1 0]
+                                [--round_to 1 16] [--attenuate weights bn] [--ort_threads 1 0]
 
 VGG-16-BN (CIFAR, 32×32), torchvision's MobileNetV2, EfficientNet-B0, RegNetX-400MF,
 ResNeXt-50 and DenseNet-121, and timm's EfficientNet-B0, MobileNetV3-L, CSPDarknet-53,
@@ -21,6 +21,8 @@ thread, as ``bench.compact_latency`` times it), at batch 1 and a larger batch.
 ``--coupling residual``: the convs whose outputs meet in one residual sum select the same
 channels (``Pruner(coupling="residual")``: ranked by the group's combined GM score), so the
 compact network's streams are narrow; each network is measured once per coupling asked for.
+``--attenuate bn``: the pruned filters' BatchNorm γ and β are zero too (``--attenuate bn``, the
+API's default), so the removed channels emit 0 and the compact network carries no constant.
 ``--ort_threads 0``: ONNX Runtime with its default intra-op threads too (timed in wall-clock
 seconds, since CPU time sums the threads). Beside every ONNX Runtime row: the exported graphs'
 Pad, Gather, Add and Mul nodes, dense → compact.
@@ -80,23 +82,29 @@ RATE = 0.4
 
 @torch.no_grad()
 def soft_pruned_gm(arch: str, size: int, round_to: int = 1, seed: int = 0,
-                   coupling: str = "none"):
+                   coupling: str = "none", attenuate: str = "weights"):
     """The network with ⌊0.4F⌋ filters per conv (a multiple of ``round_to`` kept) zeroed, those
     closest to their layer's geometric median: FPGM's own choice. ``coupling="residual"``:
     ⌊0.4W⌋ channels per coupled group of W, by the group's combined score, zeroed in every
-    member (what the mask of a coupled run selects)."""
+    member (what the mask of a coupled run selects). ``attenuate="bn"``: their BatchNorm's γ
+    and β zeroed too."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     classes = 10 if arch in MODELS else 1000  # the CIFAR networks, or an ImageNet one
     model = calibrate_bn(build_model(arch, classes), (3, size, size), gen)
+    convs = find_prunable_convs(model, input_shape=(3, size, size))
     if coupling == "residual":
-        return model, _coupled_gm(model, (3, size, size), round_to)
-    pruned = {}
-    for c in find_prunable_convs(model, input_shape=(3, size, size)):
-        n = round_selected(c.filters, count(c.filters, RATE), round_to)
-        idx = criterion("gm").select(c.conv.weight, torch.arange(c.filters), n)
-        c.conv.weight[idx] = 0
-        pruned[c.name] = idx
+        pruned = _coupled_gm(model, (3, size, size), round_to)
+    else:
+        pruned = {}
+        for c in convs:
+            n = round_selected(c.filters, count(c.filters, RATE), round_to)
+            pruned[c.name] = criterion("gm").select(c.conv.weight, torch.arange(c.filters), n)
+    for c in convs:
+        if c.name in pruned:
+            c.conv.weight[pruned[c.name]] = 0
+            if attenuate == "bn":
+                c.bn.weight[pruned[c.name]] = c.bn.bias[pruned[c.name]] = 0
     return model, pruned
 
 
@@ -113,9 +121,7 @@ def _coupled_gm(model, shape, round_to: int) -> dict:
         scores = layer.combined(everyone, lambda conv, f: gm.scores(conv.conv.weight, f))
         chosen = layer.take(torch.argsort(scores, stable=True), n)
         for member in layer.members:
-            idx = layer.part(member, chosen)
-            member.conv.conv.weight[idx] = 0
-            pruned[member.conv.name] = idx
+            pruned[member.conv.name] = layer.part(member, chosen)
     return pruned
 
 
@@ -130,6 +136,8 @@ def parser() -> argparse.ArgumentParser:
                         "residual stream (residual), or both")
     p.add_argument("--round_to", nargs="+", type=int, default=[1, 16], metavar="N",
                    help="every pruned layer keeps a multiple of N filters (1: as counted)")
+    p.add_argument("--attenuate", nargs="+", choices=("weights", "bn"), default=["weights"],
+                   help="bn: the pruned filters' BN γ and β zero too (no constants)")
     p.add_argument("--ort_threads", nargs="+", type=int, default=[1], metavar="N",
                    help="ONNX Runtime's intra-op threads per row (0: its default, all cores)")
     return p
@@ -145,21 +153,26 @@ def main(argv=None) -> None:
           f"thread; {RATE:.0%} of every prunable conv's filters (GM); FLOPs = "
           "multiply-accumulates; times are medians of CPU time (ms; wall time for ONNX Runtime "
           "on several threads)")
-    variants = [(coupling, round_to) for coupling in args.coupling for round_to in args.round_to]
+    variants = [Variant(c, r, a) for c in args.coupling for r in args.round_to
+                for a in args.attenuate]
     rows = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as folder:
         for case in cases:
-            for coupling, round_to in variants:
-                rows[coupling, round_to] += measure(case, round_to, args.quick, folder, coupling,
-                                                    args.ort_threads)
+            for v in variants:
+                rows[v] += measure(case, v.round_to, args.quick, folder, v, args.ort_threads)
     print()
     for runtimes, where, target in ((EAGER, "", "; target >= 0.7"),
                                     (ORT_RUNTIMES, "_onnxruntime", "")):
-        for coupling, round_to in variants:
-            label = where + ("_coupled" if coupling == "residual" else "") + \
-                (f"_round_to_{round_to}" if round_to > 1 else "")
-            aim = "; target >= 0.75" if coupling == "residual" and not target else target
-            summary(rows[coupling, round_to], runtimes, label, aim)
+        for v in variants:
+            aim = "; target >= 0.75" if v.coupling == "residual" and not target else target
+            summary(rows[v], runtimes, where + v.suffix("_coupled", "_bn", "_round_to_"), aim)
+
+
+class Variant(collections.namedtuple("Variant", "coupling round_to attenuate")):
+    def suffix(self, coupled: str, bn: str, rounded: str) -> str:
+        return (coupled if self.coupling == "residual" else "") + \
+            (bn if self.attenuate == "bn" else "") + \
+            (f"{rounded}{self.round_to}" if self.round_to > 1 else "")
 
 
 ORT_RUNTIMES = ("onnxruntime", "onnxruntime threads")
@@ -213,19 +226,20 @@ def ort_runners(paths: dict, threads: int) -> tuple[dict, str]:
     return fns, ops
 
 
-def measure(case, round_to: int, quick: bool, folder: str, coupling: str = "none",
+def measure(case, round_to: int, quick: bool, folder: str, variant=None,
             ort_threads=(1,)) -> list:
     """Time one network and print its rows: [(speedup, speedup_vs_flops, larger batch, where,
     runtime)]."""
     name, arch, size, plan = case
-    dense, pruned = soft_pruned_gm(arch, size, round_to, coupling=coupling)
+    variant = variant or Variant("none", round_to, "weights")
+    dense, pruned = soft_pruned_gm(arch, size, round_to, coupling=variant.coupling,
+                                   attenuate=variant.attenuate)
     shape = (3, size, size)
     compact = compact_model(dense, pruned, input_shape=shape)
     flops_d, params_d = network_cost(dense, shape)
     flops_c, params_c = compact_cost(compact, shape)
     ratio = flops_c / flops_d
-    label = name + (" coupled" if coupling == "residual" else "") + \
-        (f" r{round_to}" if round_to > 1 else "")
+    label = name + variant.suffix(" coupled", " bn", " r")
     kept = f"; {kept_line(compact.kept_whole)}" if compact.kept_whole else ""
     print(f"\n{label}: exact {max_rel_error(dense, compact, shape):.1e} (dense in float32 vs "
           f"float64: {float32_rounding(dense, shape):.1e}), FLOPs "

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 import compact as compact_cli
+import compare
 import notebook_cifar
 import notebook_gsc
 import notebook_imagenet
@@ -897,15 +898,16 @@ def test_bad_input_is_one_clear_line_and_leaves_earlier_runs_alone(name, case, p
 
 @pytest.mark.parametrize("folders,setup", [c[1:] for c in COMPARE_CASES],
                          ids=[c[0] for c in COMPARE_CASES])
-def test_compare_without_finished_runs_warns_per_folder_then_stops(folders, setup, paths):
+def test_compare_without_finished_runs_warns_per_folder_then_stops(folders, setup, paths,
+                                                                     capsys):
     if setup:
         setup(paths)
     before = files_of(paths.earlier)
     folders = [a.format(**vars(paths)) for a in folders]
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "compare.py"), *folders, "--out",
-                           paths.fresh], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    lines = proc.stderr.splitlines()
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    code = compare.main([*folders, "--out", paths.fresh])  # what `python compare.py` runs
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert code == 2 and "Traceback" not in err
     assert len(lines) == len(folders) + 1 and lines[-1].startswith("error: no finished run")
     for folder, line in zip(folders, lines):
         assert line.startswith(f"warning: skipping {folder}: no finished run"), line

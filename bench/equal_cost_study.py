@@ -13,8 +13,9 @@ and differ only in which filters they select and what they do to them: FSDP with
 run; seeds 1, 2 and 3. The dense runs are the soft-pruning study's own folders (the same
 command line), so one that study finished is reused. The runs go ``--jobs`` at a time, one
 thread each, ``nice``d; a finished run is skipped and a stopped one continued. It ends with the
-table: mean ± std per method over the seeds, and the per-seed paired difference FSDP ``bn`` −
-FPGM (the same seed: the same initial weights and batch order).
+table: mean ± std per method over the seeds, and the per-seed paired differences FSDP ``bn``
+− FPGM and FSDP as published − FPGM (the same seed: the same initial weights and batch order)
+with their 95 % intervals.
 """
 import argparse
 import json
@@ -34,7 +35,8 @@ METHODS = {
     "fpgm": ["--method", "fpgm"],
     "dense": RATES["dense"],
 }
-PAIR = ("fsdp-bn", "fpgm")  # the paired difference the report gives
+PAIR = ("fsdp-bn", "fpgm")  # the paired difference the study is for (its runs go first)
+OTHER_PAIRS = (("fsdp", "fpgm"),)  # reported too: FSDP as published against FPGM
 # Student's t, two-sided 95 %, by degrees of freedom (beyond 30: the normal 1.96)
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
@@ -102,18 +104,26 @@ def report(planned) -> str:
         lines.append(f"| {method} | " + " | ".join(cells) + f" | "
                      f"{mean_std([v[0] for v in got.values()])} | "
                      f"{', '.join(f'{k:.4f}' for k in kept) or '–'} |")
-    a, b = (results.get(m, {}) for m in PAIR)
+    for pair in (PAIR, *OTHER_PAIRS):
+        lines += [""] + paired(results, seeds, pair)
+    return "\n".join(lines)
+
+
+def paired(results: dict, seeds: list, pair: tuple) -> list[str]:
+    """The per-seed difference ``pair[0]`` − ``pair[1]`` (the same seed: the same initial
+    weights and batch order), its mean, spread and 95 % interval."""
+    a, b = (results.get(m, {}) for m in pair)
     both = [s for s in seeds if s in a and s in b]
     diffs = [a[s][0] - b[s][0] for s in both]
-    lines += ["", f"paired difference {PAIR[0]} − {PAIR[1]} (points of top-1): "
-              + ", ".join(f"seed {s} {d:+.2f}" for s, d in zip(both, diffs))]
+    lines = [f"paired difference {pair[0]} − {pair[1]} (points of top-1): "
+             + ", ".join(f"seed {s} {d:+.2f}" for s, d in zip(both, diffs))]
     if len(diffs) >= 2:
         lines.append(f"mean {statistics.mean(diffs):+.2f}, std {statistics.stdev(diffs):.2f}, "
                      f"range [{min(diffs):+.2f}, {max(diffs):+.2f}] over {len(diffs)} seeds")
         low, high = interval95(diffs)
         lines.append(f"95 % interval of the mean difference (Student's t, {len(diffs) - 1} "
                      f"degrees of freedom): [{low:+.2f}, {high:+.2f}]")
-    return "\n".join(lines)
+    return lines
 
 
 def interval95(values: list[float]) -> tuple[float, float]:

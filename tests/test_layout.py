@@ -1,6 +1,7 @@
 """What docs/layout.md promises, read from the source (nothing imported): no import
 circle inside utils/, each group importing only downwards, no file name at two places."""
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +131,13 @@ def test_a_build_folder_is_not_the_source(tmp_path, monkeypatch):
     except AssertionError:
         return
     raise AssertionError("the second pruner.py went unnoticed")
+
+
+def test_code_and_docs_cite_docs_pages_never_the_specification():
+    """The method's specification is not part of the repository: a reader who follows a
+    citation must find it here (docs/ pages), so no code, doc or README names it."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "*.py", "*.md"],
+                            cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    cited = [line for line in listed.splitlines() if not line.startswith("tests/")
+             and re.search(r"\bSPEC\b", (ROOT / line).read_text(encoding="utf-8"))]
+    assert cited == []

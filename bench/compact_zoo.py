@@ -25,7 +25,7 @@ compact network's streams are narrow; each network is measured once per coupling
 API's default), so the removed channels emit 0 and the compact network carries no constant.
 ``--ort_threads 0``: ONNX Runtime with its default intra-op threads too (timed in wall-clock
 seconds, since CPU time sums the threads). Beside every ONNX Runtime row: the exported graphs'
-Pad, Gather, Add and Mul nodes, dense → compact.
+Pad, Gather, Add and Mul nodes on the data path (``onnx_ops``), dense → compact.
 
 Columns: ``speedup`` = dense ÷ compact; ``flops`` = compact ÷ dense MACs;
 ``speedup_vs_flops`` = speedup × flops (1 = as fast as the FLOPs promise). Summary lines, for

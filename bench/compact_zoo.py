@@ -159,7 +159,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         for case in cases:
             for v in variants:
-                rows[v] += measure(case, v.round_to, args.quick, folder, v, args.ort_threads)
+                rows[v] += measure(case, v, args.quick, folder, args.ort_threads)
     print()
     for runtimes, where, target in ((EAGER, "", "; target >= 0.7"),
                                     (ORT_RUNTIMES, "_onnxruntime", "")):
@@ -226,12 +226,12 @@ def ort_runners(paths: dict, threads: int) -> tuple[dict, str]:
     return fns, ops
 
 
-def measure(case, round_to: int, quick: bool, folder: str, variant=None,
+def measure(case, variant: "Variant", quick: bool, folder: str,
             ort_threads=(1,)) -> list:
     """Time one network and print its rows: [(speedup, speedup_vs_flops, larger batch, where,
     runtime)]."""
     name, arch, size, plan = case
-    variant = variant or Variant("none", round_to, "weights")
+    round_to = variant.round_to
     dense, pruned = soft_pruned_gm(arch, size, round_to, coupling=variant.coupling,
                                    attenuate=variant.attenuate)
     shape = (3, size, size)

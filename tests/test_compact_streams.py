@@ -70,10 +70,12 @@ def test_coupled_selections_compact_exactly_in_float64(name):
 
 
 def onnx_ops(model, pruned, shape, path) -> collections.Counter:
-    import onnx
+    """The op types on the exported compact network's data path (``bench.compact_zoo``'s
+    count, the one its ORT rows print)."""
+    from bench.compact_zoo import onnx_ops as data_path_ops
 
     export_onnx(compact_model(model, pruned, input_shape=shape), path, (2, *shape))
-    return collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+    return data_path_ops(str(path))
 
 
 @pytest.mark.parametrize("name,coupled_pads", [("torchvision resnet18", 0), ("resnet20", 2)])
@@ -110,7 +112,7 @@ def test_the_zoo_bench_selects_as_a_coupled_run_and_counts_the_data_path(tmp_pat
     """``bench.compact_zoo --coupling residual``: every member of a stream loses the same
     channels (a group's combined GM ranking), and the op counts it prints are those of the
     data path (a constant map's own ops, folded by ONNX Runtime at load, are not counted)."""
-    from bench.compact_zoo import onnx_ops, soft_pruned_gm
+    from bench.compact_zoo import onnx_ops as data_path_ops, soft_pruned_gm
 
     shape = (3, 32, 32)
     model, pruned = soft_pruned_gm("resnet20", 32, coupling="residual")
@@ -136,5 +138,5 @@ def test_the_zoo_bench_selects_as_a_coupled_run_and_counts_the_data_path(tmp_pat
             helper.make_node("Mul", ["s", "s"], ["y"])]
     graph = helper.make_graph(const + data, "g", [x], [y])
     onnx.save(helper.make_model(graph), str(tmp_path / "g.onnx"))
-    counts = onnx_ops(str(tmp_path / "g.onnx"))
+    counts = data_path_ops(str(tmp_path / "g.onnx"))
     assert counts == {"Add": 1, "Mul": 1}

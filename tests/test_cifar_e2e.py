@@ -132,44 +132,57 @@ def test_existing_snapshot_is_not_overwritten(data_root, full_run):
     assert before == {f: open(os.path.join(full_run, f), "rb").read() for f in os.listdir(full_run)}
 
 
-@pytest.mark.parametrize("point", ["train:1:2", "cs:2", "atomic_save:checkpoint.pt#2"],
-                         ids=["mid-epoch", "after-cs-pass", "mid-checkpoint-write"])
-def test_sigkill_anywhere_then_resume_auto_matches_an_uninterrupted_run(data_root, full_run,
-                                                                        tmp_path, point):
+# where a real crash hurts most, in the order a run reaches them: inside a training epoch, in
+# the middle of a checkpoint's write (the first one of the resumed process: epoch 1's, torn),
+# right after a CS pass; one run killed at each in turn, every time resumed from what the last
+# kill left. Each point → (epochs done by the checkpoint then, a torn temporary file left)
+KILLS = {"train:1:2": (1, False), "atomic_save:checkpoint.pt#1": (1, True), "cs:2": (2, False)}
+
+
+def test_killed_anywhere_or_interrupted_then_resume_auto_matches_an_uninterrupted_run(
+        data_root, full_run, tmp_path):
+    """One run through every way a run stops early: SIGKILL at each of KILLS, then Ctrl-C
+    (SIGINT) in its last epoch, which stops at a batch boundary with a checkpoint of that
+    batch; resumed after each, it ends as the uninterrupted run did."""
     save = str(tmp_path / "killed")
-    env = {**os.environ, "FSDP_CRASH_AT": point}
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "notebook_cifar.py"),
-                           *common(data_root, save)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env=env)
-    assert proc.returncode == -9, proc.stderr[-2000:]
-    assert not os.path.exists(os.path.join(save, "summary.json"))
+    for n, point in enumerate(KILLS):
+        resume = ["--resume", "auto"] if n else []
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "notebook_cifar.py"),
+                               *common(data_root, save), *resume], cwd=ROOT,
+                              capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "FSDP_CRASH_AT": point})
+        assert proc.returncode == -9, (point, proc.stderr[-2000:])
+        assert not os.path.exists(os.path.join(save, "summary.json")), point
+        epoch = torch.load(os.path.join(save, "checkpoint.pt"), weights_only=True)["epoch"]
+        # the torn write left epoch 0's checkpoint whole; the next process cleaned its
+        # temporary file up before it wrote its own
+        assert (epoch, bool(temporaries(save))) == KILLS[point], (point, epoch)
+    interrupt_in_epoch(data_root, save, EPOCHS - 1)
     run_cifar(*common(data_root, save), "--resume", "auto")
     assert_same_run(full_run, save)
-    assert not temporaries(save)  # the torn write was cleaned up
+    assert not temporaries(save)
 
 
-def test_sigint_stops_at_a_batch_boundary_with_a_resumable_checkpoint(data_root, full_run,
-                                                                     tmp_path):
+def interrupt_in_epoch(data_root, save, epoch):
+    """Ctrl-C once the run in ``save`` has logged its first batch of ``epoch``: exit 130, a
+    checkpoint of the batch it stopped after."""
     import signal
     import time
-    save = str(tmp_path / "interrupted")
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "notebook_cifar.py"),
-                             *common(data_root, save), "--print_freq", "1"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             *common(data_root, save), "--resume", "auto", "--print_freq", "1"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = os.path.join(save, "log.txt")
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(log) and "epoch 1 [   1/" in open(log).read():
+        if f"epoch {epoch} [   1/" in open(log).read():
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
-    assert "SIGINT: stopped in epoch 1 after batch" in out
+    assert f"SIGINT: stopped in epoch {epoch} after batch" in out
     ckpt = torch.load(os.path.join(save, "checkpoint.pt"), weights_only=True)
-    assert ckpt["epoch"] == 1 and 0 < ckpt["batch"]
-    run_cifar(*common(data_root, save), "--resume", "auto")
-    assert_same_run(full_run, save)
+    assert ckpt["epoch"] == epoch and 0 < ckpt["batch"]
 
 
 def corrupt_third_batch(monkeypatch):

@@ -20,7 +20,7 @@ from tests.test_compact_zoo import prune_some, timm_build
 from tests.test_kept_whole import every_rule
 from utils.compaction import compact_model, load_compact, save_compact
 from utils.compaction.storage import compact_from_blob
-from utils.files import DIGEST_KEY, sealed
+from utils.files import DIGEST_KEY, content_digest, sealed
 from utils.errors import UserError
 
 SHAPE = (3, 32, 32)
@@ -93,12 +93,14 @@ def sample(items, field, per_field: int = 2) -> list:
 
 
 def mutated(blob: dict, path: tuple, kind: str, new) -> dict:
-    """``blob`` with one string, key or number replaced (its tensors shared, not copied)."""
-    blob = {**copy.deepcopy({k: v for k, v in blob.items() if k != "state_dict"}),
-            "state_dict": dict(blob["state_dict"])}
+    """``blob`` with one string, key or number replaced: the containers on the way to it are
+    copied, the rest is shared with ``blob`` (test_no_string_of_the_file_becomes_code checks
+    that loading changes nothing of what it shares)."""
+    blob = dict(blob)
     *parent_path, last = path
     parent = blob
     for p in parent_path:
+        parent[p] = copy.copy(parent[p])
         parent = parent[p]
     if kind == "key":
         value = parent.pop(last)
@@ -145,6 +147,7 @@ def test_no_string_of_the_file_becomes_code(genuine, tmp_path):
     sentinel = str(tmp_path / "sentinel")
     x = torch.randn(2, *SHAPE)
     outcomes = {"refused": 0, "loaded": 0}
+    digests = [content_digest(blob) for _, blob in genuine]
     for path, blob in genuine:
         fields = sample(strings(blob), lambda item: (pattern(item[0]), item[1]))
         assert len({pattern(p) for p, _ in fields}) >= 10
@@ -165,6 +168,7 @@ def test_no_string_of_the_file_becomes_code(genuine, tmp_path):
         torch.save(mutated(blob, fields[0][0], fields[0][1], payloads(sentinel)[0]),
                    tmp_path / "m.pt")
         assert load_or_refuse(tmp_path / "m.pt", sentinel, x) == "refused"
+    assert [content_digest(blob) for _, blob in genuine] == digests  # shared, never changed
     assert outcomes["refused"] > 100  # names, ops, inputs, keys: refused
     assert outcomes["loaded"] > 0     # the printable arch name is only a label
 

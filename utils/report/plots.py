@@ -9,11 +9,25 @@ import numpy as np  # noqa: E402
 from ..files import atomic_write  # noqa: E402
 
 
-def _save(fig, path):
+def _save(fig, path, tight: bool = True):
+    """``tight``: crop to what was drawn (labels of any length, a legend outside the axes);
+    otherwise the figure as laid out by ``_margins`` (a run draws its two figures at its start
+    and end, and cropping renders each figure twice: a third of a short run's time went there)."""
+    bbox = "tight" if tight else None
     try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches=bbox))
     finally:  # a failed write too: pyplot keeps every open figure
         plt.close(fig)
+
+
+def _margins(fig, left=0.75, right=0.2, bottom=0.55, top=0.35, gap=0.85) -> None:
+    """Fixed margins in inches (tick labels, axis labels, titles of the default font) and
+    ``gap`` between side-by-side axes: room for the right axes' tick and axis labels."""
+    width, height = fig.get_size_inches()
+    axes = len(fig.axes)
+    mean_axis = (width - left - right - gap * (axes - 1)) / axes
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
+                        top=1 - top / height, wspace=gap / mean_axis)
 
 
 def plot_curves(history: list[dict], path: str) -> None:
@@ -30,7 +44,8 @@ def plot_curves(history: list[dict], path: str) -> None:
     for ax in (acc, loss):
         ax.grid(alpha=0.3)
         ax.legend()
-    _save(fig, path)
+    _margins(fig)
+    _save(fig, path, tight=False)
 
 
 def plot_schedule(schedule, path: str, method, history: list[dict] = (),
@@ -61,7 +76,8 @@ def plot_schedule(schedule, path: str, method, history: list[dict] = (),
     ax.set(xlabel="epoch", title=f"{method.name}: {kind} schedule")
     ax.grid(alpha=0.3)
     ax.legend()
-    _save(fig, path)
+    _margins(fig, left=0.5)
+    _save(fig, path, tight=False)
 
 
 def _plot_widths(ax, widths: list[tuple]) -> None:

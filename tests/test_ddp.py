@@ -147,11 +147,49 @@ ARCHS = ("resnet20", "timm:mobilenetv3_small_050")
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
-    """What each of two gloo processes computed (started once: a start costs seconds)."""
-    out = str(tmp_path_factory.mktemp("ddp") / "rank")
-    mp.start_processes(_worker, args=(2, _free_port(), out), nprocs=2, start_method="spawn")
-    return [json.load(open(f"{out}.{rank}")) for rank in range(2)]
+def spawned(tmp_path_factory, timeout=300) -> dict:
+    """One pair of gloo processes (a start costs seconds) computes what the tests below read:
+    ``two_ranks``, each rank's selections, plans, BN statistics and RNG states (``_worker``),
+    then ``nan_runs``, the CIFAR script as two ranks with a NaN on rank 1's third batch, with
+    each ``--nan_policy``: {policy: each rank's outcome} (``_cli_worker``). A rank left waiting
+    for the other in a collective fails the tests at ``timeout``."""
+    root = tmp_path_factory.mktemp("ddp")
+    data = str(root / "data")
+    write_cifar(data, "cifar10", n_train=128, n_test=32, seed=0)
+    runs = []
+    for policy, flags in (("stop", []), ("skip", ["--nan_policy", "skip"])):  # stop: the default
+        argv = ["--data_path", data, "--save_path", str(root / policy), "--epochs", "2",
+                "--batch_size", "32", "--workers", "0", "--device", "cpu", "--manualSeed",
+                "3", "--schedule", "1", "--gammas", "1", *flags]
+        runs.append((_free_port(), str(root / f"{policy}.rank"), argv))
+    out = str(root / "rank")
+    ctx = mp.start_processes(_both, args=(2, _free_port(), out, runs, 1), nprocs=2,
+                             start_method="spawn", join=False)
+    deadline = time.time() + timeout
+    while not ctx.join(timeout=1):
+        if time.time() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"the ranks did not finish in {timeout} s: one waits for the other")
+    return {"two_ranks": [json.load(open(f"{out}.{rank}")) for rank in range(2)],
+            "root": root,
+            **{policy: [json.load(open(f"{out}.{rank}")) for rank in range(2)]
+               for policy, (_, out, _) in zip(("stop", "skip"), runs)}}
+
+
+def _both(rank, world, port, out, runs, nan_rank):
+    _worker(rank, world, port, out)
+    _cli_worker(rank, world, runs, nan_rank)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(spawned):
+    return spawned["two_ranks"]
+
+
+@pytest.fixture(scope="module")
+def nan_runs(spawned):
+    return spawned
 
 
 def test_two_process_masks_equal_the_single_process_masks(two_ranks):
@@ -208,72 +246,52 @@ def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path):
     assert "2 process(es)" in log and log.count("epoch   1/2") == 1
 
 
-def _cli_worker(rank, world, port, out, argv, nan_rank):
-    """``notebook_cifar.py argv`` as rank ``rank`` of a torchrun launch, in this process; the
-    third training batch of rank ``nan_rank`` holds a NaN pixel, as a corrupt sample would.
-    Writes the exit status, the console and each epoch's skipped batches."""
+def _cli_worker(rank, world, runs, nan_rank):
+    """``notebook_cifar.py argv`` as rank ``rank`` of a torchrun launch, in this process, for
+    each (port, out, argv) of ``runs`` in turn (each joins and leaves its own process group,
+    as a script does); the third training batch of rank ``nan_rank`` holds a NaN pixel, as a
+    corrupt sample would. Writes each run's exit status, console and skipped batches."""
     import utils.run.engine as engine
     import utils.run.trainer as trainer
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
-    prepare, seen, skipped = engine.prepare, [], []
+    prepare, train = engine.prepare, trainer.train_one_epoch
+    for port, out, argv in runs:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                          LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+        seen, skipped = [], []
 
-    def corrupting(batch, device, transform=None, split="train"):
-        x, y = prepare(batch, device, transform, split)
-        seen.append(split)
-        if rank == nan_rank and split == "train" and seen.count("train") == 3:
-            x = x.clone()
-            x[0, 0, 0, 0] = float("nan")
-        return x, y
+        def corrupting(batch, device, transform=None, split="train", seen=seen):
+            x, y = prepare(batch, device, transform, split)
+            seen.append(split)
+            if rank == nan_rank and split == "train" and seen.count("train") == 3:
+                x = x.clone()
+                x[0, 0, 0, 0] = float("nan")
+            return x, y
 
-    train = trainer.train_one_epoch
-
-    def counting(*args, **kw):
-        result = train(*args, **kw)
-        skipped.append(result["skipped"])
-        return result
-    engine.prepare, trainer.train_one_epoch = corrupting, counting
-    console, errors = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(console), contextlib.redirect_stderr(errors):
-        code = entry(notebook_cifar, argv)
-    with open(f"{out}.{rank}", "w") as f:
-        json.dump({"code": code, "stdout": console.getvalue(), "stderr": errors.getvalue(),
-                   "skipped": skipped}, f)
-
-
-def _launch(tmp_path, name, *flags, timeout=300) -> list[dict]:
-    """Two ranks of the CIFAR script, a NaN on rank 1's third batch; each rank's outcome.
-    A rank left waiting for the other in a collective fails the test at ``timeout``."""
-    data = str(tmp_path / "data")
-    if not os.path.isdir(data):
-        write_cifar(data, "cifar10", n_train=128, n_test=32, seed=0)
-    out = str(tmp_path / f"{name}.rank")
-    argv = ["--data_path", data, "--save_path", str(tmp_path / name), "--epochs", "2",
-            "--batch_size", "32", "--workers", "0", "--device", "cpu", "--manualSeed", "3",
-            "--schedule", "1", "--gammas", "1", *flags]
-    ctx = mp.start_processes(_cli_worker, args=(2, _free_port(), out, argv, 1), nprocs=2,
-                             start_method="spawn", join=False)
-    deadline = time.time() + timeout
-    while not ctx.join(timeout=1):
-        if time.time() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"the ranks did not finish in {timeout} s: one waits for the other")
-    return [json.load(open(f"{out}.{rank}")) for rank in range(2)]
+        def counting(*args, skipped=skipped, **kw):
+            result = train(*args, **kw)
+            skipped.append(result["skipped"])
+            return result
+        engine.prepare, trainer.train_one_epoch = corrupting, counting
+        console, errors = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(console), contextlib.redirect_stderr(errors):
+            code = entry(notebook_cifar, argv)
+        with open(f"{out}.{rank}", "w") as f:
+            json.dump({"code": code, "stdout": console.getvalue(), "stderr": errors.getvalue(),
+                       "skipped": skipped}, f)
 
 
-def test_a_nan_on_one_rank_stops_every_rank_with_one_line(tmp_path):
-    ranks = _launch(tmp_path, "stop")
+def test_a_nan_on_one_rank_stops_every_rank_with_one_line(nan_runs):
+    ranks = nan_runs["stop"]
     assert [r["code"] for r in ranks] == [3, 3]
     assert ranks[0]["stderr"].startswith("error: non-finite loss at epoch 0, batch 2;")
     assert ranks[0]["stderr"].count("\n") == 1 and ranks[1]["stderr"] == ""
 
 
-def test_a_nan_on_one_rank_is_skipped_on_every_rank(tmp_path):
-    ranks = _launch(tmp_path, "skip", "--nan_policy", "skip")
+def test_a_nan_on_one_rank_is_skipped_on_every_rank(nan_runs):
+    ranks = nan_runs["skip"]
     assert [r["code"] for r in ranks] == [0, 0], ranks[0]["stderr"][-2000:]
     assert ranks[0]["skipped"] == ranks[1]["skipped"] == [1, 0]
     assert "skipped 1 batches with a non-finite loss" in ranks[0]["stdout"]
-    ckpt = torch.load(str(tmp_path / "skip" / "checkpoint.pt"), weights_only=True)
+    ckpt = torch.load(str(nan_runs["root"] / "skip" / "checkpoint.pt"), weights_only=True)
     assert len(ckpt["rng"]) == 2  # each rank's RNG states
     assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])

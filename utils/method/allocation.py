@@ -6,8 +6,8 @@ pruned filter indices} → MACs or parameters, ``compaction.cost.NetworkCost``),
 counts what the compact network will hold — residual sums completed to full width, a layer's
 removed filters removing the next layer's inputs, the classifier. The walk needs indices: a
 plan's filters are taken in a fixed pseudo-random order per layer, as independent selections
-fall (the cost depends on the counts alone except where the compactor keeps a residual sum
-narrow, when its operands together keep fewer than half of its channels).
+fall, a coupled group's in the shares of its writer classes as its selection takes them
+(``groups.Layer.take``): the cost then depends on the counts alone.
 
 * ``uniform``: one rate T for every layer (split between the two criteria in the ratio of the
   given rates), found by bisection over the rates at which some layer's count steps. Layers
@@ -53,6 +53,7 @@ class Allocator:
     def __init__(self, convs, cost: Callable[[dict], float], target: Target, first_share: float,
                  round_to: int = 1):
         self.filters = {c.name: c.filters for c in convs}
+        self.layers = {c.name: c for c in convs}
         self.cost, self.target, self.first_share = cost, target, first_share
         self.round_to = round_to
         self.spelled = f"⟨target.{target.kind}={target.fraction:g}⟩"
@@ -68,9 +69,16 @@ class Allocator:
         """The cost of ``plan``'s compact network over the dense network's."""
         key = tuple(sum(plan.get(n, (0, 0))) for n in self.filters)
         if key not in self._memo:
-            pruned = {n: self.orders[n][:k] for n, k in zip(self.filters, key) if k}
+            pruned = {n: self._take(n, k) for n, k in zip(self.filters, key) if k}
             self._memo[key] = float(self.cost(pruned)) / self.dense
         return self._memo[key]
+
+    def _take(self, name: str, k: int) -> torch.Tensor:
+        """``k`` of layer ``name``'s filters in its fixed order, as its selection takes them
+        (a group of coupled convs in shares of its writer classes: ``groups.Layer.take``)."""
+        layer = self.layers[name]
+        take = getattr(layer, "take", None)
+        return take(self.orders[name], k) if take else self.orders[name][:k]
 
     def floor(self) -> float:
         """What keeping ``round_to`` (one) filter per layer costs: no allocation goes lower."""

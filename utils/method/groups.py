@@ -20,6 +20,7 @@ important merely for that. A lone conv is a layer of one member, ranked by its r
 before, so an uncoupled run is unchanged bit for bit.
 """
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -96,22 +97,68 @@ class Layer:
 
     def take(self, order: torch.Tensor, n: int, taken: torch.Tensor | None = None
              ) -> torch.Tensor:
-        """The first ``n`` channels of ``order``, skipping any whose selection would leave a
-        member (with the channels ``taken`` already) without a filter: every conv keeps one."""
+        """``n`` channels by ``order``: where every member writes every channel, its first
+        ``n``. Otherwise in each *writer class* (the channels one set of members writes: an
+        option-A stream's channels of the first stage, those the second stage adds, …) its
+        share of the group's count (``shares``; with the channels ``taken`` already, the
+        shares of the count they make together), the lowest of ``order`` in it, skipping any
+        whose selection would leave a member without a filter: every conv keeps one. A count
+        the shares cannot fill so is filled by ``order`` from any class.
+
+        Why by class: what a channel's removal saves depends on the members that write it (a
+        first-stage channel of an option-A stream narrows every stage, a last-stage one only
+        the last), so the same count of channels chosen by the ranking alone costs anything
+        between the two; chosen in shares of its classes, the count fixes the cost, and a
+        target planned from counts is met (every member loses the group's rate of its own
+        filters, as a uniform rate has it)."""
         if self.whole:
             return order[:n]
-        left = [m.conv.filters - (len(self.part(m, taken)) if taken is not None else 0)
-                for m in self.members]
-        chosen = []
-        for channel in order.tolist():
-            if len(chosen) == n:
-                break
-            owners = [i for i, m in enumerate(self.members) if channel in m.span]
-            if owners and all(left[i] > 1 for i in owners):
-                chosen.append(channel)
-                for i in owners:
-                    left[i] -= 1
-        return torch.tensor(chosen, dtype=torch.long)
+        taken = order[:0] if taken is None else taken
+        classes, sizes = self.classes
+        had = classes[taken]
+        had = torch.bincount(had[had >= 0], minlength=len(sizes))
+        want = (self.shares(len(taken) + n) - had).tolist()
+        left = [m.conv.filters - len(self.part(m, taken)) for m in self.members]
+        chosen: dict[int, None] = {}  # in the order taken
+        for by_class in (True, False):
+            for channel in order.tolist():
+                if len(chosen) == n:
+                    break
+                k = int(classes[channel])
+                if channel in chosen or k < 0 or (by_class and want[k] <= 0):
+                    continue
+                owners = [i for i, m in enumerate(self.members) if channel in m.span]
+                if all(left[i] > 1 for i in owners):
+                    chosen[channel] = None
+                    want[k] -= 1
+                    for i in owners:
+                        left[i] -= 1
+        return torch.tensor(list(chosen), dtype=torch.long)
+
+    @cached_property
+    def classes(self) -> tuple[torch.Tensor, list[int]]:
+        """Per channel, the index of its writer class (numbered by their first channel; −1
+        where no member writes: never selected), and each class's size."""
+        index: dict = {}
+        ids = []
+        for c in range(self.filters):
+            writers = tuple(i for i, m in enumerate(self.members) if c in m.span)
+            ids.append(index.setdefault(writers, len(index)) if writers else -1)
+        ids = torch.tensor(ids, dtype=torch.long)
+        return ids, torch.bincount(ids[ids >= 0], minlength=len(index)).tolist()
+
+    def shares(self, n: int) -> torch.Tensor:
+        """How many of ``n`` channels each writer class gives: in proportion to its size,
+        one channel at a time to the class furthest below its proportion (the Sainte-Laguë
+        divisor method, so a larger ``n`` never gives a class fewer: a second criterion
+        takes the rest of the shares of both counts together)."""
+        sizes = self.classes[1]
+        given = [0] * len(sizes)
+        for _ in range(min(n, sum(sizes))):
+            k = max((k for k in range(len(sizes)) if given[k] < sizes[k]),
+                    key=lambda k: (sizes[k] / (2 * given[k] + 1), -k))
+            given[k] += 1
+        return torch.tensor(given, dtype=torch.long)
 
 
 def layers_of(convs: list[PrunableConv], groups: list[Group] | None) -> list[Layer]:

@@ -179,8 +179,11 @@ class Mask:
             order = torch.argsort(self._scores(self.first, c, everyone), stable=True)
             self.selected_first[c.name] = c.take(order, n_first)
         if self.second is not None:
-            self.selected_second[c.name] = self._lowest(self.second, c, order[n_first:],
-                                                        n_second)
+            # the rest of the ranking; a group's first selection need not be its head (taken
+            # in shares of its writer classes, groups.Layer.take)
+            rest = order[n_first:] if c.whole else order[
+                ~torch.isin(order, self.selected_first[c.name])]
+            self.selected_second[c.name] = self._lowest(self.second, c, rest, n_second)
 
     def _scores(self, crit, c: Layer, candidates: torch.Tensor) -> torch.Tensor:
         """A criterion from the weights: one score per candidate channel of layer ``c`` (a

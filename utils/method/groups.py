@@ -8,7 +8,9 @@ graph, ``compaction.streams``) with one channel space — the stream's channels,
 of each member at its offset in it (a member may cover part of it: a ghost module's two
 halves, the narrower stream before an option-A shortcut) — and the mask treats the group as
 one ``Layer``: one count from the schedule (or a plan), one ranking by the group's combined
-score, the same channels selected in every member.
+score, the same channels selected in every member. Where the members write different parts of
+the channels, the count is taken in shares of the group's *writer classes* (``Layer.take``),
+so that it fixes the cost a target counts.
 
 **How the scores of different layers are combined.** A criterion's scores live on a different
 scale in every layer (``allocation.normalised`` says why), so each member's scores are divided

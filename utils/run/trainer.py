@@ -291,7 +291,7 @@ class Trainer:
             self.log(f"warning: the compact network keeps {budget['reached']:.4f} of the dense "
                      f"{budget['kind']}, the target was {budget['fraction']:g}: the selections "
                      "of coupled layers overlapped otherwise than counted "
-                     "(docs/methods.md, 'Prune to a budget')")
+                     "(docs/methods.md, 'Targets under coupling')")
         self.log.summary(summary)
         c = summary["compact"]
         self.log(f"done: final pruned top1 {summary['final_top1']:.2f}"

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ from utils.method.mask import Mask
 from utils.run.sampling import EpochSampler, SeededDataset
 from utils.method.methods import METHODS
 from utils.method.schedule import asymptotic_schedule
-from utils.pruner import Pruner
+from utils.pruner import Pruner, PruningWarning
 from utils.run.checkpoint import restore_rng, rng_states
 import notebook_cifar
 from tests.cli import entry
@@ -63,6 +64,26 @@ def _selection(rank: int, world: int, arch: str = "resnet20") -> dict:
     mask = Mask(convs, METHODS["fsdp"], asymptotic_schedule(0.2, 0.3, 10), ranker)
     mask.update(model, 9)
     return {c.name: mask.selected(c.name).tolist() for c in convs}
+
+
+def _coupled_selection(rank: int, world: int) -> dict:
+    """FSDP through the ``Pruner`` with ``coupling="residual"`` (ResNet-20's one stream across
+    its option-A shortcuts), its CS passes over this rank's shard: two steps' selections."""
+    torch.manual_seed(0)
+    model = build_model("resnet20", 10).eval()
+    data = _cs_data()
+    loader = torch.utils.data.DataLoader(SeededDataset(data), batch_size=32 // world,
+                                         sampler=EpochSampler(len(data), 0, 1, rank, world,
+                                                              shuffle=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PruningWarning)  # no optimizer: not what is tested
+        pruner = Pruner(model, "fsdp", {"cs": 0.2, "gm": 0.3}, 2, cs_data=loader,
+                        coupling="residual")
+    pruner.start()
+    pruner.step(0)
+    pruner.step(1)
+    assert pruner.groups  # coupled
+    return {name: filters.tolist() for name, filters in pruner.selected().items()}
 
 
 def _global_plan(rank: int) -> dict:
@@ -135,6 +156,7 @@ def _worker(rank, world, port, out):
     try:
         with open(f"{out}.{rank}", "w") as f:
             json.dump({"selection": {arch: _selection(rank, world, arch) for arch in ARCHS},
+                       "coupled": _coupled_selection(rank, world),
                        "budget": _global_plan(rank),
                        "bn": _bn_statistics_after_a_train_mode_pass(rank, world),
                        "rng": _rng_round_trip(rank)}, f)
@@ -197,6 +219,14 @@ def test_two_process_masks_equal_the_single_process_masks(two_ranks):
     for rank in range(2):
         assert two_ranks[rank]["selection"] == single
     assert all(sum(map(len, masks.values())) > 0 for masks in single.values())
+
+
+def test_coupled_ranks_select_alike(two_ranks):
+    """The groups come from the graph, the same on every rank, and the CS scores they combine
+    are summed over the ranks (each saw half the data): every rank selects the same channels.
+    (Not one process's: the later CS passes run in train mode, on each rank's half-batches.)"""
+    first, second = (r["coupled"] for r in two_ranks)
+    assert first == second and sum(map(len, first.values())) > 0
 
 
 def test_ranks_keep_rank_0s_plan_of_a_global_allocation(two_ranks):

@@ -23,10 +23,9 @@ import json
 import os
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 
-from bench.equal_cost_study import mean_std, paired
-from bench.soft_pruning_study import run, scaled_recipe, write_cifar_format
+from bench.equal_cost_study import mean_std, paired, run_study, study_parser
+from bench.soft_pruning_study import scaled_recipe
 
 TARGET, EPOCHS, SEEDS = 0.4, 10, (1, 2)
 METHODS = {"fsdp-bn": ["--method", "fsdp", "--attenuate", "bn"], "fpgm": ["--method", "fpgm"]}
@@ -129,15 +128,8 @@ def latency(planned, repeats=LATENCY_BATCHES) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--fashion", default="/tmp/fm/usr/share/datasets/fashion-mnist",
-                    help="folder with the full Fashion-MNIST IDX gz files (the study's data)")
-    ap.add_argument("--out", default="snapshots/coupling_study")
-    ap.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
-    ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    ap.add_argument("--dry_run", action="store_true", help="print the command lines only")
-    ap.add_argument("--report_only", action="store_true",
-                    help="only the table of the runs finished so far")
+    ap = study_parser(__doc__, "snapshots/coupling_study", "the study's folder")
+    ap.set_defaults(seeds=list(SEEDS))
     ap.add_argument("--latency", action="store_true",
                     help="and each finished run's compact network timed in ONNX Runtime")
     return ap
@@ -147,18 +139,10 @@ def main() -> int:
     args = parser().parse_args()
     out = os.path.abspath(args.out)
     planned = jobs(os.path.join(out, "data"), out, args.seeds)
-    if args.dry_run:
-        print("\n".join(" ".join(cmd) for *_, cmd in planned))
-        return 0
-    codes = [0]
-    if not args.report_only:
-        write_cifar_format(args.fashion, os.path.join(out, "data"))
-        with ThreadPoolExecutor(args.jobs) as pool:
-            codes = list(pool.map(lambda job: run(job[2], job[3]), planned))
-    print(report(planned))
-    if args.latency:
+    code = run_study(args, planned, report)
+    if args.latency and not args.dry_run:
         print("\n" + latency(planned))
-    return max(codes)
+    return code
 
 
 if __name__ == "__main__":

@@ -137,11 +137,17 @@ def interval95(values: list[float]) -> tuple[float, float]:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    return study_parser(__doc__, "snapshots/bn_study",
+                        "the soft-pruning study's folder (its data and dense runs are shared)")
+
+
+def study_parser(doc: str, out: str, out_help: str) -> argparse.ArgumentParser:
+    """The flags of a study of seeded runs on the soft-pruning study's data (this one's, and
+    ``bench.coupling_study``'s)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--fashion", default="/tmp/fm/usr/share/datasets/fashion-mnist",
                     help="folder with the full Fashion-MNIST IDX gz files (the study's data)")
-    ap.add_argument("--out", default="snapshots/bn_study",
-                    help="the soft-pruning study's folder (its data and dense runs are shared)")
+    ap.add_argument("--out", default=out, help=out_help)
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     ap.add_argument("--dry_run", action="store_true", help="print the command lines only")
@@ -150,20 +156,25 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main() -> int:
-    args = parser().parse_args()
-    out = os.path.abspath(args.out)
-    planned = jobs(os.path.join(out, "data"), out, args.seeds)
+def run_study(args, planned, report) -> int:
+    """The study's runs (``planned``: (label, seed, save folder, command line)), ``--jobs`` at
+    a time, then ``report(planned)`` printed; the worst exit status."""
     if args.dry_run:
         print("\n".join(" ".join(cmd) for *_, cmd in planned))
         return 0
     codes = [0]
     if not args.report_only:
-        write_cifar_format(args.fashion, os.path.join(out, "data"))
+        write_cifar_format(args.fashion, os.path.join(os.path.abspath(args.out), "data"))
         with ThreadPoolExecutor(args.jobs) as pool:
             codes = list(pool.map(lambda job: run(job[2], job[3]), planned))
     print(report(planned))
     return max(codes)
+
+
+def main() -> int:
+    args = parser().parse_args()
+    out = os.path.abspath(args.out)
+    return run_study(args, jobs(os.path.join(out, "data"), out, args.seeds), report)
 
 
 if __name__ == "__main__":

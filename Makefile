@@ -35,6 +35,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) -m bench.cs_pass
+	$(PY) -m bench.gm_scores
 	$(PY) -m bench.train_step
 	$(PY) -m bench.epoch_cost
 	$(PY) -m bench.compact_latency

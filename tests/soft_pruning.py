@@ -6,6 +6,7 @@ from torch import nn
 from bench.common import randomize_bn
 from models import build_model
 from utils.compaction import find_prunable_convs
+from utils.compaction.tracing import ModelGraph
 
 
 def random_model(arch, seed=0, num_classes=10):
@@ -25,10 +26,13 @@ def random_model(arch, seed=0, num_classes=10):
 def prune(model, rate, seed=0):
     """Zero filters as FSDP leaves them; returns {conv name: indices}. ``rate``: fraction per
     conv; "one": all but one; "mixed": a random count per conv from none to all but one, so
-    narrow and full-width tensors meet in every combination."""
+    narrow and full-width tensors meet in every combination. ``model`` may be its
+    ``ModelGraph`` (traced once for several selections)."""
     gen = torch.Generator().manual_seed(seed)
     pruned = {}
-    for c in find_prunable_convs(model):
+    convs = model.prunable_convs() if isinstance(model, ModelGraph) else find_prunable_convs(
+        model)
+    for c in convs:
         f = c.filters
         k = {"one": f - 1, "mixed": int(torch.randint(f, (), generator=gen))}.get(rate)
         k = int(rate * f) if k is None else k

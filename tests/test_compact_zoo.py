@@ -22,6 +22,7 @@ from models import build_model
 from utils.compaction import (NetworkCost, compact_cost, compact_model, export_onnx,
                               find_prunable_convs, load_compact, network_cost, save_compact)
 from utils.compaction.converter import RULES
+from utils.compaction.tracing import ModelGraph
 from tests.soft_pruning import (  # noqa: F401 (one_thread: autouse)
     assert_exact_in_float64, one_thread, rel_error)
 
@@ -221,10 +222,13 @@ def built():
 @torch.no_grad()
 def prune_some(model, seed=0, share=0.5, shape=None):
     """Zero a random count (0 … ⌊share·F⌋) of random filters in every prunable conv (of the
-    model run at ``shape``, (C, H, W): what it keeps whole depends on it)."""
+    model run at ``shape``, (C, H, W): what it keeps whole depends on it). ``model`` may be
+    its ``ModelGraph``, traced at that size already."""
     gen = torch.Generator().manual_seed(seed)
     pruned = {}
-    for c in find_prunable_convs(model, input_shape=shape):
+    convs = (model.prunable_convs() if isinstance(model, ModelGraph)
+             else find_prunable_convs(model, input_shape=shape))
+    for c in convs:
         k = int(torch.randint(int(share * c.filters) + 1, (), generator=gen))
         idx = torch.randperm(c.filters, generator=gen)[:k]
         c.conv.weight[idx] = 0
@@ -250,12 +254,14 @@ def test_family_compacts_exactly_and_counts_right(arch, size, built):
     here), so only float64 separates a wrong constant from rounding."""
     model = built(arch, size).double()
     shape = (3, size, size)
-    cost_of = NetworkCost(model, shape)  # traced once; reads the weights at every call
+    # traced once, as a Pruner does (discovery, costs, compaction); reads the weights at
+    # every call
+    cost_of = NetworkCost(model, shape)
     dense_cost = cost_of({})
     assert dense_cost == (flop_counter_macs(model, shape),
                           sum(p.numel() for p in model.parameters()))
-    pruned = prune_some(model, shape=shape)
-    compact = compact_model(model, pruned, input_shape=shape)
+    pruned = prune_some(cost_of.graph, shape=shape)
+    compact = compact_model(cost_of.graph, pruned, input_shape=shape)
     assert_exact_in_float64(model, compact, shape)
     cost = compact_cost(compact, shape)
     assert cost == cost_of(pruned)  # the per-epoch count: the same walk

@@ -112,8 +112,10 @@ def _coupled_gm(model, shape, round_to: int) -> dict:
     gm = criterion("gm")
     with warnings.catch_warnings():  # FPGM without an optimizer: the Pruner's usual warning
         warnings.simplefilter("ignore", PruningWarning)
-        layers = Pruner(model, "fpgm", {"gm": RATE}, 2, input_shape=shape,
-                        coupling="residual").layers
+        pruner = Pruner(model, "fpgm", {"gm": RATE}, 2, input_shape=shape,
+                        coupling="residual")
+    layers = pruner.layers
+    pruner.remove()  # its hooks off the model, which is copied and exported next
     pruned = {}
     for layer in layers:
         n = round_selected(layer.filters, count(layer.filters, RATE), round_to)

@@ -11,8 +11,9 @@ from ..files import atomic_write  # noqa: E402
 
 def _save(fig, path, tight: bool = True):
     """``tight``: crop to what was drawn (labels of any length, a legend outside the axes);
-    otherwise the figure as laid out by ``_margins`` (a run draws its two figures at its start
-    and end, and cropping renders each figure twice: a third of a short run's time went there)."""
+    otherwise the figure as laid out by ``_margins``. A run draws schedule.png when it starts
+    and both figures when it stops or ends; cropping renders a figure twice (~40 % of its
+    time), and the figures were a third of a short run's."""
     bbox = "tight" if tight else None
     try:
         atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches=bbox))

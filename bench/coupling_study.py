@@ -91,7 +91,7 @@ def report(planned) -> str:
     return "\n".join(lines)
 
 
-LATENCY_BATCHES = {1: (40, 4), 16: (8, 1)}  # batch: (repeats, warm-up)
+LATENCY_BATCHES = {1: (300, 20), 16: (60, 5)}  # batch: (repeats, warm-up); ~1 and ~10 ms a call
 
 
 def latency(planned, repeats=LATENCY_BATCHES) -> str:

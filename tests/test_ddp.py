@@ -195,8 +195,8 @@ def spawned(tmp_path_factory, timeout=300) -> dict:
             pytest.fail(f"the ranks did not finish in {timeout} s: one waits for the other")
     return {"two_ranks": [json.load(open(f"{out}.{rank}")) for rank in range(2)],
             "root": root,
-            **{policy: [json.load(open(f"{out}.{rank}")) for rank in range(2)]
-               for policy, (_, out, _) in zip(("stop", "skip"), runs)}}
+            **{policy: [json.load(open(f"{prefix}.{rank}")) for rank in range(2)]
+               for policy, (_, prefix, _) in zip(("stop", "skip"), runs)}}
 
 
 def _both(rank, world, port, out, runs, nan_rank):
@@ -211,6 +211,7 @@ def two_ranks(spawned):
 
 @pytest.fixture(scope="module")
 def nan_runs(spawned):
+    """{policy: each rank's outcome, "root": the runs' folder}."""
     return spawned
 
 

@@ -1,5 +1,5 @@
-"""What a coupled selection costs in top-1: the study behind docs/methods.md, 'Coupled
-selection: what it costs in accuracy'.
+"""What a coupled selection costs in top-1: the study behind
+docs/methods.md, 'What coupling costs in top-1'.
 
     python -m bench.coupling_study [--fashion DIR] [--out snapshots/coupling_study] [--jobs 2]
 

@@ -19,12 +19,12 @@ thread, batch 1 and 16, CPU time, interleaved with the dense ResNet-20 as
 graph's Pad and Gather nodes on the data path (``bench.compact_zoo``'s count).
 """
 import argparse
-import json
 import os
 import sys
 import tempfile
 
-from bench.equal_cost_study import mean_std, paired, run_study, study_parser
+from bench.equal_cost_study import (final_top1, finished, mean_std, paired, run_study,
+                                    study_parser)
 from bench.soft_pruning_study import scaled_recipe
 
 TARGET, EPOCHS, SEEDS = 0.4, 10, (1, 2)
@@ -54,27 +54,10 @@ def jobs(data: str, out: str, seeds=SEEDS) -> list[tuple[str, int, str, list[str
     return planned
 
 
-def outcome(save: str) -> tuple[float, float, float] | None:
-    """(final top-1, FLOPs kept, parameters kept) of a finished run, None before it ends:
-    the kept shares are the compact network's, as compact.py counts them."""
-    try:
-        with open(os.path.join(save, "summary.json")) as f:
-            s = json.load(f)
-        compact = s.get("compact") or {}
-        return (float(s["final_top1"]), 1 - float(compact.get("flops_reduction", 0.0)),
-                1 - float(compact.get("params_reduction", 0.0)))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def report(planned) -> str:
     """The markdown table (per run label: each seed's top-1, mean ± std, the compact network's
     FLOPs and parameters kept), then per method the paired difference coupled − uncoupled."""
-    results: dict[str, dict[int, tuple]] = {}
-    for name, seed, save, _ in planned:
-        got = outcome(save)
-        if got is not None:
-            results.setdefault(name, {})[seed] = got
+    results = finished(planned)
     seeds = sorted({seed for _, seed, _, _ in planned})
     lines = ["| run | " + " | ".join(f"seed {s}" for s in seeds)
              + " | mean ± std | FLOPs kept | params kept |", "|---" * (len(seeds) + 4) + "|"]
@@ -111,7 +94,7 @@ def latency(planned, repeats=LATENCY_BATCHES) -> str:
         dense = ort_session(export_quietly(build_model("resnet20", 10).eval(), (1, 3, 32, 32),
                                            os.path.join(folder, "dense.onnx")))
         for name, seed, save, _ in planned:
-            if outcome(save) is None:
+            if final_top1(save) is None:
                 continue
             path = export_quietly(load_compact(os.path.join(save, "model_compact.pt")),
                                   (1, 3, 32, 32), os.path.join(folder, f"{name}-{seed}.onnx"))

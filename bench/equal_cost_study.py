@@ -22,9 +22,8 @@ import json
 import os
 import statistics
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
-from bench.soft_pruning_study import RATES, run, scaled_recipe, write_cifar_format
+from bench.soft_pruning_study import RATES, run_planned, scaled_recipe
 
 TARGET = 0.355  # FPGM at 50 % on ResNet-20 at 32×32 keeps 0.3546 of the dense FLOPs
 EPOCHS, SEEDS = 30, (1, 2, 3)
@@ -67,15 +66,28 @@ def jobs(data: str, out: str, seeds=SEEDS) -> list[tuple[str, str, int, list[str
     return planned
 
 
-def final_top1(save: str) -> tuple[float, float] | None:
-    """(final top-1, FLOPs kept) of a finished run, None before it finishes."""
+def final_top1(save: str) -> tuple[float, float, float] | None:
+    """(final top-1, FLOPs kept, parameters kept) of a finished run, None before it finishes:
+    the kept shares are the compact network's, as compact.py counts them."""
     try:
         with open(os.path.join(save, "summary.json")) as f:
             s = json.load(f)
         compact = s.get("compact") or {}
-        return float(s["final_top1"]), 1 - float(compact.get("flops_reduction", 0.0))
+        return (float(s["final_top1"]), 1 - float(compact.get("flops_reduction", 0.0)),
+                1 - float(compact.get("params_reduction", 0.0)))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def finished(planned) -> dict[str, dict[int, tuple]]:
+    """{label: {seed: ``final_top1``}} of the runs of ``planned`` ((label, seed, save folder,
+    command line)) that have finished."""
+    results: dict[str, dict[int, tuple]] = {}
+    for label, seed, save, _ in planned:
+        got = final_top1(save)
+        if got is not None:
+            results.setdefault(label, {})[seed] = got
+    return results
 
 
 def mean_std(values: list[float]) -> str:
@@ -89,11 +101,7 @@ def mean_std(values: list[float]) -> str:
 def report(planned) -> str:
     """The markdown table: per method the final top-1 of each seed, mean ± std (sample std,
     n − 1) and the FLOPs kept; then the paired difference per seed, its mean and spread."""
-    results: dict[str, dict[int, tuple]] = {}
-    for method, seed, save, _ in planned:
-        r = final_top1(save)
-        if r is not None:
-            results.setdefault(method, {})[seed] = r
+    results = finished(planned)
     seeds = sorted({seed for _, seed, _, _ in planned})
     lines = ["| method | " + " | ".join(f"seed {s}" for s in seeds)
              + " | mean ± std | FLOPs kept |", "|---" * (len(seeds) + 3) + "|"]
@@ -159,14 +167,9 @@ def study_parser(doc: str, out: str, out_help: str) -> argparse.ArgumentParser:
 def run_study(args, planned, report) -> int:
     """The study's runs (``planned``: (label, seed, save folder, command line)), ``--jobs`` at
     a time, then ``report(planned)`` printed; the worst exit status."""
-    if args.dry_run:
-        print("\n".join(" ".join(cmd) for *_, cmd in planned))
+    codes = run_planned(args, planned)
+    if codes is None:
         return 0
-    codes = [0]
-    if not args.report_only:
-        write_cifar_format(args.fashion, os.path.join(os.path.abspath(args.out), "data"))
-        with ThreadPoolExecutor(args.jobs) as pool:
-            codes = list(pool.map(lambda job: run(job[2], job[3]), planned))
     print(report(planned))
     return max(codes)
 

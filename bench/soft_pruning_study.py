@@ -178,6 +178,20 @@ def run(save: str, cmd: list[str]) -> int:
     return _call(save, cmd)
 
 
+def run_planned(args, planned) -> list[int] | None:
+    """A study's runs (each job's last two items: its save folder and command line),
+    ``args.jobs`` at a time, with its data written first: their exit statuses; ``[0]`` with
+    ``--report_only``; None with ``--dry_run``, the command lines printed instead."""
+    if args.dry_run:
+        print("\n".join(" ".join(job[-1]) for job in planned))
+        return None
+    if args.report_only:
+        return [0]
+    write_cifar_format(args.fashion, os.path.join(os.path.abspath(args.out), "data"))
+    with ThreadPoolExecutor(args.jobs) as pool:
+        return list(pool.map(lambda job: run(*job[-2:]), planned))
+
+
 def _epochs_done(save: str) -> int:
     path = os.path.join(save, "checkpoint.pt")
     return int(safe_load(path)["epoch"]) if os.path.isfile(path) else 0
@@ -214,15 +228,9 @@ def main() -> int:
     args = parser().parse_args()
     out = os.path.abspath(args.out)
     planned = jobs(os.path.join(out, "data"), out, args.budgets)
-    if args.dry_run:
-        for _, cmd in planned:
-            print(" ".join(cmd))
+    codes = run_planned(args, planned)
+    if codes is None:
         return 0
-    codes = [0]
-    if not args.report_only:
-        write_cifar_format(args.fashion, os.path.join(out, "data"))
-        with ThreadPoolExecutor(args.jobs) as pool:
-            codes = list(pool.map(lambda job: run(*job), planned))
     for budget in (f"e{b}" for b in args.budgets):
         folders = [s for s, _ in planned if os.path.basename(os.path.dirname(s)) == budget]
         subprocess.call([sys.executable, "compare.py", *folders, "--out",

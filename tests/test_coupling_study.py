@@ -1,8 +1,7 @@
 """bench.coupling_study: the command lines of issue 31's accuracy runs and the table it prints
 from their summary.json files (no training here: the runs are what a user starts)."""
-import json
-
 from bench import coupling_study as study
+from tests.test_equal_cost_study import finish
 
 
 def test_every_run_is_at_one_flops_target_with_one_rate_coupled_or_not(tmp_path):
@@ -20,13 +19,6 @@ def test_every_run_is_at_one_flops_target_with_one_rate_coupled_or_not(tmp_path)
         assert ("--attenuate" in cmd) == name.startswith("fsdp-bn")
     # a run's folder differs from every other's: a finished one is never run over
     assert len({save for _, _, save, _ in planned}) == len(planned)
-
-
-def finish(save, top1, flops_kept, params_kept):
-    save.mkdir(parents=True)
-    (save / "summary.json").write_text(json.dumps(
-        {"final_top1": top1, "compact": {"flops_reduction": 1 - flops_kept,
-                                         "params_reduction": 1 - params_kept}}))
 
 
 def test_the_table_gives_each_run_its_cost_and_the_paired_coupled_minus_uncoupled(tmp_path):

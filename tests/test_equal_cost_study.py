@@ -25,10 +25,12 @@ def test_every_pruned_run_keeps_fpgm_50s_flops_with_one_rate_and_the_pairs_come_
             assert cmd[cmd.index("--allocation") + 1] == "uniform"
 
 
-def finish(save, top1, flops_kept):
+def finish(save, top1, flops_kept, params_kept=1.0):
+    """A finished run's summary.json, as far as the studies' tables read it."""
     save.mkdir(parents=True)
     (save / "summary.json").write_text(json.dumps(
-        {"final_top1": top1, "compact": {"flops_reduction": 1 - flops_kept}}))
+        {"final_top1": top1, "compact": {"flops_reduction": 1 - flops_kept,
+                                         "params_reduction": 1 - params_kept}}))
 
 
 def test_the_table_gives_mean_std_and_the_paired_difference_with_its_interval(tmp_path):

@@ -17,10 +17,37 @@ from utils.compaction import (NetworkCost, compact_cost, compact_model, export_o
 from utils.pruner import Pruner, PruningWarning
 from tests.soft_pruning import assert_exact_in_float64, one_thread  # noqa: F401 (autouse)
 
+class LayerScaled(torch.nn.Module):
+    """A stem and two residual blocks whose branch ends in a layer scale, x + γ·BN(conv(…)),
+    as ConvNeXt-style CNNs with BatchNorm write their streams."""
+
+    def __init__(self, width=16):
+        super().__init__()
+        self.stem = self.conv_bn(3, width)
+        self.blocks = torch.nn.ModuleList(torch.nn.Sequential(
+            self.conv_bn(width, width), torch.nn.ReLU(), self.conv_bn(width, width))
+            for _ in range(2))
+        self.gammas = torch.nn.ParameterList(
+            torch.nn.Parameter(torch.rand(width, 1, 1) + 0.5) for _ in range(2))
+        self.head = torch.nn.Linear(width, 10)
+
+    @staticmethod
+    def conv_bn(cin, cout):
+        return torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                                   torch.nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block, gamma in zip(self.blocks, self.gammas):
+            x = x + block(x) * gamma
+        return self.head(x.mean((2, 3)))
+
+
 NETWORKS = {  # name: (builder, image side)
     "resnet20": (lambda: build_model("resnet20", 10), 32),  # option-A shortcuts
     "mobilenet_v2": (lambda: build_model("mobilenet_v2", 10), 32),
     "torchvision resnet18": (lambda: torchvision.models.resnet18(num_classes=10), 32),
+    "layer-scaled": (LayerScaled, 16),
 }
 
 
@@ -92,6 +119,19 @@ def test_a_coupled_compact_resnet_exports_no_pad_or_gather_for_its_streams(name,
     alone = onnx_ops(model, prune_alone(model, shape), shape, tmp_path / "alone.onnx")
     assert coupled["Pad"] == coupled["Gather"] == coupled_pads
     assert alone["Pad"] > coupled["Pad"] and alone["Gather"] > coupled["Gather"]
+
+
+def test_a_stream_written_through_layer_scales_is_one_group_and_exports_narrow(tmp_path):
+    """x + γ·BN(conv(…)): a per-channel scale of the parameters keeps a pruned channel zero (or
+    constant), so the stem and both blocks' last convs select together and the stream is
+    narrow (FastViT's streams stay uncoupled for other reasons: a difference of two
+    BatchNorms of the stream, and a last conv with no BatchNorm)."""
+    model, shape = network("layer-scaled")
+    group, = [layer for layer in layers(model, shape) if layer.coupled]
+    assert [m.conv.name for m in group.members] == ["stem.0", "blocks.0.2.0", "blocks.1.2.0"]
+    ops = onnx_ops(model, prune_coupled(model, shape, bn=True), shape, tmp_path / "c.onnx")
+    assert ops["Pad"] == ops["Gather"] == 0 and ops["Add"] == 2  # the sums, narrow
+    assert ops["Mul"] == 0  # each scale folded into its conv with the BatchNorm
 
 
 @torch.no_grad()

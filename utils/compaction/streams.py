@@ -1,8 +1,8 @@
 """Residual streams: which prunable convs write into one residual sum (``coupling="residual"``).
 
 A residual sum adds tensors of one shape; what each operand holds comes, through ops that keep
-a constant channel constant (activations, identities, pools, unpaired BatchNorms, + or × a
-number), concatenations, channel slices and splits, from the BatchNorm outputs of prunable
+a constant channel constant (activations, identities, pools, unpaired BatchNorms, +, − or × a
+number or a per-channel parameter: a layer scale), concatenations, channel slices and splits, from the BatchNorm outputs of prunable
 convs, from zeros (an option-A shortcut's new channels), or from another residual sum (the
 stream of the previous block). The convs reached so, and the sums linked so, form one stream:
 each conv's filter f lands on the stream channel ``offset + f`` (a ghost module's cheap half
@@ -92,7 +92,7 @@ def _origins(graph: ModelGraph, node: fx.Node, offset: int, conv_of_bn: dict,
 
 def _through(graph: ModelGraph, op, offset: int) -> tuple[fx.Node, int]:
     """The one input a channel-routing or constant-keeping op reads, and its offset."""
-    if op.kind in PASSING or (op.kind in ("add", "mul") and op.attrs.get("number") is not None):
+    if op.kind in PASSING or _by_a_constant(op):
         return op.inputs[0], offset
     if op.kind == "slice":
         start, stop, step = op.attrs["slices"][1]
@@ -102,12 +102,20 @@ def _through(graph: ModelGraph, op, offset: int) -> tuple[fx.Node, int]:
         split = graph.op_of[op.inputs[0]]
         sizes = split.attrs["sizes"]
         return split.inputs[0], offset - sum(sizes[:op.attrs["index"]])
-    what = "a product" if op.kind == "mul" else f"{op.kind} node {op.node.name}"
+    what = {"mul": "a product", "sub": "a difference of two tensors"}.get(op.kind, op.kind) + \
+        f" (fx node {op.node.name})"
     if op.kind == "input":
         what = "the network's input"
     elif op.kind == "conv":
-        what = f"conv '{op.node.target}', which has no BatchNorm of its own"
+        what = f"conv '{op.node.target}' (no BatchNorm of its own)"
     raise _Unnarrowable(f"{what} writes into it")
+
+
+def _by_a_constant(op) -> bool:
+    """+, − or × a number or a per-channel tensor of the parameters (a layer scale x·γ):
+    a constant channel stays constant, a zero one zero under ×."""
+    return op.kind in ("add", "sub", "mul") and len(op.inputs) == 1 and (
+        op.attrs.get("number") is not None or op.attrs.get("constant") is not None)
 
 
 def _components(sums: list, links: dict) -> list[tuple[list, bool]]:

@@ -1,11 +1,23 @@
 """A dataset script's command line run through its own ``main`` in the test's process: the exit
 status, stdout and stderr that ``python <script> ARGS`` gives, without a new interpreter's
-seconds of imports. A run that a signal or a crash must stop still needs a process of its own."""
+seconds of imports. A run that a signal or a crash must stop needs a process of its own:
+``Forked`` runs the script as ``__main__`` in a process forked from a server that has imported
+torch and the suite's modules once (multiprocessing's fork server), which saves each such run
+the ~4.5 s of a fresh interpreter's imports (torch, and torch._dynamo, which torch.optim pulls
+in). What a fresh interpreter itself does — its imports, a broken install — is tested with
+``run_in_subprocess`` or ``sys.executable`` where it matters."""
+import atexit
 import contextlib
 import io
+import multiprocessing
 import os
+import runpy
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+import traceback
 
 from utils.run.driver import main
 
@@ -29,11 +41,9 @@ def run_in_process(module, *args, check=True) -> subprocess.CompletedProcess:
 
 
 def run_in_subprocess(script, *args, env, check=True) -> subprocess.CompletedProcess:
-    """``python <script> ARGS`` in an interpreter of its own, with ``env`` (a crash point, the
-    threads): for the runs a signal or a crash must stop."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return _checked(subprocess.run([sys.executable, os.path.join(root, script), *args], cwd=root,
-                                   capture_output=True, text=True, timeout=600, env=env), check)
+    """``python <script> ARGS`` in a process of its own (``Forked``), with ``env`` (a crash
+    point, the threads): for the runs a signal or a crash must stop."""
+    return run_forked(script, *args, env=env, check=check)
 
 
 def _checked(proc: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
@@ -42,3 +52,118 @@ def _checked(proc: subprocess.CompletedProcess, check: bool) -> subprocess.Compl
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n"
                              f"{proc.stderr[-3000:]}")
     return proc
+
+
+# what a script's process imports before its first epoch; none of it starts a thread or runs
+# an op, so the server forks cleanly
+PRELOAD = ["torch", "torch._dynamo", "torch.optim", "matplotlib.pyplot", "utils.run.driver",
+           "notebook_cifar", "notebook_imagenet", "notebook_gsc"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def fork_server():
+    """multiprocessing's fork-server context, its server importing ``PRELOAD`` (started on the
+    first process asked of it: once per test process)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
+
+
+class Forked:
+    """``python <script> ARGS`` with ``env`` in ``cwd`` (the checkout), as a process of its own
+    forked from the fork server: ``pid``, ``poll()``, ``wait()``, ``send_signal()``,
+    ``communicate()`` and ``returncode`` as ``subprocess.Popen`` has them (a signal's exit is
+    its negative number), stdout and stderr as text."""
+
+    def __init__(self, script, *args, env=None, cwd=ROOT):
+        self._folder = tempfile.mkdtemp(prefix="forked-")
+        self._out, self._err = (os.path.join(self._folder, n) for n in ("out", "err"))
+        env = dict(os.environ if env is None else env)
+        self._process = fork_server().Process(
+            target=_run_script, args=(script, list(args), cwd, env, self._out, self._err))
+        self._process.start()
+        self.pid = self._process.pid
+        self.returncode = None
+
+    def poll(self):
+        if self.returncode is None and not self._process.is_alive():
+            self._process.join()
+            self.returncode = self._process.exitcode
+        return self.returncode
+
+    def wait(self, timeout=None):
+        self._process.join(timeout)
+        if self.poll() is None:
+            raise subprocess.TimeoutExpired(self._process.name, timeout)
+        return self.returncode
+
+    def send_signal(self, sig):
+        os.kill(self.pid, sig)
+
+    def communicate(self, timeout=None):
+        try:
+            self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.send_signal(signal.SIGKILL)
+            self.wait()
+            raise
+        out, err = (open(p, encoding="utf-8", errors="replace").read()
+                    for p in (self._out, self._err))
+        for p in (self._out, self._err):
+            os.remove(p)
+        os.rmdir(self._folder)
+        return out, err
+
+
+def run_forked(script, *args, env=None, check=True, timeout=600) -> subprocess.CompletedProcess:
+    """``Forked`` to its end: what ``subprocess.run(..., capture_output=True, text=True)``
+    returns."""
+    proc = Forked(script, *args, env=env)
+    out, err = proc.communicate(timeout)
+    return _checked(subprocess.CompletedProcess(args, proc.returncode, out, err), check)
+
+
+def _run_script(script, args, cwd, env, out_path, err_path):
+    """In the forked process: what the interpreter would do with ``python script args``."""
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    if "OMP_NUM_THREADS" in env:  # a fresh interpreter's OpenMP reads it when torch loads
+        import torch
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
+    for fd, path in ((1, out_path), (2, err_path)):
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(target, fd)
+        os.close(target)
+    path = os.path.join(cwd, script)
+    sys.argv = [script, *args]
+    if os.path.dirname(path) not in sys.path:  # the interpreter puts the script's folder first
+        sys.path.insert(0, os.path.dirname(path))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    code = 0
+    try:
+        runpy.run_path(path, run_name="__main__")
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (e.code is not None and
+                                                       (print(e.code, file=sys.stderr) or 1))
+    except KeyboardInterrupt:  # as the interpreter ends on one: killed by SIGINT
+        traceback.print_exc()
+        _exit(-signal.SIGINT)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    _exit(int(code))
+
+
+def _exit(code):
+    """End the forked process as the interpreter ends: exit functions run, streams flushed;
+    a negative code: killed by that signal."""
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+        time.sleep(10)
+    os._exit(code)

@@ -35,7 +35,7 @@ import notebook_gsc
 import notebook_imagenet
 import reproduce
 from datasets.imagenet32 import TRAIN_FILES, VAL_FILE
-from tests.cli import entry
+from tests.cli import entry, run_forked
 from tests.fake_imagenet import rewrite_npz, truncate_file, write_imagenet32, write_imagenet_folder
 from tests.fake_gsc import write_gsc, write_wav
 from tests.snapshots import files_of, flip_exponent_bit, temporaries, write_finished_run
@@ -298,7 +298,8 @@ class Case:
     expect: str            # a phrase the one-line error must contain
     setup: Callable | None = None
     patch: Callable | None = None        # (monkeypatch) -> None; in-process cases only
-    subprocess: bool = False             # run as `python notebook_cifar.py …`
+    subprocess: bool = False             # run as `python notebook_cifar.py …` (forked: what
+    interpreter: bool = False            # reaches fd 2 counts too), or in a new interpreter
     may_grow: tuple[str, ...] = ()       # earlier files that may only be appended to
     check: Callable | None = None        # (paths, stderr) -> None: more assertions afterwards
     # snapshot files the case may leave in the fresh folder: for data errors that only show
@@ -326,7 +327,7 @@ CASES = [
          "argument --coupling: invalid choice: 'resnet' (choose from 'none', 'residual')"),
     Case("unknown-arch", ["--arch", "resnet21"],
          "unknown --arch 'resnet21'; the closest: resnet32, resnet20, resnet110, resnet56 (",
-         subprocess=True, check=lambda p, err: len(err) < 160),
+         subprocess=True, interpreter=True, check=lambda p, err: len(err) < 160),
     Case("unknown-timm-arch", ["--arch", "timm:efficientnet_b9"],
          "unknown timm model 'efficientnet_b9' (--arch timm:efficientnet_b9); the closest: "
          "timm:efficientnet_b8, "),
@@ -837,7 +838,12 @@ def paths(pristine, tmp_path):
     return make_paths(pristine("cifar"), tmp_path)
 
 
-def run_script(module, argv, env=None):
+def run_script(module, argv, env=None, interpreter=True):
+    """``python <script> argv``: in a new interpreter (its imports' own output on stderr
+    included), or forked from the test's fork server (``tests.cli.Forked``)."""
+    if not interpreter:
+        proc = run_forked(os.path.basename(module.__file__), *argv, env=env, check=False)
+        return proc.returncode, proc.stderr
     proc = subprocess.run([sys.executable, module.__file__, *argv], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     return proc.returncode, proc.stderr
@@ -873,7 +879,7 @@ def test_bad_input_is_one_clear_line_and_leaves_earlier_runs_alone(name, case, p
     before = files_of(paths.earlier)
 
     if case.subprocess:
-        code, err = run_script(module, argv)
+        code, err = run_script(module, argv, interpreter=case.interpreter)
     else:
         if case.patch:
             case.patch(monkeypatch)
@@ -1009,7 +1015,8 @@ def test_import_with_an_unsupported_torch_names_the_versions(version, expect, in
 def test_debug_shows_the_traceback(paths):
     truncate_checkpoint(paths)
     code, err = run_script(notebook_cifar,
-                           [a.format(**vars(paths)) for a in BASE + RESUME + ["--debug"]])
+                           [a.format(**vars(paths)) for a in BASE + RESUME + ["--debug"]],
+                           interpreter=False)
     assert code != 0
     assert "Traceback" in err and "UserError" in err and "is corrupt or truncated" in err
 

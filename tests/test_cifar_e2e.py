@@ -1,17 +1,15 @@
 """notebook_cifar.py end to end on generated CIFAR-format data, through the real CLI: its
-``main`` with the command line, in this process, and a fresh interpreter where a signal or a
-crash must reach it (each new interpreter costs seconds of imports)."""
+``main`` with the command line, in this process, and a process of its own where a signal or a
+crash must reach it (``tests.cli.Forked``: forked from a server that has done the imports)."""
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import notebook_cifar
-from tests.cli import run_in_process
+from tests.cli import Forked, run_forked, run_in_process
 from tests.fakedata import write_cifar
 from tests.snapshots import assert_same_run, temporaries
 from utils.report.logger import METRIC_COLUMNS
@@ -147,10 +145,8 @@ def test_killed_anywhere_or_interrupted_then_resume_auto_matches_an_uninterrupte
     save = str(tmp_path / "killed")
     for n, point in enumerate(KILLS):
         resume = ["--resume", "auto"] if n else []
-        proc = subprocess.run([sys.executable, os.path.join(ROOT, "notebook_cifar.py"),
-                               *common(data_root, save), *resume], cwd=ROOT,
-                              capture_output=True, text=True, timeout=600,
-                              env={**os.environ, "FSDP_CRASH_AT": point})
+        proc = run_forked("notebook_cifar.py", *common(data_root, save), *resume, check=False,
+                          env={**os.environ, "FSDP_CRASH_AT": point})
         assert proc.returncode == -9, (point, proc.stderr[-2000:])
         assert not os.path.exists(os.path.join(save, "summary.json")), point
         epoch = torch.load(os.path.join(save, "checkpoint.pt"), weights_only=True)["epoch"]
@@ -168,9 +164,8 @@ def interrupt_in_epoch(data_root, save, epoch):
     checkpoint of the batch it stopped after."""
     import signal
     import time
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "notebook_cifar.py"),
-                             *common(data_root, save), "--resume", "auto", "--print_freq", "1"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = Forked("notebook_cifar.py", *common(data_root, save), "--resume", "auto",
+                  "--print_freq", "1")
     log = os.path.join(save, "log.txt")
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:

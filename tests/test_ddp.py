@@ -31,7 +31,7 @@ from utils.method.schedule import asymptotic_schedule
 from utils.pruner import Pruner, PruningWarning
 from utils.run.checkpoint import restore_rng, rng_states
 import notebook_cifar
-from tests.cli import entry
+from tests.cli import entry, fork_server
 from tests.fakedata import write_cifar
 from tests.soft_pruning import small_cnn
 
@@ -185,8 +185,9 @@ def spawned(tmp_path_factory, timeout=300) -> dict:
                 "3", "--schedule", "1", "--gammas", "1", *flags]
         runs.append((_free_port(), str(root / f"{policy}.rank"), argv))
     out = str(root / "rank")
+    fork_server()  # the ranks start from its imports (a new interpreter's cost seconds)
     ctx = mp.start_processes(_both, args=(2, _free_port(), out, runs, 1), nprocs=2,
-                             start_method="spawn", join=False)
+                             start_method="forkserver", join=False)
     deadline = time.time() + timeout
     while not ctx.join(timeout=1):
         if time.time() > deadline:

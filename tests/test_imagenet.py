@@ -5,8 +5,6 @@ import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,7 +15,7 @@ from torch.utils.data.dataloader import default_collate
 import datasets.imagenet32 as i32
 import notebook_imagenet
 from datasets.imagenet_folder import Normalise as FolderNormalise, imagenet_data
-from tests.cli import entry, run_in_process, run_in_subprocess
+from tests.cli import entry, run_forked, run_in_process, run_in_subprocess
 from tests.fake_imagenet import (imagenet32_labels, truncate_file, write_imagenet32,
                                  write_imagenet_folder)
 from tests.snapshots import assert_same_run, temporaries
@@ -276,7 +274,10 @@ import utils.faults as faults
 def term(name):
     if name == os.environ["TERM_AT"]:
         os.kill(os.getpid(), signal.SIGTERM)
-faults.crash_point = term
+original = faults.crash_point
+for module in list(sys.modules.values()):  # faults, and those that imported it already
+    if getattr(module, "crash_point", None) is original:
+        module.crash_point = term
 sys.argv[0] = "notebook_imagenet.py"
 runpy.run_path("notebook_imagenet.py", run_name="__main__")
 """
@@ -287,9 +288,9 @@ def test_stopped_and_killed_inside_files_then_resumed_matches_an_uninterrupted_r
     save = str(tmp_path / "interrupted")
     args = i32_args(npz_root, save)
     # SIGTERM after batch 2 of epoch 1 (items 32–47 of 220): a checkpoint inside a file
-    proc = subprocess.run([sys.executable, "-c", TERM_AT, *args], cwd=ROOT, text=True,
-                          capture_output=True, timeout=600,
-                          env={**ONE_THREAD, "TERM_AT": "train:1:2"})
+    (tmp_path / "term_at.py").write_text(TERM_AT)
+    proc = run_forked(str(tmp_path / "term_at.py"), *args, check=False,
+                      env={**ONE_THREAD, "TERM_AT": "train:1:2"})
     assert proc.returncode == 143, proc.stderr[-2000:]
     assert "SIGTERM: stopped in epoch 1 after batch 3" in proc.stdout
     ckpt = torch.load(os.path.join(save, "checkpoint.pt"), weights_only=True)

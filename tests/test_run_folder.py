@@ -16,7 +16,7 @@ import pytest
 
 import compact as compact_cli
 import notebook_cifar
-from tests.cli import run_in_process
+from tests.cli import Forked, run_in_process
 from tests.fakedata import write_cifar
 from tests.snapshots import files_of, write_finished_run
 from utils.errors import UserError, WriteFault
@@ -54,8 +54,7 @@ def test_a_second_run_on_a_busy_folder_is_refused_and_the_first_loses_nothing(tm
     data, save = tmp_path / "data", tmp_path / "run"
     write_cifar(str(data), n_train=64, n_test=32)
     argv = [*BASE, "--data_path", str(data), "--save_path", str(save)]
-    first = subprocess.Popen([sys.executable, "notebook_cifar.py", *argv], cwd=ROOT, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ONE_THREAD)
+    first = Forked("notebook_cifar.py", *argv, env=ONE_THREAD)
     try:
         deadline = time.time() + 240
         while not (save / "log.txt").exists():  # the lock is taken before the first write

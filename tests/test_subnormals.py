@@ -1,15 +1,13 @@
 """Subnormal floats: flushed to zero in training runs by default, kept with --keep_subnormals."""
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from tests.cli import run_forked
 from tests.fakedata import write_cifar
 from utils import subnormals
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = torch.finfo(torch.float32).tiny
 
 
@@ -43,14 +41,13 @@ def underflowing_runs(tmp_path_factory):
     out = {}
     for keep in (False, True):
         save = str(root / ("keep" if keep else "flush"))
-        cmd = [sys.executable, os.path.join(ROOT, "notebook_cifar.py"), "--dataset", "cifar10",
+        cmd = ["--dataset", "cifar10",
                "--arch", "resnet20", "--data_path", str(root), "--save_path", save,
                "--epochs", "3", "--stop_after", "2", "--attenuation", "1e-40",
                "--batch_size", "32", "--batch_prune_size", "64", "--schedule", "1",
                "--gammas", "1", "--workers", "0", "--manualSeed", "1"]
-        proc = subprocess.run(cmd + (["--keep_subnormals"] if keep else []), cwd=ROOT,
-                              capture_output=True, text=True, timeout=600,
-                              env={**os.environ, "OMP_NUM_THREADS": "2"})
+        proc = run_forked("notebook_cifar.py", *cmd, *(["--keep_subnormals"] if keep else []),
+                          env={**os.environ, "OMP_NUM_THREADS": "2"}, check=False)
         assert proc.returncode == 0, proc.stderr[-2000:]
         out[keep] = torch.load(os.path.join(save, "checkpoint.pt"), weights_only=True)
     return out

@@ -196,3 +196,18 @@ def test_a_stop_inside_an_epoch_refuses_a_non_finite_state_alike():
     with pytest.raises(NonFiniteState, match=r"the state in epoch 4 after batch 7 holds NaN or "
                        r"inf in 1 of its tensors \(first: optimizer\.state\.1\.momentum_buffer\)"):
         refuse_non_finite(state, 4, 7)
+
+
+def test_the_digest_of_a_known_object_is_the_one_written_before():
+    """Checkpoints and compact files already written carry digests of this byte stream: any
+    change to how it is fed (order, separators, one update or many) must leave it alone."""
+    import collections
+
+    from utils.files import content_digest
+    obj = {"epoch": 3, "lr": 0.1, "flag": True, "none": None, "name": "résnet",
+           "model": collections.OrderedDict(w=torch.arange(6, dtype=torch.float32).reshape(2, 3),
+                                            h=torch.tensor([1.5], dtype=torch.bfloat16)),
+           "rng": [torch.tensor([7], dtype=torch.uint8), (1, 2.5e-300)], 2: {"b": [], "a": ()},
+           DIGEST_KEY: "left out"}
+    assert content_digest(obj) == \
+        "74f1df1b82f69809bc86ea37c897fd3473718a94d43ac8879d8a63df333742e6"

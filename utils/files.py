@@ -260,22 +260,32 @@ def content_digest(obj) -> str:
     (Python's float repr round-trips), mappings in the order of their keys' repr."""
     h = hashlib.sha256()
     items = obj.items() if isinstance(obj, dict) else ()
-    _feed(h, "", {k: v for k, v in items if k != DIGEST_KEY} if isinstance(obj, dict) else obj)
+    text: list = []  # the lines since the last tensor, hashed in one piece: the same stream
+    _feed(h, text, "", {k: v for k, v in items if k != DIGEST_KEY} if isinstance(obj, dict)
+          else obj)
+    h.update("".join(text).encode())
     return h.hexdigest()
 
 
-def _feed(h, path: str, value) -> None:
-    if isinstance(value, torch.Tensor):
+_LEAVES = {str, int, float, bool, type(None)}  # most of a manifest: no isinstance walk for them
+
+
+def _feed(h, text: list, path: str, value) -> None:
+    if type(value) in _LEAVES:
+        text.append(f"{path}|{type(value).__name__}|{value!r}\n")
+    elif isinstance(value, torch.Tensor):
         t = value.detach().cpu().contiguous()
-        h.update(f"{path}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        text.append(f"{path}|{t.dtype}|{tuple(t.shape)}\n")
+        h.update("".join(text).encode())
+        text.clear()
         h.update(t.reshape(-1).view(torch.uint8).numpy())  # any dtype, bfloat16 included
     elif isinstance(value, dict):
-        h.update(f"{path}|map|{len(value)}\n".encode())
+        text.append(f"{path}|map|{len(value)}\n")
         for key in sorted(value, key=repr):
-            _feed(h, f"{path}/{key!r}", value[key])
+            _feed(h, text, f"{path}/{key!r}", value[key])
     elif isinstance(value, (list, tuple)):
-        h.update(f"{path}|seq|{len(value)}\n".encode())
+        text.append(f"{path}|seq|{len(value)}\n")
         for i, item in enumerate(value):
-            _feed(h, f"{path}/{i}", item)
+            _feed(h, text, f"{path}/{i}", item)
     else:
-        h.update(f"{path}|{type(value).__name__}|{value!r}\n".encode())
+        text.append(f"{path}|{type(value).__name__}|{value!r}\n")

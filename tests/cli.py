@@ -4,8 +4,9 @@ seconds of imports. A run that a signal or a crash must stop needs a process of 
 ``Forked`` runs the script as ``__main__`` in a process forked from a server that has imported
 torch and the suite's modules once (multiprocessing's fork server), which saves each such run
 the ~4.5 s of a fresh interpreter's imports (torch, and torch._dynamo, which torch.optim pulls
-in). What a fresh interpreter itself does — its imports, a broken install — is tested with
-``run_in_subprocess`` or ``sys.executable`` where it matters."""
+in). What a new interpreter itself does — its imports' own output, a broken install — is
+tested with ``sys.executable`` where it matters (a bad --arch in tests/test_bad_inputs.py, the
+installed package, torchrun)."""
 import atexit
 import contextlib
 import io
@@ -143,16 +144,18 @@ def _run_script(script, args, cwd, env, out_path, err_path):
     code = 0
     try:
         runpy.run_path(path, run_name="__main__")
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (e.code is not None and
-                                                       (print(e.code, file=sys.stderr) or 1))
+    except SystemExit as e:  # sys.exit(None) is 0, sys.exit("text") prints it and is 1
+        code = 0 if e.code is None else e.code
+        if not isinstance(code, int):
+            print(code, file=sys.stderr)
+            code = 1
     except KeyboardInterrupt:  # as the interpreter ends on one: killed by SIGINT
         traceback.print_exc()
         _exit(-signal.SIGINT)
     except BaseException:
         traceback.print_exc()
         code = 1
-    _exit(int(code))
+    _exit(code)
 
 
 def _exit(code):

@@ -298,8 +298,9 @@ class Case:
     expect: str            # a phrase the one-line error must contain
     setup: Callable | None = None
     patch: Callable | None = None        # (monkeypatch) -> None; in-process cases only
-    subprocess: bool = False             # run as `python notebook_cifar.py …` (forked: what
-    interpreter: bool = False            # reaches fd 2 counts too), or in a new interpreter
+    subprocess: bool = False             # run as `python notebook_cifar.py …`, forked (what
+                                         # reaches fd 2 counts too: tests.cli.Forked) …
+    interpreter: bool = False            # … or in a new interpreter (its imports' output too)
     may_grow: tuple[str, ...] = ()       # earlier files that may only be appended to
     check: Callable | None = None        # (paths, stderr) -> None: more assertions afterwards
     # snapshot files the case may leave in the fresh folder: for data errors that only show

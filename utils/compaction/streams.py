@@ -2,9 +2,10 @@
 
 A residual sum adds tensors of one shape; what each operand holds comes, through ops that keep
 a constant channel constant (activations, identities, pools, unpaired BatchNorms, +, − or × a
-number or a per-channel parameter: a layer scale), concatenations, channel slices and splits, from the BatchNorm outputs of prunable
-convs, from zeros (an option-A shortcut's new channels), or from another residual sum (the
-stream of the previous block). The convs reached so, and the sums linked so, form one stream:
+number or a per-channel parameter: a layer scale), concatenations, channel slices and splits,
+from the BatchNorm outputs of prunable convs, from zeros (an option-A shortcut's new
+channels), or from another residual sum (the stream of the previous block). The convs reached
+so, and the sums linked so, form one stream:
 each conv's filter f lands on the stream channel ``offset + f`` (a ghost module's cheap half
 at its offset, the narrower stream before an option-A shortcut at 0 of the wider one). When
 every conv of a stream selects the same channels, those channels are constant in every operand

@@ -13,6 +13,7 @@ import io
 import multiprocessing
 import os
 import runpy
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,12 +109,18 @@ class Forked:
             self.send_signal(signal.SIGKILL)
             self.wait()
             raise
-        out, err = (open(p, encoding="utf-8", errors="replace").read()
-                    for p in (self._out, self._err))
-        for p in (self._out, self._err):
-            os.remove(p)
-        os.rmdir(self._folder)
+        out, err = (_read(p) for p in (self._out, self._err))
+        shutil.rmtree(self._folder, ignore_errors=True)
         return out, err
+
+
+def _read(path) -> str:
+    """A stream's text; none where the process ended before it opened it."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
 
 
 def run_forked(script, *args, env=None, check=True, timeout=600) -> subprocess.CompletedProcess:

@@ -17,6 +17,7 @@ from utils.compaction import (NetworkCost, compact_cost, compact_model, export_o
 from utils.pruner import Pruner, PruningWarning
 from tests.soft_pruning import assert_exact_in_float64, one_thread  # noqa: F401 (autouse)
 
+
 class LayerScaled(torch.nn.Module):
     """A stem and two residual blocks whose branch ends in a layer scale, x + γ·BN(conv(…)),
     as ConvNeXt-style CNNs with BatchNorm write their streams."""

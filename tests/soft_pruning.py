@@ -6,7 +6,6 @@ from torch import nn
 from bench.common import randomize_bn
 from models import build_model
 from utils.compaction import find_prunable_convs
-from utils.compaction.tracing import ModelGraph
 
 
 def random_model(arch, seed=0, num_classes=10):
@@ -30,9 +29,7 @@ def prune(model, rate, seed=0):
     ``ModelGraph`` (traced once for several selections)."""
     gen = torch.Generator().manual_seed(seed)
     pruned = {}
-    convs = model.prunable_convs() if isinstance(model, ModelGraph) else find_prunable_convs(
-        model)
-    for c in convs:
+    for c in find_prunable_convs(model):
         f = c.filters
         k = {"one": f - 1, "mixed": int(torch.randint(f, (), generator=gen))}.get(rate)
         k = int(rate * f) if k is None else k

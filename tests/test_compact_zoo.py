@@ -22,7 +22,6 @@ from models import build_model
 from utils.compaction import (NetworkCost, compact_cost, compact_model, export_onnx,
                               find_prunable_convs, load_compact, network_cost, save_compact)
 from utils.compaction.converter import RULES
-from utils.compaction.tracing import ModelGraph
 from tests.soft_pruning import (  # noqa: F401 (one_thread: autouse)
     assert_exact_in_float64, one_thread, rel_error)
 
@@ -226,9 +225,7 @@ def prune_some(model, seed=0, share=0.5, shape=None):
     its ``ModelGraph``, traced at that size already."""
     gen = torch.Generator().manual_seed(seed)
     pruned = {}
-    convs = (model.prunable_convs() if isinstance(model, ModelGraph)
-             else find_prunable_convs(model, input_shape=shape))
-    for c in convs:
+    for c in find_prunable_convs(model, input_shape=shape):
         k = int(torch.randint(int(share * c.filters) + 1, (), generator=gen))
         idx = torch.randperm(c.filters, generator=gen)[:k]
         c.conv.weight[idx] = 0

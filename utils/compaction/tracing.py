@@ -361,9 +361,10 @@ class ModelGraph:
 
 
 def as_graph(model, input_shape) -> ModelGraph:
-    """``model``'s graph with shapes at ``input_shape``: a ``ModelGraph`` given is reused."""
+    """``model``'s graph with shapes at ``input_shape`` (None: as traced, or as the graph given
+    has them): a ``ModelGraph`` given is reused."""
     if isinstance(model, ModelGraph):
-        return model.with_shapes(input_shape)
+        return model if input_shape is None else model.with_shapes(input_shape)
     return ModelGraph(model, input_shape)
 
 
@@ -374,7 +375,8 @@ def find_prunable_convs(model: nn.Module, include: str | None = None, exclude: s
     part the compactor keeps whole), in forward order, filtered by module-name regexes and by
     the reference's parameter-index window (``layer_begin ≤ index ≤ layer_end``, every
     ``layer_inter``-th). ``input_shape`` (C, H, W): the size the model runs at (default: the
-    one it declares; without either, only what the structure shows is kept whole). A model fx
-    cannot trace is refused in one line."""
-    return ModelGraph(model, input_shape).prunable_convs(include, exclude, layer_begin,
-                                                         layer_end, layer_inter)
+    one it declares; without either, only what the structure shows is kept whole). ``model``
+    may be its ``ModelGraph``, reused (traced once for several selections). A model fx cannot
+    trace is refused in one line."""
+    return as_graph(model, input_shape).prunable_convs(include, exclude, layer_begin,
+                                                       layer_end, layer_inter)

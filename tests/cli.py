@@ -42,12 +42,6 @@ def run_in_process(module, *args, check=True) -> subprocess.CompletedProcess:
                     check)
 
 
-def run_in_subprocess(script, *args, env, check=True) -> subprocess.CompletedProcess:
-    """``python <script> ARGS`` in a process of its own (``Forked``), with ``env`` (a crash
-    point, the threads): for the runs a signal or a crash must stop."""
-    return run_forked(script, *args, env=env, check=check)
-
-
 def _checked(proc: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
     """``check``: raise on a non-zero status, with the output's tail."""
     if check and proc.returncode != 0:

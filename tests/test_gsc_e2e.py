@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import notebook_gsc
-from tests.cli import entry, run_in_process, run_in_subprocess
+from tests.cli import entry, run_forked, run_in_process
 from tests.snapshots import assert_same_run, temporaries
 from tests.fake_gsc import write_gsc
 from utils.method.schedule import count
@@ -22,11 +22,11 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def run_gsc(*args, env=None, check=True):
-    """The script's command line: in this process, or with ``env`` (a crash point) in a fresh
-    one."""
+    """The script's command line: in this process, or with ``env`` (a crash point) in a
+    process of its own (``tests.cli.Forked``)."""
     if env is None:
         return run_in_process(notebook_gsc, *args, check=check)
-    return run_in_subprocess("notebook_gsc.py", *args, env=env, check=check)
+    return run_forked("notebook_gsc.py", *args, env=env, check=check)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from torch.utils.data.dataloader import default_collate
 import datasets.imagenet32 as i32
 import notebook_imagenet
 from datasets.imagenet_folder import Normalise as FolderNormalise, imagenet_data
-from tests.cli import entry, run_forked, run_in_process, run_in_subprocess
+from tests.cli import entry, run_forked, run_in_process
 from tests.fake_imagenet import (imagenet32_labels, truncate_file, write_imagenet32,
                                  write_imagenet_folder)
 from tests.snapshots import assert_same_run, temporaries
@@ -214,12 +214,11 @@ ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def run_script(*args, env=None, check=True):
-    """The script's command line: in this process, or with ``env`` (a crash point) in a fresh
-    one, with one intra-op thread."""
+    """The script's command line: in this process, or with ``env`` (a crash point) in a
+    process of its own (``tests.cli.Forked``), with one intra-op thread."""
     if env is None:
         return run_in_process(notebook_imagenet, *args, check=check)
-    return run_in_subprocess("notebook_imagenet.py", *args, env={**ONE_THREAD, **env},
-                             check=check)
+    return run_forked("notebook_imagenet.py", *args, env={**ONE_THREAD, **env}, check=check)
 
 
 def i32_args(root, save):
@@ -268,29 +267,13 @@ def test_imagenet32_end_to_end(i32_run):
     assert args["attenuation"] == 0.2 and args["cs_mode"] == "eval"
 
 
-# SIGTERM at an exact batch: the driver's fault hook, made to send SIGTERM instead of SIGKILL
-TERM_AT = """import os, runpy, signal, sys
-import utils.faults as faults
-def term(name):
-    if name == os.environ["TERM_AT"]:
-        os.kill(os.getpid(), signal.SIGTERM)
-original = faults.crash_point
-for module in list(sys.modules.values()):  # faults, and those that imported it already
-    if getattr(module, "crash_point", None) is original:
-        module.crash_point = term
-sys.argv[0] = "notebook_imagenet.py"
-runpy.run_path("notebook_imagenet.py", run_name="__main__")
-"""
-
-
 def test_stopped_and_killed_inside_files_then_resumed_matches_an_uninterrupted_run(
         npz_root, i32_run, tmp_path):
     save = str(tmp_path / "interrupted")
     args = i32_args(npz_root, save)
     # SIGTERM after batch 2 of epoch 1 (items 32–47 of 220): a checkpoint inside a file
-    (tmp_path / "term_at.py").write_text(TERM_AT)
-    proc = run_forked(str(tmp_path / "term_at.py"), *args, check=False,
-                      env={**ONE_THREAD, "TERM_AT": "train:1:2"})
+    proc = run_script(*args, env={"FSDP_CRASH_AT": "train:1:2", "FSDP_CRASH_SIGNAL": "SIGTERM"},
+                      check=False)
     assert proc.returncode == 143, proc.stderr[-2000:]
     assert "SIGTERM: stopped in epoch 1 after batch 3" in proc.stdout
     ckpt = torch.load(os.path.join(save, "checkpoint.pt"), weights_only=True)

@@ -81,7 +81,13 @@ class T:
         return self.scaled.ids if self.scaled is not None else empty()
 
     def uniform_mask(self) -> torch.Tensor:
-        return ~(self.mask(self.ids) | self.mask(self.map_ids) | self.mask(self.scaled_ids))
+        """The channels that are neither computed, maps nor scaled; made once per state (every
+        op that reads the state asks; no caller changes it in place)."""
+        cached = self.__dict__.get("_uniform_mask")
+        if cached is None:
+            cached = ~(self.mask(self.ids) | self.mask(self.map_ids) | self.mask(self.scaled_ids))
+            object.__setattr__(self, "_uniform_mask", cached)  # frozen: not a field
+        return cached
 
 
 @dataclass(frozen=True)

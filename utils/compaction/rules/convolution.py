@@ -168,17 +168,21 @@ class _Conv:
         self.window = ["conv", list(m.kernel_size), list(m.stride), list(m.padding),
                        list(m.dilation)]
         self.out_node = cv.pairs.get(op.node, op.node)  # the fx node whose value this is
-
-    def _input_values(self, filters: torch.Tensor) -> torch.Tensor:
-        """Per filter, its group's uniform input values (filters × ig)."""
-        v = torch.where(self.x.uniform_mask(), self.x.value, torch.zeros_like(self.x.value))
-        if not self.cv.exact:
-            v = torch.zeros_like(v)
-        return v.view(self.groups, self.ig)[filters // self.og]
+        self._all_taps = None  # ``_taps`` of every filter, once asked for
 
     def _taps(self, filters: torch.Tensor) -> torch.Tensor:
-        """What the uniform inputs add to each filter, per kernel tap (filters × kh × kw)."""
-        return torch.einsum("oihw,oi->ohw", self.w[filters], self._input_values(filters))
+        """What the uniform inputs add to each of ``filters``, per kernel tap (filters × kh ×
+        kw). Computed once for every filter of the conv (the conversion asks for several
+        subsets), and not at all when no uniform input is nonzero, the common case: the
+        product would read the whole weight for zeros."""
+        if self._all_taps is None:
+            v = torch.where(self.x.uniform_mask(), self.x.value, torch.zeros_like(self.x.value))
+            if self.cv.exact and bool(v.any()):
+                per_filter = v.view(self.groups, self.ig).repeat_interleave(self.og, 0)
+                self._all_taps = torch.einsum("oihw,oi->ohw", self.w, per_filter)
+            else:
+                self._all_taps = self.w.new_zeros(self.filters, *self.w.shape[2:])
+        return self._all_taps[filters]
 
     def _map_weight(self, filters: torch.Tensor) -> torch.Tensor | None:
         """The filters' weights over the map channels (zero across groups)."""
@@ -283,6 +287,8 @@ class _Conv:
         rows, taps = slots_out.numel(), self.m.kernel_size
         if not self.cv.emit:
             return torch.empty(rows, width, *taps, device="meta")
+        if self.groups == 1:  # one compact group: no padding slot, no filler
+            return self.w.index_select(0, slots_out[0]).index_select(1, slots_in[0])
         # row r reads the input slots of its compact group, each a channel of the filter's group
         slots = slots_in.repeat_interleave(slots_out.shape[1], 0)
         index = (slots.clamp(min=0) % self.ig).view(rows, width, 1, 1).expand(-1, -1, *taps)

@@ -27,7 +27,7 @@ RUNS = {  # name: (flags, final selected share per criterion)
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("methods")
     data = str(root / "data")
-    write_cifar(data, "cifar10", n_train=96, n_test=48, seed=2, num_classes=4)
+    write_cifar(data, "cifar10", n_train=64, n_test=32, seed=2, num_classes=4)
     for name, (flags, _) in RUNS.items():
         code = main(notebook_cifar.parser(), notebook_cifar.make_data, [
             "--dataset", "cifar10", "--data_path", data, "--save_path", str(root / name),

@@ -40,7 +40,7 @@ def wait_for(path, proc, timeout=240):
 def grid(tmp_path_factory):
     """The grid stopped by Ctrl-C during its second job, then run again to its end."""
     root = tmp_path_factory.mktemp("grid")
-    write_cifar(str(root / "data"), "cifar10", n_train=96, n_test=48, seed=2, num_classes=4)
+    write_cifar(str(root / "data"), "cifar10", n_train=64, n_test=32, seed=2, num_classes=4)
     grid_dir, argv = root / "g", grid_argv(root / "data", root / "g")
     proc = subprocess.Popen([sys.executable, "reproduce.py", *argv], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -61,13 +61,12 @@ def installed(tmp_path_factory) -> Installed:
 # the longest files first: `make test` hands whole files to its workers in collection order,
 # and a long file handed out last keeps one core busy after the other has finished (30 s of
 # one idle core when test_reference_equivalence came last); in this order the short files
-# fill the end. Test time per file on 2 cores, 2026-12-06; a file not named keeps its place
+# fill the end. Test time per file on 2 cores, 2026-12-07; a file not named keeps its place
 # after these.
-LONGEST_FIRST = ["test_cifar_e2e.py", "test_compact_zoo.py", "test_reproduce.py",
-                 "test_bad_inputs.py", "test_compact.py", "test_ddp.py",
-                 "test_compact_streams.py", "test_compact_file_safety.py", "test_imagenet.py",
-                 "test_compare.py", "test_reference_equivalence.py", "test_run_folder.py",
-                 "test_attenuation.py"]
+LONGEST_FIRST = ["test_compact_zoo.py", "test_reproduce.py", "test_bad_inputs.py",
+                 "test_cifar_e2e.py", "test_compact.py", "test_ddp.py", "test_imagenet.py",
+                 "test_run_folder.py", "test_compact_streams.py", "test_compare.py",
+                 "test_reference_equivalence.py", "test_package.py", "test_attenuation.py"]
 
 
 def pytest_collection_modifyitems(items):

@@ -5,10 +5,9 @@ loaded runs no payload either).
 Every mutation below is signed again with the file's digest, as an attacker who edits the
 file would do, so that it is the grammar and the shape checks that must catch it, not the
 digest (``RESIGNED``); the truncations and byte flips are not re-signed (a torn or flipped
-copy). The
-mutations are checked on what ``torch.load(weights_only=True)`` read (``compact_from_blob``,
-the part of ``load_compact`` after reading the file): reading is the same for all of them,
-and the torn and flipped files go through ``load_compact`` whole."""
+copy). The mutations are checked on what ``torch.load(weights_only=True)`` read
+(``compact_from_blob``, the part of ``load_compact`` after reading the file): reading is the
+same for all of them, and the torn and flipped files go through ``load_compact`` whole."""
 import copy
 import os
 import random
@@ -19,16 +18,15 @@ import torch
 from tests.soft_pruning import soft_pruned
 from tests.test_compact_zoo import prune_some, timm_build
 from tests.test_kept_whole import every_rule
-from utils.compaction import compact_model, load_compact, save_compact
-from utils.compaction import storage
+from utils.compaction import compact_model, load_compact, save_compact, storage
 from utils.compaction.storage import compact_from_blob
 from utils.files import DIGEST_KEY, content_digest, sealed
 from utils.errors import UserError
 
 SHAPE = (3, 32, 32)
 # what ``mutated`` signs with: the digest check takes it for a recomputed digest, because
-# recomputing the whole file's digest for each of ~2 000 mutations (and checking it again at
-# the load) was two thirds of this file's time. The renamed nodes and the mutation loaded
+# recomputing the whole file's digest for each of its ~2 400 mutations (and checking it again
+# at the load) was two thirds of this file's time. The renamed nodes and the mutation loaded
 # through a file are signed for real, and every other blob is checked for real.
 RESIGNED = "sha256:re-signed by the attacker"
 
